@@ -1,0 +1,112 @@
+//! CPU twin of `shaders/loss.wgsl`: output nonlinearity, loss and its gradient, fused per row.
+//! With the canonical pairs (softmax + cross-entropy, identity + squared error, sigmoid + binary
+//! cross-entropy) the gradient w.r.t. the logits is `w_r (p_r - y_r)` in every case, with
+//! `w_r = mask_r / norm` (norm = the number of counted steps of the batch).
+
+use ndarray::ArrayViewMut2;
+
+use crate::engine::cpu::Float;
+
+fn weight(mask: Option<&[f32]>, r: usize) -> f64 {
+    mask.map_or(1.0, |m| m[r] as f64)
+}
+
+/// Softmax + cross-entropy per row: `p_r = softmax(z_r)` (max-subtracted), loss `-ln p_r[y_r]`,
+/// `dz_r = mask_r / norm * (p_r - onehot(y_r))`. `logits` [N, V] is overwritten with `p`;
+/// `dlogits` [N, V] is written. Returns `sum_r mask_r * loss_r`.
+pub fn softmax_cross_entropy<F: Float>(
+    mut logits: ArrayViewMut2<F>,
+    targets: &[u32],
+    mask: Option<&[f32]>,
+    norm: f64,
+    mut dlogits: ArrayViewMut2<F>,
+) -> f64 {
+    let mut total = 0.0;
+    for (r, (mut z, mut dz)) in logits
+        .outer_iter_mut()
+        .zip(dlogits.outer_iter_mut())
+        .enumerate()
+    {
+        let max = z.iter().fold(F::neg_infinity(), |a, &b| a.max(b));
+        let mut sum = F::zero();
+        for v in z.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = F::one() / sum;
+        let y = targets[r] as usize;
+        let w = weight(mask, r);
+        // -ln p_y = ln(sum) - (z_y - max); z now holds exp(z - max).
+        total += w * (sum.f64().ln() - z[y].f64().ln());
+        let wf = F::of(w / norm);
+        for (j, (p, d)) in z.iter_mut().zip(dz.iter_mut()).enumerate() {
+            *p = *p * inv;
+            let onehot = if j == y { F::one() } else { F::zero() };
+            *d = wf * (*p - onehot);
+        }
+    }
+    total
+}
+
+/// Identity + squared error per row: `p_r = z_r`, loss `1/2 ||p_r - y_r||^2`,
+/// `dz_r = mask_r / norm * (p_r - y_r)`. `targets` [N * V]. Returns the masked loss sum.
+pub fn squared_error<F: Float>(
+    logits: ArrayViewMut2<F>,
+    targets: &[f32],
+    mask: Option<&[f32]>,
+    norm: f64,
+    mut dlogits: ArrayViewMut2<F>,
+) -> f64 {
+    let v = logits.ncols();
+    let mut total = 0.0;
+    for (r, (z, mut dz)) in logits
+        .outer_iter()
+        .zip(dlogits.outer_iter_mut())
+        .enumerate()
+    {
+        let w = weight(mask, r);
+        let wf = F::of(w / norm);
+        let mut l = 0.0;
+        for (j, (p, d)) in z.iter().zip(dz.iter_mut()).enumerate() {
+            let diff = *p - F::from_f32_lossless(targets[r * v + j]);
+            l += diff.f64() * diff.f64();
+            *d = wf * diff;
+        }
+        total += w * 0.5 * l;
+    }
+    total
+}
+
+/// Sigmoid + binary cross-entropy per row and component: `p = 1 / (1 + e^-z)`, loss
+/// `-(y ln p + (1-y) ln(1-p))` computed stably as `max(z,0) - y z + ln(1 + e^-|z|)`, summed over
+/// components; `dz = mask_r / norm * (p - y)`. `logits` is overwritten with `p`.
+pub fn sigmoid_binary_cross_entropy<F: Float>(
+    mut logits: ArrayViewMut2<F>,
+    targets: &[f32],
+    mask: Option<&[f32]>,
+    norm: f64,
+    mut dlogits: ArrayViewMut2<F>,
+) -> f64 {
+    let v = logits.ncols();
+    let mut total = 0.0;
+    for (r, (mut z, mut dz)) in logits
+        .outer_iter_mut()
+        .zip(dlogits.outer_iter_mut())
+        .enumerate()
+    {
+        let w = weight(mask, r);
+        let wf = F::of(w / norm);
+        let mut l = 0.0;
+        for (j, (zp, d)) in z.iter_mut().zip(dz.iter_mut()).enumerate() {
+            let y = F::from_f32_lossless(targets[r * v + j]);
+            let x = *zp;
+            let loss = x.max(F::zero()) - y * x + (F::one() + (-x.abs()).exp()).ln();
+            l += loss.f64();
+            let p = F::one() / (F::one() + (-x).exp());
+            *zp = p;
+            *d = wf * (p - y);
+        }
+        total += w * l;
+    }
+    total
+}

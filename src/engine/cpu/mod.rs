@@ -1,0 +1,543 @@
+//! The CPU reference engine: the readable specification every GPU result is held to.
+//!
+//! Generic over the float type so the same code runs in f32 (training) and f64 (gradient checks
+//! against finite differences). One file per kernel family mirrors `shaders/` by name. The
+//! input-independent GEMMs run once over all `T * B` rows; only the recurrence is sequential.
+//!
+//! Shapes: T time steps, B rows, H state size, I input size, V output size, N = T * B.
+//! Layer k keeps its states as one [(T+1) * B, H] array whose first B rows are the initial state.
+
+pub mod loss;
+pub mod matmul;
+pub mod optim;
+pub mod reduce;
+pub mod rnn;
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, s};
+
+use crate::engine::{Batch, Engine, Inputs, LossStats, Targets};
+use crate::error::{Error, Result};
+use crate::model::{ModelConfig, OutputKind, ParamLayout};
+use crate::train::optim::{OptimizerConfig, OptimizerState, clip_scale};
+
+use self::matmul::matmul;
+
+/// The float types the CPU engine runs in (f32 and f64).
+pub trait Float:
+    ndarray::LinalgScalar
+    + ndarray::ScalarOperand
+    + num_traits::Float
+    + num_traits::FromPrimitive
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// From f64, rounding as `as` does.
+    fn of(v: f64) -> Self;
+    /// To f64, exactly.
+    fn f64(self) -> f64;
+    /// From f32, exactly.
+    fn from_f32_lossless(v: f32) -> Self;
+    /// To f32, rounding.
+    fn to_f32_lossy(self) -> f32;
+}
+
+impl Float for f32 {
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    fn f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f32_lossless(v: f32) -> Self {
+        v
+    }
+    fn to_f32_lossy(self) -> f32 {
+        self
+    }
+}
+
+impl Float for f64 {
+    fn of(v: f64) -> Self {
+        v
+    }
+    fn f64(self) -> f64 {
+        self
+    }
+    fn from_f32_lossless(v: f32) -> Self {
+        v as f64
+    }
+    fn to_f32_lossy(self) -> f32 {
+        self as f32
+    }
+}
+
+/// The current batch converted to the engine's float type.
+struct PreparedBatch<F> {
+    steps: usize,
+    rows: usize,
+    tokens: Option<Vec<u32>>,
+    dense: Option<Array2<F>>,
+    targets: Targets,
+    mask: Option<Vec<f32>>,
+    count: f64,
+}
+
+/// Activations of the last forward pass.
+struct Cache<F> {
+    /// Per layer: [(T+1) * B, H], rows 0..B the initial state.
+    states: Vec<Array2<F>>,
+    /// Output probabilities (after f2), [N, V].
+    outputs: Array2<F>,
+    /// Gradient of the objective w.r.t. the logits, [N, V].
+    dlogits: Array2<F>,
+    loss: LossStats,
+}
+
+/// The CPU engine in float type `F`.
+pub struct CpuEngine<F: Float = f32> {
+    config: ModelConfig,
+    layout: ParamLayout,
+    params: Vec<F>,
+    grads: Vec<F>,
+    moments_m: Vec<F>,
+    moments_v: Vec<F>,
+    opt_step: u64,
+    last_norm: f64,
+    /// Initial state of the next forward: per layer [B, H].
+    h0: Vec<Array2<F>>,
+    batch: Option<PreparedBatch<F>>,
+    cache: Option<Cache<F>>,
+}
+
+fn view<F: Float>(buf: &[F], offset: usize, rows: usize, cols: usize) -> ArrayView2<'_, F> {
+    ArrayView2::from_shape((rows, cols), &buf[offset..offset + rows * cols])
+        .expect("layout ranges are in bounds")
+}
+
+fn view_mut<F: Float>(
+    buf: &mut [F],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+) -> ArrayViewMut2<'_, F> {
+    ArrayViewMut2::from_shape((rows, cols), &mut buf[offset..offset + rows * cols])
+        .expect("layout ranges are in bounds")
+}
+
+impl<F: Float> CpuEngine<F> {
+    /// An engine for `config` with the given parameters (f32, layout order), zero state for one row.
+    pub fn new(config: &ModelConfig, params: &[f32]) -> Result<Self> {
+        let layout = ParamLayout::new(config)?;
+        let n = layout.len();
+        let mut e = CpuEngine {
+            config: config.clone(),
+            layout,
+            params: vec![F::zero(); n],
+            grads: vec![F::zero(); n],
+            moments_m: vec![F::zero(); n],
+            moments_v: vec![F::zero(); n],
+            opt_step: 0,
+            last_norm: 0.0,
+            h0: Vec::new(),
+            batch: None,
+            cache: None,
+        };
+        e.set_params(params)?;
+        e.reset_state(1)?;
+        Ok(e)
+    }
+
+    /// Parameters in the engine's own float type.
+    pub fn params_native(&self) -> &[F] {
+        &self.params
+    }
+
+    /// Replaces parameters in the engine's own float type (for finite differences).
+    pub fn set_params_native(&mut self, params: &[F]) -> Result<()> {
+        check_len("parameters", params.len(), self.layout.len())?;
+        self.params.copy_from_slice(params);
+        Ok(())
+    }
+
+    /// Gradients in the engine's own float type.
+    pub fn grads_native(&self) -> &[F] {
+        &self.grads
+    }
+
+    /// The loss of the last forward, if one ran.
+    fn cache(&self) -> Result<&Cache<F>> {
+        self.cache
+            .as_ref()
+            .ok_or_else(|| Error::Config("no forward pass has run yet".into()))
+    }
+
+    fn rows(&self) -> usize {
+        self.h0.first().map_or(0, |a| a.nrows())
+    }
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::Shape(format!(
+            "{what}: {got} given, {want} expected"
+        )));
+    }
+    Ok(())
+}
+
+impl<F: Float> Engine for CpuEngine<F> {
+    fn describe(&self) -> String {
+        format!(
+            "cpu ({}, {} threads)",
+            std::any::type_name::<F>(),
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        )
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        check_len("parameters", params.len(), self.layout.len())?;
+        for (d, &s) in self.params.iter_mut().zip(params) {
+            *d = F::from_f32_lossless(s);
+        }
+        Ok(())
+    }
+
+    fn params(&mut self) -> Result<Vec<f32>> {
+        Ok(self.params.iter().map(|v| v.to_f32_lossy()).collect())
+    }
+
+    fn grads(&mut self) -> Result<Vec<f32>> {
+        Ok(self.grads.iter().map(|v| v.to_f32_lossy()).collect())
+    }
+
+    fn upload_batch(&mut self, batch: &Batch) -> Result<()> {
+        batch.validate(&self.config)?;
+        if batch.rows != self.rows() {
+            return Err(Error::Shape(format!(
+                "batch has B={} rows but the state has {}; reset the state first",
+                batch.rows,
+                self.rows()
+            )));
+        }
+        let n = batch.steps * batch.rows;
+        let (tokens, dense) = match &batch.inputs {
+            Inputs::Tokens(t) => (Some(t.clone()), None),
+            Inputs::Dense(x) => {
+                let conv: Vec<F> = x.iter().map(|&v| F::from_f32_lossless(v)).collect();
+                let arr = Array2::from_shape_vec((n, self.config.input_size), conv)
+                    .map_err(|e| Error::Shape(e.to_string()))?;
+                (None, Some(arr))
+            }
+        };
+        self.batch = Some(PreparedBatch {
+            steps: batch.steps,
+            rows: batch.rows,
+            tokens,
+            dense,
+            targets: batch.targets.clone(),
+            mask: batch.mask.clone(),
+            count: batch.count(),
+        });
+        self.cache = None;
+        Ok(())
+    }
+
+    fn forward(&mut self) -> Result<()> {
+        let batch = self
+            .batch
+            .as_ref()
+            .ok_or_else(|| Error::Config("forward called before upload_batch".into()))?;
+        let cfg = &self.config;
+        let (t_len, b, h) = (batch.steps, batch.rows, cfg.hidden_size);
+        let n = t_len * b;
+        let gh = cfg.cell.gates() * h;
+        let p = &self.params;
+        let mut states: Vec<Array2<F>> = Vec::with_capacity(cfg.layers);
+        for k in 0..cfg.layers {
+            let lo = self.layout.layer(k);
+            let input = cfg.layer_input_size(k);
+            let w_ih = view(p, lo.weight_ih, gh, input);
+            let w_hh = view(p, lo.weight_hh, gh, h);
+            let b_ih = &p[lo.bias_ih..lo.bias_ih + gh];
+            let b_hh = &p[lo.bias_hh..lo.bias_hh + gh];
+            let mut s_all = Array2::<F>::zeros(((t_len + 1) * b, h));
+            s_all.slice_mut(s![0..b, ..]).assign(&self.h0[k]);
+            // Input projection over all N rows at once, written where the states will go.
+            {
+                let u = s_all.slice_mut(s![b.., ..]);
+                match (k, &batch.tokens, &batch.dense) {
+                    (0, Some(tokens), _) => {
+                        let w_ih_t = w_ih.t().as_standard_layout().into_owned();
+                        rnn::input_gather_onehot(tokens, w_ih_t.view(), b_ih, b_hh, u);
+                    }
+                    (0, None, Some(x)) => {
+                        rnn::input_projection_dense(x.view(), w_ih, b_ih, b_hh, u)
+                    }
+                    _ => {
+                        let below = &states[k - 1];
+                        rnn::input_projection_dense(below.slice(s![b.., ..]), w_ih, b_ih, b_hh, u)
+                    }
+                }
+            }
+            // The recurrence, one time step at a time.
+            for t in 0..t_len {
+                let (prev, mut cur) = s_all.view_mut().split_at(ndarray::Axis(0), (t + 1) * b);
+                let prev = prev.slice(s![t * b.., ..]);
+                let mut cur = cur.slice_mut(s![0..b, ..]);
+                let u_t = cur.to_owned();
+                rnn::rnn_step_forward(
+                    u_t.view(),
+                    prev.view(),
+                    w_hh,
+                    cfg.activation,
+                    cur.view_mut(),
+                );
+            }
+            states.push(s_all);
+        }
+        // Output projection over all N rows, then the fused output nonlinearity + loss + gradient.
+        let v = cfg.output_size;
+        let w_o = view(p, self.layout.out_weight(), v, h);
+        let b_o = &p[self.layout.out_bias()..self.layout.out_bias() + v];
+        let top = states[cfg.layers - 1].slice(s![b.., ..]);
+        let mut logits = Array2::<F>::zeros((n, v));
+        for mut row in logits.outer_iter_mut() {
+            row.assign(&ndarray::ArrayView1::from(b_o));
+        }
+        matmul(top, w_o.t(), &mut logits.view_mut(), true);
+        let mut dlogits = Array2::<F>::zeros((n, v));
+        let norm = batch.count.max(f64::MIN_POSITIVE);
+        let mask = batch.mask.as_deref();
+        let sum = match (&batch.targets, cfg.output_kind) {
+            (Targets::Classes(y), OutputKind::Softmax) => {
+                loss::softmax_cross_entropy(logits.view_mut(), y, mask, norm, dlogits.view_mut())
+            }
+            (Targets::Dense(y), OutputKind::Identity) => {
+                loss::squared_error(logits.view_mut(), y, mask, norm, dlogits.view_mut())
+            }
+            (Targets::Dense(y), OutputKind::Sigmoid) => loss::sigmoid_binary_cross_entropy(
+                logits.view_mut(),
+                y,
+                mask,
+                norm,
+                dlogits.view_mut(),
+            ),
+            _ => return Err(Error::Shape("targets do not match the output kind".into())),
+        };
+        self.cache = Some(Cache {
+            states,
+            outputs: logits,
+            dlogits,
+            loss: LossStats {
+                sum,
+                count: batch.count,
+            },
+        });
+        Ok(())
+    }
+
+    fn zero_grads(&mut self) -> Result<()> {
+        self.grads.iter_mut().for_each(|g| *g = F::zero());
+        Ok(())
+    }
+
+    fn backward(&mut self) -> Result<()> {
+        let cache = self
+            .cache
+            .as_ref()
+            .ok_or_else(|| Error::Config("backward called before forward".into()))?;
+        let batch = self.batch.as_ref().expect("a cache implies a batch");
+        let cfg = &self.config;
+        let (t_len, b, h, v) = (batch.steps, batch.rows, cfg.hidden_size, cfg.output_size);
+        let n = t_len * b;
+        let gh = cfg.cell.gates() * h;
+        let p = &self.params;
+        let g = &mut self.grads;
+        let top = cache.states[cfg.layers - 1].slice(s![b.., ..]);
+        // Output layer: dW_o += dlogits^T S, db_o += colsum(dlogits), dS = dlogits W_o.
+        let (ow, ob) = (self.layout.out_weight(), self.layout.out_bias());
+        matmul(cache.dlogits.t(), top, &mut view_mut(g, ow, v, h), true);
+        reduce::column_sums_accumulate(cache.dlogits.view(), &mut g[ob..ob + v]);
+        let mut ds = Array2::<F>::zeros((n, h));
+        matmul(
+            cache.dlogits.view(),
+            view(p, ow, v, h),
+            &mut ds.view_mut(),
+            false,
+        );
+        for k in (0..cfg.layers).rev() {
+            let lo = self.layout.layer(k);
+            let input = cfg.layer_input_size(k);
+            let w_hh = view(p, lo.weight_hh, gh, h);
+            let s_all = &cache.states[k];
+            // BPTT, in place: ds becomes dz, from the last step to the first.
+            for t in (0..t_len).rev() {
+                let (cur, next) = ds.view_mut().split_at(ndarray::Axis(0), (t + 1) * b);
+                let mut dz_t = cur.slice_move(s![t * b.., ..]);
+                let dz_next = (t + 1 < t_len).then(|| next.slice(s![0..b, ..]));
+                let s_t = s_all.slice(s![(t + 1) * b..(t + 2) * b, ..]);
+                rnn::rnn_step_backward(None, dz_next, w_hh, s_t, cfg.activation, dz_t.view_mut());
+            }
+            let dz = ds.view();
+            // Weight gradients over all N rows at once.
+            matmul(
+                dz.t(),
+                s_all.slice(s![0..n, ..]),
+                &mut view_mut(g, lo.weight_hh, gh, h),
+                true,
+            );
+            reduce::column_sums_accumulate(dz, &mut g[lo.bias_ih..lo.bias_ih + gh]);
+            reduce::column_sums_accumulate(dz, &mut g[lo.bias_hh..lo.bias_hh + gh]);
+            match (k, &batch.tokens, &batch.dense) {
+                (0, Some(tokens), _) => {
+                    let mut dw_t = Array2::<F>::zeros((input, gh));
+                    rnn::input_grad_onehot(tokens, dz, dw_t.view_mut());
+                    let mut dst = view_mut(g, lo.weight_ih, gh, input);
+                    dst += &dw_t.t();
+                }
+                (0, None, Some(x)) => matmul(
+                    dz.t(),
+                    x.view(),
+                    &mut view_mut(g, lo.weight_ih, gh, input),
+                    true,
+                ),
+                _ => {
+                    let below = cache.states[k - 1].slice(s![b.., ..]);
+                    matmul(
+                        dz.t(),
+                        below,
+                        &mut view_mut(g, lo.weight_ih, gh, input),
+                        true,
+                    );
+                }
+            }
+            if k > 0 {
+                let mut ds_below = Array2::<F>::zeros((n, h));
+                matmul(
+                    dz,
+                    view(p, lo.weight_ih, gh, input),
+                    &mut ds_below.view_mut(),
+                    false,
+                );
+                ds = ds_below;
+            }
+        }
+        Ok(())
+    }
+
+    fn loss(&mut self) -> Result<LossStats> {
+        Ok(self.cache()?.loss)
+    }
+
+    fn optimizer_step(&mut self, config: &OptimizerConfig, lr: f32) -> Result<()> {
+        config.validate()?;
+        let norm = reduce::sum_of_squares(&self.grads).sqrt();
+        self.last_norm = norm;
+        if !norm.is_finite() {
+            return Err(Error::Data(format!(
+                "gradient norm is {norm}: training diverged (lower the learning rate or clip)"
+            )));
+        }
+        self.opt_step += 1;
+        optim::optimizer_update(
+            config,
+            lr as f64,
+            self.opt_step,
+            clip_scale(norm, config.clip),
+            &mut self.params,
+            &self.grads,
+            &mut self.moments_m,
+            &mut self.moments_v,
+        );
+        Ok(())
+    }
+
+    fn grad_norm(&mut self) -> Result<f32> {
+        Ok(self.last_norm as f32)
+    }
+
+    fn optimizer_state(&mut self) -> Result<OptimizerState> {
+        Ok(OptimizerState {
+            step: self.opt_step,
+            m: self.moments_m.iter().map(|v| v.to_f32_lossy()).collect(),
+            v: self.moments_v.iter().map(|v| v.to_f32_lossy()).collect(),
+        })
+    }
+
+    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
+        check_len("optimizer moments m", state.m.len(), self.layout.len())?;
+        check_len("optimizer moments v", state.v.len(), self.layout.len())?;
+        self.opt_step = state.step;
+        for (d, &s) in self.moments_m.iter_mut().zip(&state.m) {
+            *d = F::from_f32_lossless(s);
+        }
+        for (d, &s) in self.moments_v.iter_mut().zip(&state.v) {
+            *d = F::from_f32_lossless(s);
+        }
+        Ok(())
+    }
+
+    fn reset_state(&mut self, rows: usize) -> Result<()> {
+        if rows == 0 {
+            return Err(Error::Shape("the state needs at least one row".into()));
+        }
+        self.h0 = (0..self.config.layers)
+            .map(|_| Array2::zeros((rows, self.config.hidden_size)))
+            .collect();
+        Ok(())
+    }
+
+    fn carry_state(&mut self) -> Result<()> {
+        let cache = self
+            .cache
+            .as_ref()
+            .ok_or_else(|| Error::Config("carry_state called before forward".into()))?;
+        let b = self.rows();
+        for (h0, s_all) in self.h0.iter_mut().zip(&cache.states) {
+            let last = s_all.nrows() - b;
+            h0.assign(&s_all.slice(s![last.., ..]));
+        }
+        Ok(())
+    }
+
+    fn set_state(&mut self, rows: usize, state: &[f32]) -> Result<()> {
+        let h = self.config.hidden_size;
+        check_len("state", state.len(), self.config.layers * rows * h)?;
+        self.reset_state(rows)?;
+        for (k, h0) in self.h0.iter_mut().enumerate() {
+            for (d, &s) in h0.iter_mut().zip(&state[k * rows * h..(k + 1) * rows * h]) {
+                *d = F::from_f32_lossless(s);
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<f32>> {
+        Ok(self
+            .h0
+            .iter()
+            .flat_map(|a| a.iter().map(|v| v.to_f32_lossy()))
+            .collect())
+    }
+
+    fn outputs(&mut self) -> Result<Vec<f32>> {
+        Ok(self
+            .cache()?
+            .outputs
+            .iter()
+            .map(|v| v.to_f32_lossy())
+            .collect())
+    }
+}

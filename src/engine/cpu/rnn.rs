@@ -1,0 +1,105 @@
+//! CPU twin of `shaders/rnn.wgsl`: the input projection, the tanh/relu cell step forward and its
+//! BPTT step backward, for all B rows of one time step.
+
+use ndarray::{ArrayView2, ArrayViewMut2, Axis, Zip};
+
+use crate::engine::cpu::Float;
+use crate::engine::cpu::matmul::matmul;
+use crate::model::Activation;
+
+/// One-hot input projection (a column gather, no matmul):
+/// `U[r, :] = W_ih[:, tok_r] + b_ih + b_hh`.
+/// Shapes: `w_ih_t` is W_ih TRANSPOSED, [I, GH]; `u` [N, GH]; `tokens` N ids < I.
+pub fn input_gather_onehot<F: Float>(
+    tokens: &[u32],
+    w_ih_t: ArrayView2<F>,
+    b_ih: &[F],
+    b_hh: &[F],
+    mut u: ArrayViewMut2<F>,
+) {
+    for (mut row, &tok) in u.outer_iter_mut().zip(tokens) {
+        let w = w_ih_t.row(tok as usize);
+        for (j, o) in row.iter_mut().enumerate() {
+            *o = w[j] + b_ih[j] + b_hh[j];
+        }
+    }
+}
+
+/// Dense input projection over all rows at once: `U = X W_ih^T + b_ih + b_hh`.
+/// Shapes: X [N, I], W_ih [GH, I], U [N, GH].
+pub fn input_projection_dense<F: Float>(
+    x: ArrayView2<F>,
+    w_ih: ArrayView2<F>,
+    b_ih: &[F],
+    b_hh: &[F],
+    mut u: ArrayViewMut2<F>,
+) {
+    for mut row in u.outer_iter_mut() {
+        for (j, o) in row.iter_mut().enumerate() {
+            *o = b_ih[j] + b_hh[j];
+        }
+    }
+    matmul(x, w_ih.t(), &mut u, true);
+}
+
+/// Forward cell step for all B rows: `s_t = f1(u_t + s_{t-1} W_hh^T)`.
+/// Shapes: `u_t` [B, H] (input projection plus biases), `s_prev` [B, H], W_hh [H, H],
+/// `s_t` [B, H] (written).
+pub fn rnn_step_forward<F: Float>(
+    u_t: ArrayView2<F>,
+    s_prev: ArrayView2<F>,
+    w_hh: ArrayView2<F>,
+    act: Activation,
+    mut s_t: ArrayViewMut2<F>,
+) {
+    s_t.assign(&u_t);
+    matmul(s_prev, w_hh.t(), &mut s_t, true);
+    match act {
+        Activation::Tanh => s_t.mapv_inplace(|z| z.tanh()),
+        Activation::Relu => s_t.mapv_inplace(|z| z.max(F::zero())),
+    }
+}
+
+/// BPTT cell step for all B rows: `dz_t = (ds_t + dz_{t+1} W_hh) ⊙ f1'(z_t)`, where `ds_t` is the
+/// gradient reaching s_t from the outputs (or the layer above) and f1' is written in terms of s_t
+/// (`1 - s_t^2` for tanh, `[s_t > 0]` for relu). `dz_next` is `None` at the last step.
+/// Shapes: all [B, H], W_hh [H, H]. `dz_t` is written (it may hold `ds_t` on entry).
+pub fn rnn_step_backward<F: Float>(
+    ds_t: Option<ArrayView2<F>>,
+    dz_next: Option<ArrayView2<F>>,
+    w_hh: ArrayView2<F>,
+    s_t: ArrayView2<F>,
+    act: Activation,
+    mut dz_t: ArrayViewMut2<F>,
+) {
+    if let Some(ds) = ds_t {
+        dz_t.assign(&ds);
+    }
+    if let Some(dz_next) = dz_next {
+        matmul(dz_next, w_hh, &mut dz_t, true);
+    }
+    let one = F::one();
+    match act {
+        Activation::Tanh => Zip::from(&mut dz_t)
+            .and(&s_t)
+            .for_each(|d, &s| *d = *d * (one - s * s)),
+        Activation::Relu => Zip::from(&mut dz_t).and(&s_t).for_each(|d, &s| {
+            if s <= F::zero() {
+                *d = F::zero()
+            }
+        }),
+    }
+}
+
+/// One-hot input gradient (scatter-add): `dW_ih[:, tok_r] += dZ[r, :]`.
+/// Shapes: `dw_ih_t` is dW_ih TRANSPOSED [I, GH], `dz` [N, GH].
+pub fn input_grad_onehot<F: Float>(
+    tokens: &[u32],
+    dz: ArrayView2<F>,
+    mut dw_ih_t: ArrayViewMut2<F>,
+) {
+    for (row, &tok) in dz.axis_iter(Axis(0)).zip(tokens) {
+        let mut dst = dw_ih_t.row_mut(tok as usize);
+        dst += &row;
+    }
+}

@@ -1,0 +1,209 @@
+//! The layer-level contract both engines implement (the CPU reference and the GPU engine).
+//!
+//! A training step is: `upload_batch`, `zero_grads`, `forward` (keeps the activations of all T
+//! steps, computes the loss and its gradient w.r.t. the outputs), `backward` (exact BPTT; gradients
+//! ACCUMULATE), `optimizer_step` (global norm, clipping, update over the flat buffer), then
+//! `carry_state` or `reset_state` before the next batch. The trainer, the sampler and the CLI are
+//! generic over [`Engine`]; an engine may record these calls and run them later, so only the
+//! read-back calls (`loss`, `params`, `grads`, `state`, ...) have to wait for the work.
+//!
+//! Batches are time-major: row `r = t * B + b` holds time step `t` of sequence `b`.
+
+pub mod cpu;
+
+use crate::error::{Error, Result};
+use crate::model::{InputKind, ModelConfig, OutputKind, ParamLayout};
+use crate::train::optim::{OptimizerConfig, OptimizerState};
+
+/// The inputs of a batch, `T * B` time steps in time-major order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inputs {
+    /// One token id per step (one-hot inputs).
+    Tokens(Vec<u32>),
+    /// `input_size` numbers per step.
+    Dense(Vec<f32>),
+}
+
+/// The targets of a batch, `T * B` time steps in time-major order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Targets {
+    /// One class id per step (softmax output).
+    Classes(Vec<u32>),
+    /// `output_size` numbers per step (identity or sigmoid output).
+    Dense(Vec<f32>),
+}
+
+/// One batch of B sequences of T steps, with an optional mask for padded steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// T: time steps.
+    pub steps: usize,
+    /// B: sequences.
+    pub rows: usize,
+    pub inputs: Inputs,
+    pub targets: Targets,
+    /// `T * B` weights, 1 for a real step and 0 for padding; `None` means all ones.
+    pub mask: Option<Vec<f32>>,
+}
+
+impl Batch {
+    /// Checks that the batch fits `config`: lengths, token and class ranges, finite numbers, mask.
+    pub fn validate(&self, config: &ModelConfig) -> Result<()> {
+        let n = self.steps * self.rows;
+        if n == 0 {
+            return Err(Error::Shape(format!(
+                "a batch needs T >= 1 and B >= 1, got T={} B={}",
+                self.steps, self.rows
+            )));
+        }
+        match (&self.inputs, config.input_kind) {
+            (Inputs::Tokens(t), InputKind::OneHot) => {
+                check_len("input tokens", t.len(), n)?;
+                if let Some(&bad) = t.iter().find(|&&x| x as usize >= config.input_size) {
+                    return Err(Error::Data(format!(
+                        "input token {bad} is outside the vocabulary of {}",
+                        config.input_size
+                    )));
+                }
+            }
+            (Inputs::Dense(x), InputKind::Dense) => {
+                check_len("input values", x.len(), n * config.input_size)?;
+                check_finite("input", x)?;
+            }
+            _ => {
+                return Err(Error::Shape(format!(
+                    "batch inputs do not match the model's {:?} input",
+                    config.input_kind
+                )));
+            }
+        }
+        match (&self.targets, config.output_kind) {
+            (Targets::Classes(c), OutputKind::Softmax) => {
+                check_len("target classes", c.len(), n)?;
+                if let Some(&bad) = c.iter().find(|&&x| x as usize >= config.output_size) {
+                    return Err(Error::Data(format!(
+                        "target class {bad} is outside the {} outputs",
+                        config.output_size
+                    )));
+                }
+            }
+            (Targets::Dense(y), OutputKind::Identity | OutputKind::Sigmoid) => {
+                check_len("target values", y.len(), n * config.output_size)?;
+                check_finite("target", y)?;
+                if config.output_kind == OutputKind::Sigmoid
+                    && let Some(v) = y.iter().find(|v| !(0.0..=1.0).contains(*v))
+                {
+                    return Err(Error::Data(format!("binary target {v} is outside [0, 1]")));
+                }
+            }
+            _ => {
+                return Err(Error::Shape(format!(
+                    "batch targets do not match the model's {:?} output",
+                    config.output_kind
+                )));
+            }
+        }
+        if let Some(m) = &self.mask {
+            check_len("mask", m.len(), n)?;
+            if let Some(v) = m.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+                return Err(Error::Data(format!("mask weight {v} is not >= 0")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sum of the mask (the number of counted steps).
+    pub fn count(&self) -> f64 {
+        match &self.mask {
+            Some(m) => m.iter().map(|&v| v as f64).sum(),
+            None => (self.steps * self.rows) as f64,
+        }
+    }
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::Shape(format!(
+            "{what}: {got} given, {want} expected"
+        )));
+    }
+    Ok(())
+}
+
+fn check_finite(what: &str, v: &[f32]) -> Result<()> {
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::Data(format!("{what} value {i} is not finite")));
+    }
+    Ok(())
+}
+
+/// The loss of the last forward pass: `sum` of the per-step losses over counted steps and the
+/// `count` of those steps (the mask's sum). The training objective is `sum / count`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossStats {
+    pub sum: f64,
+    pub count: f64,
+}
+
+impl LossStats {
+    /// Mean loss per counted step (nats per token for a language model); 0 when nothing counted.
+    pub fn mean(&self) -> f64 {
+        if self.count > 0.0 {
+            self.sum / self.count
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The engine contract: see the module docs for the order of calls.
+pub trait Engine {
+    /// A short description of the engine and its device, for logs.
+    fn describe(&self) -> String;
+    /// The model this engine runs.
+    fn config(&self) -> &ModelConfig;
+    /// The layout of its flat parameter, gradient and moment buffers.
+    fn layout(&self) -> &ParamLayout;
+
+    /// Replaces all parameters (flat buffer in layout order).
+    fn set_params(&mut self, params: &[f32]) -> Result<()>;
+    /// Reads all parameters back.
+    fn params(&mut self) -> Result<Vec<f32>>;
+    /// Reads the accumulated gradients back.
+    fn grads(&mut self) -> Result<Vec<f32>>;
+
+    /// Makes `batch` the current batch; its B must equal the state's B unless the state is reset.
+    fn upload_batch(&mut self, batch: &Batch) -> Result<()>;
+    /// Runs the current batch forward from the initial state, keeping the activations, the loss
+    /// and the gradient of the loss w.r.t. the outputs.
+    fn forward(&mut self) -> Result<()>;
+    /// Sets every gradient to zero.
+    fn zero_grads(&mut self) -> Result<()>;
+    /// Exact BPTT through the last forward pass; ADDS into the gradients.
+    fn backward(&mut self) -> Result<()>;
+    /// The loss of the last forward pass (waits for it on an asynchronous engine).
+    fn loss(&mut self) -> Result<LossStats>;
+
+    /// One optimizer update over the flat buffer with learning rate `lr`: the global gradient
+    /// norm is computed, gradients are scaled by `min(1, clip / (norm + 1e-6))` when
+    /// `config.clip > 0`, then the update rule is applied.
+    fn optimizer_step(&mut self, config: &OptimizerConfig, lr: f32) -> Result<()>;
+    /// Global L2 norm of the gradients before clipping, as computed by the last `optimizer_step`.
+    fn grad_norm(&mut self) -> Result<f32>;
+    /// Optimizer moments and step count, for checkpoints.
+    fn optimizer_state(&mut self) -> Result<OptimizerState>;
+    /// Restores optimizer moments and step count.
+    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()>;
+
+    /// Sets the initial state of the next forward to zero, for `rows` sequences.
+    fn reset_state(&mut self, rows: usize) -> Result<()>;
+    /// Makes the last forward's final state the initial state of the next forward (truncated BPTT:
+    /// no gradient flows across).
+    fn carry_state(&mut self) -> Result<()>;
+    /// Sets the initial state: `layers * B * H` values, layer-major then row-major.
+    fn set_state(&mut self, rows: usize, state: &[f32]) -> Result<()>;
+    /// Reads the initial state of the next forward (`layers * B * H`).
+    fn state(&mut self) -> Result<Vec<f32>>;
+    /// Output probabilities (after f2) of the last forward, `T * B * V` time-major.
+    fn outputs(&mut self) -> Result<Vec<f32>>;
+}

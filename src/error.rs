@@ -1,0 +1,53 @@
+//! Errors of the library: one enum, each variant carrying the context a user needs to act on it.
+
+use std::path::PathBuf;
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in unroll, with its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read, written or renamed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A model configuration or option that cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A checkpoint that is malformed or does not match what was expected.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    /// Input data (corpus, batch, pairs file) that is malformed or inconsistent.
+    #[error("data: {0}")]
+    Data(String),
+    /// Tensor or batch shapes that do not agree.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// The GPU could not be set up or failed while running.
+    #[error("gpu: {0}")]
+    Gpu(String),
+}
+
+impl Error {
+    /// An I/O error with the action and path it concerned.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A checkpoint error with the file it concerns.
+    pub fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}

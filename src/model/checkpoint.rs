@@ -1,0 +1,202 @@
+//! Checkpoints: `DIR/model.safetensors` holds every parameter under PyTorch's name and shape, with
+//! the model configuration and the vocabulary as JSON in the safetensors metadata. Files are written
+//! to a temporary name, flushed, and renamed, so a crash never leaves a half-written checkpoint.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::data::vocab::Vocab;
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use crate::model::layout::ParamLayout;
+
+/// File name of the latest model inside a checkpoint directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// Metadata key that marks an unroll checkpoint and its format version.
+const FORMAT_KEY: &str = "format";
+const FORMAT: &str = "unroll/1";
+const CONFIG_KEY: &str = "config";
+const VOCAB_KEY: &str = "vocab";
+
+/// A model as stored on disk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub config: ModelConfig,
+    pub vocab: Option<Vocab>,
+    /// The flat parameter buffer in `ParamLayout` order.
+    pub params: Vec<f32>,
+}
+
+impl Checkpoint {
+    /// Writes `dir/model.safetensors` (creating `dir`), atomically.
+    pub fn save_dir(&self, dir: &Path) -> Result<PathBuf> {
+        fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        let path = dir.join(MODEL_FILE);
+        self.save(&path)?;
+        Ok(path)
+    }
+
+    /// Writes the checkpoint to `path` through a temporary file and a rename.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let layout = ParamLayout::new(&self.config)?;
+        if self.params.len() != layout.len() {
+            return Err(Error::Shape(format!(
+                "{} parameters given for a model of {}",
+                self.params.len(),
+                layout.len()
+            )));
+        }
+        let bytes: Vec<u8> = self.params.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut views = Vec::with_capacity(layout.specs().len());
+        for spec in layout.specs() {
+            let data = &bytes[spec.offset * 4..(spec.offset + spec.len()) * 4];
+            let view = TensorView::new(Dtype::F32, spec.shape.clone(), data)
+                .map_err(|e| Error::checkpoint(path, format!("tensor {}: {e}", spec.name)))?;
+            views.push((spec.name.clone(), view));
+        }
+        let mut meta = HashMap::new();
+        meta.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
+        meta.insert(
+            CONFIG_KEY.to_string(),
+            serde_json::to_string(&self.config).map_err(|e| Error::Config(e.to_string()))?,
+        );
+        if let Some(vocab) = &self.vocab {
+            meta.insert(VOCAB_KEY.to_string(), vocab.to_json());
+        }
+        let out = safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::checkpoint(path, format!("cannot serialize: {e}")))?;
+        write_atomic(path, &out)
+    }
+
+    /// Reads a checkpoint from a directory (its `model.safetensors`) or a file, checking names,
+    /// shapes, dtypes and the configuration.
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = if path.is_dir() {
+            path.join(MODEL_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let bytes = fs::read(&file).map_err(|e| Error::io("read checkpoint", &file, e))?;
+        Self::from_bytes(&bytes, &file)
+    }
+
+    /// Parses checkpoint bytes; `path` is only used in error messages.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let bad = |m: String| Error::checkpoint(path, m);
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        match meta.get(FORMAT_KEY) {
+            Some(f) if f == FORMAT => {}
+            Some(f) => return Err(bad(format!("format {f:?} is not {FORMAT:?}"))),
+            None => return Err(bad("no unroll metadata: not an unroll checkpoint".into())),
+        }
+        let config: ModelConfig = meta
+            .get(CONFIG_KEY)
+            .ok_or_else(|| bad("metadata has no model config".into()))
+            .and_then(|c| {
+                serde_json::from_str(c).map_err(|e| bad(format!("model config is invalid: {e}")))
+            })?;
+        let layout = ParamLayout::new(&config).map_err(|e| bad(e.to_string()))?;
+        let vocab = match meta.get(VOCAB_KEY) {
+            Some(v) => Some(Vocab::from_json(v).map_err(|e| bad(e.to_string()))?),
+            None => None,
+        };
+        let tensors = SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        let mut params = vec![0.0f32; layout.len()];
+        for spec in layout.specs() {
+            let t = tensors
+                .tensor(&spec.name)
+                .map_err(|_| bad(format!("tensor {} is missing", spec.name)))?;
+            if t.dtype() != Dtype::F32 {
+                return Err(bad(format!(
+                    "tensor {} has dtype {:?}, expected F32",
+                    spec.name,
+                    t.dtype()
+                )));
+            }
+            if t.shape() != spec.shape.as_slice() {
+                return Err(bad(format!(
+                    "tensor {} has shape {:?}, the config {} expects {:?}",
+                    spec.name,
+                    t.shape(),
+                    serde_json::to_string(&config).unwrap_or_default(),
+                    spec.shape
+                )));
+            }
+            for (dst, src) in params[spec.range()]
+                .iter_mut()
+                .zip(t.data().chunks_exact(4))
+            {
+                *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
+            }
+        }
+        let expected: Vec<&str> = layout.specs().iter().map(|s| s.name.as_str()).collect();
+        if let Some((name, _)) = tensors
+            .tensors()
+            .into_iter()
+            .find(|(n, _)| !expected.contains(&n.as_str()))
+        {
+            return Err(bad(format!(
+                "unexpected tensor {name} for this model config"
+            )));
+        }
+        if let Some(i) = params.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!("parameter {i} is not finite")));
+        }
+        Ok(Checkpoint {
+            config,
+            vocab,
+            params,
+        })
+    }
+
+    /// Refuses the checkpoint when its configuration is not `expected`, naming the differences.
+    pub fn check_config(&self, expected: &ModelConfig, path: &Path) -> Result<()> {
+        if &self.config == expected {
+            return Ok(());
+        }
+        let a = serde_json::to_value(&self.config).unwrap_or_default();
+        let b = serde_json::to_value(expected).unwrap_or_default();
+        let mut diffs = Vec::new();
+        if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+            for (k, va) in a {
+                if b.get(k) != Some(va) {
+                    diffs.push(format!(
+                        "{k}: checkpoint has {va}, expected {}",
+                        b.get(k).cloned().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        Err(Error::checkpoint(
+            path,
+            format!("model config does not match ({})", diffs.join("; ")),
+        ))
+    }
+}
+
+/// Writes `bytes` to `path` through `path.tmp`, fsyncs, then renames over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io("write", &tmp, e))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| Error::io("rename into", path, e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = fs::File::open(dir)
+    {
+        // Make the rename itself durable; not every platform lets a directory be synced.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

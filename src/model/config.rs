@@ -1,0 +1,122 @@
+//! The model configuration: which cell, how many layers, the sizes, and the output kind.
+//! Everything else (the parameter layout, the engines, checkpoints) is derived from it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The state nonlinearity f1 of the recurrent cell `s_t = f1(W_ih x_t + W_hh s_{t-1} + b)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// `tanh`, PyTorch's default `nonlinearity='tanh'`.
+    Tanh,
+    /// `max(0, z)`, PyTorch's `nonlinearity='relu'`.
+    Relu,
+}
+
+/// The recurrent cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cell {
+    /// The plain (Elman) cell of `torch.nn.RNN`: one gate, G = 1.
+    Rnn,
+}
+
+impl Cell {
+    /// Number of gate blocks stacked along the first axis of `weight_ih` / `weight_hh` (G).
+    pub fn gates(self) -> usize {
+        match self {
+            Cell::Rnn => 1,
+        }
+    }
+}
+
+/// How the input x_t is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// x_t is a token id in `0..input_size`, read as a one-hot vector: `W_ih x_t` is a column gather.
+    OneHot,
+    /// x_t is a real vector of `input_size` numbers.
+    Dense,
+}
+
+/// The output nonlinearity f2 and its loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// Softmax over `output_size` classes with cross-entropy against a class id.
+    Softmax,
+    /// Identity with squared error `1/2 ||p - y||^2` against a real vector.
+    Identity,
+    /// Element-wise sigmoid with binary cross-entropy against a vector of 0/1 (or soft) targets.
+    Sigmoid,
+}
+
+/// The whole description of a model's shape; stored in every checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub cell: Cell,
+    pub activation: Activation,
+    pub input_kind: InputKind,
+    /// I: the vocabulary size for one-hot inputs, the vector size for dense inputs.
+    pub input_size: usize,
+    /// H: the state size of every layer.
+    pub hidden_size: usize,
+    /// Number of stacked recurrent layers; layer k+1 reads the states of layer k.
+    pub layers: usize,
+    pub output_kind: OutputKind,
+    /// V: number of classes (softmax) or output vector size.
+    pub output_size: usize,
+}
+
+impl ModelConfig {
+    /// A character- or byte-level language model: one-hot input over `vocab` tokens, softmax output
+    /// over the same tokens.
+    pub fn language_model(vocab: usize, hidden: usize, layers: usize) -> Self {
+        ModelConfig {
+            cell: Cell::Rnn,
+            activation: Activation::Tanh,
+            input_kind: InputKind::OneHot,
+            input_size: vocab,
+            hidden_size: hidden,
+            layers,
+            output_kind: OutputKind::Softmax,
+            output_size: vocab,
+        }
+    }
+
+    /// Checks that every size is usable; says which one is not.
+    pub fn validate(&self) -> Result<()> {
+        let check = |name: &str, v: usize| {
+            if v == 0 {
+                Err(Error::Config(format!("{name} must be at least 1")))
+            } else if v > (1 << 24) {
+                Err(Error::Config(format!("{name} = {v} is larger than 2^24")))
+            } else {
+                Ok(())
+            }
+        };
+        check("input size", self.input_size)?;
+        check("hidden size", self.hidden_size)?;
+        check("layers", self.layers)?;
+        check("output size", self.output_size)?;
+        if self.layers > 64 {
+            return Err(Error::Config(format!(
+                "{} layers is more than the 64 supported",
+                self.layers
+            )));
+        }
+        Ok(())
+    }
+
+    /// Input size of layer `k` (the input size for layer 0, H above it).
+    pub fn layer_input_size(&self, k: usize) -> usize {
+        if k == 0 {
+            self.input_size
+        } else {
+            self.hidden_size
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! `ParamLayout`: the single table of parameter names, shapes and offsets in ONE flat f32 buffer.
+//! Parameters, gradients and optimizer moments all use it, on the CPU and on the GPU alike.
+//! Names and shapes are PyTorch's (`torch.nn.RNN` + `torch.nn.Linear`), so a checkpoint loads there.
+
+use std::ops::Range;
+
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+
+/// One named tensor inside the flat buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    /// PyTorch's name, e.g. `rnn.weight_ih_l0`.
+    pub name: String,
+    /// Row-major shape, e.g. `[G*H, I]`.
+    pub shape: Vec<usize>,
+    /// Offset of the first element in the flat buffer.
+    pub offset: usize,
+}
+
+impl ParamSpec {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the tensor has no elements (never the case for a valid config).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Its range in the flat buffer.
+    pub fn range(&self) -> Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+}
+
+/// Offsets of one recurrent layer's four tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerOffsets {
+    /// `weight_ih_l{k}`: [G*H, I_k]
+    pub weight_ih: usize,
+    /// `weight_hh_l{k}`: [G*H, H]
+    pub weight_hh: usize,
+    /// `bias_ih_l{k}`: [G*H]
+    pub bias_ih: usize,
+    /// `bias_hh_l{k}`: [G*H]
+    pub bias_hh: usize,
+}
+
+/// The layout of all parameters of a model in one flat buffer, in a fixed order:
+/// for each layer k: `weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k}`; then
+/// `out.weight` [V, H], `out.bias` [V].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamLayout {
+    specs: Vec<ParamSpec>,
+    layers: Vec<LayerOffsets>,
+    out_weight: usize,
+    out_bias: usize,
+    total: usize,
+}
+
+impl ParamLayout {
+    /// The layout of `config`'s parameters.
+    pub fn new(config: &ModelConfig) -> Result<Self> {
+        config.validate()?;
+        let gh = config.cell.gates() * config.hidden_size;
+        let h = config.hidden_size;
+        let mut specs = Vec::new();
+        let mut total = 0usize;
+        let mut push = |name: String, shape: Vec<usize>| -> usize {
+            let offset = total;
+            total += shape.iter().product::<usize>();
+            specs.push(ParamSpec {
+                name,
+                shape,
+                offset,
+            });
+            offset
+        };
+        let mut layers = Vec::with_capacity(config.layers);
+        for k in 0..config.layers {
+            let input = config.layer_input_size(k);
+            layers.push(LayerOffsets {
+                weight_ih: push(format!("rnn.weight_ih_l{k}"), vec![gh, input]),
+                weight_hh: push(format!("rnn.weight_hh_l{k}"), vec![gh, h]),
+                bias_ih: push(format!("rnn.bias_ih_l{k}"), vec![gh]),
+                bias_hh: push(format!("rnn.bias_hh_l{k}"), vec![gh]),
+            });
+        }
+        let out_weight = push("out.weight".into(), vec![config.output_size, h]);
+        let out_bias = push("out.bias".into(), vec![config.output_size]);
+        if total > u32::MAX as usize {
+            return Err(Error::Config(format!(
+                "{total} parameters do not fit in a 32-bit index"
+            )));
+        }
+        Ok(ParamLayout {
+            specs,
+            layers,
+            out_weight,
+            out_bias,
+            total,
+        })
+    }
+
+    /// Total number of f32 elements in the flat buffer.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    /// Whether the layout is empty (never, for a valid config).
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// All tensors, in buffer order.
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    /// The tensor called `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&ParamSpec> {
+        self.specs.iter().find(|s| s.name == name)
+    }
+
+    /// Offsets of layer `k`'s tensors.
+    pub fn layer(&self, k: usize) -> LayerOffsets {
+        self.layers[k]
+    }
+
+    /// Offset of `out.weight` [V, H].
+    pub fn out_weight(&self) -> usize {
+        self.out_weight
+    }
+
+    /// Offset of `out.bias` [V].
+    pub fn out_bias(&self) -> usize {
+        self.out_bias
+    }
+}

@@ -1,0 +1,11 @@
+//! The model: its configuration, the flat parameter layout, initialisation and checkpoints.
+
+pub mod checkpoint;
+pub mod config;
+pub mod init;
+pub mod layout;
+
+pub use checkpoint::Checkpoint;
+pub use config::{Activation, Cell, InputKind, ModelConfig, OutputKind};
+pub use init::init_params;
+pub use layout::{LayerOffsets, ParamLayout, ParamSpec};

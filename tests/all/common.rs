@@ -1,0 +1,129 @@
+//! Helpers shared by the test modules: fresh random seeds (printed, and fixed with
+//! `UNROLL_TEST_SEED`), random models and batches, and comparisons that name the worst element.
+
+#![allow(dead_code)]
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use unroll::engine::{Batch, Inputs, Targets};
+use unroll::model::{Activation, InputKind, ModelConfig, OutputKind};
+
+/// A fresh seed for this test, printed so a failure can be replayed with `UNROLL_TEST_SEED`.
+pub fn rng(test: &str) -> ChaCha8Rng {
+    let seed = std::env::var("UNROLL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            t ^ (test.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        });
+    eprintln!("{test}: UNROLL_TEST_SEED={seed}");
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// A model configuration with the given kinds and sizes.
+pub fn config(
+    activation: Activation,
+    input_kind: InputKind,
+    output_kind: OutputKind,
+    (i, h, v, layers): (usize, usize, usize, usize),
+) -> ModelConfig {
+    ModelConfig {
+        cell: unroll::model::Cell::Rnn,
+        activation,
+        input_kind,
+        input_size: i,
+        hidden_size: h,
+        layers,
+        output_kind,
+        output_size: v,
+    }
+}
+
+/// Uniform random values in `[-a, a)`.
+pub fn uniform(rng: &mut ChaCha8Rng, n: usize, a: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-a..a)).collect()
+}
+
+/// A random batch for `cfg` of T steps and B rows; with `lengths`, row b counts only its first
+/// `lengths[b]` steps (the rest is padding with mask 0 and random garbage data).
+pub fn random_batch(
+    rng: &mut ChaCha8Rng,
+    cfg: &ModelConfig,
+    steps: usize,
+    rows: usize,
+    lengths: Option<&[usize]>,
+) -> Batch {
+    let n = steps * rows;
+    let inputs = match cfg.input_kind {
+        InputKind::OneHot => Inputs::Tokens(
+            (0..n)
+                .map(|_| rng.random_range(0..cfg.input_size as u32))
+                .collect(),
+        ),
+        InputKind::Dense => Inputs::Dense(uniform(rng, n * cfg.input_size, 1.0)),
+    };
+    let targets = match cfg.output_kind {
+        OutputKind::Softmax => Targets::Classes(
+            (0..n)
+                .map(|_| rng.random_range(0..cfg.output_size as u32))
+                .collect(),
+        ),
+        OutputKind::Identity => Targets::Dense(uniform(rng, n * cfg.output_size, 1.0)),
+        OutputKind::Sigmoid => Targets::Dense(
+            (0..n * cfg.output_size)
+                .map(|i| {
+                    if i % 3 == 0 {
+                        rng.random_range(0.0..1.0)
+                    } else {
+                        rng.random_range(0..2) as f32
+                    }
+                })
+                .collect(),
+        ),
+    };
+    let mask = lengths.map(|ls| {
+        (0..n)
+            .map(|r| if r / rows < ls[r % rows] { 1.0 } else { 0.0 })
+            .collect()
+    });
+    Batch {
+        steps,
+        rows,
+        inputs,
+        targets,
+        mask,
+    }
+}
+
+/// Asserts `|a - b| <= atol + rtol * max(|a|, |b|)` element-wise, naming the worst element.
+pub fn assert_close(what: &str, a: &[f64], b: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    let mut worst = (0usize, 0.0f64);
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            x.is_finite() && y.is_finite(),
+            "{what}[{i}]: {x} vs {y} is not finite"
+        );
+        let excess = (x - y).abs() / (atol + rtol * x.abs().max(y.abs()));
+        if excess > worst.1 {
+            worst = (i, excess);
+        }
+    }
+    let i = worst.0;
+    assert!(
+        worst.1 <= 1.0,
+        "{what}: element {i} differs: {} vs {} (|diff| = {:e}, rtol {rtol:e}, atol {atol:e})",
+        a[i],
+        b[i],
+        (a[i] - b[i]).abs()
+    );
+}
+
+/// f32 slice as f64.
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
