@@ -20,6 +20,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod sample;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,1 +1,208 @@
+//! Language-model batches cut from a token sequence.
+//!
+//! Training (`stream`): the tokens are cut into B contiguous streams of `L = n / B` tokens; batch
+//! k holds window k of every stream, T inputs `x_t = tok[b*L + k*T + t]` predicting the next
+//! token. Consecutive windows continue each other, so the state is carried between batches and
+//! the gradient is truncated at the window boundary (truncated BPTT). An epoch is
+//! `(L - 1) / T` windows; leftover tokens at the end of each stream wait for the next epoch.
+//!
+//! Evaluation: every next-token prediction of the sequence is counted exactly once: the n - 1
+//! predictions are cut into B streams of `ceil((n-1)/B)`, windows of T, the missing tail masked.
 
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Batch, Inputs, Targets};
+use crate::error::{Error, Result};
+
+/// Where the stream batcher is: enough to continue exactly after a resume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    pub epoch: u64,
+    /// Index of the next window within the epoch.
+    pub window: usize,
+}
+
+/// Training batches over B carried streams.
+#[derive(Clone, Debug)]
+pub struct StreamBatches {
+    rows: usize,
+    steps: usize,
+    stream_len: usize,
+    windows: usize,
+    pos: StreamPosition,
+}
+
+impl StreamBatches {
+    /// Batches of `rows` streams and `steps` time steps over `n_tokens` tokens.
+    pub fn new(n_tokens: usize, rows: usize, steps: usize) -> Result<Self> {
+        if rows == 0 || steps == 0 {
+            return Err(Error::Config(
+                "--batch and --seq-len must be at least 1".into(),
+            ));
+        }
+        let stream_len = n_tokens / rows;
+        if stream_len < steps + 1 {
+            return Err(Error::Data(format!(
+                "{n_tokens} training tokens are too few for {rows} streams of {} tokens \
+                 (--batch {rows} --seq-len {steps}); use a smaller --batch or --seq-len",
+                steps + 1
+            )));
+        }
+        Ok(StreamBatches {
+            rows,
+            steps,
+            stream_len,
+            windows: (stream_len - 1) / steps,
+            pos: StreamPosition {
+                epoch: 0,
+                window: 0,
+            },
+        })
+    }
+
+    /// Windows per epoch.
+    pub fn windows_per_epoch(&self) -> usize {
+        self.windows
+    }
+
+    /// The position of the next batch.
+    pub fn position(&self) -> StreamPosition {
+        self.pos
+    }
+
+    /// Continues from `pos` (from a saved training state).
+    pub fn seek(&mut self, pos: StreamPosition) -> Result<()> {
+        if pos.window >= self.windows {
+            return Err(Error::Data(format!(
+                "saved window {} is beyond the {} windows of an epoch: the corpus or the batch \
+                 shape changed since the checkpoint",
+                pos.window, self.windows
+            )));
+        }
+        self.pos = pos;
+        Ok(())
+    }
+
+    /// The next batch, and whether it starts a new pass over the streams (so the carried state
+    /// must be reset to zero).
+    pub fn next_batch(&mut self, tokens: &[u32]) -> (Batch, bool) {
+        let (b_n, t_n) = (self.rows, self.steps);
+        let start = self.pos.window == 0;
+        let mut inputs = Vec::with_capacity(b_n * t_n);
+        let mut targets = Vec::with_capacity(b_n * t_n);
+        for t in 0..t_n {
+            for b in 0..b_n {
+                let i = b * self.stream_len + self.pos.window * t_n + t;
+                inputs.push(tokens[i]);
+                targets.push(tokens[i + 1]);
+            }
+        }
+        self.pos.window += 1;
+        if self.pos.window == self.windows {
+            self.pos.window = 0;
+            self.pos.epoch += 1;
+        }
+        (
+            Batch {
+                steps: t_n,
+                rows: b_n,
+                inputs: Inputs::Tokens(inputs),
+                targets: Targets::Classes(targets),
+                mask: None,
+            },
+            start,
+        )
+    }
+}
+
+/// Evaluation batches that count each of the `n - 1` next-token predictions of `tokens` once,
+/// made one at a time. The state is to be reset before the first and carried between them.
+pub struct EvalBatches<'a> {
+    tokens: &'a [u32],
+    rows: usize,
+    steps: usize,
+    per_stream: usize,
+    windows: usize,
+    next: usize,
+}
+
+impl<'a> EvalBatches<'a> {
+    /// Batches of at most `rows` streams and `steps` steps over `tokens`.
+    pub fn new(tokens: &'a [u32], rows: usize, steps: usize) -> Result<Self> {
+        if rows == 0 || steps == 0 {
+            return Err(Error::Config(
+                "batch and sequence length must be at least 1".into(),
+            ));
+        }
+        let preds = tokens.len().saturating_sub(1);
+        if preds == 0 {
+            return Err(Error::Data("evaluation needs at least two tokens".into()));
+        }
+        let rows = rows.min(preds);
+        let per_stream = preds.div_ceil(rows);
+        Ok(EvalBatches {
+            tokens,
+            rows,
+            steps,
+            per_stream,
+            windows: per_stream.div_ceil(steps),
+            next: 0,
+        })
+    }
+
+    /// B of every batch.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of batches.
+    pub fn len(&self) -> usize {
+        self.windows
+    }
+
+    /// Whether there are no batches (never: at least one prediction is required).
+    pub fn is_empty(&self) -> bool {
+        self.windows == 0
+    }
+}
+
+impl Iterator for EvalBatches<'_> {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        if self.next == self.windows {
+            return None;
+        }
+        let (rows, steps, w) = (self.rows, self.steps, self.next);
+        let preds = self.tokens.len() - 1;
+        let n = rows * steps;
+        let (mut inputs, mut targets, mut mask) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for t in 0..steps {
+            for b in 0..rows {
+                let k = w * steps + t;
+                let i = b * self.per_stream + k;
+                if k < self.per_stream && i < preds {
+                    inputs.push(self.tokens[i]);
+                    targets.push(self.tokens[i + 1]);
+                    mask.push(1.0);
+                } else {
+                    inputs.push(0);
+                    targets.push(0);
+                    mask.push(0.0);
+                }
+            }
+        }
+        self.next += 1;
+        Some(Batch {
+            steps,
+            rows,
+            inputs: Inputs::Tokens(inputs),
+            targets: Targets::Classes(targets),
+            mask: Some(mask),
+        })
+    }
+}

@@ -1,3 +1,4 @@
-//! Training: optimizers, the trainer loop over an [`crate::engine::Engine`], metrics.
+//! Training: optimizers, the trainer loop over an [`crate::engine::Engine`].
 
 pub mod optim;
+pub mod trainer;

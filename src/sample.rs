@@ -1,0 +1,104 @@
+//! Generation from a language model: prime text, then one token at a time drawn from the
+//! softmax output with a temperature and an optional top-k cut.
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::vocab::Vocab;
+use crate::engine::{Batch, Engine, Inputs, Targets};
+use crate::error::{Error, Result};
+use crate::model::{InputKind, OutputKind};
+
+/// How to draw tokens.
+#[derive(Clone, Debug)]
+pub struct SampleOptions {
+    /// Number of tokens to generate after the prime text.
+    pub length: usize,
+    /// Divides the logits: below 1 sharper, above 1 flatter. Must be > 0.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0: all).
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+/// Draws a token from probabilities `p` with `temperature` and `top_k`.
+pub fn draw(p: &[f32], temperature: f32, top_k: usize, rng: &mut ChaCha8Rng) -> u32 {
+    // p^(1/temp) renormalised equals softmax(logits / temp).
+    let inv = 1.0 / temperature as f64;
+    let mut w: Vec<(usize, f64)> = p
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i, (v.max(0.0) as f64).powf(inv)))
+        .collect();
+    if top_k > 0 && top_k < w.len() {
+        w.sort_by(|a, b| b.1.total_cmp(&a.1));
+        w.truncate(top_k);
+    }
+    let total: f64 = w.iter().map(|x| x.1).sum();
+    if total <= 0.0 || !total.is_finite() {
+        return w
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(0, |x| x.0 as u32);
+    }
+    let mut r = rng.random_range(0.0..total);
+    for &(i, v) in &w {
+        if r < v {
+            return i as u32;
+        }
+        r -= v;
+    }
+    w.last().map_or(0, |x| x.0 as u32)
+}
+
+/// Feeds `prime` (at least one token) and generates `opts.length` tokens; returns the generated
+/// text (without the prime).
+pub fn sample(
+    engine: &mut dyn Engine,
+    vocab: &Vocab,
+    prime: &[u32],
+    opts: &SampleOptions,
+) -> Result<String> {
+    let cfg = engine.config().clone();
+    if cfg.input_kind != InputKind::OneHot || cfg.output_kind != OutputKind::Softmax {
+        return Err(Error::Config(
+            "sampling needs a language model (one-hot input, softmax output)".into(),
+        ));
+    }
+    if !(opts.temperature > 0.0 && opts.temperature.is_finite()) {
+        return Err(Error::Config(format!(
+            "temperature {} must be > 0",
+            opts.temperature
+        )));
+    }
+    if prime.is_empty() {
+        return Err(Error::Config(
+            "the prime text has no token in the model's vocabulary".into(),
+        ));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    engine.reset_state(1)?;
+    let v = cfg.output_size;
+    let step = |engine: &mut dyn Engine, inputs: Vec<u32>| -> Result<Vec<f32>> {
+        let steps = inputs.len();
+        engine.upload_batch(&Batch {
+            steps,
+            rows: 1,
+            inputs: Inputs::Tokens(inputs),
+            targets: Targets::Classes(vec![0; steps]),
+            mask: None,
+        })?;
+        engine.forward()?;
+        engine.carry_state()?;
+        let out = engine.outputs()?;
+        Ok(out[(steps - 1) * v..].to_vec())
+    };
+    let mut probs = step(engine, prime.to_vec())?;
+    let mut out = Vec::with_capacity(opts.length);
+    for _ in 0..opts.length {
+        let tok = draw(&probs, opts.temperature, opts.top_k, &mut rng);
+        out.push(tok);
+        probs = step(engine, vec![tok])?;
+    }
+    Ok(vocab.decode(&out))
+}
