@@ -51,14 +51,50 @@ pub fn draw(p: &[f32], temperature: f32, top_k: usize, rng: &mut ChaCha8Rng) -> 
     w.last().map_or(0, |x| x.0 as u32)
 }
 
-/// Feeds `prime` (at least one token) and generates `opts.length` tokens; returns the generated
-/// text (without the prime).
+/// Turns tokens into text as they come: characters at once, bytes once they form UTF-8.
+struct TextStream<'a> {
+    vocab: &'a Vocab,
+    pending: Vec<u8>,
+}
+
+impl TextStream<'_> {
+    fn push(&mut self, tok: u32, out: &mut dyn FnMut(&str)) {
+        if self.vocab.chars().is_some()
+            || self.vocab.line_tokens && tok >= self.vocab.base_len() as u32
+        {
+            self.flush(out);
+            out(&self.vocab.decode(&[tok]));
+            return;
+        }
+        self.pending.push(tok as u8);
+        match std::str::from_utf8(&self.pending) {
+            Ok(s) => {
+                out(s);
+                self.pending.clear();
+            }
+            Err(e) if e.error_len().is_none() && self.pending.len() < 4 => {}
+            Err(_) => self.flush(out),
+        }
+    }
+
+    fn flush(&mut self, out: &mut dyn FnMut(&str)) {
+        if !self.pending.is_empty() {
+            out(&String::from_utf8_lossy(&self.pending));
+            self.pending.clear();
+        }
+    }
+}
+
+/// Feeds `prime` (at least one token) and generates up to `opts.length` tokens, stopping early
+/// at the end-of-line token of a lines-mode vocabulary. Each piece of text is passed to `out` as
+/// soon as it is known (not the prime). Returns the generated tokens.
 pub fn sample(
     engine: &mut dyn Engine,
     vocab: &Vocab,
     prime: &[u32],
     opts: &SampleOptions,
-) -> Result<String> {
+    out: &mut dyn FnMut(&str),
+) -> Result<Vec<u32>> {
     let cfg = engine.config().clone();
     if cfg.input_kind != InputKind::OneHot || cfg.output_kind != OutputKind::Softmax {
         return Err(Error::Config(
@@ -79,12 +115,12 @@ pub fn sample(
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     engine.reset_state(1)?;
     let v = cfg.output_size;
-    let step = |engine: &mut dyn Engine, inputs: Vec<u32>| -> Result<Vec<f32>> {
+    let step = |engine: &mut dyn Engine, inputs: &[u32]| -> Result<Vec<f32>> {
         let steps = inputs.len();
         engine.upload_batch(&Batch {
             steps,
             rows: 1,
-            inputs: Inputs::Tokens(inputs),
+            inputs: Inputs::Tokens(inputs.to_vec()),
             targets: Targets::Classes(vec![0; steps]),
             mask: None,
         })?;
@@ -93,12 +129,21 @@ pub fn sample(
         let out = engine.outputs()?;
         Ok(out[(steps - 1) * v..].to_vec())
     };
-    let mut probs = step(engine, prime.to_vec())?;
-    let mut out = Vec::with_capacity(opts.length);
+    let mut probs = step(engine, prime)?;
+    let mut text = TextStream {
+        vocab,
+        pending: Vec::new(),
+    };
+    let mut tokens = Vec::with_capacity(opts.length);
     for _ in 0..opts.length {
         let tok = draw(&probs, opts.temperature, opts.top_k, &mut rng);
-        out.push(tok);
-        probs = step(engine, vec![tok])?;
+        tokens.push(tok);
+        text.push(tok, out);
+        if Some(tok) == vocab.end_token() {
+            break;
+        }
+        probs = step(engine, &[tok])?;
     }
-    Ok(vocab.decode(&out))
+    text.flush(out);
+    Ok(tokens)
 }

@@ -2,6 +2,7 @@
 //! the library.
 
 mod commands;
+mod train;
 
 use std::path::PathBuf;
 
@@ -29,9 +30,10 @@ pub enum Command {
 }
 
 /// Where to run.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
 pub enum DeviceArg {
     /// A hardware GPU when there is one, else the CPU.
+    #[default]
     Auto,
     /// The GPU engine (any adapter, software ones included).
     Gpu,
@@ -49,7 +51,7 @@ impl From<DeviceArg> for DeviceChoice {
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ActivationArg {
     Tanh,
     Relu,
@@ -85,62 +87,129 @@ impl From<OptimizerArg> for OptimizerKind {
     }
 }
 
-#[derive(Args, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VocabArg {
+    /// The distinct characters of the corpus (UTF-8 text).
+    Chars,
+    /// The 256 byte values (any file).
+    Bytes,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    /// The same learning rate throughout.
+    Constant,
+    /// Multiply by --lr-decay every --lr-decay-every steps.
+    Step,
+    /// Cosine from --lr down to --lr-min over the run.
+    Cosine,
+    /// Multiply by --lr-decay when validation has not improved for --patience evaluations.
+    Plateau,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CellArg {
+    /// The plain (Elman) cell of torch.nn.RNN.
+    Rnn,
+}
+
+/// Options of `unroll train`. Those that define the model, the data or the optimizer are
+/// optional here so that a resume can tell which ones were given (and refuse a change); their
+/// defaults are in the help text and applied in `train.rs`.
+#[derive(Args, Debug, Default)]
 pub struct TrainArgs {
-    /// UTF-8 text file to train on; without it, the built-in corpus.
+    /// UTF-8 text file to train on (any file with --vocab bytes); default: the built-in corpus.
     #[arg(long)]
     pub corpus: Option<PathBuf>,
-    /// Output directory for model.safetensors.
-    #[arg(long, default_value = "runs/latest")]
-    pub out: PathBuf,
+    /// Token vocabulary [default: chars].
+    #[arg(long, value_enum)]
+    pub vocab: Option<VocabArg>,
+    /// Fraction of the corpus, taken from its end, held out for validation [default: 0.05].
+    #[arg(long)]
+    pub val_frac: Option<f64>,
+    /// Output directory: model.safetensors, best.safetensors, state.safetensors, metrics.jsonl,
+    /// loss.svg [default: runs/latest].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run saved in this directory, exactly where it stopped (with --steps to
+    /// extend it).
+    #[arg(long, conflicts_with_all = ["out", "init", "corpus", "vocab", "val_frac", "seed"])]
+    pub resume: Option<PathBuf>,
     /// Start from the parameters of this checkpoint (directory or file) instead of a fresh init.
     #[arg(long)]
     pub init: Option<PathBuf>,
-    /// State size H of every layer.
-    #[arg(long, default_value_t = 128)]
-    pub hidden: usize,
-    /// Stacked recurrent layers.
-    #[arg(long, default_value_t = 1)]
-    pub layers: usize,
-    /// State nonlinearity f1.
-    #[arg(long, value_enum, default_value_t = ActivationArg::Tanh)]
-    pub activation: ActivationArg,
-    /// Streams per batch (B).
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Time steps per window (T): the truncation length of BPTT.
-    #[arg(long, default_value_t = 64)]
-    pub seq_len: usize,
-    /// Optimizer steps (0 writes the initial model).
-    #[arg(long, default_value_t = 1500)]
-    pub steps: u64,
-    #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
-    pub optimizer: OptimizerArg,
-    /// Learning rate (default: 2e-3 for adam and rmsprop, 0.05 for momentum, 0.5 for sgd, 0.1 for adagrad).
+    /// Overwrite an output directory that holds another run.
+    #[arg(long)]
+    pub force: bool,
+    /// Recurrent cell [default: rnn].
+    #[arg(long, value_enum)]
+    pub cell: Option<CellArg>,
+    /// State size H of every layer [default: 128].
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Stacked recurrent layers [default: 1].
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// State nonlinearity f1 [default: tanh].
+    #[arg(long, value_enum)]
+    pub activation: Option<ActivationArg>,
+    /// Streams per batch, B [default: 32].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Time steps per window, T: the truncation length of BPTT [default: 64].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Optimizer steps in all; 0 writes the initial model [default: 1500].
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<u64>,
+    /// Passes over the training split, instead of --steps.
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Optimizer [default: adam].
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
+    /// Learning rate [default: 2e-3 for adam and rmsprop, 0.05 momentum, 0.5 sgd, 0.1 adagrad].
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Momentum factor (momentum optimizer).
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f32,
-    /// L2 weight decay.
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f32,
-    /// Clip gradients to this global L2 norm (0: no clipping).
-    #[arg(long, default_value_t = 5.0)]
-    pub clip: f32,
-    /// Seed of the initialisation.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Fraction of the corpus, taken from its end, held out for validation.
-    #[arg(long, default_value_t = 0.05)]
-    pub val_frac: f64,
-    /// Evaluate (and save) every this many steps (0: only at the end).
-    #[arg(long, default_value_t = 250)]
-    pub eval_every: u64,
-    /// Print the training loss every this many steps.
-    #[arg(long, default_value_t = 50)]
-    pub log_every: u64,
-    /// Characters to sample at the end of training (0: none).
+    /// Learning-rate schedule [default: constant].
+    #[arg(long, value_enum)]
+    pub lr_schedule: Option<ScheduleArg>,
+    /// Decay factor of the step and plateau schedules [default: 0.5].
+    #[arg(long)]
+    pub lr_decay: Option<f32>,
+    /// Steps between decays of the step schedule [default: 1000].
+    #[arg(long)]
+    pub lr_decay_every: Option<u64>,
+    /// Floor of the cosine and plateau schedules [default: 0].
+    #[arg(long)]
+    pub lr_min: Option<f32>,
+    /// Evaluations without improvement before the plateau schedule decays [default: 2].
+    #[arg(long)]
+    pub patience: Option<u32>,
+    /// Momentum factor of the momentum optimizer [default: 0.9].
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    /// L2 weight decay [default: 0].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Clip gradients to this global L2 norm; 0 disables clipping [default: 5].
+    #[arg(long)]
+    pub clip: Option<f32>,
+    /// Seed of the initialisation [default: 1].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Evaluate on the validation split, save best.safetensors and redraw loss.svg every this
+    /// many steps; 0: only at the end [default: 250].
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// Save model.safetensors and the training state every this many steps (besides every
+    /// evaluation); 0: only then [default: 0].
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Report the training loss every this many steps [default: 50].
+    #[arg(long)]
+    pub log_every: Option<u64>,
+    /// Characters to sample at the end of training; 0: none.
     #[arg(long, default_value_t = 300)]
     pub sample: usize,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
@@ -189,11 +258,12 @@ pub struct EvalArgs {
 }
 
 /// Parses the arguments and runs the command.
-pub fn run() -> anyhow::Result<()> {
+/// Parses the arguments and runs the command; returns the process exit status.
+pub fn run() -> anyhow::Result<u8> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Train(a) => commands::train(a),
-        Command::Sample(a) => commands::sample(a),
-        Command::Eval(a) => commands::eval(a),
+        Command::Train(a) => train::train(a),
+        Command::Sample(a) => commands::sample(a).map(|()| 0),
+        Command::Eval(a) => commands::eval(a).map(|()| 0),
     }
 }

@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::corpus::Tokens;
 use crate::engine::{Batch, Inputs, Targets};
 use crate::error::{Error, Result};
 
@@ -85,16 +86,22 @@ impl StreamBatches {
 
     /// The next batch, and whether it starts a new pass over the streams (so the carried state
     /// must be reset to zero).
-    pub fn next_batch(&mut self, tokens: &[u32]) -> (Batch, bool) {
+    pub fn next_batch(&mut self, tokens: &dyn Tokens) -> (Batch, bool) {
         let (b_n, t_n) = (self.rows, self.steps);
         let start = self.pos.window == 0;
-        let mut inputs = Vec::with_capacity(b_n * t_n);
-        let mut targets = Vec::with_capacity(b_n * t_n);
-        for t in 0..t_n {
-            for b in 0..b_n {
-                let i = b * self.stream_len + self.pos.window * t_n + t;
-                inputs.push(tokens[i]);
-                targets.push(tokens[i + 1]);
+        let mut inputs = vec![0; b_n * t_n];
+        let mut targets = vec![0; b_n * t_n];
+        let mut window = Vec::with_capacity(t_n + 1);
+        for b in 0..b_n {
+            window.clear();
+            tokens.read(
+                b * self.stream_len + self.pos.window * t_n,
+                t_n + 1,
+                &mut window,
+            );
+            for t in 0..t_n {
+                inputs[t * b_n + b] = window[t];
+                targets[t * b_n + b] = window[t + 1];
             }
         }
         self.pos.window += 1;
@@ -118,7 +125,7 @@ impl StreamBatches {
 /// Evaluation batches that count each of the `n - 1` next-token predictions of `tokens` once,
 /// made one at a time. The state is to be reset before the first and carried between them.
 pub struct EvalBatches<'a> {
-    tokens: &'a [u32],
+    tokens: &'a dyn Tokens,
     rows: usize,
     steps: usize,
     per_stream: usize,
@@ -128,7 +135,7 @@ pub struct EvalBatches<'a> {
 
 impl<'a> EvalBatches<'a> {
     /// Batches of at most `rows` streams and `steps` steps over `tokens`.
-    pub fn new(tokens: &'a [u32], rows: usize, steps: usize) -> Result<Self> {
+    pub fn new(tokens: &'a dyn Tokens, rows: usize, steps: usize) -> Result<Self> {
         if rows == 0 || steps == 0 {
             return Err(Error::Config(
                 "batch and sequence length must be at least 1".into(),
@@ -176,24 +183,23 @@ impl Iterator for EvalBatches<'_> {
         let (rows, steps, w) = (self.rows, self.steps, self.next);
         let preds = self.tokens.len() - 1;
         let n = rows * steps;
-        let (mut inputs, mut targets, mut mask) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for t in 0..steps {
-            for b in 0..rows {
-                let k = w * steps + t;
-                let i = b * self.per_stream + k;
-                if k < self.per_stream && i < preds {
-                    inputs.push(self.tokens[i]);
-                    targets.push(self.tokens[i + 1]);
-                    mask.push(1.0);
-                } else {
-                    inputs.push(0);
-                    targets.push(0);
-                    mask.push(0.0);
-                }
+        let (mut inputs, mut targets, mut mask) = (vec![0; n], vec![0; n], vec![0.0; n]);
+        let mut window = Vec::with_capacity(steps + 1);
+        for b in 0..rows {
+            // Predictions k of stream b: input token b * per_stream + k, within the stream
+            // and within the sequence.
+            let first = b * self.per_stream + w * steps;
+            let end = ((b + 1) * self.per_stream).min(preds);
+            let count = end.saturating_sub(first).min(steps);
+            if count == 0 {
+                continue;
+            }
+            window.clear();
+            self.tokens.read(first, count + 1, &mut window);
+            for t in 0..count {
+                inputs[t * rows + b] = window[t];
+                targets[t * rows + b] = window[t + 1];
+                mask[t * rows + b] = 1.0;
             }
         }
         self.next += 1;

@@ -1,7 +1,8 @@
 //! Vocabularies: how text becomes token ids and back.
 //!
 //! `chars`: the distinct characters (Unicode scalar values) of the training text sorted by code
-//! point; id i is the i-th of them. `bytes`: the 256 byte values, for any file.
+//! point; id i is the i-th of them. `bytes`: the 256 byte values, for any file. In lines mode two
+//! more ids follow the base ones: start-of-line and end-of-line.
 //! Rule for characters the vocabulary has never seen (at eval time): they are skipped, neither
 //! input nor target, and counted so the caller can report them.
 
@@ -9,32 +10,98 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// A token vocabulary.
+/// Which kind of base vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VocabKind {
+    Chars,
+    Bytes,
+}
+
+/// The base symbols.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Vocab {
+pub enum Symbols {
     /// Distinct characters sorted by code point.
     Chars { symbols: Vec<char> },
     /// The 256 byte values.
     Bytes,
 }
 
+/// A token vocabulary: base symbols, plus start/end-of-line tokens in lines mode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vocab {
+    #[serde(flatten)]
+    pub symbols: Symbols,
+    /// Whether ids `base` and `base + 1` are the start-of-line and end-of-line tokens.
+    #[serde(default)]
+    pub line_tokens: bool,
+}
+
 impl Vocab {
     /// The character vocabulary of `text`.
     pub fn chars_of(text: &str) -> Self {
-        let mut seen = std::collections::BTreeSet::new();
-        seen.extend(text.chars());
-        Vocab::Chars {
-            symbols: seen.into_iter().collect(),
+        let mut ascii = [false; 128];
+        let mut other = std::collections::BTreeSet::new();
+        for c in text.chars() {
+            if c.is_ascii() {
+                ascii[c as usize] = true;
+            } else {
+                other.insert(c);
+            }
+        }
+        let mut symbols: Vec<char> = (0u8..128)
+            .filter(|&b| ascii[b as usize])
+            .map(char::from)
+            .collect();
+        symbols.extend(other);
+        Vocab {
+            symbols: Symbols::Chars { symbols },
+            line_tokens: false,
         }
     }
 
-    /// Number of tokens.
-    pub fn len(&self) -> usize {
-        match self {
-            Vocab::Chars { symbols } => symbols.len(),
-            Vocab::Bytes => 256,
+    /// The byte vocabulary.
+    pub fn bytes() -> Self {
+        Vocab {
+            symbols: Symbols::Bytes,
+            line_tokens: false,
         }
+    }
+
+    /// The same vocabulary with start/end-of-line tokens.
+    pub fn with_line_tokens(mut self) -> Self {
+        self.line_tokens = true;
+        self
+    }
+
+    /// The kind of base vocabulary.
+    pub fn kind(&self) -> VocabKind {
+        match self.symbols {
+            Symbols::Chars { .. } => VocabKind::Chars,
+            Symbols::Bytes => VocabKind::Bytes,
+        }
+    }
+
+    /// The sorted characters of a character vocabulary.
+    pub fn chars(&self) -> Option<&[char]> {
+        match &self.symbols {
+            Symbols::Chars { symbols } => Some(symbols),
+            Symbols::Bytes => None,
+        }
+    }
+
+    /// Number of base symbols (without line tokens).
+    pub fn base_len(&self) -> usize {
+        match &self.symbols {
+            Symbols::Chars { symbols } => symbols.len(),
+            Symbols::Bytes => 256,
+        }
+    }
+
+    /// Number of tokens, line tokens included.
+    pub fn len(&self) -> usize {
+        self.base_len() + if self.line_tokens { 2 } else { 0 }
     }
 
     /// Whether the vocabulary has no tokens.
@@ -42,12 +109,22 @@ impl Vocab {
         self.len() == 0
     }
 
+    /// The start-of-line token, in lines mode.
+    pub fn start_token(&self) -> Option<u32> {
+        self.line_tokens.then(|| self.base_len() as u32)
+    }
+
+    /// The end-of-line token, in lines mode.
+    pub fn end_token(&self) -> Option<u32> {
+        self.line_tokens.then(|| self.base_len() as u32 + 1)
+    }
+
     /// Token ids of `text`, and the number of characters skipped because they are not in the
     /// vocabulary.
     pub fn encode(&self, text: &str) -> (Vec<u32>, usize) {
-        match self {
-            Vocab::Bytes => (text.bytes().map(u32::from).collect(), 0),
-            Vocab::Chars { symbols } => {
+        match &self.symbols {
+            Symbols::Bytes => (text.bytes().map(u32::from).collect(), 0),
+            Symbols::Chars { symbols } => {
                 let mut ids = Vec::with_capacity(text.len());
                 let mut unknown = 0;
                 for c in text.chars() {
@@ -61,18 +138,33 @@ impl Vocab {
         }
     }
 
-    /// The text of token ids; bytes that are not valid UTF-8 are shown as U+FFFD.
+    /// The text of token ids. Bytes that are not valid UTF-8 are shown as U+FFFD; the end-of-line
+    /// token is written as a newline and the start-of-line token as nothing.
     pub fn decode(&self, ids: &[u32]) -> String {
-        match self {
-            Vocab::Bytes => {
-                let bytes: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
-                String::from_utf8_lossy(&bytes).into_owned()
+        let base = self.base_len() as u32;
+        let mut out = String::new();
+        let mut bytes = Vec::new();
+        let flush = |bytes: &mut Vec<u8>, out: &mut String| {
+            out.push_str(&String::from_utf8_lossy(bytes));
+            bytes.clear();
+        };
+        for &id in ids {
+            if self.line_tokens && id >= base {
+                flush(&mut bytes, &mut out);
+                if Some(id) == self.end_token() {
+                    out.push('\n');
+                }
+                continue;
             }
-            Vocab::Chars { symbols } => ids
-                .iter()
-                .map(|&i| symbols.get(i as usize).copied().unwrap_or('\u{FFFD}'))
-                .collect(),
+            match &self.symbols {
+                Symbols::Bytes => bytes.push(id as u8),
+                Symbols::Chars { symbols } => {
+                    out.push(symbols.get(id as usize).copied().unwrap_or('\u{FFFD}'))
+                }
+            }
         }
+        flush(&mut bytes, &mut out);
+        out
     }
 
     /// JSON form stored in checkpoints.
@@ -84,7 +176,7 @@ impl Vocab {
     pub fn from_json(s: &str) -> Result<Self> {
         let v: Vocab =
             serde_json::from_str(s).map_err(|e| Error::Data(format!("invalid vocabulary: {e}")))?;
-        if let Vocab::Chars { symbols } = &v
+        if let Some(symbols) = v.chars()
             && symbols.windows(2).any(|w| w[0] >= w[1])
         {
             return Err(Error::Data(

@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use unroll::data::corpus::TokenizedCorpus;
+use unroll::data::corpus::Corpus;
+use unroll::data::vocab::VocabKind;
 use unroll::engine::cpu::CpuEngine;
 use unroll::engine::{Batch, Engine, Inputs, Targets};
 use unroll::model::{Checkpoint, ModelConfig, ParamLayout, init_params};
@@ -75,7 +76,10 @@ fn zero_steps_writes_the_seeded_initial_model() {
         "cpu",
     ]);
     let ckpt = Checkpoint::load(&out).unwrap();
-    let vocab = TokenizedCorpus::from_text(&text, None).vocab;
+    let vocab = Corpus::from_string(text, VocabKind::Chars)
+        .unwrap()
+        .vocab()
+        .clone();
     let cfg = ModelConfig::language_model(vocab.len(), 12, 2);
     assert_eq!(ckpt.config, cfg);
     assert_eq!(ckpt.vocab.as_ref(), Some(&vocab));
@@ -120,8 +124,9 @@ fn sgd_without_clipping_takes_the_exact_step_on_the_first_window() {
     ]);
     let trained = Checkpoint::load(&out).unwrap();
     // The same step by hand: tokens 0..T predicting 1..T+1 from a zero state.
-    let corpus = TokenizedCorpus::from_text(&text, None);
-    let cfg = ModelConfig::language_model(corpus.vocab.len(), 7, 1);
+    let corpus = Corpus::from_string(text, VocabKind::Chars).unwrap();
+    let tokens = corpus.to_vec();
+    let cfg = ModelConfig::language_model(corpus.vocab().len(), 7, 1);
     let params = init_params(&cfg, &ParamLayout::new(&cfg).unwrap(), 5);
     let mut engine = CpuEngine::<f64>::new(&cfg, &params).unwrap();
     engine.reset_state(1).unwrap();
@@ -129,8 +134,8 @@ fn sgd_without_clipping_takes_the_exact_step_on_the_first_window() {
         .upload_batch(&Batch {
             steps: t,
             rows: 1,
-            inputs: Inputs::Tokens(corpus.tokens[..t].to_vec()),
-            targets: Targets::Classes(corpus.tokens[1..=t].to_vec()),
+            inputs: Inputs::Tokens(tokens[..t].to_vec()),
+            targets: Targets::Classes(tokens[1..=t].to_vec()),
             mask: None,
         })
         .unwrap();

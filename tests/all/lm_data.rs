@@ -126,9 +126,7 @@ fn evaluation_counts_every_prediction_exactly_once() {
 fn character_vocabulary_is_sorted_and_round_trips() {
     let text = "zebra, Ärger & 🎉 abc\nzz";
     let vocab = Vocab::chars_of(text);
-    let Vocab::Chars { symbols } = &vocab else {
-        panic!("chars")
-    };
+    let symbols = vocab.chars().unwrap();
     assert!(symbols.windows(2).all(|w| w[0] < w[1]));
     let (ids, unknown) = vocab.encode(text);
     assert_eq!(unknown, 0);
@@ -138,4 +136,11 @@ fn character_vocabulary_is_sorted_and_round_trips() {
     assert_eq!(vocab.decode(&ids), "z🎉");
     assert_eq!(Vocab::from_json(&vocab.to_json()).unwrap(), vocab);
     assert!(Vocab::from_json(r#"{"kind":"chars","symbols":["b","a"]}"#).is_err());
+    let lines = Vocab::chars_of("ab").with_line_tokens();
+    assert_eq!(
+        (lines.len(), lines.start_token(), lines.end_token()),
+        (4, Some(2), Some(3))
+    );
+    assert_eq!(lines.decode(&[2, 0, 1, 3]), "ab\n");
+    assert_eq!(Vocab::from_json(&lines.to_json()).unwrap(), lines);
 }

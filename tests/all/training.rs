@@ -2,13 +2,17 @@
 //! optimizer rules follow PyTorch's equations.
 
 use rand::RngExt;
-use unroll::data::corpus::TokenizedCorpus;
+use unroll::data::corpus::{Corpus, Tokens};
+use unroll::data::vocab::{Vocab, VocabKind};
 use unroll::engine::Engine;
 use unroll::engine::cpu::CpuEngine;
 use unroll::engine::cpu::optim::optimizer_update;
 use unroll::model::{ModelConfig, ParamLayout, init_params};
+use unroll::train::metrics::Metrics;
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
-use unroll::train::trainer::{LmSchedule, evaluate, train_lm};
+use unroll::train::schedule::LrSchedule;
+use unroll::train::state::{Progress, RunSpec};
+use unroll::train::trainer::{Outcome, Trainer, evaluate};
 
 use crate::common;
 
@@ -29,40 +33,102 @@ pub fn generated_corpus(rng: &mut rand_chacha::ChaCha8Rng, sentences: usize) -> 
     s
 }
 
+/// Trains a fresh model on `train` for `run.steps` steps into a temporary directory.
+pub fn train_into(
+    dir: &std::path::Path,
+    engine: &mut dyn Engine,
+    vocab: &Vocab,
+    train: &dyn Tokens,
+    val: &dyn Tokens,
+    run: &RunSpec,
+) -> Outcome {
+    let mut metrics = Metrics::open(dir, None).unwrap();
+    let mut trainer = Trainer {
+        engine,
+        vocab,
+        run,
+        out: dir,
+        interrupt: None,
+    };
+    trainer
+        .run(train, val, Progress::start(), &mut metrics, |_| {})
+        .unwrap()
+}
+
+/// A run specification for tests.
+pub fn run_spec(
+    steps: u64,
+    batch: usize,
+    seq_len: usize,
+    optimizer: OptimizerConfig,
+    lr: f32,
+    corpus_tokens: usize,
+) -> RunSpec {
+    RunSpec {
+        steps,
+        batch,
+        seq_len,
+        optimizer,
+        lr,
+        schedule: LrSchedule::Constant,
+        eval_every: 0,
+        checkpoint_every: 0,
+        log_every: 10,
+        seed: 1,
+        corpus: None,
+        corpus_tokens,
+        val_frac: 0.1,
+    }
+}
+
 #[test]
 fn training_lowers_the_loss_far_below_uniform() {
     let mut rng = common::rng("training");
-    let text = generated_corpus(&mut rng, 1500);
-    let corpus = TokenizedCorpus::from_text(&text, None);
-    let v = corpus.vocab.len();
+    let corpus = Corpus::from_string(generated_corpus(&mut rng, 1500), VocabKind::Chars).unwrap();
+    let v = corpus.vocab().len();
     let cfg = ModelConfig::language_model(v, 48, 1);
     let params = init_params(&cfg, &ParamLayout::new(&cfg).unwrap(), rng.random());
     let mut engine = CpuEngine::<f32>::new(&cfg, &params).unwrap();
-    let split = corpus.tokens.len() * 9 / 10;
-    let (train, val) = corpus.tokens.split_at(split);
-    let before = evaluate(&mut engine, val, 8, 32).unwrap().mean();
-    let schedule = LmSchedule {
-        steps: 400,
-        batch: 16,
-        seq_len: 32,
-        optimizer: OptimizerConfig::new(OptimizerKind::Adam).with_clip(5.0),
-        lr: 1e-2,
-        eval_every: 0,
-        log_every: 0,
-    };
-    let val_loss = train_lm(&mut engine, train, val, &schedule, |_| {}, |_, _| Ok(()))
-        .unwrap()
-        .unwrap();
+    let split = corpus.len() * 9 / 10;
+    let (train, val) = (
+        corpus.slice(0, split),
+        corpus.slice(split, corpus.len() - split),
+    );
+    let before = evaluate(&mut engine, &val, 8, 32).unwrap().mean();
+    let run = run_spec(
+        400,
+        16,
+        32,
+        OptimizerConfig::new(OptimizerKind::Adam).with_clip(5.0),
+        1e-2,
+        corpus.len(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        train_into(dir.path(), &mut engine, corpus.vocab(), &train, &val, &run),
+        Outcome::Finished
+    );
+    let after = evaluate(&mut engine, &val, 8, 32).unwrap().mean();
     let uniform = (v as f64).ln();
-    eprintln!("V={v} ln V={uniform:.3} before={before:.3} after={val_loss:.3}");
+    eprintln!("V={v} ln V={uniform:.3} before={before:.3} after={after:.3}");
     assert!(
         (before - uniform).abs() < 0.3,
         "an untrained model is near uniform"
     );
     assert!(
-        val_loss < 0.35 * uniform,
-        "validation loss {val_loss} is not far below ln V = {uniform}"
+        after < 0.35 * uniform,
+        "validation loss {after} is not far below ln V = {uniform}"
     );
+    // The run directory holds the model, the best model, the state, the metrics and the plot.
+    for f in [
+        "model.safetensors",
+        "best.safetensors",
+        "state.safetensors",
+        "metrics.jsonl",
+        "loss.svg",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f} is missing");
+    }
 }
 
 /// One element's update computed from PyTorch's documented equations, in f64.

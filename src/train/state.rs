@@ -1,0 +1,230 @@
+//! The training state for an exact resume: `DIR/state.safetensors` holds the parameters, both
+//! optimizer moment buffers and the carried state, with the run's settings and progress as JSON
+//! metadata. It is self-contained (a resume needs no other file) and written atomically.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::data::lm::StreamPosition;
+use crate::data::vocab::Vocab;
+use crate::error::{Error, Result};
+use crate::model::checkpoint::write_atomic;
+use crate::model::{ModelConfig, ParamLayout};
+use crate::train::optim::{OptimizerConfig, OptimizerState};
+use crate::train::schedule::{LrSchedule, ScheduleState};
+
+/// File name of the training state inside a run directory.
+pub const STATE_FILE: &str = "state.safetensors";
+const FORMAT: &str = "unroll-state/1";
+
+/// The settings of a run: what a resume continues with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Total optimizer steps of the run.
+    pub steps: u64,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub optimizer: OptimizerConfig,
+    /// Base learning rate.
+    pub lr: f32,
+    pub schedule: LrSchedule,
+    /// Evaluate (and save best.safetensors) every this many steps; 0: only at the end.
+    pub eval_every: u64,
+    /// Save model and state every this many steps; 0: only at evaluations and the end.
+    pub checkpoint_every: u64,
+    /// Read the loss back and report every this many steps.
+    pub log_every: u64,
+    pub seed: u64,
+    /// The corpus path (None: the built-in corpus) and its token count, checked on resume.
+    pub corpus: Option<String>,
+    pub corpus_tokens: usize,
+    pub val_frac: f64,
+}
+
+/// How far a run has come.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// The next training window.
+    pub position: StreamPosition,
+    pub schedule: ScheduleState,
+    /// Best validation loss so far (the loss of best.safetensors).
+    pub best_val: Option<f64>,
+}
+
+impl Progress {
+    /// The progress of a run that has not started.
+    pub fn start() -> Self {
+        Progress {
+            step: 0,
+            position: StreamPosition {
+                epoch: 0,
+                window: 0,
+            },
+            schedule: ScheduleState::default(),
+            best_val: None,
+        }
+    }
+}
+
+/// Everything a resume needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    pub config: ModelConfig,
+    pub vocab: Vocab,
+    pub run: RunSpec,
+    pub progress: Progress,
+    pub params: Vec<f32>,
+    pub optimizer: OptimizerState,
+    /// Rows (B) of the carried state.
+    pub state_rows: usize,
+    /// The carried state, `layers * B * H`.
+    pub state: Vec<f32>,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl TrainState {
+    /// Writes `dir/state.safetensors` atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(STATE_FILE);
+        let h = self.config.hidden_size;
+        let parts: Vec<(&str, Vec<usize>, Vec<u8>)> = vec![
+            ("params", vec![self.params.len()], f32_bytes(&self.params)),
+            (
+                "optimizer.m",
+                vec![self.optimizer.m.len()],
+                f32_bytes(&self.optimizer.m),
+            ),
+            (
+                "optimizer.v",
+                vec![self.optimizer.v.len()],
+                f32_bytes(&self.optimizer.v),
+            ),
+            (
+                "state",
+                vec![self.config.layers, self.state_rows, h],
+                f32_bytes(&self.state),
+            ),
+        ];
+        let mut views = Vec::new();
+        for (name, shape, data) in &parts {
+            let v = TensorView::new(Dtype::F32, shape.clone(), data)
+                .map_err(|e| Error::checkpoint(&path, format!("tensor {name}: {e}")))?;
+            views.push((name.to_string(), v));
+        }
+        let json = |v: &dyn erased::Json| v.json();
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), FORMAT.to_string());
+        meta.insert("config".to_string(), json(&self.config));
+        meta.insert("vocab".to_string(), self.vocab.to_json());
+        meta.insert("run".to_string(), json(&self.run));
+        meta.insert("progress".to_string(), json(&self.progress));
+        meta.insert(
+            "optimizer_step".to_string(),
+            self.optimizer.step.to_string(),
+        );
+        let bytes = safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::checkpoint(&path, format!("cannot serialize: {e}")))?;
+        write_atomic(&path, &bytes)
+    }
+
+    /// Reads `dir/state.safetensors`, checking every tensor against the stored config.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read training state", &path, e))?;
+        let bad = |m: String| Error::checkpoint(&path, m);
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(bad(format!(
+                "not an unroll training state (format {FORMAT} expected)"
+            )));
+        }
+        fn field<T: for<'de> Deserialize<'de>>(
+            meta: &HashMap<String, String>,
+            key: &str,
+            bad: &dyn Fn(String) -> Error,
+        ) -> Result<T> {
+            let s = meta
+                .get(key)
+                .ok_or_else(|| bad(format!("metadata has no {key}")))?;
+            serde_json::from_str(s).map_err(|e| bad(format!("metadata {key} is invalid: {e}")))
+        }
+        let config: ModelConfig = field(&meta, "config", &bad)?;
+        let run: RunSpec = field(&meta, "run", &bad)?;
+        let progress: Progress = field(&meta, "progress", &bad)?;
+        let opt_step: u64 = field(&meta, "optimizer_step", &bad)?;
+        let vocab = Vocab::from_json(
+            meta.get("vocab")
+                .ok_or_else(|| bad("metadata has no vocab".into()))?,
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        let n = ParamLayout::new(&config)
+            .map_err(|e| bad(e.to_string()))?
+            .len();
+        let tensor = |name: &str, want: Option<&[usize]>| -> Result<(Vec<usize>, Vec<f32>)> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| bad(format!("tensor {name} is missing")))?;
+            if t.dtype() != Dtype::F32 || want.is_some_and(|w| w != t.shape()) {
+                return Err(bad(format!(
+                    "tensor {name} has {:?} {:?}, expected F32 {want:?}",
+                    t.dtype(),
+                    t.shape()
+                )));
+            }
+            let v: Vec<f32> = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(bad(format!("tensor {name} holds a non-finite value")));
+            }
+            Ok((t.shape().to_vec(), v))
+        };
+        let (_, params) = tensor("params", Some(&[n]))?;
+        let (_, m) = tensor("optimizer.m", Some(&[n]))?;
+        let (_, v) = tensor("optimizer.v", Some(&[n]))?;
+        let (shape, state) = tensor("state", None)?;
+        if shape.len() != 3 || shape[0] != config.layers || shape[2] != config.hidden_size {
+            return Err(bad(format!("tensor state has shape {shape:?}")));
+        }
+        Ok(TrainState {
+            config,
+            vocab,
+            run,
+            progress,
+            params,
+            optimizer: OptimizerState {
+                step: opt_step,
+                m,
+                v,
+            },
+            state_rows: shape[1],
+            state,
+        })
+    }
+}
+
+/// JSON of any serializable value, for metadata.
+mod erased {
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
+}
