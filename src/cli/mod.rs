@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a character-level language model on a text corpus (the built-in one by default).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Generate text from a trained language model.
     Sample(SampleArgs),
     /// Evaluate a language model on a corpus: prints {"loss", "bits_per_token", ...} as JSON.
@@ -262,7 +262,7 @@ pub struct EvalArgs {
 pub fn run() -> anyhow::Result<u8> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Train(a) => train::train(a),
+        Command::Train(a) => train::train(*a),
         Command::Sample(a) => commands::sample(a).map(|()| 0),
         Command::Eval(a) => commands::eval(a).map(|()| 0),
     }

@@ -158,7 +158,7 @@ impl Trainer<'_> {
             tokens_since += batch.rows * batch.steps;
             let step = progress.step;
             let last = step == run.steps;
-            if run.log_every > 0 && (step % run.log_every == 0 || last) {
+            if run.log_every > 0 && (step.is_multiple_of(run.log_every) || last) {
                 let loss = self.engine.loss()?.mean();
                 let grad_norm = self.engine.grad_norm()?;
                 let tokens_per_sec = tokens_since as f64 / clock.elapsed().as_secs_f64().max(1e-9);
@@ -181,7 +181,7 @@ impl Trainer<'_> {
                 clock = Instant::now();
                 tokens_since = 0;
             }
-            let eval_now = (run.eval_every > 0 && step % run.eval_every == 0) || last;
+            let eval_now = (run.eval_every > 0 && step.is_multiple_of(run.eval_every)) || last;
             if eval_now && val.len() >= 2 {
                 let loss = evaluate(self.engine, val, run.batch, run.seq_len)?.mean();
                 progress.schedule.observe(&run.schedule, loss);
@@ -201,8 +201,9 @@ impl Trainer<'_> {
                 })?;
                 metrics.plot()?;
             }
-            let save_now =
-                eval_now || last || (run.checkpoint_every > 0 && step % run.checkpoint_every == 0);
+            let save_now = eval_now
+                || last
+                || (run.checkpoint_every > 0 && step.is_multiple_of(run.checkpoint_every));
             if save_now {
                 self.save(&progress)?;
                 saved_at = Some(step);
