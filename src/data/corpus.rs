@@ -46,6 +46,53 @@ impl CorpusText {
         Ok(CorpusText::Mapped(map))
     }
 
+    /// Drops the mapped pages of `range` from this process's resident memory (they stay in the
+    /// page cache and are read again if touched); nothing for in-memory text.
+    fn release(&self, range: std::ops::Range<usize>) {
+        if let CorpusText::Mapped(m) = self {
+            // SAFETY: the map is a read-only private file mapping that is never written, so
+            // dropping its pages loses nothing: a later read faults the same bytes back in.
+            let _ = unsafe {
+                m.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    range.start,
+                    range.len(),
+                )
+            };
+        }
+    }
+
+    /// Calls `f(offset, text)` on consecutive chunks of the UTF-8 text (split at character
+    /// boundaries), releasing each chunk's pages afterwards so a scan of a large file does not
+    /// keep it resident. Fails at the first invalid byte, naming its offset.
+    fn scan(&self, name: &str, mut f: impl FnMut(usize, &str)) -> Result<()> {
+        const CHUNK: usize = 32 << 20;
+        let bytes = self.bytes();
+        let mut at = 0;
+        while at < bytes.len() {
+            let end = (at + CHUNK).min(bytes.len());
+            let chunk = &bytes[at..end];
+            let text = match std::str::from_utf8(chunk) {
+                Ok(t) => t,
+                // A character cut by the chunk's end continues in the next chunk.
+                Err(e) if e.error_len().is_none() && end < bytes.len() && e.valid_up_to() > 0 => {
+                    std::str::from_utf8(&chunk[..e.valid_up_to()]).unwrap_or_default()
+                }
+                Err(e) => {
+                    return Err(Error::Data(format!(
+                        "corpus {name} is not valid UTF-8 at byte {} (use --vocab bytes for files \
+                         that are not UTF-8 text)",
+                        at + e.valid_up_to()
+                    )));
+                }
+            };
+            f(at, text);
+            self.release(at..at + text.len());
+            at += text.len();
+        }
+        Ok(())
+    }
+
     /// The raw bytes.
     pub fn bytes(&self) -> &[u8] {
         match self {
@@ -118,6 +165,35 @@ impl CharEncoder {
     }
 }
 
+/// The distinct characters seen so far: a table for ASCII, a set beyond.
+#[derive(Default)]
+struct VocabScan {
+    /// Bit i set when ASCII character i was seen.
+    ascii: u128,
+    other: std::collections::BTreeSet<char>,
+}
+
+impl VocabScan {
+    fn add(&mut self, text: &str) {
+        for c in text.chars() {
+            if c.is_ascii() {
+                self.ascii |= 1 << (c as u32);
+            } else {
+                self.other.insert(c);
+            }
+        }
+    }
+
+    fn vocab(self) -> Vocab {
+        let mut symbols: Vec<char> = (0u8..128)
+            .filter(|&b| self.ascii & (1 << b) != 0)
+            .map(char::from)
+            .collect();
+        symbols.extend(self.other);
+        Vocab::from_symbols(symbols)
+    }
+}
+
 /// A memory-mapped corpus read as tokens of a vocabulary. Characters the vocabulary lacks are
 /// skipped (neither input nor target) and counted in [`Corpus::unknown`].
 pub struct Corpus {
@@ -163,29 +239,29 @@ impl Corpus {
                 unknown: 0,
             });
         }
-        let s = std::str::from_utf8(text.bytes()).map_err(|e| {
-            Error::Data(format!(
-                "corpus {name} is not valid UTF-8 at byte {} (use --vocab bytes for files that are not UTF-8 text)",
-                e.valid_up_to()
-            ))
-        })?;
         let vocab = match vocab {
             Some(v) => v,
-            None => Vocab::chars_of(s),
+            None => {
+                let mut seen = VocabScan::default();
+                text.scan(name, |_, chunk| seen.add(chunk))?;
+                seen.vocab()
+            }
         };
         let encoder = CharEncoder::new(vocab.chars().unwrap_or_default());
         let mut index = Vec::new();
         let (mut len, mut unknown) = (0usize, 0usize);
-        for (at, c) in s.char_indices() {
-            if encoder.id(c).is_some() {
-                if len % INDEX_STRIDE == 0 {
-                    index.push(at as u64);
+        text.scan(name, |offset, chunk| {
+            for (at, c) in chunk.char_indices() {
+                if encoder.id(c).is_some() {
+                    if len % INDEX_STRIDE == 0 {
+                        index.push((offset + at) as u64);
+                    }
+                    len += 1;
+                } else {
+                    unknown += 1;
                 }
-                len += 1;
-            } else {
-                unknown += 1;
             }
-        }
+        })?;
         Ok(Corpus {
             text,
             vocab,

@@ -41,20 +41,14 @@ pub struct Vocab {
 impl Vocab {
     /// The character vocabulary of `text`.
     pub fn chars_of(text: &str) -> Self {
-        let mut ascii = [false; 128];
-        let mut other = std::collections::BTreeSet::new();
-        for c in text.chars() {
-            if c.is_ascii() {
-                ascii[c as usize] = true;
-            } else {
-                other.insert(c);
-            }
-        }
-        let mut symbols: Vec<char> = (0u8..128)
-            .filter(|&b| ascii[b as usize])
-            .map(char::from)
-            .collect();
-        symbols.extend(other);
+        let mut seen: Vec<char> = text.chars().collect();
+        seen.sort_unstable();
+        seen.dedup();
+        Self::from_symbols(seen)
+    }
+
+    /// A character vocabulary of sorted, distinct `symbols`.
+    pub fn from_symbols(symbols: Vec<char>) -> Self {
         Vocab {
             symbols: Symbols::Chars { symbols },
             line_tokens: false,

@@ -4,6 +4,7 @@ mod checkpoint;
 mod cli;
 mod common;
 mod gradcheck;
+mod lm_cli;
 mod lm_data;
 mod padding;
 mod training;

@@ -1,0 +1,425 @@
+//! The language-model command line at scale and over time: exact resume, Ctrl-C, byte
+//! vocabularies, corpora read through the sparse index, and a large corpus in bounded memory.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use unroll::data::corpus::{Corpus, CorpusText, Tokens};
+use unroll::data::vocab::{Vocab, VocabKind};
+use unroll::model::Checkpoint;
+use unroll::train::state::TrainState;
+
+use crate::common;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_unroll"))
+}
+
+fn run_ok(args: &[&str]) {
+    let out = bin().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "unroll {args:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn corpus_file(dir: &Path, sentences: usize, name: &str) -> String {
+    let mut rng = common::rng(name);
+    let path = dir.join("corpus.txt");
+    std::fs::write(
+        &path,
+        crate::training::generated_corpus(&mut rng, sentences),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn params(dir: &Path) -> Vec<u32> {
+    Checkpoint::load(dir)
+        .unwrap()
+        .params
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+const SMALL: [&str; 13] = [
+    "train",
+    "--hidden",
+    "24",
+    "--batch",
+    "4",
+    "--seq-len",
+    "16",
+    "--eval-every",
+    "7",
+    "--sample",
+    "0",
+    "--device",
+    "cpu",
+];
+
+#[test]
+fn resume_continues_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 300, "resume");
+    let (whole, half) = (dir.path().join("whole"), dir.path().join("half"));
+    for opt in ["adam", "momentum"] {
+        let common = [
+            &SMALL[..],
+            &[
+                "--corpus",
+                &corpus,
+                "--optimizer",
+                opt,
+                "--lr-schedule",
+                "cosine",
+            ],
+        ]
+        .concat();
+        run_ok(
+            &[
+                &common[..],
+                &["--steps", "30", "--out", whole.to_str().unwrap(), "--force"],
+            ]
+            .concat(),
+        );
+        run_ok(
+            &[
+                &common[..],
+                &[
+                    "--steps",
+                    "30",
+                    "--out",
+                    half.to_str().unwrap(),
+                    "--force",
+                    "--checkpoint-every",
+                    "13",
+                ],
+            ]
+            .concat(),
+        );
+        // Stop at 13 by resuming a copy of the state saved there: train 13, then resume to 30.
+        run_ok(
+            &[
+                &common[..],
+                &["--steps", "13", "--out", half.to_str().unwrap(), "--force"],
+            ]
+            .concat(),
+        );
+        let state = TrainState::load(&half).unwrap();
+        assert_eq!(state.progress.step, 13);
+        // The cosine schedule was set for 13 steps there; a resume keeps the schedule of the run,
+        // so compare against a run whose schedule is also 13 long: extend both with --steps.
+        run_ok(&[
+            "train",
+            "--resume",
+            half.to_str().unwrap(),
+            "--steps",
+            "30",
+            "--sample",
+            "0",
+            "--device",
+            "cpu",
+        ]);
+        run_ok(
+            &[
+                &common[..],
+                &["--steps", "13", "--out", whole.to_str().unwrap(), "--force"],
+            ]
+            .concat(),
+        );
+        run_ok(&[
+            "train",
+            "--resume",
+            whole.to_str().unwrap(),
+            "--steps",
+            "30",
+            "--sample",
+            "0",
+            "--device",
+            "cpu",
+        ]);
+        assert_eq!(params(&half), params(&whole), "{opt}: resumed runs agree");
+        // And a straight run with a constant schedule equals one interrupted by a resume.
+        let straight = [&SMALL[..], &["--corpus", &corpus, "--optimizer", opt]].concat();
+        run_ok(
+            &[
+                &straight[..],
+                &["--steps", "20", "--out", whole.to_str().unwrap(), "--force"],
+            ]
+            .concat(),
+        );
+        run_ok(
+            &[
+                &straight[..],
+                &["--steps", "9", "--out", half.to_str().unwrap(), "--force"],
+            ]
+            .concat(),
+        );
+        run_ok(&[
+            "train",
+            "--resume",
+            half.to_str().unwrap(),
+            "--steps",
+            "20",
+            "--sample",
+            "0",
+            "--device",
+            "cpu",
+        ]);
+        assert_eq!(
+            params(&half),
+            params(&whole),
+            "{opt}: 9 + resume 11 = 20 steps, bit for bit"
+        );
+        let lines = std::fs::read_to_string(half.join("metrics.jsonl")).unwrap();
+        let steps: Vec<u64> = lines
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            steps.windows(2).all(|w| w[0] <= w[1]),
+            "metrics continue in order: {steps:?}"
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_saves_and_resume_matches_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 300, "sigint");
+    let run = dir.path().join("run");
+    let args = [&SMALL[..], &["--corpus", &corpus, "--log-every", "1"]].concat();
+    let mut child = bin()
+        .args(
+            [
+                &args[..],
+                &["--steps", "1000000", "--out", run.to_str().unwrap()],
+            ]
+            .concat(),
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until training has taken a few steps, then interrupt.
+    let metrics = run.join("metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "interrupted runs exit with 130");
+    let stopped = TrainState::load(&run).unwrap().progress.step;
+    assert!(stopped >= 3);
+    assert_eq!(
+        Checkpoint::load(&run).unwrap().params,
+        TrainState::load(&run).unwrap().params
+    );
+    // Resume to a few steps past the interruption, and compare with a straight run that long.
+    let total = (stopped + 4).to_string();
+    run_ok(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--steps",
+        &total,
+        "--sample",
+        "0",
+        "--device",
+        "cpu",
+    ]);
+    let straight = dir.path().join("straight");
+    run_ok(
+        &[
+            &args[..],
+            &["--steps", &total, "--out", straight.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert_eq!(params(&run), params(&straight));
+}
+
+#[test]
+fn byte_vocabulary_trains_on_any_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = common::rng("bytes");
+    let data: Vec<u8> = (0..6000)
+        .map(|i| {
+            if i % 7 == 0 {
+                0xff
+            } else {
+                rng.random_range(0..4u8)
+            }
+        })
+        .collect();
+    let path = dir.path().join("data.bin");
+    std::fs::write(&path, &data).unwrap();
+    let out = dir.path().join("m");
+    run_ok(
+        &[
+            &SMALL[..],
+            &[
+                "--corpus",
+                path.to_str().unwrap(),
+                "--vocab",
+                "bytes",
+                "--steps",
+                "5",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let ckpt = Checkpoint::load(&out).unwrap();
+    assert_eq!(ckpt.vocab, Some(Vocab::bytes()));
+    assert_eq!(ckpt.config.input_size, 256);
+    let e = bin()
+        .args([
+            "eval",
+            "--model",
+            out.to_str().unwrap(),
+            "--corpus",
+            path.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+    assert_eq!(json["predictions"].as_u64(), Some(data.len() as u64 - 1));
+}
+
+#[test]
+fn indexed_corpus_reads_the_same_tokens_as_a_full_decode() {
+    let mut rng = common::rng("corpus index");
+    let alphabet: Vec<char> = "ab cdé€🎉\n".chars().collect();
+    let text: String = (0..5000)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+        .collect();
+    // A vocabulary that lacks some characters: those are skipped.
+    let vocab = Vocab::chars_of("ab cd€\n");
+    let (want, unknown) = vocab.encode(&text);
+    let corpus = Corpus::from_text(
+        CorpusText::Owned(text.into_bytes()),
+        "t",
+        VocabKind::Chars,
+        Some(vocab),
+    )
+    .unwrap();
+    assert_eq!(corpus.len(), want.len());
+    assert_eq!(corpus.unknown(), unknown);
+    for _ in 0..200 {
+        let start = rng.random_range(0..want.len());
+        let count = rng.random_range(0..=(want.len() - start).min(3000));
+        let mut got = Vec::new();
+        corpus.read(start, count, &mut got);
+        assert_eq!(
+            got,
+            want[start..start + count],
+            "start {start} count {count}"
+        );
+    }
+    let split = corpus.slice(1000, 2000);
+    let mut got = Vec::new();
+    split.read(5, 10, &mut got);
+    assert_eq!(got, want[1005..1015]);
+}
+
+/// Peak resident memory of a child process, polled from /proc until it exits (Linux).
+fn peak_rss_kib(child: &mut std::process::Child) -> (u64, std::process::ExitStatus) {
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&status_path)
+            && let Some(line) = s.lines().find(|l| l.starts_with("VmHWM:"))
+        {
+            let kib: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (peak, status);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_large_corpus_trains_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.txt");
+    let mut rng = common::rng("large corpus");
+    let block = crate::training::generated_corpus(&mut rng, 20_000);
+    let target = 300usize << 20;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut written = 0;
+    while written < target {
+        f.write_all(block.as_bytes()).unwrap();
+        written += block.len();
+    }
+    f.flush().unwrap();
+    drop(f);
+    let out = dir.path().join("m");
+    let started = Instant::now();
+    let mut child = bin()
+        .args(
+            [
+                &SMALL[..],
+                &[
+                    "--corpus",
+                    path.to_str().unwrap(),
+                    "--steps",
+                    "3",
+                    "--val-frac",
+                    "0.00001",
+                    "--out",
+                    out.to_str().unwrap(),
+                ],
+            ]
+            .concat(),
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (peak, status) = peak_rss_kib(&mut child);
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    eprintln!(
+        "{} MiB corpus: trained 3 steps in {:.1?}, peak RSS {} MiB",
+        written >> 20,
+        started.elapsed(),
+        peak >> 10
+    );
+    assert!(peak > 0, "the peak RSS was read");
+    assert!(
+        peak < 200 << 10,
+        "peak RSS {} MiB for a {} MiB corpus",
+        peak >> 10,
+        written >> 20
+    );
+    let state = TrainState::load(&out).unwrap();
+    assert_eq!(state.run.corpus_tokens, written);
+}
