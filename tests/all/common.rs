@@ -127,3 +127,19 @@ pub fn assert_close(what: &str, a: &[f64], b: &[f64], rtol: f64, atol: f64) {
 pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
+
+/// The GPU the tests run on: whatever adapter wgpu finds (software ones included). With none,
+/// prints a notice and returns `None` so the test can return early, unless
+/// `UNROLL_REQUIRE_GPU=1`, where it fails.
+pub fn gpu(test: &str) -> Option<unroll::engine::gpu::GpuContext> {
+    match unroll::engine::gpu::GpuContext::open(true) {
+        Ok(ctx) => Some(ctx),
+        Err(e) => {
+            if std::env::var("UNROLL_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: UNROLL_REQUIRE_GPU=1 but no GPU adapter: {e}");
+            }
+            eprintln!("{test}: skipped, no GPU adapter ({e})");
+            None
+        }
+    }
+}

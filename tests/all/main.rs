@@ -1,2 +1,4 @@
 mod common;
+mod gpu_kernels;
 mod gradcheck;
+mod shaders;

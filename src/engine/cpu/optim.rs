@@ -32,14 +32,14 @@ pub fn optimizer_update<F: Float>(
         OptimizerKind::Sgd => {
             for i in 0..p.len() {
                 let gi = grad(i, p);
-                p[i] = p[i] - lr_ * gi;
+                p[i] -= lr_ * gi;
             }
         }
         OptimizerKind::Momentum => {
             for i in 0..p.len() {
                 let gi = grad(i, p);
                 m[i] = mu * m[i] + gi;
-                p[i] = p[i] - lr_ * m[i];
+                p[i] -= lr_ * m[i];
             }
         }
         OptimizerKind::Adam => {
@@ -51,21 +51,21 @@ pub fn optimizer_update<F: Float>(
                 let gi = grad(i, p);
                 m[i] = b1 * m[i] + (one - b1) * gi;
                 v[i] = b2 * v[i] + (one - b2) * gi * gi;
-                p[i] = p[i] - step_size * m[i] / (v[i].sqrt() / bc2 + eps);
+                p[i] -= step_size * m[i] / (v[i].sqrt() / bc2 + eps);
             }
         }
         OptimizerKind::Rmsprop => {
             for i in 0..p.len() {
                 let gi = grad(i, p);
                 v[i] = alpha * v[i] + (one - alpha) * gi * gi;
-                p[i] = p[i] - lr_ * gi / (v[i].sqrt() + eps);
+                p[i] -= lr_ * gi / (v[i].sqrt() + eps);
             }
         }
         OptimizerKind::Adagrad => {
             for i in 0..p.len() {
                 let gi = grad(i, p);
-                v[i] = v[i] + gi * gi;
-                p[i] = p[i] - lr_ * gi / (v[i].sqrt() + eps);
+                v[i] += gi * gi;
+                p[i] -= lr_ * gi / (v[i].sqrt() + eps);
             }
         }
     }
