@@ -1,4 +1,5 @@
 mod common;
 mod gpu_kernels;
+mod gpu_training;
 mod gradcheck;
 mod shaders;

@@ -118,7 +118,15 @@ impl GpuEngine {
                 m: &moment_m,
                 v: &moment_v,
             },
-            optim::OptimArgs::default(),
+            // Placeholder arguments with the right size (the grid depends on it); every
+            // optimizer_step rewrites them.
+            optim::OptimArgs::new(
+                &OptimizerConfig::new(crate::train::optim::OptimizerKind::Sgd),
+                0.0,
+                1,
+                n,
+                NORM_SLOT,
+            )?,
         )?);
         let optim = Plan::build(&ctx, &mut pipes, "optimizer", calls)?;
         let h0 = storage(&ctx, "h0", config.layers * config.hidden_size)?;
