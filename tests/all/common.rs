@@ -7,6 +7,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use unroll::engine::{Batch, Inputs, Targets};
 use unroll::model::{Activation, InputKind, ModelConfig, OutputKind};
+use unroll::train::optim::OptimizerKind;
 
 /// A fresh seed for this test, printed so a failure can be replayed with `UNROLL_TEST_SEED`.
 pub fn rng(test: &str) -> ChaCha8Rng {
@@ -143,3 +144,12 @@ pub fn gpu(test: &str) -> Option<unroll::engine::gpu::GpuContext> {
         }
     }
 }
+
+/// Every optimizer the engines implement.
+pub const OPTIMIZERS: [OptimizerKind; 5] = [
+    OptimizerKind::Sgd,
+    OptimizerKind::Momentum,
+    OptimizerKind::Adam,
+    OptimizerKind::Rmsprop,
+    OptimizerKind::Adagrad,
+];

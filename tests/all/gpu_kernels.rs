@@ -511,13 +511,7 @@ fn optimizer_updates_match_cpu_with_clipping_and_weight_decay() {
         return;
     };
     let n = 1001;
-    for kind in [
-        OptimizerKind::Sgd,
-        OptimizerKind::Momentum,
-        OptimizerKind::Adam,
-        OptimizerKind::Rmsprop,
-        OptimizerKind::Adagrad,
-    ] {
+    for kind in common::OPTIMIZERS {
         for (clip, wd) in [(0.0, 0.0), (0.5, 0.01)] {
             let what = format!("{kind:?} clip={clip} wd={wd}");
             let mut cfg = OptimizerConfig::new(kind).with_clip(clip);

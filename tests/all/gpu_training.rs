@@ -5,7 +5,7 @@
 
 use rand_chacha::ChaCha8Rng;
 use unroll::engine::cpu::CpuEngine;
-use unroll::engine::gpu::GpuEngine;
+use unroll::engine::gpu::{GpuContext, GpuEngine, list_adapters};
 use unroll::engine::{Batch, Engine};
 use unroll::error::Error;
 use unroll::model::{Activation, InputKind, ModelConfig, OutputKind, ParamLayout};
@@ -60,13 +60,7 @@ fn training_steps_match_cpu_for_every_optimizer_with_masks_and_carried_state() {
         (7, 9, 7, 2),
     );
     let (steps, rows) = (4, 3);
-    for kind in [
-        OptimizerKind::Sgd,
-        OptimizerKind::Momentum,
-        OptimizerKind::Adam,
-        OptimizerKind::Rmsprop,
-        OptimizerKind::Adagrad,
-    ] {
+    for kind in common::OPTIMIZERS {
         let name = format!("training {kind:?}");
         let Some((mut cpu, mut gpu, mut rng)) = engines(&name, &cfg) else {
             return;
@@ -234,5 +228,30 @@ fn shapes_beyond_the_device_limits_are_refused_with_an_error() {
     match gpu.upload_batch(&batch) {
         Err(Error::Shape(msg)) => assert!(msg.contains("logits"), "{msg}"),
         other => panic!("expected a shape error, got {other:?}"),
+    }
+}
+
+#[test]
+fn adapters_are_listed_and_auto_takes_only_hardware() {
+    let Some(ctx) = common::gpu("adapters") else {
+        return;
+    };
+    let all = list_adapters();
+    assert!(
+        all.iter().any(|a| a.name == ctx.info.name),
+        "{} is not among the listed adapters {all:?}",
+        ctx.info
+    );
+    match GpuContext::open(false) {
+        Ok(hw) => assert!(
+            !hw.info.software,
+            "auto took a software adapter: {}",
+            hw.info
+        ),
+        Err(Error::Gpu(msg)) => {
+            assert!(all.iter().all(|a| a.software), "{msg}");
+            assert!(msg.contains("--device gpu"), "{msg}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
     }
 }
