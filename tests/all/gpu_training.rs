@@ -255,3 +255,60 @@ fn adapters_are_listed_and_auto_takes_only_hardware() {
         Err(e) => panic!("unexpected error {e}"),
     }
 }
+
+#[test]
+fn a_non_finite_gradient_skips_the_update_and_is_reported() {
+    let cfg = ModelConfig::language_model(5, 4, 1);
+    let Some((_, mut gpu, mut rng)) = engines("divergence", &cfg) else {
+        return;
+    };
+    let mut params = gpu.params().unwrap();
+    let bias = gpu.layout().out_bias();
+    params[bias] = f32::NAN;
+    gpu.set_params(&params).unwrap();
+    gpu.reset_state(2).unwrap();
+    let batch = common::random_batch(&mut rng, &cfg, 3, 2, None);
+    gpu.upload_batch(&batch).unwrap();
+    gpu.zero_grads().unwrap();
+    gpu.forward().unwrap();
+    gpu.backward().unwrap();
+    gpu.optimizer_step(&OptimizerConfig::new(OptimizerKind::Adam), 0.1)
+        .unwrap();
+    match gpu.grad_norm() {
+        Err(Error::Data(msg)) => assert!(msg.contains("diverged"), "{msg}"),
+        other => panic!("expected a divergence error, got {other:?}"),
+    }
+    let after = gpu.params().unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&after), bits(&params), "the update was not skipped");
+}
+
+#[test]
+fn a_training_step_is_one_submit_with_one_compute_pass() {
+    let cfg = ModelConfig::language_model(6, 5, 2);
+    let Some((_, mut gpu, mut rng)) = engines("one submit", &cfg) else {
+        return;
+    };
+    let opt = OptimizerConfig::new(OptimizerKind::Adam).with_clip(1.0);
+    let (steps, rows) = (4, 3);
+    gpu.reset_state(rows).unwrap();
+    for step in 0..3 {
+        let before = gpu.submit_counts();
+        let batch = common::random_batch(&mut rng, &cfg, steps, rows, None);
+        gpu.upload_batch(&batch).unwrap();
+        gpu.zero_grads().unwrap();
+        gpu.forward().unwrap();
+        gpu.backward().unwrap();
+        gpu.optimizer_step(&opt, 0.01).unwrap();
+        gpu.carry_state().unwrap();
+        let after = gpu.submit_counts();
+        assert_eq!(after.submits - before.submits, 1, "step {step}: submits");
+        assert_eq!(
+            after.passes - before.passes,
+            1,
+            "step {step}: compute passes"
+        );
+        // Per layer: T steps forward and back, an input projection and 3-4 gradient kernels.
+        assert!(after.dispatches - before.dispatches >= 2 * 2 * steps as u64);
+    }
+}

@@ -159,6 +159,12 @@ impl GpuEngine {
         &self.ctx
     }
 
+    /// How many submits, compute passes and dispatches this engine has sent to the device
+    /// (read-backs not counted).
+    pub fn submit_counts(&self) -> plan::SubmitCounts {
+        self.recorder.counts()
+    }
+
     /// Submits everything recorded so far (without waiting).
     pub fn flush(&mut self) -> Result<()> {
         self.pending_reads_batch = false;
@@ -440,7 +446,9 @@ impl GpuEngine {
 
 impl Engine for GpuEngine {
     fn describe(&self) -> String {
-        format!("gpu ({})", self.ctx.info)
+        let info = &self.ctx.info;
+        let software = if info.software { ", software" } else { "" };
+        format!("gpu ({}, {}{software})", info.name, info.backend)
     }
 
     fn config(&self) -> &ModelConfig {

@@ -209,10 +209,19 @@ pub enum Op {
     },
 }
 
+/// Counts of what a recorder has submitted, to check the execution model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubmitCounts {
+    pub submits: u64,
+    pub passes: u64,
+    pub dispatches: u64,
+}
+
 /// Commands waiting to be submitted, in order.
 #[derive(Default)]
 pub struct Recorder {
     ops: Vec<Op>,
+    counts: SubmitCounts,
 }
 
 impl Recorder {
@@ -230,6 +239,11 @@ impl Recorder {
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// What has been submitted so far.
+    pub fn counts(&self) -> SubmitCounts {
+        self.counts
     }
 
     /// Records everything into one command encoder (one compute pass per run of consecutive
@@ -252,10 +266,12 @@ impl Recorder {
                         label: Some("unroll kernels"),
                         timestamp_writes: None,
                     });
+                    self.counts.passes += 1;
                     while let Some(Op::Dispatch(d)) = ops.get(i) {
                         pass.set_pipeline(&d.pipeline);
                         pass.set_bind_group(0, &d.bind_group, &[d.offset]);
                         pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                        self.counts.dispatches += 1;
                         i += 1;
                     }
                 }
@@ -286,6 +302,7 @@ impl Recorder {
             }
         }
         ctx.queue.submit([encoder.finish()]);
+        self.counts.submits += 1;
         ctx.check("recording the step")
     }
 }
