@@ -10,6 +10,10 @@
 //! only read-backs wait for the device. The initial states live in their own buffer, so a
 //! carried state never leaves the device.
 //!
+//! A non-finite gradient norm cannot stop `optimizer_step` without a host wait, so the update
+//! kernel skips the update on the device and [`Engine::grad_norm`] reports the divergence as
+//! [`Error::Data`] (the CPU engine returns that error from `optimizer_step` itself).
+//!
 //! Queue writes land before the next submit, so a write to a buffer that recorded work still
 //! reads (the batch, the parameters, the state) first submits that work.
 
