@@ -62,9 +62,9 @@ impl LossArgs {
     }
 }
 
-/// The buffers of the loss: targets (class ids, or target values as f32 bits) and mask [N] in;
-/// logits [N, V] in and overwritten with the probabilities; dlogits [N, V] and the masked loss
-/// per row [N] written.
+/// The buffers of the loss: targets (class ids, or target values as f32 bits) and mask `[N]` in;
+/// logits `[N, V]` in and overwritten with the probabilities; dlogits `[N, V]` and the masked loss
+/// per row `[N]` written.
 #[derive(Clone, Copy, Debug)]
 pub struct LossBuffers<'a> {
     pub targets: &'a wgpu::Buffer,

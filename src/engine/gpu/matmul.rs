@@ -59,7 +59,7 @@ pub fn transposed(at: Region<'_>) -> Operand<'_> {
     }
 }
 
-/// Up to two bias vectors [n] inside one buffer, added to every row of the product.
+/// Up to two bias vectors `[n]` inside one buffer, added to every row of the product.
 #[derive(Clone, Copy, Debug)]
 pub struct Biases<'a> {
     pub buffer: &'a wgpu::Buffer,

@@ -66,11 +66,11 @@ pub struct RnnArgs {
 /// Where the token ids and the per-token row lists sit in the batch's token buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TokenLayout {
-    /// Token ids [N].
+    /// Token ids `[N]`.
     pub tokens: usize,
     /// CSR starts [I + 1]: the rows of token v are `sorted[starts[v]..starts[v + 1]]`.
     pub starts: usize,
-    /// Row indices [N], grouped by token, ascending within a token.
+    /// Row indices `[N]`, grouped by token, ascending within a token.
     pub sorted: usize,
 }
 
