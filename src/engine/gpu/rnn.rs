@@ -183,7 +183,7 @@ pub fn input_gather_onehot(
 }
 
 /// `dW_ih[:, v] += sum_{r: tok_r = v} dZ[r, :]` (twin: `input_grad_onehot`). `tokens` is a
-/// buffer laid out by [`TokenLayout`] from `base`; dZ [N, H] at `dz`; dW_ih [H, I] at `grads`.
+/// buffer laid out as `layout` says; dZ [N, H] at `dz`; dW_ih [H, I] at `grads`.
 pub fn input_grad_onehot(
     ctx: &GpuContext,
     d: Dims,
