@@ -101,3 +101,19 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     println!("{json}");
     Ok(())
 }
+
+pub fn devices() -> anyhow::Result<()> {
+    let adapters = unroll::engine::gpu::context::list_adapters();
+    if adapters.is_empty() {
+        println!("no GPU adapter found: every command runs on the CPU engine");
+    }
+    for a in &adapters {
+        println!("{a}");
+    }
+    let hardware = adapters.iter().find(|a| !a.software);
+    match hardware {
+        Some(a) => println!("--device auto takes: {}", a.name),
+        None => println!("--device auto takes: the CPU engine (no hardware GPU)"),
+    }
+    Ok(())
+}

@@ -27,6 +27,8 @@ pub enum Command {
     Sample(SampleArgs),
     /// Evaluate a language model on a corpus: prints {"loss", "bits_per_token", ...} as JSON.
     Eval(EvalArgs),
+    /// List the GPU adapters wgpu sees and which one `--device auto` and `--device gpu` take.
+    Devices,
 }
 
 /// Where to run.
@@ -265,5 +267,6 @@ pub fn run() -> anyhow::Result<u8> {
         Command::Train(a) => train::train(*a),
         Command::Sample(a) => commands::sample(a).map(|()| 0),
         Command::Eval(a) => commands::eval(a).map(|()| 0),
+        Command::Devices => commands::devices().map(|()| 0),
     }
 }

@@ -10,6 +10,7 @@
 //! Batches are time-major: row `r = t * B + b` holds time step `t` of sequence `b`.
 
 pub mod cpu;
+pub mod gpu;
 pub mod select;
 
 use crate::error::{Error, Result};

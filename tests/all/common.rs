@@ -7,6 +7,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use unroll::engine::{Batch, Inputs, Targets};
 use unroll::model::{Activation, InputKind, ModelConfig, OutputKind};
+use unroll::train::optim::OptimizerKind;
 
 /// A fresh seed for this test, printed so a failure can be replayed with `UNROLL_TEST_SEED`.
 pub fn rng(test: &str) -> ChaCha8Rng {
@@ -127,3 +128,28 @@ pub fn assert_close(what: &str, a: &[f64], b: &[f64], rtol: f64, atol: f64) {
 pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
+
+/// The GPU the tests run on: whatever adapter wgpu finds (software ones included). With none,
+/// prints a notice and returns `None` so the test can return early, unless
+/// `UNROLL_REQUIRE_GPU=1`, where it fails.
+pub fn gpu(test: &str) -> Option<unroll::engine::gpu::GpuContext> {
+    match unroll::engine::gpu::GpuContext::open(true) {
+        Ok(ctx) => Some(ctx),
+        Err(e) => {
+            if std::env::var("UNROLL_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: UNROLL_REQUIRE_GPU=1 but no GPU adapter: {e}");
+            }
+            eprintln!("{test}: skipped, no GPU adapter ({e})");
+            None
+        }
+    }
+}
+
+/// Every optimizer the engines implement.
+pub const OPTIMIZERS: [OptimizerKind; 5] = [
+    OptimizerKind::Sgd,
+    OptimizerKind::Momentum,
+    OptimizerKind::Adam,
+    OptimizerKind::Rmsprop,
+    OptimizerKind::Adagrad,
+];

@@ -3,8 +3,11 @@
 mod checkpoint;
 mod cli;
 mod common;
+mod gpu_kernels;
+mod gpu_training;
 mod gradcheck;
 mod lm_cli;
 mod lm_data;
 mod padding;
+mod shaders;
 mod training;

@@ -1,0 +1,138 @@
+// matmul.wgsl: tiled GEMM over flat f32 buffers, the twin of `src/engine/cpu/matmul.rs`.
+//
+// Every matrix is a contiguous row-major block inside a larger buffer, addressed by an element
+// offset. The transposed variants read the stored matrix through swapped indices, so the GEMMs
+// of BPTT (`dW = dZ^T S`, `dS = dlogits W`, `logits = S W^T + b`) are all this one kernel.
+//
+// Tunables (override constants): WG_X, WG_Y threads per workgroup; each thread owns a 4x4 block
+// of C, so a workgroup covers TILE_M = 4 * WG_Y rows and TILE_N = 4 * WG_X columns; TILE_K is
+// the depth of the K chunk staged in workgroup memory.
+
+override WG_X: u32 = 16u;
+override WG_Y: u32 = 16u;
+override TILE_K: u32 = 16u;
+
+const MICRO: u32 = 4u;
+
+struct Args {
+    // C is [m, n], op(A) is [m, k], op(B) is [k, n].
+    m: u32,
+    n: u32,
+    k: u32,
+    // Element offsets of A, B, C and of the (up to two) bias vectors in their buffers.
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    bias_off: u32,
+    bias2_off: u32,
+    // 1: A is stored [k, m] (op(A) = A^T); 0: stored [m, k].
+    trans_a: u32,
+    // 1: B is stored [n, k] (op(B) = B^T); 0: stored [k, n].
+    trans_b: u32,
+    // 1: C += op(A) op(B); 0: C = op(A) op(B).
+    accumulate: u32,
+    // Number of bias vectors [n] added to every row of the product: 0, 1 or 2.
+    biases: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
+}
+
+@group(0) @binding(0) var<uniform> args: Args;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+
+var<workgroup> tile_a: array<f32, TILE_K * WG_Y * MICRO>;
+var<workgroup> tile_b: array<f32, TILE_K * WG_X * MICRO>;
+
+fn load_a(row: u32, col: u32) -> f32 {
+    // op(A)[row, col], zero outside [m, k].
+    if (row >= args.m || col >= args.k) {
+        return 0.0;
+    }
+    if (args.trans_a == 1u) {
+        return a[args.a_off + col * args.m + row];
+    }
+    return a[args.a_off + row * args.k + col];
+}
+
+fn load_b(row: u32, col: u32) -> f32 {
+    // op(B)[row, col], zero outside [k, n].
+    if (row >= args.k || col >= args.n) {
+        return 0.0;
+    }
+    if (args.trans_b == 1u) {
+        return b[args.b_off + col * args.k + row];
+    }
+    return b[args.b_off + row * args.n + col];
+}
+
+// C[m, n] (+)= op(A)[m, k] op(B)[k, n] + sum of `biases` bias vectors [n] (broadcast over rows).
+// Grid: (ceil(n / TILE_N), ceil(m / TILE_M), 1) workgroups of (WG_X, WG_Y) threads.
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tile_m = WG_Y * MICRO;
+    let tile_n = WG_X * MICRO;
+    let row0 = wid.y * tile_m;
+    let col0 = wid.x * tile_n;
+    let threads = WG_X * WG_Y;
+    let tid = lid.y * WG_X + lid.x;
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = 0.0;
+    }
+    for (var k0 = 0u; k0 < args.k; k0 += TILE_K) {
+        // Stage op(A)[row0.., k0..] as tile_a[kk * tile_m + r] and op(B)[k0.., col0..] as
+        // tile_b[kk * tile_n + c].
+        for (var i = tid; i < TILE_K * tile_m; i += threads) {
+            let kk = i / tile_m;
+            let r = i % tile_m;
+            tile_a[i] = load_a(row0 + r, k0 + kk);
+        }
+        for (var i = tid; i < TILE_K * tile_n; i += threads) {
+            let kk = i / tile_n;
+            let cc = i % tile_n;
+            tile_b[i] = load_b(k0 + kk, col0 + cc);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            var av: array<f32, 4>;
+            var bv: array<f32, 4>;
+            for (var i = 0u; i < MICRO; i++) {
+                av[i] = tile_a[kk * tile_m + lid.y * MICRO + i];
+                bv[i] = tile_b[kk * tile_n + lid.x * MICRO + i];
+            }
+            for (var i = 0u; i < MICRO; i++) {
+                for (var j = 0u; j < MICRO; j++) {
+                    acc[i * MICRO + j] = fma(av[i], bv[j], acc[i * MICRO + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < MICRO; i++) {
+        let row = row0 + lid.y * MICRO + i;
+        for (var j = 0u; j < MICRO; j++) {
+            let col = col0 + lid.x * MICRO + j;
+            if (row < args.m && col < args.n) {
+                var v = acc[i * MICRO + j];
+                if (args.biases >= 1u) {
+                    // (b1 + b2) + product, the CPU twin's order of additions.
+                    var bsum = bias[args.bias_off + col];
+                    if (args.biases >= 2u) {
+                        bsum += bias[args.bias2_off + col];
+                    }
+                    v = bsum + v;
+                }
+                let idx = args.c_off + row * args.n + col;
+                if (args.accumulate == 1u) {
+                    v += c[idx];
+                }
+                c[idx] = v;
+            }
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Adapter and device set-up: the only place that talks to wgpu's instance and adapters.
+//!
+//! The GPU side of `--device auto|gpu|cpu` is decided here: `auto` takes a hardware GPU when wgpu
+//! sees one ([`GpuContext::open_hardware`]; `None` means the CPU engine runs); `gpu` takes the
+//! best adapter there is, software rasterisers (lavapipe, llvmpipe) included
+//! ([`GpuContext::open`] with `allow_software`); `cpu` never opens a device. The device is opened
+//! with the adapter's own limits, which are kept for the shape checks of `buffers.rs`, and an
+//! uncaptured-error handler turns wgpu validation errors into [`Error::Gpu`] instead of panics.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// What wgpu says about one adapter, for `unroll devices` and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterSummary {
+    pub name: String,
+    /// Vulkan, Metal, Dx12, Gl.
+    pub backend: String,
+    /// Discrete, integrated, virtual, CPU or other.
+    pub device_type: String,
+    pub driver: String,
+    /// A software rasteriser (lavapipe, llvmpipe, WARP): used only when asked for.
+    pub software: bool,
+}
+
+impl fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}, {}{}{})",
+            self.name,
+            self.backend,
+            self.device_type,
+            if self.driver.is_empty() { "" } else { ", " },
+            self.driver
+        )?;
+        if self.software {
+            f.write_str(" [software: used only with --device gpu]")?;
+        }
+        Ok(())
+    }
+}
+
+fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    let name = info.name.to_lowercase();
+    info.device_type == wgpu::DeviceType::Cpu
+        || ["llvmpipe", "lavapipe", "softpipe", "swiftshader", "warp"]
+            .iter()
+            .any(|s| name.contains(s))
+}
+
+fn summary(info: &wgpu::AdapterInfo) -> AdapterSummary {
+    AdapterSummary {
+        name: info.name.clone(),
+        backend: info.backend.to_string(),
+        device_type: format!("{:?}", info.device_type),
+        driver: [info.driver.as_str(), info.driver_info.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" "),
+        software: is_software(info),
+    }
+}
+
+/// An instance over `backends` (`WGPU_BACKEND` and the other wgpu variables still apply).
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc.with_env())
+}
+
+fn adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance(backends).enumerate_adapters(backends))
+        .into_iter()
+        .filter(|a| a.get_info().backend != wgpu::Backend::Noop)
+        .collect()
+}
+
+/// The adapters to choose from: Vulkan, Metal and DX12 ones, or GL ones when there are none
+/// (starting GL only then keeps its driver's noise away on machines that do not need it).
+fn candidates() -> Vec<wgpu::Adapter> {
+    let primary = adapters(wgpu::Backends::PRIMARY);
+    if primary.is_empty() {
+        adapters(wgpu::Backends::SECONDARY)
+    } else {
+        primary
+    }
+}
+
+/// Every adapter wgpu sees on this machine, on every backend (for `unroll devices`).
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    adapters(wgpu::Backends::all())
+        .iter()
+        .map(|a| summary(&a.get_info()))
+        .collect()
+}
+
+/// Preference among adapters: discrete, integrated, virtual, other, software; Vulkan, Metal and
+/// DX12 before GL.
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let kind = match info.device_type {
+        _ if is_software(info) => 4,
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other | wgpu::DeviceType::Cpu => 3,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (kind, backend)
+}
+
+/// Tunables chosen from the device's limits at start-up (WGSL override constants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tunables {
+    /// matmul.wgsl: threads per workgroup along x and y (each owns a 4x4 block of C).
+    pub matmul_wg: (u32, u32),
+    /// matmul.wgsl: depth of the K chunk in workgroup memory.
+    pub matmul_k: u32,
+    /// rnn.wgsl: side of the step kernels' square tile.
+    pub rnn_tile: u32,
+    /// Threads per workgroup of the element-wise and per-row kernels (a power of two).
+    pub row_wg: u32,
+    /// reduce.wgsl and optim.wgsl: threads per workgroup of the flat sums and the update.
+    pub flat_wg: u32,
+}
+
+impl Tunables {
+    /// The largest of the default sizes that the limits allow.
+    pub fn for_limits(limits: &wgpu::Limits) -> Self {
+        let invocations = limits.max_compute_invocations_per_workgroup;
+        let fits = |x: u32, y: u32| {
+            x * y <= invocations
+                && x <= limits.max_compute_workgroup_size_x
+                && y <= limits.max_compute_workgroup_size_y
+        };
+        let matmul_wg = if fits(16, 16) { (16, 16) } else { (8, 8) };
+        let rnn_tile = if fits(16, 16) { 16 } else { 8 };
+        let flat = if invocations >= 256 && limits.max_compute_workgroup_size_x >= 256 {
+            256
+        } else {
+            64
+        };
+        Tunables {
+            matmul_wg,
+            matmul_k: 16,
+            rnn_tile,
+            row_wg: 64,
+            flat_wg: flat,
+        }
+    }
+}
+
+/// An open device: adapter info, device, queue, limits, tunables and the error sink.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: AdapterSummary,
+    pub limits: wgpu::Limits,
+    pub tunables: Tunables,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GpuContext {
+    /// Opens the best adapter; software adapters only with `allow_software`.
+    pub fn open(allow_software: bool) -> Result<Self> {
+        let mut found = candidates();
+        found.sort_by_key(|a| rank(&a.get_info()));
+        let seen: Vec<String> = found
+            .iter()
+            .map(|a| summary(&a.get_info()).to_string())
+            .collect();
+        let adapter = found
+            .into_iter()
+            .find(|a| allow_software || !is_software(&a.get_info()))
+            .ok_or_else(|| {
+                Error::Gpu(if seen.is_empty() {
+                    "wgpu finds no adapter (is a Vulkan, Metal, DX12 or GL driver installed? \
+                     On Linux: mesa-vulkan-drivers)"
+                        .into()
+                } else {
+                    format!(
+                        "no hardware GPU among the adapters: {}; pass --device gpu to use a \
+                         software one",
+                        seen.join("; ")
+                    )
+                })
+            })?;
+        Self::from_adapter(adapter)
+    }
+
+    /// `--device auto`: the best hardware GPU, or `None` when there is none (the caller then
+    /// runs the CPU engine and says so). Software adapters are never taken here.
+    pub fn open_hardware() -> Option<Self> {
+        Self::open(false).ok()
+    }
+
+    fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        let info = summary(&adapter.get_info());
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("unroll"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("cannot open {info}: {e}")))?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = Arc::clone(&errors);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        let tunables = Tunables::for_limits(&limits);
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            tunables,
+            errors,
+        })
+    }
+
+    /// Turns the validation errors wgpu reported since the last check into an error.
+    pub fn check(&self, during: &str) -> Result<()> {
+        let mut errors = self
+            .errors
+            .lock()
+            .map_err(|_| Error::Gpu("the error sink is poisoned".into()))?;
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let all = std::mem::take(&mut *errors).join("\n");
+        Err(Error::Gpu(format!("{during}: {all}")))
+    }
+
+    /// Blocks until the device has finished all submitted work.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+        Ok(())
+    }
+}

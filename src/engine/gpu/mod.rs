@@ -1,0 +1,694 @@
+//! The GPU engine: the [`Engine`] contract on wgpu compute shaders, held to the CPU reference.
+//!
+//! Parameters, gradients and the two optimizer moments are four flat storage buffers in
+//! `ParamLayout` order. Per batch shape (T, B) the engine allocates once the batch buffers, the
+//! per-layer state buffers `[(T+1) * B, H]` (rows 0..B the initial state), the logits and their
+//! gradient, and builds three plans: forward (input projection over all N rows, T step kernels,
+//! output GEMM, fused loss, loss sum), backward (output GEMMs, T BPTT steps and the weight
+//! gradients per layer) and the optimizer (norm, update). Engine calls append to a recorder;
+//! `optimizer_step` submits the whole step as one command buffer with one compute pass, and
+//! only read-backs wait for the device. The initial states live in their own buffer, so a
+//! carried state never leaves the device.
+//!
+//! A non-finite gradient norm cannot stop `optimizer_step` without a host wait, so the update
+//! kernel skips the update on the device and [`Engine::grad_norm`] reports the divergence as
+//! [`Error::Data`] (the CPU engine returns that error from `optimizer_step` itself).
+//!
+//! Queue writes land before the next submit, so a write to a buffer that recorded work still
+//! reads (the batch, the parameters, the state) first submits that work.
+
+pub mod buffers;
+pub mod context;
+pub mod loss;
+pub mod matmul;
+pub mod optim;
+pub mod pipelines;
+pub mod plan;
+pub mod reduce;
+pub mod rnn;
+pub mod shaders;
+
+use std::collections::HashMap;
+
+use crate::engine::{Batch, Engine, Inputs, LossStats, Targets};
+use crate::error::{Error, Result};
+use crate::model::{InputKind, ModelConfig, ParamLayout};
+use crate::train::optim::{OptimizerConfig, OptimizerState};
+
+use self::buffers::{at, read, storage, storage_with, write};
+pub use self::context::{AdapterSummary, GpuContext, list_adapters};
+use self::matmul::{Biases, matmul, plain, transposed};
+use self::pipelines::Pipelines;
+use self::plan::{Call, Op, Plan, Recorder};
+use self::reduce::{LOSS_SLOT, NORM_SLOT, SCRATCH_LEN};
+use self::rnn::{Dims, TokenLayout, Weights};
+
+/// Batch shapes kept allocated at once (e.g. a training and an evaluation shape).
+const SHAPES_KEPT: usize = 4;
+
+/// Device buffers and plans for one batch shape.
+struct Shape {
+    steps: usize,
+    rows: usize,
+    /// Token ids and per-token row lists (one-hot) or values [N, I] (dense).
+    inputs: wgpu::Buffer,
+    /// Class ids [N] or target values [N, V] as f32 bits.
+    targets: wgpu::Buffer,
+    mask: wgpu::Buffer,
+    /// Per layer [(T+1) * B, H].
+    states: Vec<wgpu::Buffer>,
+    /// Logits, then probabilities [N, V].
+    logits: wgpu::Buffer,
+    forward: Plan,
+    backward: Plan,
+    /// Index of the loss dispatch in `forward` (its arguments carry the batch's count).
+    loss_index: usize,
+}
+
+/// The GPU engine.
+pub struct GpuEngine {
+    ctx: GpuContext,
+    pipes: Pipelines,
+    config: ModelConfig,
+    layout: ParamLayout,
+    params: wgpu::Buffer,
+    grads: wgpu::Buffer,
+    moment_m: wgpu::Buffer,
+    moment_v: wgpu::Buffer,
+    /// Result slots (loss sum, gradient norm) and partial sums.
+    scratch: wgpu::Buffer,
+    /// Initial states of the next forward: per layer [B, H], layer-major.
+    h0: wgpu::Buffer,
+    rows: usize,
+    shapes: HashMap<(usize, usize), Shape>,
+    /// The shape of the current batch.
+    current: Option<(usize, usize)>,
+    /// Mask sum of the current batch.
+    count: f64,
+    /// Norm and update; its update arguments are rewritten every step.
+    optim: Plan,
+    recorder: Recorder,
+    /// Whether recorded, unsubmitted work reads the batch buffers.
+    pending_reads_batch: bool,
+    forward_done: bool,
+    norm_valid: bool,
+    opt_step: u64,
+}
+
+impl GpuEngine {
+    /// An engine for `config` on `ctx` with the given parameters, zero state for one row.
+    pub fn new(ctx: GpuContext, config: &ModelConfig, params: &[f32]) -> Result<Self> {
+        let layout = ParamLayout::new(config)?;
+        let n = layout.len();
+        if params.len() != n {
+            return Err(Error::Shape(format!(
+                "parameters: {} given, {n} expected",
+                params.len()
+            )));
+        }
+        let params = storage_with(&ctx, "params", params)?;
+        let grads = storage(&ctx, "grads", n)?;
+        let moment_m = storage(&ctx, "moment_m", n)?;
+        let moment_v = storage(&ctx, "moment_v", n)?;
+        let scratch = storage(&ctx, "scratch", SCRATCH_LEN)?;
+        let mut pipes = Pipelines::default();
+        let mut calls = reduce::sum(&ctx, n, at(&grads, 0), true, &scratch, NORM_SLOT)?;
+        calls.push(optim::optimizer_update(
+            &ctx,
+            optim::OptimBuffers {
+                scratch: &scratch,
+                params: &params,
+                grads: &grads,
+                m: &moment_m,
+                v: &moment_v,
+            },
+            // Placeholder arguments with the right size (the grid depends on it); every
+            // optimizer_step rewrites them.
+            optim::OptimArgs::new(
+                &OptimizerConfig::new(crate::train::optim::OptimizerKind::Sgd),
+                0.0,
+                1,
+                n,
+                NORM_SLOT,
+            )?,
+        )?);
+        let optim = Plan::build(&ctx, &mut pipes, "optimizer", calls)?;
+        let h0 = storage(&ctx, "h0", config.layers * config.hidden_size)?;
+        Ok(GpuEngine {
+            ctx,
+            pipes,
+            config: config.clone(),
+            layout,
+            params,
+            grads,
+            moment_m,
+            moment_v,
+            scratch,
+            h0,
+            rows: 1,
+            shapes: HashMap::new(),
+            current: None,
+            count: 0.0,
+            optim,
+            recorder: Recorder::default(),
+            pending_reads_batch: false,
+            forward_done: false,
+            norm_valid: false,
+            opt_step: 0,
+        })
+    }
+
+    /// The device context.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// How many submits, compute passes and dispatches this engine has sent to the device
+    /// (read-backs not counted).
+    pub fn submit_counts(&self) -> plan::SubmitCounts {
+        self.recorder.counts()
+    }
+
+    /// Submits everything recorded so far (without waiting).
+    pub fn flush(&mut self) -> Result<()> {
+        self.pending_reads_batch = false;
+        self.recorder.submit(&self.ctx)
+    }
+
+    fn current_shape(&self) -> Result<&Shape> {
+        self.current
+            .and_then(|k| self.shapes.get(&k))
+            .ok_or_else(|| Error::Config("no batch has been uploaded yet".into()))
+    }
+
+    /// Allocates the buffers and builds the plans of shape (T, B).
+    fn build_shape(&mut self, steps: usize, rows: usize) -> Result<Shape> {
+        let ctx = &self.ctx;
+        let cfg = &self.config;
+        let (h, v, i0) = (cfg.hidden_size, cfg.output_size, cfg.input_size);
+        let n = steps * rows;
+        let inputs = match cfg.input_kind {
+            InputKind::OneHot => storage(ctx, "tokens", TokenLayout::new(n, i0).len())?,
+            InputKind::Dense => storage(ctx, "inputs", n * i0)?,
+        };
+        let targets = match cfg.output_kind {
+            crate::model::OutputKind::Softmax => storage(ctx, "targets", n)?,
+            _ => storage(ctx, "targets", n * v)?,
+        };
+        let mask = storage(ctx, "mask", n)?;
+        let states = (0..cfg.layers)
+            .map(|k| storage(ctx, &format!("states_l{k}"), (steps + 1) * rows * h))
+            .collect::<Result<Vec<_>>>()?;
+        let logits = storage(ctx, "logits", n * v)?;
+        let dlogits = storage(ctx, "dlogits", n * v)?;
+        let row_loss = storage(ctx, "row_loss", n)?;
+        let ds = [storage(ctx, "ds_a", n * h)?, storage(ctx, "ds_b", n * h)?];
+        let p = &self.params;
+        let g = &self.grads;
+        let lay = &self.layout;
+        let act = cfg.activation;
+        let below = |k: usize| -> matmul::Operand<'_> {
+            if k == 0 {
+                plain(at(&inputs, 0))
+            } else {
+                plain(at(&states[k - 1], rows * h))
+            }
+        };
+
+        let dims = |k: usize| Dims {
+            rows,
+            hidden: h,
+            inputs: cfg.layer_input_size(k),
+            n,
+        };
+
+        // Forward: per layer the input projection over all N rows, then T steps.
+        let mut fwd: Vec<Call> = Vec::new();
+        for k in 0..cfg.layers {
+            let lo = lay.layer(k);
+            let ik = cfg.layer_input_size(k);
+            let d = dims(k);
+            let weights = Weights {
+                w: lo.weight_ih,
+                bias: lo.bias_ih,
+                bias2: lo.bias_hh,
+            };
+            if k == 0 && cfg.input_kind == InputKind::OneHot {
+                fwd.push(rnn::input_gather_onehot(
+                    ctx,
+                    d,
+                    at(&inputs, 0),
+                    p,
+                    weights,
+                    at(&states[0], rows * h),
+                )?);
+            } else {
+                fwd.push(matmul(
+                    ctx,
+                    (n, h, ik),
+                    below(k),
+                    transposed(at(p, lo.weight_ih)),
+                    at(&states[k], rows * h),
+                    Some(Biases {
+                        buffer: p,
+                        first: lo.bias_ih,
+                        second: Some(lo.bias_hh),
+                    }),
+                    false,
+                )?);
+            }
+            for t in 0..steps {
+                fwd.push(rnn::rnn_step_forward(
+                    ctx,
+                    d,
+                    p,
+                    lo.weight_hh,
+                    &states[k],
+                    (t * rows * h, (t + 1) * rows * h),
+                    act,
+                )?);
+            }
+        }
+        let top = &states[cfg.layers - 1];
+        let (ow, ob) = (lay.out_weight(), lay.out_bias());
+        fwd.push(matmul(
+            ctx,
+            (n, v, h),
+            plain(at(top, rows * h)),
+            transposed(at(p, ow)),
+            at(&logits, 0),
+            Some(Biases {
+                buffer: p,
+                first: ob,
+                second: None,
+            }),
+            false,
+        )?);
+        let loss_index = fwd.len();
+        fwd.push(loss::loss(
+            ctx,
+            cfg.output_kind,
+            loss::LossBuffers {
+                targets: &targets,
+                mask: &mask,
+                logits: &logits,
+                dlogits: &dlogits,
+                row_loss: &row_loss,
+            },
+            loss::LossArgs::new(n, v, n as f64)?,
+        )?);
+        fwd.extend(reduce::sum(
+            ctx,
+            n,
+            at(&row_loss, 0),
+            false,
+            &self.scratch,
+            LOSS_SLOT,
+        )?);
+
+        // Backward: the output layer over all N rows, then BPTT layer by layer, top down.
+        let mut bwd: Vec<Call> = vec![
+            matmul(
+                ctx,
+                (v, h, n),
+                transposed(at(&dlogits, 0)),
+                plain(at(top, rows * h)),
+                at(g, ow),
+                None,
+                true,
+            )?,
+            reduce::column_sums_accumulate(ctx, (n, v), at(&dlogits, 0), g, &[ob])?,
+            matmul(
+                ctx,
+                (n, h, v),
+                plain(at(&dlogits, 0)),
+                plain(at(p, ow)),
+                at(&ds[0], 0),
+                None,
+                false,
+            )?,
+        ];
+        let mut cur = 0;
+        for k in (0..cfg.layers).rev() {
+            let lo = lay.layer(k);
+            let ik = cfg.layer_input_size(k);
+            let d = dims(k);
+            for t in (0..steps).rev() {
+                let next = (t + 1 < steps).then_some((t + 1) * rows * h);
+                bwd.push(rnn::rnn_step_backward(
+                    ctx,
+                    d,
+                    p,
+                    lo.weight_hh,
+                    at(&states[k], (t + 1) * rows * h),
+                    &ds[cur],
+                    (next, t * rows * h),
+                    act,
+                )?);
+            }
+            let dz = at(&ds[cur], 0);
+            bwd.push(matmul(
+                ctx,
+                (h, h, n),
+                transposed(dz),
+                plain(at(&states[k], 0)),
+                at(g, lo.weight_hh),
+                None,
+                true,
+            )?);
+            bwd.push(reduce::column_sums_accumulate(
+                ctx,
+                (n, h),
+                dz,
+                g,
+                &[lo.bias_ih, lo.bias_hh],
+            )?);
+            if k == 0 && cfg.input_kind == InputKind::OneHot {
+                bwd.push(rnn::input_grad_onehot(
+                    ctx,
+                    d,
+                    &inputs,
+                    TokenLayout::new(n, i0),
+                    dz,
+                    at(g, lo.weight_ih),
+                )?);
+            } else {
+                bwd.push(matmul(
+                    ctx,
+                    (h, ik, n),
+                    transposed(dz),
+                    below(k),
+                    at(g, lo.weight_ih),
+                    None,
+                    true,
+                )?);
+            }
+            if k > 0 {
+                bwd.push(matmul(
+                    ctx,
+                    (n, h, h),
+                    plain(dz),
+                    plain(at(p, lo.weight_ih)),
+                    at(&ds[1 - cur], 0),
+                    None,
+                    false,
+                )?);
+                cur = 1 - cur;
+            }
+        }
+        let forward = Plan::build(ctx, &mut self.pipes, "forward", fwd)?;
+        let backward = Plan::build(ctx, &mut self.pipes, "backward", bwd)?;
+        Ok(Shape {
+            steps,
+            rows,
+            inputs,
+            targets,
+            mask,
+            states,
+            logits,
+            forward,
+            backward,
+            loss_index,
+        })
+    }
+
+    /// Makes (T, B) the current shape, building it on first use.
+    fn use_shape(&mut self, steps: usize, rows: usize) -> Result<()> {
+        if !self.shapes.contains_key(&(steps, rows)) {
+            if self.shapes.len() >= SHAPES_KEPT {
+                self.shapes.clear();
+            }
+            let shape = self.build_shape(steps, rows)?;
+            self.shapes.insert((steps, rows), shape);
+        }
+        self.current = Some((steps, rows));
+        Ok(())
+    }
+
+    /// Submits recorded work before a queue write, so the write cannot overtake it.
+    fn flush_before_write(&mut self) -> Result<()> {
+        if !self.recorder.is_empty() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+        if got != want {
+            return Err(Error::Shape(format!(
+                "{what}: {got} given, {want} expected"
+            )));
+        }
+        Ok(())
+    }
+
+    fn read_all(&mut self, buffer: &wgpu::Buffer, offset: usize, count: usize) -> Result<Vec<f32>> {
+        self.flush()?;
+        read(&self.ctx, buffer, offset, count)
+    }
+}
+
+impl Engine for GpuEngine {
+    fn describe(&self) -> String {
+        let info = &self.ctx.info;
+        let software = if info.software { ", software" } else { "" };
+        format!("gpu ({}, {}{software})", info.name, info.backend)
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        Self::check_len("parameters", params.len(), self.layout.len())?;
+        self.flush_before_write()?;
+        write(&self.ctx, &self.params, 0, params);
+        Ok(())
+    }
+
+    fn params(&mut self) -> Result<Vec<f32>> {
+        let (b, n) = (self.params.clone(), self.layout.len());
+        self.read_all(&b, 0, n)
+    }
+
+    fn grads(&mut self) -> Result<Vec<f32>> {
+        let (b, n) = (self.grads.clone(), self.layout.len());
+        self.read_all(&b, 0, n)
+    }
+
+    fn upload_batch(&mut self, batch: &Batch) -> Result<()> {
+        batch.validate(&self.config)?;
+        if batch.rows != self.rows {
+            return Err(Error::Shape(format!(
+                "batch has B={} rows but the state has {}; reset the state first",
+                batch.rows, self.rows
+            )));
+        }
+        if self.pending_reads_batch {
+            self.flush()?;
+        }
+        self.use_shape(batch.steps, batch.rows)?;
+        let n = batch.steps * batch.rows;
+        let count = batch.count();
+        let shape = self.current_shape()?;
+        let ctx = &self.ctx;
+        match &batch.inputs {
+            Inputs::Tokens(t) => write(
+                ctx,
+                &shape.inputs,
+                0,
+                &rnn::token_buffer(t, self.config.input_size),
+            ),
+            Inputs::Dense(x) => write(ctx, &shape.inputs, 0, x),
+        }
+        match &batch.targets {
+            Targets::Classes(c) => write(ctx, &shape.targets, 0, c),
+            Targets::Dense(y) => write(ctx, &shape.targets, 0, y),
+        }
+        match &batch.mask {
+            Some(m) => write(ctx, &shape.mask, 0, m),
+            None => write(ctx, &shape.mask, 0, &vec![1.0f32; n]),
+        }
+        let args = loss::LossArgs::new(n, self.config.output_size, count)?;
+        shape.forward.patch(ctx, shape.loss_index, &args);
+        self.count = count;
+        self.forward_done = false;
+        Ok(())
+    }
+
+    fn forward(&mut self) -> Result<()> {
+        let shape = self
+            .current
+            .and_then(|k| self.shapes.get(&k))
+            .ok_or_else(|| Error::Config("forward called before upload_batch".into()))?;
+        let bh = shape.rows * self.config.hidden_size;
+        for (k, states) in shape.states.iter().enumerate() {
+            self.recorder.push(Op::Copy {
+                src: self.h0.clone(),
+                src_offset: k * bh,
+                dst: states.clone(),
+                dst_offset: 0,
+                elements: bh,
+            });
+        }
+        self.recorder.record(&shape.forward);
+        self.pending_reads_batch = true;
+        self.forward_done = true;
+        Ok(())
+    }
+
+    fn zero_grads(&mut self) -> Result<()> {
+        self.recorder.push(Op::Clear {
+            buffer: self.grads.clone(),
+            offset: 0,
+            elements: self.layout.len(),
+        });
+        Ok(())
+    }
+
+    fn backward(&mut self) -> Result<()> {
+        if !self.forward_done {
+            return Err(Error::Config("backward called before forward".into()));
+        }
+        let shape = self
+            .current
+            .and_then(|k| self.shapes.get(&k))
+            .ok_or_else(|| Error::Config("backward called before upload_batch".into()))?;
+        self.recorder.record(&shape.backward);
+        self.pending_reads_batch = true;
+        Ok(())
+    }
+
+    fn loss(&mut self) -> Result<LossStats> {
+        if !self.forward_done {
+            return Err(Error::Config("no forward pass has run yet".into()));
+        }
+        let scratch = self.scratch.clone();
+        let sum = self.read_all(&scratch, LOSS_SLOT, 1)?[0];
+        Ok(LossStats {
+            sum: sum as f64,
+            count: self.count,
+        })
+    }
+
+    fn optimizer_step(&mut self, config: &OptimizerConfig, lr: f32) -> Result<()> {
+        config.validate()?;
+        self.opt_step += 1;
+        let args = optim::OptimArgs::new(config, lr, self.opt_step, self.layout.len(), NORM_SLOT)?;
+        let last = self.optim.dispatches.len() - 1;
+        self.optim.patch(&self.ctx, last, &args);
+        self.recorder.record(&self.optim);
+        self.norm_valid = true;
+        self.flush()
+    }
+
+    fn grad_norm(&mut self) -> Result<f32> {
+        if !self.norm_valid {
+            return Ok(0.0);
+        }
+        let scratch = self.scratch.clone();
+        let norm = self.read_all(&scratch, NORM_SLOT, 1)?[0];
+        if !norm.is_finite() {
+            return Err(Error::Data(format!(
+                "gradient norm is {norm}: training diverged (lower the learning rate or clip); \
+                 the update was skipped"
+            )));
+        }
+        Ok(norm)
+    }
+
+    fn optimizer_state(&mut self) -> Result<OptimizerState> {
+        let n = self.layout.len();
+        let (m, v) = (self.moment_m.clone(), self.moment_v.clone());
+        Ok(OptimizerState {
+            step: self.opt_step,
+            m: self.read_all(&m, 0, n)?,
+            v: self.read_all(&v, 0, n)?,
+        })
+    }
+
+    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
+        let n = self.layout.len();
+        Self::check_len("optimizer moments m", state.m.len(), n)?;
+        Self::check_len("optimizer moments v", state.v.len(), n)?;
+        self.flush_before_write()?;
+        write(&self.ctx, &self.moment_m, 0, &state.m);
+        write(&self.ctx, &self.moment_v, 0, &state.v);
+        self.opt_step = state.step;
+        Ok(())
+    }
+
+    fn reset_state(&mut self, rows: usize) -> Result<()> {
+        if rows == 0 {
+            return Err(Error::Shape("the state needs at least one row".into()));
+        }
+        let len = self.config.layers * rows * self.config.hidden_size;
+        if rows != self.rows {
+            self.h0 = storage(&self.ctx, "h0", len)?;
+            self.rows = rows;
+        } else {
+            self.recorder.push(Op::Clear {
+                buffer: self.h0.clone(),
+                offset: 0,
+                elements: len,
+            });
+        }
+        Ok(())
+    }
+
+    fn carry_state(&mut self) -> Result<()> {
+        if !self.forward_done {
+            return Err(Error::Config("carry_state called before forward".into()));
+        }
+        let shape = self.current_shape()?;
+        let bh = shape.rows * self.config.hidden_size;
+        let last = shape.steps * bh;
+        let ops: Vec<Op> = shape
+            .states
+            .iter()
+            .enumerate()
+            .map(|(k, s)| Op::Copy {
+                src: s.clone(),
+                src_offset: last,
+                dst: self.h0.clone(),
+                dst_offset: k * bh,
+                elements: bh,
+            })
+            .collect();
+        for op in ops {
+            self.recorder.push(op);
+        }
+        Ok(())
+    }
+
+    fn set_state(&mut self, rows: usize, state: &[f32]) -> Result<()> {
+        let len = self.config.layers * rows * self.config.hidden_size;
+        Self::check_len("state", state.len(), len)?;
+        self.reset_state(rows)?;
+        self.flush_before_write()?;
+        write(&self.ctx, &self.h0, 0, state);
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<f32>> {
+        let len = self.config.layers * self.rows * self.config.hidden_size;
+        let h0 = self.h0.clone();
+        self.read_all(&h0, 0, len)
+    }
+
+    fn outputs(&mut self) -> Result<Vec<f32>> {
+        if !self.forward_done {
+            return Err(Error::Config("no forward pass has run yet".into()));
+        }
+        let shape = self.current_shape()?;
+        let (logits, n) = (
+            shape.logits.clone(),
+            shape.steps * shape.rows * self.config.output_size,
+        );
+        self.read_all(&logits, 0, n)
+    }
+}

@@ -1,0 +1,318 @@
+//! Recording: kernel calls become dispatches with their bind groups and argument slots built
+//! once (a [`Plan`]), and a [`Recorder`] strings dispatches, copies and clears together and
+//! submits them as ONE command buffer, consecutive dispatches sharing ONE compute pass.
+//!
+//! Arguments are small `#[repr(C)]` structs (mirrors of each shader's `Args`) stored in 256-byte
+//! slots of one uniform buffer per plan; a dispatch selects its slot with a dynamic offset, so
+//! the T dispatches of a time loop share one bind group.
+
+use std::collections::HashMap;
+
+use bytemuck::Pod;
+
+use crate::engine::gpu::context::GpuContext;
+use crate::engine::gpu::pipelines::{ARGS_SLOT, Kernel, Pipelines};
+use crate::error::{Error, Result};
+
+/// One kernel launch, before its bind group and argument slot exist.
+#[derive(Debug)]
+pub struct Call {
+    pub kernel: &'static Kernel,
+    /// WGSL override constants.
+    pub constants: Vec<(&'static str, u32)>,
+    /// The storage buffers, bound whole at bindings 1, 2, ...
+    pub buffers: Vec<wgpu::Buffer>,
+    /// The `Args` struct's bytes.
+    pub args: Vec<u8>,
+    /// Workgroups along x, y, z.
+    pub groups: [u32; 3],
+}
+
+impl Call {
+    /// A call of `kernel` with `args`.
+    pub fn new<A: Pod>(
+        kernel: &'static Kernel,
+        constants: Vec<(&'static str, u32)>,
+        buffers: &[&wgpu::Buffer],
+        args: &A,
+        groups: [u32; 3],
+    ) -> Self {
+        Call {
+            kernel,
+            constants,
+            buffers: buffers.iter().map(|&b| b.clone()).collect(),
+            args: bytemuck::bytes_of(args).to_vec(),
+            groups,
+        }
+    }
+}
+
+/// A dispatch ready to record.
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    pub entry: &'static str,
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    offset: u32,
+    groups: [u32; 3],
+}
+
+/// Workgroups for `threads` threads of a 1-D kernel with `wg` threads per workgroup, spread over
+/// x and y when x alone would pass the device's limit (the kernels linearise (x, y)).
+pub fn grid_1d(ctx: &GpuContext, threads: usize, wg: u32) -> Result<[u32; 3]> {
+    let max = ctx.limits.max_compute_workgroups_per_dimension.max(1) as usize;
+    let groups = threads.div_ceil(wg as usize).max(1);
+    let x = groups.min(max);
+    let y = groups.div_ceil(x);
+    if y > max {
+        return Err(Error::Shape(format!(
+            "{threads} threads need more than {max} x {max} workgroups"
+        )));
+    }
+    Ok([x as u32, y as u32, 1])
+}
+
+/// Workgroups for a 2-D tiling of `rows` x `cols` with `tile_rows` x `tile_cols` tiles.
+pub fn grid_2d(
+    ctx: &GpuContext,
+    what: &str,
+    rows: usize,
+    cols: usize,
+    tile_rows: u32,
+    tile_cols: u32,
+) -> Result<[u32; 3]> {
+    let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    let x = cols.div_ceil(tile_cols as usize).max(1);
+    let y = rows.div_ceil(tile_rows as usize).max(1);
+    if x > max || y > max {
+        return Err(Error::Shape(format!(
+            "{what} over [{rows}, {cols}] needs {y} x {x} workgroups, more than the device's \
+             {max} per dimension; use fewer rows per batch"
+        )));
+    }
+    Ok([x as u32, y as u32, 1])
+}
+
+/// The element offset as the u32 the shaders index with.
+pub fn offset32(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Shape(format!("{what} {v} does not fit in 32 bits")))
+}
+
+/// Dispatches with their bind groups and argument slots, built once and replayed.
+pub struct Plan {
+    args: wgpu::Buffer,
+    slot: u64,
+    pub dispatches: Vec<Dispatch>,
+}
+
+impl Plan {
+    /// Builds every call's pipeline, bind group (shared between calls of the same kernel on the
+    /// same buffers) and argument slot.
+    pub fn build(
+        ctx: &GpuContext,
+        pipes: &mut Pipelines,
+        label: &str,
+        calls: Vec<Call>,
+    ) -> Result<Plan> {
+        let align = ctx.limits.min_uniform_buffer_offset_alignment.max(1) as u64;
+        let slot = ARGS_SLOT.div_ceil(align) * align;
+        let mut bytes = vec![0u8; (slot as usize) * calls.len().max(1)];
+        for (i, c) in calls.iter().enumerate() {
+            let at = i * slot as usize;
+            bytes[at..at + c.args.len()].copy_from_slice(&c.args);
+        }
+        let args = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.len() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue.write_buffer(&args, 0, &bytes);
+        // wgpu hashes a buffer by its id, which never changes.
+        #[allow(clippy::mutable_key_type)]
+        let mut groups: HashMap<(&'static str, Vec<wgpu::Buffer>), wgpu::BindGroup> =
+            HashMap::new();
+        let mut dispatches = Vec::with_capacity(calls.len());
+        for (i, c) in calls.into_iter().enumerate() {
+            let pipeline = pipes.get(ctx, c.kernel, &c.constants)?;
+            let bind_group = match groups.get(&(c.kernel.entry, c.buffers.clone())) {
+                Some(g) => g.clone(),
+                None => {
+                    let layout = pipes.bind_group_layout(ctx, c.kernel);
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &args,
+                            offset: 0,
+                            size: wgpu::BufferSize::new(ARGS_SLOT),
+                        }),
+                    }];
+                    for (j, b) in c.buffers.iter().enumerate() {
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: j as u32 + 1,
+                            resource: b.as_entire_binding(),
+                        });
+                    }
+                    let g = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(c.kernel.entry),
+                        layout: &layout,
+                        entries: &entries,
+                    });
+                    ctx.check(&format!("binding the buffers of {}", c.kernel.entry))?;
+                    groups.insert((c.kernel.entry, c.buffers), g.clone());
+                    g
+                }
+            };
+            dispatches.push(Dispatch {
+                entry: c.kernel.entry,
+                pipeline,
+                bind_group,
+                offset: (i as u64 * slot) as u32,
+                groups: c.groups,
+            });
+        }
+        Ok(Plan {
+            args,
+            slot,
+            dispatches,
+        })
+    }
+
+    /// Rewrites the arguments of dispatch `index`; the write lands before the next submit, so
+    /// the caller submits any recorded use of the old arguments first.
+    pub fn patch<A: Pod>(&self, ctx: &GpuContext, index: usize, args: &A) {
+        ctx.queue.write_buffer(
+            &self.args,
+            index as u64 * self.slot,
+            bytemuck::bytes_of(args),
+        );
+    }
+}
+
+/// One recorded command.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Dispatch(Dispatch),
+    /// Copy `elements` 4-byte values between two different buffers.
+    Copy {
+        src: wgpu::Buffer,
+        src_offset: usize,
+        dst: wgpu::Buffer,
+        dst_offset: usize,
+        elements: usize,
+    },
+    /// Zero `elements` values from element `offset`.
+    Clear {
+        buffer: wgpu::Buffer,
+        offset: usize,
+        elements: usize,
+    },
+}
+
+/// Counts of what a recorder has submitted, to check the execution model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubmitCounts {
+    pub submits: u64,
+    pub passes: u64,
+    pub dispatches: u64,
+}
+
+/// Commands waiting to be submitted, in order.
+#[derive(Default)]
+pub struct Recorder {
+    ops: Vec<Op>,
+    counts: SubmitCounts,
+}
+
+impl Recorder {
+    /// Appends every dispatch of `plan`.
+    pub fn record(&mut self, plan: &Plan) {
+        self.ops
+            .extend(plan.dispatches.iter().cloned().map(Op::Dispatch));
+    }
+
+    /// Appends one command.
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// What has been submitted so far.
+    pub fn counts(&self) -> SubmitCounts {
+        self.counts
+    }
+
+    /// Records everything into one command encoder (one compute pass per run of consecutive
+    /// dispatches) and submits it once. Does not wait for the device.
+    pub fn submit(&mut self, ctx: &GpuContext) -> Result<()> {
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut self.ops);
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("unroll step"),
+            });
+        let mut i = 0;
+        while i < ops.len() {
+            match &ops[i] {
+                Op::Dispatch(_) => {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("unroll kernels"),
+                        timestamp_writes: None,
+                    });
+                    self.counts.passes += 1;
+                    while let Some(Op::Dispatch(d)) = ops.get(i) {
+                        pass.set_pipeline(&d.pipeline);
+                        pass.set_bind_group(0, &d.bind_group, &[d.offset]);
+                        pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                        self.counts.dispatches += 1;
+                        i += 1;
+                    }
+                }
+                Op::Copy {
+                    src,
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    elements,
+                } => {
+                    encoder.copy_buffer_to_buffer(
+                        src,
+                        *src_offset as u64 * 4,
+                        dst,
+                        *dst_offset as u64 * 4,
+                        *elements as u64 * 4,
+                    );
+                    i += 1;
+                }
+                Op::Clear {
+                    buffer,
+                    offset,
+                    elements,
+                } => {
+                    encoder.clear_buffer(buffer, *offset as u64 * 4, Some(*elements as u64 * 4));
+                    i += 1;
+                }
+            }
+        }
+        ctx.queue.submit([encoder.finish()]);
+        self.counts.submits += 1;
+        ctx.check("recording the step")
+    }
+}
+
+/// Builds `calls` into a plan, submits it and waits: for tests and one-off work.
+pub fn run_now(ctx: &GpuContext, pipes: &mut Pipelines, calls: Vec<Call>) -> Result<()> {
+    let plan = Plan::build(ctx, pipes, "one-off", calls)?;
+    let mut rec = Recorder::default();
+    rec.record(&plan);
+    rec.submit(ctx)?;
+    ctx.wait()?;
+    ctx.check("running one-off kernels")
+}

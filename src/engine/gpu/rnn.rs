@@ -1,0 +1,271 @@
+//! Launchers of `shaders/rnn.wgsl`: the one-hot input gather, the cell step forward, the BPTT
+//! step, and the one-hot input gradient (a gather over host-built per-token row lists).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::engine::gpu::buffers::Region;
+use crate::engine::gpu::context::GpuContext;
+use crate::engine::gpu::pipelines::{Access, Kernel};
+use crate::engine::gpu::plan::{Call, grid_1d, grid_2d, offset32};
+use crate::engine::gpu::shaders::Shader;
+use crate::error::Result;
+use crate::model::Activation;
+
+const GATHER_BINDINGS: &[Access] = &[Access::Read, Access::Read, Access::ReadWrite];
+
+/// `input_gather_onehot`: bindings tokens, params, out.
+pub static INPUT_GATHER_ONEHOT: Kernel = Kernel {
+    shader: Shader::Rnn,
+    entry: "input_gather_onehot",
+    bindings: GATHER_BINDINGS,
+};
+
+/// `input_grad_onehot`: bindings tokens (with the row lists), dZ, grads.
+pub static INPUT_GRAD_ONEHOT: Kernel = Kernel {
+    shader: Shader::Rnn,
+    entry: "input_grad_onehot",
+    bindings: GATHER_BINDINGS,
+};
+
+/// `rnn_step_forward`: bindings params, activations (unused), states.
+pub static RNN_STEP_FORWARD: Kernel = Kernel {
+    shader: Shader::Rnn,
+    entry: "rnn_step_forward",
+    bindings: GATHER_BINDINGS,
+};
+
+/// `rnn_step_backward`: bindings params, states s_t, dZ (in place).
+pub static RNN_STEP_BACKWARD: Kernel = Kernel {
+    shader: Shader::Rnn,
+    entry: "rnn_step_backward",
+    bindings: GATHER_BINDINGS,
+};
+
+/// Mirror of `Args` in rnn.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct RnnArgs {
+    pub rows: u32,
+    pub hidden: u32,
+    pub inputs: u32,
+    pub n: u32,
+    pub w_off: u32,
+    pub bias_off: u32,
+    pub bias2_off: u32,
+    pub src_off: u32,
+    pub dst_off: u32,
+    pub act_off: u32,
+    pub activation: u32,
+    pub has_src: u32,
+    pub tok_off: u32,
+    pub starts_off: u32,
+    pub sorted_off: u32,
+    pub pad: u32,
+}
+
+/// Where the token ids and the per-token row lists sit in the batch's token buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenLayout {
+    /// Token ids `[N]`.
+    pub tokens: usize,
+    /// CSR starts [I + 1]: the rows of token v are `sorted[starts[v]..starts[v + 1]]`.
+    pub starts: usize,
+    /// Row indices `[N]`, grouped by token, ascending within a token.
+    pub sorted: usize,
+}
+
+impl TokenLayout {
+    /// The layout for N tokens over a vocabulary of I: `[tokens | starts | sorted]`.
+    pub fn new(n: usize, vocab: usize) -> Self {
+        TokenLayout {
+            tokens: 0,
+            starts: n,
+            sorted: n + vocab + 1,
+        }
+    }
+
+    /// Elements of the whole token buffer.
+    pub fn len(&self) -> usize {
+        // The sorted rows are as many as the tokens, and `starts` is where the tokens end.
+        self.sorted + self.starts
+    }
+
+    /// Whether the layout holds no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.starts == 0
+    }
+}
+
+/// The token buffer's contents: token ids, then a counting sort of the rows by token (the
+/// per-token row lists that make the one-hot input gradient a deterministic gather).
+pub fn token_buffer(tokens: &[u32], vocab: usize) -> Vec<u32> {
+    let n = tokens.len();
+    let layout = TokenLayout::new(n, vocab);
+    let mut out = vec![0u32; layout.len()];
+    out[..n].copy_from_slice(tokens);
+    let (head, sorted) = out.split_at_mut(layout.sorted);
+    let starts = &mut head[layout.starts..];
+    for &t in tokens {
+        starts[t as usize + 1] += 1;
+    }
+    for v in 0..vocab {
+        starts[v + 1] += starts[v];
+    }
+    let mut next: Vec<u32> = starts[..vocab].to_vec();
+    for (r, &t) in tokens.iter().enumerate() {
+        sorted[next[t as usize] as usize] = r as u32;
+        next[t as usize] += 1;
+    }
+    out
+}
+
+fn activation_index(act: Activation) -> u32 {
+    match act {
+        Activation::Tanh => 0,
+        Activation::Relu => 1,
+    }
+}
+
+/// Offsets of one layer's weights and biases in the parameter (or gradient) buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Weights {
+    pub w: usize,
+    pub bias: usize,
+    pub bias2: usize,
+}
+
+/// Sizes of a layer's step: B rows, H state size, I input size, N = T * B rows in all.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub rows: usize,
+    pub hidden: usize,
+    pub inputs: usize,
+    pub n: usize,
+}
+
+/// The arguments every cell kernel shares: the sizes and the offset of its weight matrix.
+fn base_args(d: Dims, w: usize) -> Result<RnnArgs> {
+    Ok(RnnArgs {
+        rows: offset32("rows", d.rows)?,
+        hidden: offset32("hidden size", d.hidden)?,
+        inputs: offset32("input size", d.inputs)?,
+        n: offset32("rows", d.n)?,
+        w_off: offset32("offset", w)?,
+        ..RnnArgs::default()
+    })
+}
+
+/// `U[r, :] = W_ih[:, tok_r] + b_ih + b_hh` for all N rows (twin: `input_gather_onehot`).
+/// `params` holds W_ih [H, I] at `w.w` and the biases; U [N, H] is written at `out`.
+pub fn input_gather_onehot(
+    ctx: &GpuContext,
+    d: Dims,
+    tokens: Region<'_>,
+    params: &wgpu::Buffer,
+    w: Weights,
+    out: Region<'_>,
+) -> Result<Call> {
+    let wg = ctx.tunables.row_wg;
+    let args = RnnArgs {
+        bias_off: offset32("offset", w.bias)?,
+        bias2_off: offset32("offset", w.bias2)?,
+        tok_off: offset32("offset", tokens.offset)?,
+        dst_off: offset32("offset", out.offset)?,
+        ..base_args(d, w.w)?
+    };
+    Ok(Call::new(
+        &INPUT_GATHER_ONEHOT,
+        vec![("WG", wg)],
+        &[tokens.buffer, params, out.buffer],
+        &args,
+        grid_1d(ctx, d.n * d.hidden, wg)?,
+    ))
+}
+
+/// `dW_ih[:, v] += sum_{r: tok_r = v} dZ[r, :]` (twin: `input_grad_onehot`). `tokens` is a
+/// buffer laid out as `layout` says; dZ [N, H] at `dz`; dW_ih [H, I] at `grads`.
+pub fn input_grad_onehot(
+    ctx: &GpuContext,
+    d: Dims,
+    tokens: &wgpu::Buffer,
+    layout: TokenLayout,
+    dz: Region<'_>,
+    grads: Region<'_>,
+) -> Result<Call> {
+    let wg = ctx.tunables.row_wg;
+    let args = RnnArgs {
+        src_off: offset32("offset", dz.offset)?,
+        tok_off: offset32("offset", layout.tokens)?,
+        starts_off: offset32("offset", layout.starts)?,
+        sorted_off: offset32("offset", layout.sorted)?,
+        ..base_args(d, grads.offset)?
+    };
+    Ok(Call::new(
+        &INPUT_GRAD_ONEHOT,
+        vec![("WG", wg)],
+        &[tokens, dz.buffer, grads.buffer],
+        &args,
+        grid_1d(ctx, d.inputs * d.hidden, wg)?,
+    ))
+}
+
+/// One forward step for all B rows, in place in a layer's state buffer:
+/// `s_t = f1(u_t + s_{t-1} W_hh^T)` with u_t read from and s_t written to the rows at `dst`,
+/// s_{t-1} read at `src` (twin: `rnn_step_forward`). W_hh [H, H] at `w_hh` in `params`.
+pub fn rnn_step_forward(
+    ctx: &GpuContext,
+    d: Dims,
+    params: &wgpu::Buffer,
+    w_hh: usize,
+    states: &wgpu::Buffer,
+    (src, dst): (usize, usize),
+    act: Activation,
+) -> Result<Call> {
+    let tile = ctx.tunables.rnn_tile;
+    let args = RnnArgs {
+        src_off: offset32("offset", src)?,
+        dst_off: offset32("offset", dst)?,
+        activation: activation_index(act),
+        has_src: 1,
+        ..base_args(d, w_hh)?
+    };
+    Ok(Call::new(
+        &RNN_STEP_FORWARD,
+        vec![("TILE", tile)],
+        &[params, params, states],
+        &args,
+        grid_2d(ctx, "rnn_step_forward", d.rows, d.hidden, tile, tile)?,
+    ))
+}
+
+/// One BPTT step for all B rows, in place in the gradient buffer `work`:
+/// `dz_t = (ds_t + dz_{t+1} W_hh) ⊙ f1'(s_t)` with ds_t read from and dz_t written to the rows
+/// at `dst`, dz_{t+1} read at `src` (`None` at t = T-1), s_t at `s_t` (twin: `rnn_step_backward`).
+#[allow(clippy::too_many_arguments)]
+pub fn rnn_step_backward(
+    ctx: &GpuContext,
+    d: Dims,
+    params: &wgpu::Buffer,
+    w_hh: usize,
+    s_t: Region<'_>,
+    work: &wgpu::Buffer,
+    (src, dst): (Option<usize>, usize),
+    act: Activation,
+) -> Result<Call> {
+    let tile = ctx.tunables.rnn_tile;
+    let args = RnnArgs {
+        src_off: offset32("offset", src.unwrap_or(0))?,
+        dst_off: offset32("offset", dst)?,
+        act_off: offset32("offset", s_t.offset)?,
+        activation: activation_index(act),
+        has_src: src.is_some() as u32,
+        ..base_args(d, w_hh)?
+    };
+    Ok(Call::new(
+        &RNN_STEP_BACKWARD,
+        vec![("TILE", tile)],
+        &[params, s_t.buffer, work],
+        &args,
+        grid_2d(ctx, "rnn_step_backward", d.rows, d.hidden, tile, tile)?,
+    ))
+}

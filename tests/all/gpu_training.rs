@@ -1,0 +1,314 @@
+//! Whole training steps on the GPU engine against the CPU engine: the same seed gives the same
+//! loss curve and the same parameters after 1 and after 5 steps of every optimizer, with masks
+//! and carried state; every model kind agrees on loss, outputs, gradients and final state;
+//! shapes beyond the device's limits are refused with an error.
+
+use rand_chacha::ChaCha8Rng;
+use unroll::engine::cpu::CpuEngine;
+use unroll::engine::gpu::{GpuContext, GpuEngine, list_adapters};
+use unroll::engine::{Batch, Engine};
+use unroll::error::Error;
+use unroll::model::{Activation, InputKind, ModelConfig, OutputKind, ParamLayout};
+use unroll::train::optim::{OptimizerConfig, OptimizerKind};
+
+use crate::common::{self, assert_close, to_f64};
+
+const RTOL: f64 = 1e-4;
+const ATOL: f64 = 1e-5;
+
+/// Both engines on the same random parameters, or `None` when there is no GPU.
+fn engines(test: &str, cfg: &ModelConfig) -> Option<(CpuEngine<f32>, GpuEngine, ChaCha8Rng)> {
+    let ctx = common::gpu(test)?;
+    let mut rng = common::rng(test);
+    let layout = ParamLayout::new(cfg).unwrap();
+    let params = common::uniform(&mut rng, layout.len(), 0.5);
+    let cpu = CpuEngine::<f32>::new(cfg, &params).unwrap();
+    let gpu = GpuEngine::new(ctx, cfg, &params).unwrap();
+    Some((cpu, gpu, rng))
+}
+
+fn close(what: &str, gpu: &[f32], cpu: &[f32]) {
+    assert_close(what, &to_f64(gpu), &to_f64(cpu), RTOL, ATOL);
+}
+
+/// Rows of unequal length: row 0 full, the others shorter (masked padding after them).
+fn lengths(steps: usize, rows: usize) -> Vec<usize> {
+    (0..rows)
+        .map(|b| if b == 0 { steps } else { 1 + (b * 5) % steps })
+        .collect()
+}
+
+/// One forward + backward on both engines; returns the losses.
+fn forward_backward(cpu: &mut impl Engine, gpu: &mut impl Engine, batch: &Batch) -> (f64, f64) {
+    for e in [cpu as &mut dyn Engine, gpu as &mut dyn Engine] {
+        e.upload_batch(batch).unwrap();
+        e.zero_grads().unwrap();
+        e.forward().unwrap();
+        e.backward().unwrap();
+    }
+    let (lc, lg) = (cpu.loss().unwrap(), gpu.loss().unwrap());
+    assert_eq!(lc.count, lg.count);
+    (lc.mean(), lg.mean())
+}
+
+#[test]
+fn training_steps_match_cpu_for_every_optimizer_with_masks_and_carried_state() {
+    let cfg = common::config(
+        Activation::Tanh,
+        InputKind::OneHot,
+        OutputKind::Softmax,
+        (7, 9, 7, 2),
+    );
+    let (steps, rows) = (4, 3);
+    for kind in common::OPTIMIZERS {
+        let name = format!("training {kind:?}");
+        let Some((mut cpu, mut gpu, mut rng)) = engines(&name, &cfg) else {
+            return;
+        };
+        let mut opt = OptimizerConfig::new(kind).with_clip(1.0);
+        opt.weight_decay = 1e-3;
+        let lr = if kind == OptimizerKind::Sgd {
+            0.5
+        } else {
+            0.02
+        };
+        cpu.reset_state(rows).unwrap();
+        gpu.reset_state(rows).unwrap();
+        for step in 1..=5 {
+            let lens = lengths(steps, rows);
+            let batch = common::random_batch(&mut rng, &cfg, steps, rows, Some(&lens));
+            let (lc, lg) = forward_backward(&mut cpu, &mut gpu, &batch);
+            assert_close(
+                &format!("{name} loss at step {step}"),
+                &[lg],
+                &[lc],
+                RTOL,
+                ATOL,
+            );
+            cpu.optimizer_step(&opt, lr).unwrap();
+            gpu.optimizer_step(&opt, lr).unwrap();
+            cpu.carry_state().unwrap();
+            gpu.carry_state().unwrap();
+            let (nc, ng) = (cpu.grad_norm().unwrap(), gpu.grad_norm().unwrap());
+            assert_close(
+                &format!("{name} norm at step {step}"),
+                &[ng as f64],
+                &[nc as f64],
+                RTOL,
+                ATOL,
+            );
+            if step == 1 || step == 5 {
+                let what = format!("{name} after {step} steps");
+                close(
+                    &format!("{what}: params"),
+                    &gpu.params().unwrap(),
+                    &cpu.params().unwrap(),
+                );
+                close(
+                    &format!("{what}: state"),
+                    &gpu.state().unwrap(),
+                    &cpu.state().unwrap(),
+                );
+            }
+        }
+        let (sc, sg) = (
+            cpu.optimizer_state().unwrap(),
+            gpu.optimizer_state().unwrap(),
+        );
+        assert_eq!(sc.step, sg.step);
+        close(&format!("{name}: moments m"), &sg.m, &sc.m);
+        close(&format!("{name}: moments v"), &sg.v, &sc.v);
+    }
+}
+
+#[test]
+fn every_model_kind_matches_cpu_on_loss_outputs_gradients_and_state() {
+    let kinds = [
+        (Activation::Tanh, InputKind::OneHot, OutputKind::Softmax, 1),
+        (Activation::Relu, InputKind::OneHot, OutputKind::Sigmoid, 2),
+        (Activation::Tanh, InputKind::Dense, OutputKind::Identity, 3),
+        (Activation::Relu, InputKind::Dense, OutputKind::Softmax, 1),
+        (Activation::Tanh, InputKind::Dense, OutputKind::Sigmoid, 2),
+    ];
+    // (T, B, I, H, V): one step, one row, one output, sizes off the tiles.
+    let shapes = [(1, 1, 3, 5, 1), (5, 2, 6, 17, 4), (3, 5, 1, 3, 70)];
+    for (act, input, output, layers) in kinds {
+        for &(steps, rows, i, h, v) in &shapes {
+            // A softmax over one class has a zero gradient everywhere: still checked.
+            let cfg = common::config(act, input, output, (i, h, v, layers));
+            let name = format!(
+                "{act:?} {input:?} {output:?} L={layers} T={steps} B={rows} I={i} H={h} V={v}"
+            );
+            let Some((mut cpu, mut gpu, mut rng)) = engines(&name, &cfg) else {
+                return;
+            };
+            let state = common::uniform(&mut rng, layers * rows * h, 0.8);
+            cpu.set_state(rows, &state).unwrap();
+            gpu.set_state(rows, &state).unwrap();
+            let batch =
+                common::random_batch(&mut rng, &cfg, steps, rows, Some(&lengths(steps, rows)));
+            let (lc, lg) = forward_backward(&mut cpu, &mut gpu, &batch);
+            assert_close(&format!("{name}: loss"), &[lg], &[lc], RTOL, ATOL);
+            close(
+                &format!("{name}: outputs"),
+                &gpu.outputs().unwrap(),
+                &cpu.outputs().unwrap(),
+            );
+            close(
+                &format!("{name}: gradients"),
+                &gpu.grads().unwrap(),
+                &cpu.grads().unwrap(),
+            );
+            cpu.carry_state().unwrap();
+            gpu.carry_state().unwrap();
+            close(
+                &format!("{name}: carried state"),
+                &gpu.state().unwrap(),
+                &cpu.state().unwrap(),
+            );
+        }
+    }
+}
+
+#[test]
+fn evaluation_between_training_steps_keeps_the_engines_in_step() {
+    // Forward-only batches of another shape between training steps, as an evaluation does,
+    // with the state saved and restored around them.
+    let cfg = ModelConfig::language_model(11, 8, 1);
+    let Some((mut cpu, mut gpu, mut rng)) = engines("evaluation", &cfg) else {
+        return;
+    };
+    let opt = OptimizerConfig::new(OptimizerKind::Sgd).with_clip(5.0);
+    for e in [&mut cpu as &mut dyn Engine, &mut gpu as &mut dyn Engine] {
+        e.reset_state(2).unwrap();
+    }
+    for step in 0..3 {
+        let train = common::random_batch(&mut rng, &cfg, 3, 2, None);
+        let eval = common::random_batch(&mut rng, &cfg, 5, 1, None);
+        let mut losses = Vec::new();
+        for e in [&mut cpu as &mut dyn Engine, &mut gpu as &mut dyn Engine] {
+            e.upload_batch(&train).unwrap();
+            e.zero_grads().unwrap();
+            e.forward().unwrap();
+            e.backward().unwrap();
+            e.optimizer_step(&opt, 0.3).unwrap();
+            e.carry_state().unwrap();
+            let saved = e.state().unwrap();
+            e.reset_state(1).unwrap();
+            e.upload_batch(&eval).unwrap();
+            e.forward().unwrap();
+            losses.push(e.loss().unwrap().mean());
+            e.set_state(2, &saved).unwrap();
+        }
+        assert_close(
+            &format!("eval loss {step}"),
+            &[losses[1]],
+            &[losses[0]],
+            RTOL,
+            ATOL,
+        );
+    }
+    close("params", &gpu.params().unwrap(), &cpu.params().unwrap());
+    close("state", &gpu.state().unwrap(), &cpu.state().unwrap());
+}
+
+#[test]
+fn shapes_beyond_the_device_limits_are_refused_with_an_error() {
+    // V = 2^20 outputs with H = 1: small parameters, but N * V logits of 4 bytes pass any
+    // device's storage binding limit at N = 1024.
+    let v = 1 << 20;
+    let cfg = ModelConfig::language_model(v, 1, 1);
+    let Some((_, mut gpu, mut rng)) = engines("limits", &cfg) else {
+        return;
+    };
+    let limit = gpu.context().limits.max_storage_buffer_binding_size;
+    let rows = ((limit / 4 / v as u64) + 1).min(1 << 16) as usize;
+    gpu.reset_state(rows).unwrap();
+    let batch = common::random_batch(&mut rng, &cfg, 1, rows, None);
+    match gpu.upload_batch(&batch) {
+        Err(Error::Shape(msg)) => assert!(msg.contains("logits"), "{msg}"),
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+}
+
+#[test]
+fn adapters_are_listed_and_auto_takes_only_hardware() {
+    let Some(ctx) = common::gpu("adapters") else {
+        return;
+    };
+    let all = list_adapters();
+    assert!(
+        all.iter().any(|a| a.name == ctx.info.name),
+        "{} is not among the listed adapters {all:?}",
+        ctx.info
+    );
+    match GpuContext::open(false) {
+        Ok(hw) => assert!(
+            !hw.info.software,
+            "auto took a software adapter: {}",
+            hw.info
+        ),
+        Err(Error::Gpu(msg)) => {
+            assert!(all.iter().all(|a| a.software), "{msg}");
+            assert!(msg.contains("--device gpu"), "{msg}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[test]
+fn a_non_finite_gradient_skips_the_update_and_is_reported() {
+    let cfg = ModelConfig::language_model(5, 4, 1);
+    let Some((_, mut gpu, mut rng)) = engines("divergence", &cfg) else {
+        return;
+    };
+    let mut params = gpu.params().unwrap();
+    let bias = gpu.layout().out_bias();
+    params[bias] = f32::NAN;
+    gpu.set_params(&params).unwrap();
+    gpu.reset_state(2).unwrap();
+    let batch = common::random_batch(&mut rng, &cfg, 3, 2, None);
+    gpu.upload_batch(&batch).unwrap();
+    gpu.zero_grads().unwrap();
+    gpu.forward().unwrap();
+    gpu.backward().unwrap();
+    gpu.optimizer_step(&OptimizerConfig::new(OptimizerKind::Adam), 0.1)
+        .unwrap();
+    match gpu.grad_norm() {
+        Err(Error::Data(msg)) => assert!(msg.contains("diverged"), "{msg}"),
+        other => panic!("expected a divergence error, got {other:?}"),
+    }
+    let after = gpu.params().unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&after), bits(&params), "the update was not skipped");
+}
+
+#[test]
+fn a_training_step_is_one_submit_with_one_compute_pass() {
+    let cfg = ModelConfig::language_model(6, 5, 2);
+    let Some((_, mut gpu, mut rng)) = engines("one submit", &cfg) else {
+        return;
+    };
+    let opt = OptimizerConfig::new(OptimizerKind::Adam).with_clip(1.0);
+    let (steps, rows) = (4, 3);
+    gpu.reset_state(rows).unwrap();
+    for step in 0..3 {
+        let before = gpu.submit_counts();
+        let batch = common::random_batch(&mut rng, &cfg, steps, rows, None);
+        gpu.upload_batch(&batch).unwrap();
+        gpu.zero_grads().unwrap();
+        gpu.forward().unwrap();
+        gpu.backward().unwrap();
+        gpu.optimizer_step(&opt, 0.01).unwrap();
+        gpu.carry_state().unwrap();
+        let after = gpu.submit_counts();
+        assert_eq!(after.submits - before.submits, 1, "step {step}: submits");
+        assert_eq!(
+            after.passes - before.passes,
+            1,
+            "step {step}: compute passes"
+        );
+        // Per layer: T steps forward and back, an input projection and 3-4 gradient kernels.
+        assert!(after.dispatches - before.dispatches >= 2 * 2 * steps as u64);
+    }
+}
