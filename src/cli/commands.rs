@@ -9,7 +9,7 @@ use unroll::data::vocab::Vocab;
 use unroll::engine::select::create_engine;
 use unroll::model::{Checkpoint, InputKind, OutputKind};
 use unroll::sample::{SampleOptions, sample as generate};
-use unroll::train::trainer::evaluate;
+use unroll::train::trainer::evaluate_lm;
 
 use super::{EvalArgs, SampleArgs};
 
@@ -89,7 +89,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let corpus = Corpus::open(a.corpus.as_deref(), vocab.kind(), Some(vocab))?;
     let (mut engine, note) = create_engine(a.device.into(), &ckpt.config, &ckpt.params)?;
     eprintln!("{note}");
-    let stats = evaluate(engine.as_mut(), &corpus, a.batch, a.seq_len)?;
+    let stats = evaluate_lm(engine.as_mut(), &corpus, a.batch, a.seq_len)?;
     let loss = stats.mean();
     let json = serde_json::json!({
         "loss": loss,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use unroll::data::corpus::{Corpus, Tokens};
-use unroll::data::lm::StreamBatches;
+use unroll::data::lm::{StreamBatches, StreamEval, StreamSource};
 use unroll::data::vocab::VocabKind;
 use unroll::engine::Engine;
 use unroll::engine::select::create_engine;
@@ -339,7 +339,13 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         out: &s.out,
         interrupt: Some(&signals.any),
     };
-    let outcome = trainer.run(&train_tokens, &val_tokens, s.progress.clone(), &mut metrics, |e| match *e {
+    let mut train_source = StreamSource::new(&train_tokens, run.batch, run.seq_len)?;
+    let val_set = StreamEval {
+        tokens: &val_tokens,
+        rows: run.batch,
+        steps: run.seq_len,
+    };
+    let outcome = trainer.run(&mut train_source, &val_set, s.progress.clone(), &mut metrics, |e| match *e {
         Event::Train {
             step,
             loss,

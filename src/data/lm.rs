@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::corpus::Tokens;
+use crate::data::{EvalSet, TrainBatches};
 use crate::engine::{Batch, Inputs, Targets};
 use crate::error::{Error, Result};
 
@@ -210,5 +211,67 @@ impl Iterator for EvalBatches<'_> {
             targets: Targets::Classes(targets),
             mask: Some(mask),
         })
+    }
+}
+
+/// Stream batches over a token sequence as a [`TrainBatches`] source.
+pub struct StreamSource<'a> {
+    tokens: &'a dyn Tokens,
+    batches: StreamBatches,
+}
+
+impl<'a> StreamSource<'a> {
+    /// B streams of windows of T tokens over `tokens`.
+    pub fn new(tokens: &'a dyn Tokens, rows: usize, steps: usize) -> Result<Self> {
+        Ok(StreamSource {
+            tokens,
+            batches: StreamBatches::new(tokens.len(), rows, steps)?,
+        })
+    }
+
+    /// Windows per epoch.
+    pub fn windows_per_epoch(&self) -> usize {
+        self.batches.windows_per_epoch()
+    }
+}
+
+impl TrainBatches for StreamSource<'_> {
+    fn next_batch(&mut self) -> Result<(Batch, bool)> {
+        Ok(self.batches.next_batch(self.tokens))
+    }
+
+    fn position(&self) -> serde_json::Value {
+        serde_json::to_value(self.batches.position()).unwrap_or_default()
+    }
+
+    fn seek(&mut self, position: &serde_json::Value) -> Result<()> {
+        let pos: StreamPosition = serde_json::from_value(position.clone())
+            .map_err(|e| Error::Data(format!("saved stream position is invalid: {e}")))?;
+        self.batches.seek(pos)
+    }
+}
+
+/// A token sequence evaluated as B carried streams of windows of T (see [`EvalBatches`]).
+pub struct StreamEval<'a> {
+    pub tokens: &'a dyn Tokens,
+    pub rows: usize,
+    pub steps: usize,
+}
+
+impl EvalSet for StreamEval<'_> {
+    fn batches(&self) -> Result<Box<dyn Iterator<Item = Batch> + '_>> {
+        Ok(Box::new(EvalBatches::new(
+            self.tokens,
+            self.rows,
+            self.steps,
+        )?))
+    }
+
+    fn carries_state(&self) -> bool {
+        true
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tokens.len() < 2
     }
 }

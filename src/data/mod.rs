@@ -1,5 +1,32 @@
-//! Data: corpora, vocabularies and the batches cut from them.
+//! Data: corpora, vocabularies, and the batches cut from them. Whatever the data, training reads
+//! it through [`TrainBatches`] and evaluation through [`EvalSet`], so the trainer knows nothing of
+//! streams, lines or pairs.
 
 pub mod corpus;
 pub mod lm;
 pub mod vocab;
+
+use crate::engine::Batch;
+use crate::error::Result;
+
+/// A source of training batches.
+pub trait TrainBatches {
+    /// The next batch, and whether the state must start from zero for it (a new pass over
+    /// carried streams, or every batch of independent sequences).
+    fn next_batch(&mut self) -> Result<(Batch, bool)>;
+    /// Where the source is, as JSON, saved with the training state for an exact resume.
+    fn position(&self) -> serde_json::Value;
+    /// Continues from a position saved by [`TrainBatches::position`].
+    fn seek(&mut self, position: &serde_json::Value) -> Result<()>;
+}
+
+/// A held-out set, cut into batches that count every target once.
+pub trait EvalSet {
+    /// The batches in order.
+    fn batches(&self) -> Result<Box<dyn Iterator<Item = Batch> + '_>>;
+    /// Whether the state flows from one batch into the next (streams) instead of starting from
+    /// zero for every batch (independent sequences).
+    fn carries_state(&self) -> bool;
+    /// Whether the set holds nothing to evaluate.
+    fn is_empty(&self) -> bool;
+}

@@ -8,7 +8,6 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::data::lm::StreamPosition;
 use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::write_atomic;
@@ -49,8 +48,8 @@ pub struct RunSpec {
 pub struct Progress {
     /// Optimizer steps taken.
     pub step: u64,
-    /// The next training window.
-    pub position: StreamPosition,
+    /// Where the training data source is (its own JSON form).
+    pub position: serde_json::Value,
     pub schedule: ScheduleState,
     /// Best validation loss so far (the loss of best.safetensors).
     pub best_val: Option<f64>,
@@ -61,10 +60,7 @@ impl Progress {
     pub fn start() -> Self {
         Progress {
             step: 0,
-            position: StreamPosition {
-                epoch: 0,
-                window: 0,
-            },
+            position: serde_json::Value::Null,
             schedule: ScheduleState::default(),
             best_val: None,
         }

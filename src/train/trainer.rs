@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::data::corpus::Tokens;
-use crate::data::lm::{EvalBatches, StreamBatches};
+use crate::data::lm::StreamEval;
 use crate::data::vocab::Vocab;
+use crate::data::{EvalSet, TrainBatches};
 use crate::engine::{Batch, Engine, LossStats};
 use crate::error::Result;
 use crate::model::Checkpoint;
@@ -40,32 +41,49 @@ pub fn train_step(
     engine.carry_state()
 }
 
-/// Loss over every next-token prediction of `tokens` (see [`EvalBatches`]), leaving the engine's
-/// carried training state as it was.
-pub fn evaluate(
-    engine: &mut dyn Engine,
-    tokens: &dyn Tokens,
-    rows: usize,
-    steps: usize,
-) -> Result<LossStats> {
+/// Loss over every target of `set`, leaving the engine's carried training state as it was.
+pub fn evaluate(engine: &mut dyn Engine, set: &dyn EvalSet) -> Result<LossStats> {
     let saved = engine.state()?;
     let per_row = engine.config().layers * engine.config().hidden_size;
-    let batches = EvalBatches::new(tokens, rows, steps)?;
-    engine.reset_state(batches.rows())?;
     let mut total = LossStats {
         sum: 0.0,
         count: 0.0,
     };
-    for batch in batches {
+    let mut first = true;
+    for batch in set.batches()? {
+        if first || !set.carries_state() {
+            engine.reset_state(batch.rows)?;
+            first = false;
+        }
         engine.upload_batch(&batch)?;
         engine.forward()?;
         let l = engine.loss()?;
         total.sum += l.sum;
         total.count += l.count;
-        engine.carry_state()?;
+        if set.carries_state() {
+            engine.carry_state()?;
+        }
     }
     engine.set_state(saved.len() / per_row, &saved)?;
     Ok(total)
+}
+
+/// Language-model loss over every next-token prediction of `tokens`, as B carried streams of
+/// windows of T.
+pub fn evaluate_lm(
+    engine: &mut dyn Engine,
+    tokens: &dyn Tokens,
+    rows: usize,
+    steps: usize,
+) -> Result<LossStats> {
+    evaluate(
+        engine,
+        &StreamEval {
+            tokens,
+            rows,
+            steps,
+        },
+    )
 }
 
 /// A progress event for the caller to show.
@@ -134,27 +152,29 @@ impl Trainer<'_> {
         }
     }
 
-    /// Runs from `progress` to `run.steps`, calling `on_event` with progress.
+    /// Runs from `progress` to `run.steps` on batches from `train`, evaluating on `val`, calling
+    /// `on_event` with progress.
     pub fn run(
         &mut self,
-        train: &dyn Tokens,
-        val: &dyn Tokens,
+        train: &mut dyn TrainBatches,
+        val: &dyn EvalSet,
         mut progress: Progress,
         metrics: &mut Metrics,
         mut on_event: impl FnMut(&Event),
     ) -> Result<Outcome> {
         let run = self.run;
-        let mut batches = StreamBatches::new(train.len(), run.batch, run.seq_len)?;
-        batches.seek(progress.position)?;
+        if !progress.position.is_null() {
+            train.seek(&progress.position)?;
+        }
         let mut clock = Instant::now();
         let mut tokens_since = 0usize;
         let mut saved_at = None;
         while progress.step < run.steps {
             let lr = progress.schedule.lr(&run.schedule, run.lr, progress.step);
-            let (batch, reset) = batches.next_batch(train);
+            let (batch, reset) = train.next_batch()?;
             train_step(self.engine, &batch, reset, &run.optimizer, lr)?;
             progress.step += 1;
-            progress.position = batches.position();
+            progress.position = train.position();
             tokens_since += batch.rows * batch.steps;
             let step = progress.step;
             let last = step == run.steps;
@@ -182,8 +202,8 @@ impl Trainer<'_> {
                 tokens_since = 0;
             }
             let eval_now = (run.eval_every > 0 && step.is_multiple_of(run.eval_every)) || last;
-            if eval_now && val.len() >= 2 {
-                let loss = evaluate(self.engine, val, run.batch, run.seq_len)?.mean();
+            if eval_now && !val.is_empty() {
+                let loss = evaluate(self.engine, val)?.mean();
                 progress.schedule.observe(&run.schedule, loss);
                 let best = progress.best_val.is_none_or(|b| loss < b);
                 if best {

@@ -3,6 +3,7 @@
 
 use rand::RngExt;
 use unroll::data::corpus::{Corpus, Tokens};
+use unroll::data::lm::{StreamEval, StreamSource};
 use unroll::data::vocab::{Vocab, VocabKind};
 use unroll::engine::Engine;
 use unroll::engine::cpu::CpuEngine;
@@ -12,7 +13,7 @@ use unroll::train::metrics::Metrics;
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
 use unroll::train::schedule::LrSchedule;
 use unroll::train::state::{Progress, RunSpec};
-use unroll::train::trainer::{Outcome, Trainer, evaluate};
+use unroll::train::trainer::{Outcome, Trainer, evaluate_lm};
 
 use crate::common;
 
@@ -50,8 +51,14 @@ pub fn train_into(
         out: dir,
         interrupt: None,
     };
+    let mut source = StreamSource::new(train, run.batch, run.seq_len).unwrap();
+    let val = StreamEval {
+        tokens: val,
+        rows: run.batch,
+        steps: run.seq_len,
+    };
     trainer
-        .run(train, val, Progress::start(), &mut metrics, |_| {})
+        .run(&mut source, &val, Progress::start(), &mut metrics, |_| {})
         .unwrap()
 }
 
@@ -94,7 +101,7 @@ fn training_lowers_the_loss_far_below_uniform() {
         corpus.slice(0, split),
         corpus.slice(split, corpus.len() - split),
     );
-    let before = evaluate(&mut engine, &val, 8, 32).unwrap().mean();
+    let before = evaluate_lm(&mut engine, &val, 8, 32).unwrap().mean();
     let run = run_spec(
         400,
         16,
@@ -108,7 +115,7 @@ fn training_lowers_the_loss_far_below_uniform() {
         train_into(dir.path(), &mut engine, corpus.vocab(), &train, &val, &run),
         Outcome::Finished
     );
-    let after = evaluate(&mut engine, &val, 8, 32).unwrap().mean();
+    let after = evaluate_lm(&mut engine, &val, 8, 32).unwrap().mean();
     let uniform = (v as f64).ln();
     eprintln!("V={v} ln V={uniform:.3} before={before:.3} after={after:.3}");
     assert!(
