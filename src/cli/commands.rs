@@ -5,11 +5,12 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use unroll::data::corpus::{Corpus, Tokens};
+use unroll::data::lines::Lines;
 use unroll::data::vocab::Vocab;
 use unroll::engine::select::create_engine;
 use unroll::model::{Checkpoint, InputKind, OutputKind};
 use unroll::sample::{SampleOptions, sample as generate};
-use unroll::train::trainer::evaluate_lm;
+use unroll::train::trainer::{evaluate, evaluate_lm};
 
 use super::{EvalArgs, SampleArgs};
 
@@ -89,7 +90,13 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let corpus = Corpus::open(a.corpus.as_deref(), vocab.kind(), Some(vocab))?;
     let (mut engine, note) = create_engine(a.device.into(), &ckpt.config, &ckpt.params)?;
     eprintln!("{note}");
-    let stats = evaluate_lm(engine.as_mut(), &corpus, a.batch, a.seq_len)?;
+    let stats = if corpus.vocab().start_token().is_some() {
+        // A lines-mode model: every line once, framed by its start and end tokens.
+        let lines = Lines::new(&corpus, 0..corpus.text_bytes().len(), a.batch, a.seq_len)?;
+        evaluate(engine.as_mut(), &lines)?
+    } else {
+        evaluate_lm(engine.as_mut(), &corpus, a.batch, a.seq_len)?
+    };
     let loss = stats.mean();
     let json = serde_json::json!({
         "loss": loss,

@@ -98,6 +98,16 @@ pub enum VocabArg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SequencesArg {
+    /// B contiguous streams, windows of --seq-len, the state carried between windows
+    /// (truncated BPTT).
+    Stream,
+    /// Every line is one sequence framed by start and end tokens; batches are padded and masked;
+    /// sampling stops at the end token.
+    Lines,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ScheduleArg {
     /// The same learning rate throughout.
     Constant,
@@ -126,6 +136,9 @@ pub struct TrainArgs {
     /// Token vocabulary [default: chars].
     #[arg(long, value_enum)]
     pub vocab: Option<VocabArg>,
+    /// How the corpus is cut into sequences [default: stream].
+    #[arg(long, value_enum)]
+    pub sequences: Option<SequencesArg>,
     /// Fraction of the corpus, taken from its end, held out for validation [default: 0.05].
     #[arg(long)]
     pub val_frac: Option<f64>,
@@ -135,7 +148,7 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     /// Continue the run saved in this directory, exactly where it stopped (with --steps to
     /// extend it).
-    #[arg(long, conflicts_with_all = ["out", "init", "corpus", "vocab", "val_frac", "seed"])]
+    #[arg(long, conflicts_with_all = ["out", "init", "corpus", "vocab", "val_frac", "seed", "sequences"])]
     pub resume: Option<PathBuf>,
     /// Start from the parameters of this checkpoint (directory or file) instead of a fresh init.
     #[arg(long)]

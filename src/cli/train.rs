@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use unroll::data::corpus::{Corpus, Tokens};
+use unroll::data::lines::{Lines, LinesSource};
 use unroll::data::lm::{StreamBatches, StreamEval, StreamSource};
 use unroll::data::vocab::VocabKind;
+use unroll::data::{EvalSet, Sequences, TrainBatches};
 use unroll::engine::Engine;
 use unroll::engine::select::create_engine;
 use unroll::model::{Checkpoint, ModelConfig, ParamLayout, init_params};
@@ -21,7 +23,7 @@ use unroll::train::schedule::LrSchedule;
 use unroll::train::state::{Progress, RunSpec, STATE_FILE, TrainState};
 use unroll::train::trainer::{Event, Outcome, Trainer};
 
-use super::{ScheduleArg, TrainArgs, VocabArg};
+use super::{ScheduleArg, SequencesArg, TrainArgs, VocabArg};
 
 const LN2: f64 = std::f64::consts::LN_2;
 
@@ -71,6 +73,72 @@ impl Signals {
     }
 }
 
+/// Where a corpus is cut into its training and validation parts: the last `val_frac` of the
+/// tokens (streams), or of the bytes moved to the next line start (lines).
+struct Split {
+    train_tokens: usize,
+    train_bytes: usize,
+    sequences: Sequences,
+}
+
+impl Split {
+    fn of(corpus: &Corpus, sequences: Sequences, val_frac: f64) -> Self {
+        match sequences {
+            Sequences::Stream => {
+                let n = corpus.len();
+                Split {
+                    train_tokens: n - (n as f64 * val_frac) as usize,
+                    train_bytes: 0,
+                    sequences,
+                }
+            }
+            Sequences::Lines => {
+                let bytes = corpus.text_bytes();
+                let mut at = ((bytes.len() as f64) * (1.0 - val_frac)) as usize;
+                while at > 0 && at < bytes.len() && bytes[at - 1] != b'\n' {
+                    at += 1;
+                }
+                let mut tokens = Vec::new();
+                corpus.encode_range(0..at, &mut tokens);
+                Split {
+                    train_tokens: tokens.len(),
+                    train_bytes: at,
+                    sequences,
+                }
+            }
+        }
+    }
+
+    /// The training batches and the validation set of `run` over `corpus`.
+    fn sources<'a>(
+        &self,
+        corpus: &'a Corpus,
+        run: &RunSpec,
+    ) -> anyhow::Result<(Box<dyn TrainBatches + 'a>, Box<dyn EvalSet + 'a>)> {
+        Ok(match self.sequences {
+            Sequences::Stream => {
+                let n = corpus.len();
+                let train = corpus.slice(0, self.train_tokens);
+                let val = corpus.slice(self.train_tokens, n - self.train_tokens);
+                (
+                    Box::new(StreamSource::new(train, run.batch, run.seq_len)?),
+                    Box::new(StreamEval {
+                        tokens: val,
+                        rows: run.batch,
+                        steps: run.seq_len,
+                    }),
+                )
+            }
+            Sequences::Lines => {
+                let end = corpus.text_bytes().len();
+                let train = Lines::new(corpus, 0..self.train_bytes, run.batch, run.seq_len)?;
+                let val = Lines::new(corpus, self.train_bytes..end, run.batch, run.seq_len)?;
+                (Box::new(LinesSource::new(train)?), Box::new(val))
+            }
+        })
+    }
+}
+
 /// The options a resumed run keeps from its start; giving one of them is a contradiction.
 fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
     let given = [
@@ -91,6 +159,7 @@ fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
         ("--weight-decay", a.weight_decay.is_some()),
         ("--clip", a.clip.is_some()),
         ("--epochs", a.epochs.is_some()),
+        ("--sequences", a.sequences.is_some()),
         ("--force", a.force),
     ];
     given.iter().filter(|g| g.1).map(|g| g.0).collect()
@@ -194,9 +263,21 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         Some(VocabArg::Bytes) => VocabKind::Bytes,
         _ => VocabKind::Chars,
     };
+    let sequences = match a.sequences {
+        Some(SequencesArg::Lines) => Sequences::Lines,
+        _ => Sequences::Stream,
+    };
     let vocab = init.as_ref().and_then(|c| c.vocab.clone());
-    let corpus = Corpus::open(a.corpus.as_deref(), kind, vocab)?;
-    if corpus.unknown() > 0 {
+    let mut corpus = Corpus::open(a.corpus.as_deref(), kind, vocab.clone())?;
+    if sequences == Sequences::Lines && vocab.is_none() {
+        // Line breaks separate the sequences: the vocabulary has line tokens instead.
+        let lines_vocab = corpus.vocab().clone().for_lines();
+        corpus = Corpus::open(a.corpus.as_deref(), kind, Some(lines_vocab))?;
+    }
+    if sequences == Sequences::Lines && corpus.vocab().start_token().is_none() {
+        bail!("--sequences lines needs a model trained in lines mode for --init");
+    }
+    if corpus.unknown() > 0 && init.is_some() {
         eprintln!(
             "note: {} characters of the corpus are not in the --init model's vocabulary and are skipped",
             corpus.unknown()
@@ -228,11 +309,26 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     }
     let (batch, seq_len) = (a.batch.unwrap_or(32), a.seq_len.unwrap_or(64));
     let n = corpus.len();
-    let n_val = (n as f64 * val_frac) as usize;
-    let windows = StreamBatches::new(n - n_val, batch, seq_len)?.windows_per_epoch() as u64;
+    let split = Split::of(&corpus, sequences, val_frac);
+    let batches_per_epoch = match sequences {
+        Sequences::Stream => {
+            StreamBatches::new(split.train_tokens, batch, seq_len)?.windows_per_epoch() as u64
+        }
+        Sequences::Lines => {
+            let lines = Lines::new(&corpus, 0..split.train_bytes, batch, seq_len)?;
+            if lines.is_empty() {
+                bail!("the training split of the corpus has no line");
+            }
+            let count = corpus.text_bytes()[..split.train_bytes]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            (count.max(1) as u64).div_ceil(batch as u64)
+        }
+    };
     let steps = match a.epochs {
         Some(e) if !(e.is_finite() && e > 0.0) => bail!("--epochs {e} must be > 0"),
-        Some(e) => (e * windows as f64).ceil() as u64,
+        Some(e) => (e * batches_per_epoch as f64).ceil() as u64,
         None => a.steps.unwrap_or(1500),
     };
     let decay = a.lr_decay.unwrap_or(0.5);
@@ -267,6 +363,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         corpus: a.corpus.as_ref().map(|p| p.display().to_string()),
         corpus_tokens: n,
         val_frac,
+        sequences,
     };
     let (mut engine, note) = create_engine(a.device.into(), &config, &params)?;
     engine.reset_state(batch)?;
@@ -289,17 +386,16 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         Some(dir) => resume_setup(&a, dir)?,
         None => fresh_setup(&a)?,
     };
-    let n = s.corpus.len();
-    let n_val = (n as f64 * s.run.val_frac) as usize;
-    let train_tokens = s.corpus.slice(0, n - n_val);
-    let val_tokens = s.corpus.slice(n - n_val, n_val);
+    let split = Split::of(&s.corpus, s.run.sequences, s.run.val_frac);
     let run = s.run.clone();
     eprintln!(
-        "corpus: {}, {n} tokens ({} train, {} validation), vocabulary {}",
+        "corpus: {}, {} tokens ({} train, {} validation), vocabulary {}, {:?} sequences",
         run.corpus.as_deref().unwrap_or("built-in"),
-        train_tokens.len(),
-        val_tokens.len(),
-        s.corpus.vocab().len()
+        s.corpus.len(),
+        split.train_tokens,
+        s.corpus.len() - split.train_tokens,
+        s.corpus.vocab().len(),
+        run.sequences
     );
     eprintln!(
         "model: rnn {:?} H={} layers={} ({} parameters); {:?} lr {} {:?}, clip {}, B={} T={}, {} steps",
@@ -339,13 +435,8 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         out: &s.out,
         interrupt: Some(&signals.any),
     };
-    let mut train_source = StreamSource::new(&train_tokens, run.batch, run.seq_len)?;
-    let val_set = StreamEval {
-        tokens: &val_tokens,
-        rows: run.batch,
-        steps: run.seq_len,
-    };
-    let outcome = trainer.run(&mut train_source, &val_set, s.progress.clone(), &mut metrics, |e| match *e {
+    let (mut train_source, val_set) = split.sources(&s.corpus, &run)?;
+    let outcome = trainer.run(train_source.as_mut(), val_set.as_ref(), s.progress.clone(), &mut metrics, |e| match *e {
         Event::Train {
             step,
             loss,
@@ -395,7 +486,10 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         ),
     }
     if a.sample > 0 && run.steps > 0 {
-        let prime = vocab.encode("\n").0;
+        let prime = match vocab.start_token() {
+            Some(start) => vec![start],
+            None => vocab.encode("\n").0,
+        };
         let prime = if prime.is_empty() { vec![0] } else { prime };
         let opts = SampleOptions {
             length: a.sample,

@@ -124,6 +124,15 @@ impl Tokens for [u32] {
     }
 }
 
+impl<T: Tokens + ?Sized> Tokens for &T {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn read(&self, start: usize, count: usize, out: &mut Vec<u32>) {
+        (**self).read(start, count, out)
+    }
+}
+
 impl Tokens for Vec<u32> {
     fn len(&self) -> usize {
         <[u32]>::len(self)
@@ -297,6 +306,27 @@ impl Corpus {
         }
     }
 
+    /// The raw bytes of the text.
+    pub fn text_bytes(&self) -> &[u8] {
+        self.text.bytes()
+    }
+
+    /// Appends the token ids of the text in byte `range` (which must start and end at character
+    /// boundaries) to `out`, skipping characters the vocabulary lacks.
+    pub fn encode_range(&self, range: std::ops::Range<usize>, out: &mut Vec<u32>) {
+        let bytes = &self.text.bytes()[range];
+        match &self.encoder {
+            None => out.extend(bytes.iter().map(|&b| u32::from(b))),
+            Some(encoder) => {
+                let text = match std::str::from_utf8(bytes) {
+                    Ok(t) => t,
+                    Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+                };
+                out.extend(text.chars().filter_map(|c| encoder.id(c)));
+            }
+        }
+    }
+
     /// All tokens, collected (for small corpora and tests).
     pub fn to_vec(&self) -> Vec<u32> {
         let mut v = Vec::with_capacity(self.len);
@@ -351,6 +381,7 @@ impl Tokens for Corpus {
 }
 
 /// A contiguous range of a corpus's tokens.
+#[derive(Clone, Copy)]
 pub struct CorpusSlice<'a> {
     corpus: &'a Corpus,
     start: usize,

@@ -215,18 +215,16 @@ impl Iterator for EvalBatches<'_> {
 }
 
 /// Stream batches over a token sequence as a [`TrainBatches`] source.
-pub struct StreamSource<'a> {
-    tokens: &'a dyn Tokens,
+pub struct StreamSource<T: Tokens> {
+    tokens: T,
     batches: StreamBatches,
 }
 
-impl<'a> StreamSource<'a> {
+impl<T: Tokens> StreamSource<T> {
     /// B streams of windows of T tokens over `tokens`.
-    pub fn new(tokens: &'a dyn Tokens, rows: usize, steps: usize) -> Result<Self> {
-        Ok(StreamSource {
-            tokens,
-            batches: StreamBatches::new(tokens.len(), rows, steps)?,
-        })
+    pub fn new(tokens: T, rows: usize, steps: usize) -> Result<Self> {
+        let batches = StreamBatches::new(tokens.len(), rows, steps)?;
+        Ok(StreamSource { tokens, batches })
     }
 
     /// Windows per epoch.
@@ -235,9 +233,9 @@ impl<'a> StreamSource<'a> {
     }
 }
 
-impl TrainBatches for StreamSource<'_> {
+impl<T: Tokens> TrainBatches for StreamSource<T> {
     fn next_batch(&mut self) -> Result<(Batch, bool)> {
-        Ok(self.batches.next_batch(self.tokens))
+        Ok(self.batches.next_batch(&self.tokens))
     }
 
     fn position(&self) -> serde_json::Value {
@@ -252,16 +250,16 @@ impl TrainBatches for StreamSource<'_> {
 }
 
 /// A token sequence evaluated as B carried streams of windows of T (see [`EvalBatches`]).
-pub struct StreamEval<'a> {
-    pub tokens: &'a dyn Tokens,
+pub struct StreamEval<T: Tokens> {
+    pub tokens: T,
     pub rows: usize,
     pub steps: usize,
 }
 
-impl EvalSet for StreamEval<'_> {
+impl<T: Tokens> EvalSet for StreamEval<T> {
     fn batches(&self) -> Result<Box<dyn Iterator<Item = Batch> + '_>> {
         Ok(Box::new(EvalBatches::new(
-            self.tokens,
+            &self.tokens,
             self.rows,
             self.steps,
         )?))

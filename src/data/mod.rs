@@ -3,11 +3,25 @@
 //! streams, lines or pairs.
 
 pub mod corpus;
+pub mod lines;
 pub mod lm;
 pub mod vocab;
 
+use serde::{Deserialize, Serialize};
+
 use crate::engine::Batch;
 use crate::error::Result;
+
+/// How a corpus is cut into sequences for a language model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sequences {
+    /// B contiguous streams, windows of T tokens, the state carried between windows.
+    #[default]
+    Stream,
+    /// Every line one sequence framed by start and end tokens, padded and masked.
+    Lines,
+}
 
 /// A source of training batches.
 pub trait TrainBatches {

@@ -63,6 +63,15 @@ impl Vocab {
         }
     }
 
+    /// The vocabulary for lines mode: without the line-break characters (`\n`, `\r`), which
+    /// separate sequences instead, and with start/end-of-line tokens.
+    pub fn for_lines(mut self) -> Self {
+        if let Symbols::Chars { symbols } = &mut self.symbols {
+            symbols.retain(|&c| c != '\n' && c != '\r');
+        }
+        self.with_line_tokens()
+    }
+
     /// The same vocabulary with start/end-of-line tokens.
     pub fn with_line_tokens(mut self) -> Self {
         self.line_tokens = true;

@@ -8,6 +8,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
+use crate::data::Sequences;
 use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::write_atomic;
@@ -41,6 +42,9 @@ pub struct RunSpec {
     pub corpus: Option<String>,
     pub corpus_tokens: usize,
     pub val_frac: f64,
+    /// How the corpus is cut into sequences.
+    #[serde(default)]
+    pub sequences: Sequences,
 }
 
 /// How far a run has come.

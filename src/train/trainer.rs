@@ -175,7 +175,7 @@ impl Trainer<'_> {
             train_step(self.engine, &batch, reset, &run.optimizer, lr)?;
             progress.step += 1;
             progress.position = train.position();
-            tokens_since += batch.rows * batch.steps;
+            tokens_since += batch.count() as usize;
             let step = progress.step;
             let last = step == run.steps;
             if run.log_every > 0 && (step.is_multiple_of(run.log_every) || last) {

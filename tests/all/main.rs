@@ -6,6 +6,7 @@ mod common;
 mod gpu_kernels;
 mod gpu_training;
 mod gradcheck;
+mod lines;
 mod lm_cli;
 mod lm_data;
 mod padding;

@@ -85,6 +85,7 @@ pub fn run_spec(
         corpus: None,
         corpus_tokens,
         val_frac: 0.1,
+        sequences: Default::default(),
     }
 }
 
