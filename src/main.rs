@@ -6,6 +6,13 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // Mesa's Vulkan drivers print "error: XDG_RUNTIME_DIR is invalid" on headless machines
+        // where it is unset, which reads like an error of ours. Point it at the temporary
+        // directory; nothing of ours reads it.
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
     match cli::run() {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

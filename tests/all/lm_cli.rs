@@ -423,3 +423,112 @@ fn a_large_corpus_trains_in_bounded_memory() {
     let state = TrainState::load(&out).unwrap();
     assert_eq!(state.run.corpus_tokens, written);
 }
+
+fn eval_json(model: &Path, corpus: &str, device: &str) -> serde_json::Value {
+    let out = bin()
+        .args([
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--corpus",
+            corpus,
+            "--device",
+            device,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn train_sample_and_eval_on_the_gpu_agree_with_the_cpu() {
+    if common::gpu("cli on the gpu").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 150, "cli gpu");
+    for sequences in ["stream", "lines"] {
+        let (gpu, cpu) = (dir.path().join("gpu"), dir.path().join("cpu"));
+        let args = [
+            "train",
+            "--corpus",
+            &corpus,
+            "--hidden",
+            "16",
+            "--batch",
+            "4",
+            "--seq-len",
+            "12",
+            "--steps",
+            "12",
+            "--eval-every",
+            "6",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.5",
+            "--sample",
+            "20",
+            "--sequences",
+            sequences,
+            "--force",
+        ];
+        let out = bin()
+            .args(args)
+            .args(["--device", "gpu", "--out", gpu.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("device: gpu"), "the GPU engine ran: {err}");
+        run_ok(
+            &[
+                &args[..],
+                &["--device", "cpu", "--out", cpu.to_str().unwrap()],
+            ]
+            .concat(),
+        );
+        let (g, c) = (
+            Checkpoint::load(&gpu).unwrap(),
+            Checkpoint::load(&cpu).unwrap(),
+        );
+        common::assert_close(
+            &format!("{sequences}: parameters after 12 steps"),
+            &common::to_f64(&g.params),
+            &common::to_f64(&c.params),
+            1e-4,
+            1e-5,
+        );
+        let (eg, ec) = (
+            eval_json(&gpu, &corpus, "gpu"),
+            eval_json(&gpu, &corpus, "cpu"),
+        );
+        let (lg, lc) = (eg["loss"].as_f64().unwrap(), ec["loss"].as_f64().unwrap());
+        assert!(
+            (lg - lc).abs() < 1e-4 * lc,
+            "{sequences}: eval {lg} on the GPU vs {lc} on the CPU"
+        );
+        assert_eq!(eg["predictions"], ec["predictions"]);
+        let s = bin()
+            .args([
+                "sample",
+                "--model",
+                gpu.to_str().unwrap(),
+                "--length",
+                "30",
+                "--device",
+                "gpu",
+                "--prime",
+                "the",
+            ])
+            .output()
+            .unwrap();
+        assert!(s.status.success());
+        assert!(String::from_utf8_lossy(&s.stdout).starts_with("the"));
+    }
+}
