@@ -43,8 +43,9 @@ use self::plan::{Call, Op, Plan, Recorder};
 use self::reduce::{LOSS_SLOT, NORM_SLOT, SCRATCH_LEN};
 use self::rnn::{Dims, TokenLayout, Weights};
 
-/// Batch shapes kept allocated at once (e.g. a training and an evaluation shape).
-const SHAPES_KEPT: usize = 4;
+/// Batch shapes kept allocated at once (training, evaluation, the padded lengths of lines mode,
+/// sampling); the least recently used one goes when another is needed.
+const SHAPES_KEPT: usize = 8;
 
 /// Device buffers and plans for one batch shape.
 struct Shape {
@@ -63,6 +64,8 @@ struct Shape {
     backward: Plan,
     /// Index of the loss dispatch in `forward` (its arguments carry the batch's count).
     loss_index: usize,
+    /// When it was last made current (for eviction).
+    last_used: u64,
 }
 
 /// The GPU engine.
@@ -81,6 +84,8 @@ pub struct GpuEngine {
     h0: wgpu::Buffer,
     rows: usize,
     shapes: HashMap<(usize, usize), Shape>,
+    /// Counts `use_shape` calls, to find the least recently used shape.
+    use_tick: u64,
     /// The shape of the current batch.
     current: Option<(usize, usize)>,
     /// Mask sum of the current batch.
@@ -147,6 +152,7 @@ impl GpuEngine {
             h0,
             rows: 1,
             shapes: HashMap::new(),
+            use_tick: 0,
             current: None,
             count: 0.0,
             optim,
@@ -409,17 +415,28 @@ impl GpuEngine {
             forward,
             backward,
             loss_index,
+            last_used: 0,
         })
     }
 
     /// Makes (T, B) the current shape, building it on first use.
     fn use_shape(&mut self, steps: usize, rows: usize) -> Result<()> {
         if !self.shapes.contains_key(&(steps, rows)) {
-            if self.shapes.len() >= SHAPES_KEPT {
-                self.shapes.clear();
+            if self.shapes.len() >= SHAPES_KEPT
+                && let Some(oldest) = self
+                    .shapes
+                    .iter()
+                    .min_by_key(|(_, s)| s.last_used)
+                    .map(|(k, _)| *k)
+            {
+                self.shapes.remove(&oldest);
             }
             let shape = self.build_shape(steps, rows)?;
             self.shapes.insert((steps, rows), shape);
+        }
+        self.use_tick += 1;
+        if let Some(shape) = self.shapes.get_mut(&(steps, rows)) {
+            shape.last_used = self.use_tick;
         }
         self.current = Some((steps, rows));
         Ok(())
