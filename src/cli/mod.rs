@@ -1,8 +1,39 @@
 //! Command-line interface: argument parsing (clap derive) and the commands, each a thin layer over
 //! the library.
 
+/// Returns early with a [`Usage`] error: options that cannot work together or out of range.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::cli::Usage(format!($($arg)*))))
+    };
+}
+
 mod commands;
 mod train;
+
+/// An error in how the command was called (exit status 2), as opposed to one met while running
+/// (exit status 1).
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// The exit status for an error: 2 for usage errors (ours and invalid configurations the
+/// library refuses), 1 for everything met while running.
+pub fn exit_status(e: &anyhow::Error) -> u8 {
+    let usage = e.downcast_ref::<Usage>().is_some()
+        || matches!(
+            e.downcast_ref::<unroll::Error>(),
+            Some(unroll::Error::Config(_))
+        );
+    if usage { 2 } else { 1 }
+}
 
 use std::path::PathBuf;
 

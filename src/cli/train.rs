@@ -183,7 +183,7 @@ fn holds_a_run(dir: &Path) -> bool {
 fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
     let fixed = fixed_on_resume(a);
     if !fixed.is_empty() {
-        bail!(
+        usage!(
             "{} cannot be changed when resuming: the run keeps the settings it was started with \
              (only --steps, --eval-every, --checkpoint-every, --log-every, --device and --sample may be given)",
             fixed.join(", ")
@@ -244,7 +244,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/latest"));
     if holds_a_run(&out) && !a.force {
-        bail!(
+        usage!(
             "{} already holds a run: continue it with --resume {}, choose another --out, or \
              overwrite it with --force",
             out.display(),
@@ -253,7 +253,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     }
     let val_frac = a.val_frac.unwrap_or(0.05);
     if !(0.0..1.0).contains(&val_frac) {
-        bail!("--val-frac {val_frac} must be in [0, 1)");
+        usage!("--val-frac {val_frac} must be in [0, 1)");
     }
     let init = match &a.init {
         Some(p) => Some(Checkpoint::load(p)?),
@@ -275,7 +275,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         corpus = Corpus::open(a.corpus.as_deref(), kind, Some(lines_vocab))?;
     }
     if sequences == Sequences::Lines && corpus.vocab().start_token().is_none() {
-        bail!("--sequences lines needs a model trained in lines mode for --init");
+        usage!("--sequences lines needs a model trained in lines mode for --init");
     }
     if corpus.unknown() > 0 && init.is_some() {
         eprintln!(
@@ -305,7 +305,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     opt.validate()?;
     let lr = a.lr.unwrap_or_else(|| default_lr(kind));
     if !(lr.is_finite() && lr >= 0.0) {
-        bail!("--lr {lr} must be a number >= 0");
+        usage!("--lr {lr} must be a number >= 0");
     }
     let (batch, seq_len) = (a.batch.unwrap_or(32), a.seq_len.unwrap_or(64));
     let n = corpus.len();
@@ -327,7 +327,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         }
     };
     let steps = match a.epochs {
-        Some(e) if !(e.is_finite() && e > 0.0) => bail!("--epochs {e} must be > 0"),
+        Some(e) if !(e.is_finite() && e > 0.0) => usage!("--epochs {e} must be > 0"),
         Some(e) => (e * batches_per_epoch as f64).ceil() as u64,
         None => a.steps.unwrap_or(1500),
     };

@@ -30,11 +30,16 @@ fn ok(args: &[&str]) -> Output {
     out
 }
 
-/// Runs a command that must fail: non-zero exit, a message containing `needle`, no panic.
-fn fails(args: &[&str], needle: &str) {
+/// Runs a command that must fail: exit status 2 for a usage error (`usage`) or 1 for a runtime
+/// one, a message containing `needle`, no panic.
+fn fails_with(args: &[&str], needle: &str, usage: bool) {
     let out = unroll(args);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "unroll {args:?} succeeded");
+    assert_eq!(
+        out.status.code(),
+        Some(if usage { 2 } else { 1 }),
+        "unroll {args:?}: {err}"
+    );
     assert!(
         !err.contains("panicked"),
         "unroll {args:?} panicked:\n{err}"
@@ -43,6 +48,10 @@ fn fails(args: &[&str], needle: &str) {
         err.contains(needle),
         "unroll {args:?}: {needle:?} not in:\n{err}"
     );
+}
+
+fn misused(args: &[&str], needle: &str) {
+    fails_with(args, needle, true)
 }
 
 fn write_corpus(dir: &Path, name: &str) -> (String, String) {
@@ -232,74 +241,121 @@ fn train_sample_and_eval_end_to_end() {
 fn bad_input_gives_a_clear_error_and_no_panic() {
     let dir = tempfile::tempdir().unwrap();
     let (corpus, _) = write_corpus(dir.path(), "bad");
-    let d = dir.path().to_str().unwrap();
-    fails(
-        &["train", "--corpus", "/no/such/file.txt", "--out", d],
-        "/no/such/file.txt",
-    );
-    let empty = dir.path().join("empty.txt");
-    std::fs::write(&empty, "").unwrap();
-    fails(
-        &["train", "--corpus", empty.to_str().unwrap(), "--out", d],
-        "is empty",
-    );
-    let binary = dir.path().join("bin.dat");
-    std::fs::write(&binary, [0x66, 0x6f, 0xff, 0xfe, 0x00]).unwrap();
-    fails(
-        &["train", "--corpus", binary.to_str().unwrap(), "--out", d],
-        "not valid UTF-8 at byte 2",
-    );
-    fails(
-        &[
-            "train",
-            "--corpus",
-            &corpus,
-            "--batch",
-            "500",
-            "--seq-len",
-            "100",
-            "--out",
-            d,
-        ],
-        "too few",
-    );
-    fails(
-        &["train", "--corpus", &corpus, "--hidden", "0", "--out", d],
-        "hidden size must be at least 1",
-    );
-    fails(
-        &[
-            "train",
-            "--corpus",
-            &corpus,
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    std::fs::write(p("empty.txt"), "").unwrap();
+    std::fs::write(p("bin.dat"), [0x66, 0x6f, 0xff, 0xfe, 0x00]).unwrap();
+    std::fs::create_dir(p("junk")).unwrap();
+    std::fs::write(
+        dir.path().join("junk/model.safetensors"),
+        b"not a checkpoint",
+    )
+    .unwrap();
+    let out = p("out");
+    let train = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["train", "--out", &out, "--device", "cpu"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let no_such = p("no/such/file.txt");
+    // (arguments, what the message must say, usage error (exit 2) or runtime error (exit 1))
+    let cases: Vec<(Vec<String>, &str, bool)> = vec![
+        (train(&["--corpus", &no_such]), "no/such/file.txt", false),
+        (train(&["--corpus", &p("empty.txt")]), "is empty", false),
+        (
+            train(&["--corpus", dir.path().to_str().unwrap()]),
+            "is a directory",
+            false,
+        ),
+        (
+            train(&["--corpus", &p("bin.dat")]),
+            "not valid UTF-8 at byte 2 (use --vocab bytes",
+            false,
+        ),
+        (
+            train(&["--corpus", &corpus, "--batch", "500", "--seq-len", "100"]),
+            "too few",
+            false,
+        ),
+        (
+            train(&["--corpus", &corpus, "--hidden", "0"]),
+            "hidden size must be at least 1",
+            true,
+        ),
+        (
+            train(&["--corpus", &corpus, "--val-frac", "1.5"]),
             "--val-frac",
-            "1.5",
-            "--out",
-            d,
-        ],
-        "--val-frac",
-    );
-    fails(
-        &[
-            "train",
-            "--corpus",
-            &corpus,
-            "--optimizer",
+            true,
+        ),
+        (
+            train(&["--corpus", &corpus, "--optimizer", "lbfgs"]),
             "lbfgs",
-            "--out",
-            d,
-        ],
-        "lbfgs",
+            true,
+        ),
+        (train(&["--corpus", &corpus, "--lr", "NaN"]), "--lr", true),
+        (
+            train(&["--corpus", &corpus, "--steps", "3", "--epochs", "1"]),
+            "--epochs",
+            true,
+        ),
+        (
+            train(&["--corpus", &corpus, "--init", &p("junk")]),
+            "not a valid safetensors file",
+            false,
+        ),
+        (
+            vec![
+                "train".into(),
+                "--resume".into(),
+                p("junk"),
+                "--hidden".into(),
+                "8".into(),
+            ],
+            "--hidden cannot be changed when resuming",
+            true,
+        ),
+        (
+            vec!["train".into(), "--resume".into(), p("junk")],
+            "state.safetensors",
+            false,
+        ),
+        (
+            vec!["sample".into(), "--model".into(), p("junk")],
+            "not a valid safetensors file",
+            false,
+        ),
+        (
+            vec!["sample".into(), "--model".into(), p("none")],
+            "none",
+            false,
+        ),
+        (
+            vec!["eval".into(), "--model".into(), p("none")],
+            "none",
+            false,
+        ),
+    ];
+    for (args, needle, usage) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_with(&args, needle, usage);
+        assert!(
+            !Path::new(&out).exists(),
+            "unroll {args:?} wrote into the output directory"
+        );
+    }
+    // A directory holding a run is not overwritten without --resume or --force.
+    ok(&[
+        "train", "--corpus", &corpus, "--steps", "0", "--hidden", "4", "--out", &out,
+    ]);
+    let before = std::fs::read(Path::new(&out).join("model.safetensors")).unwrap();
+    misused(
+        &["train", "--corpus", &corpus, "--steps", "0", "--out", &out],
+        "already holds a run",
     );
-    let junk = dir.path().join("junk");
-    std::fs::create_dir(&junk).unwrap();
-    std::fs::write(junk.join("model.safetensors"), b"not a checkpoint").unwrap();
-    fails(
-        &["sample", "--model", junk.to_str().unwrap()],
-        "not a valid safetensors file",
-    );
-    fails(
-        &["eval", "--model", dir.path().join("none").to_str().unwrap()],
-        "none",
+    assert_eq!(
+        std::fs::read(Path::new(&out).join("model.safetensors")).unwrap(),
+        before
     );
 }
