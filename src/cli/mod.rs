@@ -139,6 +139,14 @@ pub enum SequencesArg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnNanArg {
+    /// Skip the diverging update, halve the learning rate and continue.
+    ReduceLr,
+    /// Stop with an error, keeping the last good checkpoint.
+    Stop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ScheduleArg {
     /// The same learning rate throughout.
     Constant,
@@ -255,6 +263,9 @@ pub struct TrainArgs {
     /// Report the training loss every this many steps [default: 50].
     #[arg(long)]
     pub log_every: Option<u64>,
+    /// What to do when the loss or gradient norm is not finite [default: reduce-lr].
+    #[arg(long, value_enum)]
+    pub on_nan: Option<OnNanArg>,
     /// Characters to sample at the end of training; 0: none.
     #[arg(long, default_value_t = 300)]
     pub sample: usize,

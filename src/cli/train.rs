@@ -20,10 +20,10 @@ use unroll::sample::{SampleOptions, sample};
 use unroll::train::metrics::Metrics;
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
 use unroll::train::schedule::LrSchedule;
-use unroll::train::state::{Progress, RunSpec, STATE_FILE, TrainState};
+use unroll::train::state::{OnNan, Progress, RunSpec, STATE_FILE, TrainState};
 use unroll::train::trainer::{Event, Outcome, Trainer};
 
-use super::{ScheduleArg, SequencesArg, TrainArgs, VocabArg};
+use super::{OnNanArg, ScheduleArg, SequencesArg, TrainArgs, VocabArg};
 
 const LN2: f64 = std::f64::consts::LN_2;
 
@@ -160,6 +160,7 @@ fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
         ("--clip", a.clip.is_some()),
         ("--epochs", a.epochs.is_some()),
         ("--sequences", a.sequences.is_some()),
+        ("--on-nan", a.on_nan.is_some()),
         ("--force", a.force),
     ];
     given.iter().filter(|g| g.1).map(|g| g.0).collect()
@@ -364,6 +365,10 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         corpus_tokens: n,
         val_frac,
         sequences,
+        on_nan: match a.on_nan {
+            Some(OnNanArg::Stop) => OnNan::Stop,
+            _ => OnNan::ReduceLr,
+        },
     };
     let (mut engine, note) = create_engine(a.device.into(), &config, &params)?;
     engine.reset_state(batch)?;
@@ -466,6 +471,15 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
             ));
         }
         Event::Saved { .. } => {}
+        Event::Diverged {
+            step,
+            back_to,
+            ref reason,
+            lr,
+        } => show(format!(
+            "step {step:>7}  diverged ({reason}); back to the state of step {back_to}, \
+             continuing with learning rate {lr:.3e}"
+        )),
     })?;
     if let Some(b) = &bar {
         b.finish_and_clear();

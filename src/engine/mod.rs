@@ -188,9 +188,12 @@ pub trait Engine {
 
     /// One optimizer update over the flat buffer with learning rate `lr`: the global gradient
     /// norm is computed, gradients are scaled by `min(1, clip / (norm + 1e-6))` when
-    /// `config.clip > 0`, then the update rule is applied.
+    /// `config.clip > 0`, then the update rule is applied. When the norm is not finite the
+    /// update is skipped (parameters and moments stay as they were; the step count still
+    /// advances) and [`Engine::grad_norm`] reports the divergence.
     fn optimizer_step(&mut self, config: &OptimizerConfig, lr: f32) -> Result<()>;
-    /// Global L2 norm of the gradients before clipping, as computed by the last `optimizer_step`.
+    /// Global L2 norm of the gradients before clipping, as computed by the last `optimizer_step`;
+    /// `Error::Data` saying "diverged" when it was not finite and the update was skipped.
     fn grad_norm(&mut self) -> Result<f32>;
     /// Optimizer moments and step count, for checkpoints.
     fn optimizer_state(&mut self) -> Result<OptimizerState>;

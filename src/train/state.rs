@@ -45,6 +45,21 @@ pub struct RunSpec {
     /// How the corpus is cut into sequences.
     #[serde(default)]
     pub sequences: Sequences,
+    /// What to do when the loss or the gradient norm stops being finite.
+    #[serde(default)]
+    pub on_nan: OnNan,
+}
+
+/// What a run does when it diverges (a non-finite loss or gradient norm). Either way the update
+/// of the diverging step is skipped and no checkpoint is written from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnNan {
+    /// Halve the learning rate and continue.
+    #[default]
+    ReduceLr,
+    /// Stop with an error, keeping the last good checkpoint.
+    Stop,
 }
 
 /// How far a run has come.
@@ -57,6 +72,13 @@ pub struct Progress {
     pub schedule: ScheduleState,
     /// Best validation loss so far (the loss of best.safetensors).
     pub best_val: Option<f64>,
+    /// Multiplier of the learning rate after divergences (halved at each one).
+    #[serde(default = "one")]
+    pub lr_scale: f32,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 impl Progress {
@@ -67,6 +89,7 @@ impl Progress {
             position: serde_json::Value::Null,
             schedule: ScheduleState::default(),
             best_val: None,
+            lr_scale: 1.0,
         }
     }
 }

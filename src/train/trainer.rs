@@ -12,11 +12,11 @@ use crate::data::lm::StreamEval;
 use crate::data::vocab::Vocab;
 use crate::data::{EvalSet, TrainBatches};
 use crate::engine::{Batch, Engine, LossStats};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Checkpoint;
 use crate::train::metrics::{Metrics, Record};
 use crate::train::optim::OptimizerConfig;
-use crate::train::state::{Progress, RunSpec, TrainState};
+use crate::train::state::{OnNan, Progress, RunSpec, TrainState};
 
 /// File name of the best model (lowest validation loss) in a run directory.
 pub const BEST_FILE: &str = "best.safetensors";
@@ -101,6 +101,14 @@ pub enum Event {
     Eval { step: u64, loss: f64, best: bool },
     /// Model and state saved after `step` steps.
     Saved { step: u64 },
+    /// The run diverged at a report after `step` steps; it went back to the state saved after
+    /// `back_to` steps and continues from there with learning rate `lr`.
+    Diverged {
+        step: u64,
+        back_to: u64,
+        reason: String,
+        lr: f32,
+    },
 }
 
 /// How a run ended.
@@ -152,6 +160,52 @@ impl Trainer<'_> {
         }
     }
 
+    /// Why the run has diverged, if it has: the last update's gradient norm was not finite (the
+    /// engine skipped that update), or `loss` is not finite.
+    fn divergence(&mut self, loss: Option<f64>) -> Result<Option<String>> {
+        match self.engine.grad_norm() {
+            Err(Error::Data(reason)) => Ok(Some(reason)),
+            Err(e) => Err(e),
+            Ok(_) => Ok(loss
+                .filter(|l| !l.is_finite())
+                .map(|l| format!("the training loss is {l}"))),
+        }
+    }
+
+    /// Applies the run's divergence policy: stop with an error, or go back to the last saved
+    /// training state (parameters, moments, carried state, data position) and continue from
+    /// there with half the learning rate (giving up below a millionth of it).
+    fn on_divergence(
+        &mut self,
+        train: &mut dyn TrainBatches,
+        progress: &mut Progress,
+        reason: String,
+    ) -> Result<Event> {
+        let run = self.run;
+        let step = progress.step;
+        if run.on_nan == OnNan::Stop || progress.lr_scale < 1e-6 {
+            return Err(Error::Data(format!(
+                "training diverged after step {step}: {reason}; stopped (the last good \
+                 checkpoint in {} is kept)",
+                self.out.display()
+            )));
+        }
+        let good = TrainState::load(self.out)?;
+        self.engine.set_params(&good.params)?;
+        self.engine.set_optimizer_state(&good.optimizer)?;
+        self.engine.set_state(good.state_rows, &good.state)?;
+        let scale = progress.lr_scale * 0.5;
+        *progress = good.progress;
+        progress.lr_scale = scale;
+        train.seek(&progress.position)?;
+        Ok(Event::Diverged {
+            step,
+            back_to: progress.step,
+            reason,
+            lr: progress.schedule.lr(&run.schedule, run.lr, progress.step) * scale,
+        })
+    }
+
     /// Runs from `progress` to `run.steps` on batches from `train`, evaluating on `val`, calling
     /// `on_event` with progress.
     pub fn run(
@@ -169,8 +223,16 @@ impl Trainer<'_> {
         let mut clock = Instant::now();
         let mut tokens_since = 0usize;
         let mut saved_at = None;
+        let took_steps = progress.step < run.steps;
+        if progress.step == 0 {
+            // The initial state: what `--steps 0` asks for, and where a run that diverges
+            // before its first checkpoint goes back to.
+            progress.position = train.position();
+            self.save(&progress)?;
+            saved_at = Some(0);
+        }
         while progress.step < run.steps {
-            let lr = progress.schedule.lr(&run.schedule, run.lr, progress.step);
+            let lr = progress.schedule.lr(&run.schedule, run.lr, progress.step) * progress.lr_scale;
             let (batch, reset) = train.next_batch()?;
             train_step(self.engine, &batch, reset, &run.optimizer, lr)?;
             progress.step += 1;
@@ -178,9 +240,14 @@ impl Trainer<'_> {
             tokens_since += batch.count() as usize;
             let step = progress.step;
             let last = step == run.steps;
+            let mut diverged = false;
             if run.log_every > 0 && (step.is_multiple_of(run.log_every) || last) {
                 let loss = self.engine.loss()?.mean();
-                let grad_norm = self.engine.grad_norm()?;
+                if let Some(reason) = self.divergence(Some(loss))? {
+                    on_event(&self.on_divergence(train, &mut progress, reason)?);
+                    diverged = true;
+                }
+                let grad_norm = self.engine.grad_norm().unwrap_or(f32::NAN);
                 let tokens_per_sec = tokens_since as f64 / clock.elapsed().as_secs_f64().max(1e-9);
                 on_event(&Event::Train {
                     step,
@@ -202,28 +269,43 @@ impl Trainer<'_> {
                 tokens_since = 0;
             }
             let eval_now = (run.eval_every > 0 && step.is_multiple_of(run.eval_every)) || last;
-            if eval_now && !val.is_empty() {
+            if eval_now && !val.is_empty() && !diverged {
                 let loss = evaluate(self.engine, val)?.mean();
-                progress.schedule.observe(&run.schedule, loss);
-                let best = progress.best_val.is_none_or(|b| loss < b);
-                if best {
-                    progress.best_val = Some(loss);
-                    let params = self.engine.params()?;
-                    self.checkpoint(params).save(&self.out.join(BEST_FILE))?;
+                if loss.is_finite() {
+                    progress.schedule.observe(&run.schedule, loss);
+                    let best = progress.best_val.is_none_or(|b| loss < b);
+                    if best {
+                        progress.best_val = Some(loss);
+                        let params = self.engine.params()?;
+                        self.checkpoint(params).save(&self.out.join(BEST_FILE))?;
+                    }
+                    on_event(&Event::Eval { step, loss, best });
+                    metrics.push(Record {
+                        step,
+                        val_loss: Some(loss),
+                        bits_per_token: loss / std::f64::consts::LN_2,
+                        lr,
+                        ..Record::default()
+                    })?;
+                    metrics.plot()?;
+                } else {
+                    let reason = format!("the validation loss is {loss}");
+                    on_event(&self.on_divergence(train, &mut progress, reason)?);
+                    diverged = true;
                 }
-                on_event(&Event::Eval { step, loss, best });
-                metrics.push(Record {
-                    step,
-                    val_loss: Some(loss),
-                    bits_per_token: loss / std::f64::consts::LN_2,
-                    lr,
-                    ..Record::default()
-                })?;
-                metrics.plot()?;
             }
-            let save_now = eval_now
+            let mut save_now = eval_now
                 || last
                 || (run.checkpoint_every > 0 && step.is_multiple_of(run.checkpoint_every));
+            if save_now
+                && !diverged
+                && let Some(reason) = self.divergence(None)?
+            {
+                on_event(&self.on_divergence(train, &mut progress, reason)?);
+                diverged = true;
+            }
+            // Nothing is saved from a diverged step: the last good checkpoint stays.
+            save_now &= !diverged;
             if save_now {
                 self.save(&progress)?;
                 saved_at = Some(step);
@@ -242,8 +324,10 @@ impl Trainer<'_> {
                 return Ok(Outcome::Interrupted { step });
             }
         }
-        if saved_at != Some(progress.step) {
-            // A resume of a finished run, or zero steps: still leave a consistent directory.
+        if !took_steps && saved_at.is_none() {
+            // Zero steps, or a resume of a finished run: still leave a consistent directory.
+            // (After steps, the last one saved unless it diverged; then the last good
+            // checkpoint stays.)
             self.save(&progress)?;
         }
         metrics.plot()?;

@@ -359,3 +359,64 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
         before
     );
 }
+
+#[test]
+fn divergence_goes_back_to_the_last_good_state_or_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (corpus, _) = write_corpus(dir.path(), "divergence");
+    let absurd = [
+        "train",
+        "--corpus",
+        &corpus,
+        "--hidden",
+        "16",
+        "--batch",
+        "4",
+        "--seq-len",
+        "16",
+        "--steps",
+        "30",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "3e38",
+        "--clip",
+        "0",
+        "--log-every",
+        "5",
+        "--eval-every",
+        "10",
+        "--sample",
+        "0",
+        "--device",
+        "cpu",
+    ];
+    let stop = dir.path().join("stop");
+    let out = unroll(
+        &[
+            &absurd[..],
+            &["--on-nan", "stop", "--out", stop.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("diverged") && err.contains("last good checkpoint"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+    // The checkpoint on disk is the last good one: it loads, so every parameter is finite.
+    Checkpoint::load(&stop).unwrap();
+
+    let reduce = dir.path().join("reduce");
+    let out = ok(&[&absurd[..], &["--out", reduce.to_str().unwrap()]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("back to the state of step"), "{err}");
+    Checkpoint::load(&reduce).unwrap();
+    let state = unroll::train::state::TrainState::load(&reduce).unwrap();
+    assert!(
+        state.progress.lr_scale < 1.0,
+        "the learning rate was reduced"
+    );
+}

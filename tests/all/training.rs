@@ -86,6 +86,7 @@ pub fn run_spec(
         corpus_tokens,
         val_frac: 0.1,
         sequences: Default::default(),
+        on_nan: Default::default(),
     }
 }
 

@@ -28,16 +28,18 @@ pub fn softmax_cross_entropy<F: Float>(
         .enumerate()
     {
         let max = z.iter().fold(F::neg_infinity(), |a, &b| a.max(b));
+        let y = targets[r] as usize;
+        // The target's shifted logit, kept before the row is exponentiated: the loss
+        // -ln p_y = ln(sum_j e^(z_j - max)) - (z_y - max) stays finite when p_y underflows.
+        let zy = z[y] - max;
         let mut sum = F::zero();
         for v in z.iter_mut() {
             *v = (*v - max).exp();
             sum += *v;
         }
         let inv = F::one() / sum;
-        let y = targets[r] as usize;
         let w = weight(mask, r);
-        // -ln p_y = ln(sum) - (z_y - max); z now holds exp(z - max).
-        total += w * (sum.f64().ln() - z[y].f64().ln());
+        total += w * (sum.f64().ln() - zy.f64());
         let wf = F::of(w / norm);
         for (j, (p, d)) in z.iter_mut().zip(dz.iter_mut()).enumerate() {
             *p = *p * inv;

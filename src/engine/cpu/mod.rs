@@ -445,12 +445,11 @@ impl<F: Float> Engine for CpuEngine<F> {
         config.validate()?;
         let norm = reduce::sum_of_squares(&self.grads).sqrt();
         self.last_norm = norm;
-        if !norm.is_finite() {
-            return Err(Error::Data(format!(
-                "gradient norm is {norm}: training diverged (lower the learning rate or clip)"
-            )));
-        }
         self.opt_step += 1;
+        if !norm.is_finite() {
+            // As on the GPU: the update is skipped and `grad_norm` reports the divergence.
+            return Ok(());
+        }
         optim::optimizer_update(
             config,
             lr as f64,
@@ -465,7 +464,14 @@ impl<F: Float> Engine for CpuEngine<F> {
     }
 
     fn grad_norm(&mut self) -> Result<f32> {
-        Ok(self.last_norm as f32)
+        let norm = self.last_norm;
+        if !norm.is_finite() {
+            return Err(Error::Data(format!(
+                "gradient norm is {norm}: training diverged (lower the learning rate or clip); \
+                 the update was skipped"
+            )));
+        }
+        Ok(norm as f32)
     }
 
     fn optimizer_state(&mut self) -> Result<OptimizerState> {
