@@ -67,10 +67,17 @@ fn training_steps_match_cpu_for_every_optimizer_with_masks_and_carried_state() {
         };
         let mut opt = OptimizerConfig::new(kind).with_clip(1.0);
         opt.weight_decay = 1e-3;
-        let lr = if kind == OptimizerKind::Sgd {
-            0.5
-        } else {
-            0.02
+        // The adaptive rules divide by sqrt(v) + eps: with PyTorch's 1e-8 a gradient element
+        // near zero turns its f32 rounding (which differs between the engines' summation
+        // orders) into an O(lr) difference of the update. A larger eps keeps the comparison
+        // well conditioned; the rule itself is the same.
+        opt.eps = 1e-4;
+        // Steps of comparable size: RMSprop's first updates are about 10 lr per element
+        // (v starts at (1 - alpha) g^2), Adam's about lr.
+        let lr = match kind {
+            OptimizerKind::Sgd => 0.5,
+            OptimizerKind::Rmsprop => 0.002,
+            _ => 0.02,
         };
         cpu.reset_state(rows).unwrap();
         gpu.reset_state(rows).unwrap();
