@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use rand::RngExt;
+
 use unroll::data::vocab::Vocab;
 use unroll::model::{Activation, Checkpoint, InputKind, ModelConfig, OutputKind, ParamLayout};
 
@@ -185,4 +187,48 @@ fn mismatched_checkpoints_are_refused_naming_the_tensor() {
         msg.contains("hidden_size: checkpoint has 2, expected 4"),
         "{msg}"
     );
+}
+
+#[test]
+fn mutated_checkpoints_never_panic_the_loader() {
+    let ckpt = random_checkpoint("fuzz");
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(ckpt.save_dir(dir.path()).unwrap()).unwrap();
+    let mut rng = common::rng("fuzz mutations");
+    let mut refused = 0;
+    for _ in 0..3000 {
+        let mut bytes = good.clone();
+        for _ in 0..rng.random_range(1..6) {
+            match rng.random_range(0..4) {
+                0 => {
+                    let i = rng.random_range(0..bytes.len());
+                    bytes[i] = rng.random();
+                }
+                1 => bytes.truncate(rng.random_range(0..bytes.len().max(1))),
+                2 => {
+                    let i = rng.random_range(0..=bytes.len());
+                    bytes.insert(i, rng.random());
+                }
+                _ => {
+                    // Mutate the header's length prefix or a digit inside the JSON header.
+                    let i = rng.random_range(0..bytes.len().min(400));
+                    bytes[i] = if bytes[i].is_ascii_digit() {
+                        b'0' + rng.random_range(0..10)
+                    } else {
+                        bytes[i] ^ 1
+                    };
+                }
+            }
+            if bytes.is_empty() {
+                break;
+            }
+        }
+        let result = std::panic::catch_unwind(|| Checkpoint::from_bytes(&bytes, Path::new("m")));
+        match result {
+            Err(_) => panic!("the loader panicked on a mutated file"),
+            Ok(Err(_)) => refused += 1,
+            Ok(Ok(c)) => assert!(c.params.iter().all(|v| v.is_finite())),
+        }
+    }
+    assert!(refused > 1000, "most mutations are refused ({refused})");
 }

@@ -532,3 +532,72 @@ fn train_sample_and_eval_on_the_gpu_agree_with_the_cpu() {
         assert!(String::from_utf8_lossy(&s.stdout).starts_with("the"));
     }
 }
+
+#[test]
+fn sigkill_while_checkpointing_always_leaves_a_loadable_resumable_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 300, "sigkill");
+    let mut rng = common::rng("sigkill delays");
+    let run = dir.path().join("run");
+    let args = [
+        &SMALL[..],
+        &[
+            "--corpus",
+            &corpus,
+            "--checkpoint-every",
+            "1",
+            "--log-every",
+            "1",
+        ],
+    ]
+    .concat();
+    for attempt in 0..4 {
+        let mut child = bin()
+            .args(
+                [
+                    &args[..],
+                    &[
+                        "--steps",
+                        "1000000",
+                        "--out",
+                        run.to_str().unwrap(),
+                        "--force",
+                    ],
+                ]
+                .concat(),
+            )
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Let it save a few checkpoints, then kill it without warning at a random moment.
+        let start = Instant::now();
+        while !run.join("state.safetensors").exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no checkpoint was written"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(20..300)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let state = TrainState::load(&run).unwrap_or_else(|e| panic!("attempt {attempt}: {e}"));
+        Checkpoint::load(&run).unwrap_or_else(|e| panic!("attempt {attempt}: {e}"));
+        let total = (state.progress.step + 2).to_string();
+        run_ok(&[
+            "train",
+            "--resume",
+            run.to_str().unwrap(),
+            "--steps",
+            &total,
+            "--sample",
+            "0",
+            "--device",
+            "cpu",
+        ]);
+        assert_eq!(
+            TrainState::load(&run).unwrap().progress.step,
+            state.progress.step + 2
+        );
+    }
+}
