@@ -15,6 +15,35 @@
 //! Shape legend: B batch rows, T time steps, H state size, I input size (the vocabulary for a
 //! language model, whose one-hot input makes `W_ih x_t` a column gather), V output size,
 //! N = T * B rows in time-major order (`r = t * B + b`).
+//!
+//! A language model trained for a few steps on the CPU reference engine, through the same
+//! [`engine::Engine`] calls the trainer and the GPU engine use:
+//!
+//! ```
+//! use unroll::data::corpus::Corpus;
+//! use unroll::data::vocab::VocabKind;
+//! use unroll::data::{TrainBatches, lm::StreamSource};
+//! use unroll::engine::{Engine, cpu::CpuEngine};
+//! use unroll::model::{ModelConfig, ParamLayout, init_params};
+//! use unroll::train::optim::{OptimizerConfig, OptimizerKind};
+//! use unroll::train::trainer::train_step;
+//!
+//! let corpus = Corpus::from_string("abcabcabd".repeat(200), VocabKind::Chars)?;
+//! let config = ModelConfig::language_model(corpus.vocab().len(), 16, 1);
+//! let params = init_params(&config, &ParamLayout::new(&config)?, 7);
+//! let mut engine = CpuEngine::<f32>::new(&config, &params)?;
+//! let mut batches = StreamSource::new(&corpus, 8, 16)?;
+//! let adam = OptimizerConfig::new(OptimizerKind::Adam).with_clip(5.0);
+//! let mut losses = Vec::new();
+//! for _ in 0..100 {
+//!     let (batch, reset) = batches.next_batch()?;
+//!     train_step(&mut engine, &batch, reset, &adam, 0.02)?;
+//!     losses.push(engine.loss()?.mean());
+//! }
+//! // ln(4) = 1.39 nats for a uniform guess over the four characters; the pattern is learnt.
+//! assert!(losses[0] > 1.2 && losses[99] < 0.5, "{} -> {}", losses[0], losses[99]);
+//! # Ok::<(), unroll::Error>(())
+//! ```
 
 pub mod data;
 pub mod engine;
