@@ -134,10 +134,14 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
             *field = v;
         }
     }
+    let vocab = state
+        .vocab
+        .clone()
+        .context("the saved run has no vocabulary: it is not a language-model run")?;
     let corpus = Corpus::open(
         run.corpus.as_deref().map(Path::new),
-        state.vocab.kind(),
-        Some(state.vocab.clone()),
+        vocab.kind(),
+        Some(vocab),
     )?;
     if corpus.len() != run.corpus_tokens {
         bail!(
@@ -334,7 +338,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
     let vocab = s.corpus.vocab().clone();
     let mut trainer = Trainer {
         engine: s.engine.as_mut(),
-        vocab: &vocab,
+        vocab: Some(&vocab),
         run: &run,
         out: &s.out,
         interrupt: Some(&signals.any),
@@ -366,7 +370,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
                 None => eprintln!("step {step:>7}/{}  {msg}", run.steps),
             }
         }
-        Event::Eval { step, loss, best } => {
+        Event::Eval { step, loss, best, .. } => {
             val_msg = format!("  val {loss:.4} ({:.3} bits)", loss / LN2);
             show(format!(
                 "step {step:>7}  validation loss {loss:.4} ({:.3} bits/token){}",
