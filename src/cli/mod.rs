@@ -2,6 +2,7 @@
 //! the library.
 
 mod commands;
+mod pairs;
 mod train;
 
 use std::path::PathBuf;
@@ -21,12 +22,17 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train a character-level language model on a text corpus (the built-in one by default).
+    /// Train a character-level language model on a text corpus (the built-in one by default), or
+    /// a sequence-to-sequence model on a file of pairs (--pairs).
     Train(Box<TrainArgs>),
     /// Generate text from a trained language model.
     Sample(SampleArgs),
     /// Evaluate a language model on a corpus: prints {"loss", "bits_per_token", ...} as JSON.
     Eval(EvalArgs),
+    /// Predict y for every x of a JSON Lines file with a model trained with `train --pairs`.
+    Predict(pairs::PredictArgs),
+    /// Write a generated example pairs file (echo, sum, parity, count).
+    Example(pairs::ExampleArgs),
     /// List the GPU adapters wgpu sees and which one `--device auto` and `--device gpu` take.
     Devices,
 }
@@ -216,6 +222,8 @@ pub struct TrainArgs {
     pub sample: usize,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
+    #[command(flatten)]
+    pub pairs: pairs::PairsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -264,9 +272,12 @@ pub struct EvalArgs {
 pub fn run() -> anyhow::Result<u8> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Train(a) if pairs::wants_pairs(&a)? => pairs::train(*a),
         Command::Train(a) => train::train(*a),
         Command::Sample(a) => commands::sample(a).map(|()| 0),
         Command::Eval(a) => commands::eval(a).map(|()| 0),
+        Command::Predict(a) => pairs::predict(a).map(|()| 0),
+        Command::Example(a) => pairs::example(a).map(|()| 0),
         Command::Devices => commands::devices().map(|()| 0),
     }
 }

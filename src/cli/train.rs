@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use unroll::data::corpus::{Corpus, Tokens};
 use unroll::data::lm::{StreamBatches, StreamEval, StreamSource};
 use unroll::data::vocab::VocabKind;
+use unroll::data::{EvalSet, TrainBatches};
 use unroll::engine::Engine;
 use unroll::engine::select::create_engine;
 use unroll::model::{Checkpoint, ModelConfig, ParamLayout, init_params};
@@ -25,7 +26,7 @@ use super::{ScheduleArg, TrainArgs, VocabArg};
 
 const LN2: f64 = std::f64::consts::LN_2;
 
-fn default_lr(kind: OptimizerKind) -> f32 {
+pub(super) fn default_lr(kind: OptimizerKind) -> f32 {
     match kind {
         OptimizerKind::Adam | OptimizerKind::Rmsprop => 2e-3,
         OptimizerKind::Momentum => 0.05,
@@ -36,14 +37,14 @@ fn default_lr(kind: OptimizerKind) -> f32 {
 
 /// SIGINT and SIGTERM set a flag that the trainer checks after every step; a second signal ends
 /// the process at once (files on disk are only ever replaced by rename, so nothing is torn).
-struct Signals {
+pub(super) struct Signals {
     int: Arc<AtomicBool>,
     term: Arc<AtomicBool>,
-    any: Arc<AtomicBool>,
+    pub(super) any: Arc<AtomicBool>,
 }
 
 impl Signals {
-    fn install() -> anyhow::Result<Self> {
+    pub(super) fn install() -> anyhow::Result<Self> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         use signal_hook::flag;
         let s = Signals {
@@ -62,7 +63,7 @@ impl Signals {
         Ok(s)
     }
 
-    fn exit_code(&self) -> u8 {
+    pub(super) fn exit_code(&self) -> u8 {
         if self.term.load(Ordering::SeqCst) {
             143
         } else {
@@ -72,7 +73,7 @@ impl Signals {
 }
 
 /// The options a resumed run keeps from its start; giving one of them is a contradiction.
-fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
+pub(super) fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
     let given = [
         ("--cell", a.cell.is_some()),
         ("--hidden", a.hidden.is_some()),
@@ -111,7 +112,8 @@ fn holds_a_run(dir: &Path) -> bool {
     dir.join(STATE_FILE).exists() || dir.join(unroll::model::checkpoint::MODEL_FILE).exists()
 }
 
-fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
+/// The saved run of `--resume DIR`, with the options a resume may change applied.
+pub(super) fn load_resumed(a: &TrainArgs, dir: &Path) -> anyhow::Result<(TrainState, RunSpec)> {
     let fixed = fixed_on_resume(a);
     if !fixed.is_empty() {
         bail!(
@@ -134,6 +136,31 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
             *field = v;
         }
     }
+    Ok((state, run))
+}
+
+/// The engine of a resumed run, with its optimizer moments and carried state restored.
+pub(super) fn resumed_engine(
+    a: &TrainArgs,
+    state: &TrainState,
+    dir: &Path,
+    run: &RunSpec,
+) -> anyhow::Result<Box<dyn Engine>> {
+    let (mut engine, note) = create_engine(a.device.into(), &state.config, &state.params)?;
+    eprintln!("{note}");
+    engine.set_optimizer_state(&state.optimizer)?;
+    engine.set_state(state.state_rows, &state.state)?;
+    eprintln!(
+        "resuming {} at step {} of {}",
+        dir.display(),
+        state.progress.step,
+        run.steps
+    );
+    Ok(engine)
+}
+
+fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
+    let (state, run) = load_resumed(a, dir)?;
     let vocab = state
         .vocab
         .clone()
@@ -152,16 +179,7 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
             run.corpus_tokens
         );
     }
-    let (mut engine, note) = create_engine(a.device.into(), &state.config, &state.params)?;
-    eprintln!("{note}");
-    engine.set_optimizer_state(&state.optimizer)?;
-    engine.set_state(state.state_rows, &state.state)?;
-    eprintln!(
-        "resuming {} at step {} of {}",
-        dir.display(),
-        state.progress.step,
-        run.steps
-    );
+    let engine = resumed_engine(a, &state, dir, &run)?;
     Ok(Setup {
         out: dir.to_path_buf(),
         corpus,
@@ -173,7 +191,8 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
     })
 }
 
-fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
+/// The output directory of a fresh run, refused when it holds another run (without --force).
+pub(super) fn fresh_out(a: &TrainArgs) -> anyhow::Result<PathBuf> {
     let out = a
         .out
         .clone()
@@ -186,6 +205,52 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
             out.display()
         );
     }
+    Ok(out)
+}
+
+/// The optimizer, learning rate, number of steps and schedule of fresh options; `per_epoch` is
+/// the number of batches in an epoch (for --epochs).
+pub(super) fn optimization(
+    a: &TrainArgs,
+    per_epoch: u64,
+) -> anyhow::Result<(OptimizerConfig, f32, u64, LrSchedule)> {
+    let kind: OptimizerKind = a.optimizer.unwrap_or(super::OptimizerArg::Adam).into();
+    let mut opt = OptimizerConfig::new(kind).with_clip(a.clip.unwrap_or(5.0));
+    opt.momentum = a.momentum.unwrap_or(0.9);
+    opt.weight_decay = a.weight_decay.unwrap_or(0.0);
+    opt.validate()?;
+    let lr = a.lr.unwrap_or_else(|| default_lr(kind));
+    if !(lr.is_finite() && lr >= 0.0) {
+        bail!("--lr {lr} must be a number >= 0");
+    }
+    let steps = match a.epochs {
+        Some(e) if !(e.is_finite() && e > 0.0) => bail!("--epochs {e} must be > 0"),
+        Some(e) => (e * per_epoch as f64).ceil() as u64,
+        None => a.steps.unwrap_or(1500),
+    };
+    let decay = a.lr_decay.unwrap_or(0.5);
+    let schedule = match a.lr_schedule.unwrap_or(ScheduleArg::Constant) {
+        ScheduleArg::Constant => LrSchedule::Constant,
+        ScheduleArg::Step => LrSchedule::Step {
+            every: a.lr_decay_every.unwrap_or(1000),
+            factor: decay,
+        },
+        ScheduleArg::Cosine => LrSchedule::Cosine {
+            total: steps.max(1),
+            min: a.lr_min.unwrap_or(0.0),
+        },
+        ScheduleArg::Plateau => LrSchedule::Plateau {
+            factor: decay,
+            patience: a.patience.unwrap_or(2),
+            min: a.lr_min.unwrap_or(0.0),
+        },
+    };
+    schedule.validate()?;
+    Ok((opt, lr, steps, schedule))
+}
+
+fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
+    let out = fresh_out(a)?;
     let val_frac = a.val_frac.unwrap_or(0.05);
     if !(0.0..1.0).contains(&val_frac) {
         bail!("--val-frac {val_frac} must be in [0, 1)");
@@ -221,42 +286,11 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         }
         _ => init_params(&config, &ParamLayout::new(&config)?, seed),
     };
-    let kind: OptimizerKind = a.optimizer.unwrap_or(super::OptimizerArg::Adam).into();
-    let mut opt = OptimizerConfig::new(kind).with_clip(a.clip.unwrap_or(5.0));
-    opt.momentum = a.momentum.unwrap_or(0.9);
-    opt.weight_decay = a.weight_decay.unwrap_or(0.0);
-    opt.validate()?;
-    let lr = a.lr.unwrap_or_else(|| default_lr(kind));
-    if !(lr.is_finite() && lr >= 0.0) {
-        bail!("--lr {lr} must be a number >= 0");
-    }
     let (batch, seq_len) = (a.batch.unwrap_or(32), a.seq_len.unwrap_or(64));
     let n = corpus.len();
     let n_val = (n as f64 * val_frac) as usize;
     let windows = StreamBatches::new(n - n_val, batch, seq_len)?.windows_per_epoch() as u64;
-    let steps = match a.epochs {
-        Some(e) if !(e.is_finite() && e > 0.0) => bail!("--epochs {e} must be > 0"),
-        Some(e) => (e * windows as f64).ceil() as u64,
-        None => a.steps.unwrap_or(1500),
-    };
-    let decay = a.lr_decay.unwrap_or(0.5);
-    let schedule = match a.lr_schedule.unwrap_or(ScheduleArg::Constant) {
-        ScheduleArg::Constant => LrSchedule::Constant,
-        ScheduleArg::Step => LrSchedule::Step {
-            every: a.lr_decay_every.unwrap_or(1000),
-            factor: decay,
-        },
-        ScheduleArg::Cosine => LrSchedule::Cosine {
-            total: steps.max(1),
-            min: a.lr_min.unwrap_or(0.0),
-        },
-        ScheduleArg::Plateau => LrSchedule::Plateau {
-            factor: decay,
-            patience: a.patience.unwrap_or(2),
-            min: a.lr_min.unwrap_or(0.0),
-        },
-    };
-    schedule.validate()?;
+    let (opt, lr, steps, schedule) = optimization(a, windows)?;
     let run = RunSpec {
         steps,
         batch,
@@ -285,6 +319,83 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         engine,
         resumed: false,
     })
+}
+
+/// Runs `trainer` with a progress bar on a terminal (log lines otherwise), showing losses with
+/// `loss_text` and evaluations with their accuracy; an interruption is reported with how to
+/// continue.
+pub(super) fn run_reported(
+    trainer: &mut Trainer,
+    train: &mut dyn TrainBatches,
+    val: &dyn EvalSet,
+    progress: Progress,
+    metrics: &mut Metrics,
+    loss_text: &dyn Fn(f64) -> String,
+) -> anyhow::Result<Outcome> {
+    let total = trainer.run.steps;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(total).with_position(progress.step);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut val_msg = String::new();
+    let show = |line: String| match &bar {
+        Some(b) => b.println(line),
+        None => eprintln!("{line}"),
+    };
+    let outcome = trainer.run(train, val, progress, metrics, |e| match *e {
+        Event::Train {
+            step,
+            loss,
+            grad_norm,
+            tokens_per_sec,
+            lr,
+        } => {
+            let msg = format!(
+                "loss {}{val_msg}  {tokens_per_sec:.0} tok/s  lr {lr:.2e}  |g| {grad_norm:.2}",
+                loss_text(loss),
+            );
+            match &bar {
+                Some(b) => {
+                    b.set_position(step);
+                    b.set_message(msg);
+                }
+                None => eprintln!("step {step:>7}/{total}  {msg}"),
+            }
+        }
+        Event::Eval {
+            step,
+            loss,
+            best,
+            accuracy,
+        } => {
+            let acc = accuracy.map_or(String::new(), |a| format!(", accuracy {:.2}%", 100.0 * a));
+            val_msg = format!("  val {}{acc}", loss_text(loss));
+            show(format!(
+                "step {step:>7}  validation loss {}{acc}{}",
+                loss_text(loss),
+                if best { "  best so far" } else { "" }
+            ));
+        }
+        Event::Saved { .. } => {}
+    })?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if let Outcome::Interrupted { step } = outcome {
+        eprintln!(
+            "interrupted after step {step}: model and training state saved in {}; continue with \
+             `unroll train --resume {}`",
+            trainer.out.display(),
+            trainer.out.display()
+        );
+    }
+    Ok(outcome)
 }
 
 pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
@@ -320,21 +431,6 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         run.steps
     );
     let mut metrics = Metrics::open(&s.out, s.resumed.then_some(s.progress.step))?;
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = ProgressBar::new(run.steps).with_position(s.progress.step);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    });
-    let mut val_msg = String::new();
-    let show = |line: String| match &bar {
-        Some(b) => b.println(line),
-        None => eprintln!("{line}"),
-    };
     let vocab = s.corpus.vocab().clone();
     let mut trainer = Trainer {
         engine: s.engine.as_mut(),
@@ -349,55 +445,22 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         rows: run.batch,
         steps: run.seq_len,
     };
-    let outcome = trainer.run(&mut train_source, &val_set, s.progress.clone(), &mut metrics, |e| match *e {
-        Event::Train {
-            step,
-            loss,
-            grad_norm,
-            tokens_per_sec,
-            lr,
-        } => {
-            let msg = format!(
-                "loss {loss:.4} ({:.3} bits){val_msg}  {:.0} tok/s  lr {lr:.2e}  |g| {grad_norm:.2}",
-                loss / LN2,
-                tokens_per_sec
-            );
-            match &bar {
-                Some(b) => {
-                    b.set_position(step);
-                    b.set_message(msg);
-                }
-                None => eprintln!("step {step:>7}/{}  {msg}", run.steps),
-            }
-        }
-        Event::Eval { step, loss, best, .. } => {
-            val_msg = format!("  val {loss:.4} ({:.3} bits)", loss / LN2);
-            show(format!(
-                "step {step:>7}  validation loss {loss:.4} ({:.3} bits/token){}",
-                loss / LN2,
-                if best { "  best so far" } else { "" }
-            ));
-        }
-        Event::Saved { .. } => {}
-    })?;
-    if let Some(b) = &bar {
-        b.finish_and_clear();
+    let bits = |loss: f64| format!("{loss:.4} ({:.3} bits)", loss / LN2);
+    let outcome = run_reported(
+        &mut trainer,
+        &mut train_source,
+        &val_set,
+        s.progress.clone(),
+        &mut metrics,
+        &bits,
+    )?;
+    if outcome != Outcome::Finished {
+        return Ok(signals.exit_code());
     }
-    match outcome {
-        Outcome::Interrupted { step } => {
-            eprintln!(
-                "interrupted after step {step}: model and training state saved in {}; continue with \
-                 `unroll train --resume {}`",
-                s.out.display(),
-                s.out.display()
-            );
-            return Ok(signals.exit_code());
-        }
-        Outcome::Finished => eprintln!(
-            "saved {} (best validation model: best.safetensors; metrics.jsonl, loss.svg)",
-            s.out.join("model.safetensors").display()
-        ),
-    }
+    eprintln!(
+        "saved {} (best validation model: best.safetensors; metrics.jsonl, loss.svg)",
+        s.out.join("model.safetensors").display()
+    );
     if a.sample > 0 && run.steps > 0 {
         let prime = vocab.encode("\n").0;
         let prime = if prime.is_empty() { vec![0] } else { prime };

@@ -265,7 +265,11 @@ impl Pairs {
     /// One batch of the pairs `indices` in `rows` rows (`rows >= indices.len()`), padded to the
     /// longest and masked; without y the targets are zeros (for prediction only).
     pub fn batch(&self, indices: &[usize], rows: usize) -> Batch {
-        let steps = indices.iter().map(|&i| self.pairs[i].len).max().unwrap_or(1);
+        let steps = indices
+            .iter()
+            .map(|&i| self.pairs[i].len)
+            .max()
+            .unwrap_or(1);
         let (dx, n) = (self.input.size, steps * rows);
         let (out_kind, dy) = match self.output {
             Some(o) => (o.kind, o.size),
@@ -404,9 +408,11 @@ impl Side {
     fn class_id(&mut self, step: &Value, t: usize) -> Result<u32, String> {
         let name = self.name;
         let id = match step {
-            Value::Number(n) => n
-                .as_u64()
-                .or_else(|| n.as_f64().filter(|v| v.fract() == 0.0 && *v >= 0.0).map(|v| v as u64)),
+            Value::Number(n) => n.as_u64().or_else(|| {
+                n.as_f64()
+                    .filter(|v| v.fract() == 0.0 && *v >= 0.0)
+                    .map(|v| v as u64)
+            }),
             _ => {
                 return Err(format!(
                     "{name}[{t}] is {}, but class ids are single integers",
