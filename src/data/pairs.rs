@@ -205,7 +205,7 @@ impl Pairs {
             pairs.push(Pair { line, len, x, y });
         }
         if pairs.is_empty() {
-            return Err(if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(if bytes.is_empty() {
                 "the file is empty: it holds no pairs".into()
             } else {
                 "the file holds no pairs, only blank lines".into()
@@ -447,11 +447,11 @@ impl Side {
         };
         let f = v as f32;
         if !f.is_finite() {
-            return Err(format!("{at} = {v} does not fit in a 32-bit float"));
+            return Err(format!("{at} = {item} does not fit in a 32-bit float"));
         }
         if self.kind == StepKind::Binary && !(0.0..=1.0).contains(&f) {
             return Err(format!(
-                "{at} = {v} is not in [0, 1]: binary targets are 0, 1 or probabilities"
+                "{at} = {item} is not in [0, 1]: binary targets are 0, 1 or probabilities"
             ));
         }
         Ok(f)

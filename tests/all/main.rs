@@ -9,5 +9,7 @@ mod gradcheck;
 mod lm_cli;
 mod lm_data;
 mod padding;
+mod pairs_cli;
+mod pairs_data;
 mod shaders;
 mod training;
