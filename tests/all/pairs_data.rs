@@ -93,7 +93,7 @@ fn malformed_pairs_files_are_refused_with_the_line_and_field() {
             "{\"x\": [1e39], \"y\": [1]}",
             Real,
             Real,
-            "x[0] = 1e39 does not fit in a 32-bit float",
+            "line 1: x[0] = 1e+39 does not fit in a 32-bit float",
         ),
         (
             "{\"x\": [1.5], \"y\": [1]}",
