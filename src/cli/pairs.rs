@@ -386,7 +386,9 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         (None, None) => bail!("give --pairs FILE or --inputs FILE"),
     };
     let config = ckpt.config.clone();
-    let data = read_for(path, &config, with_y)?;
+    let mut data = read_for(path, &config, with_y)?;
+    // Without y, batches carry zero targets of the model's output: the loss is not reported.
+    data.output = Some(PairsFormat::of_config(&config).output);
     let (mut engine, note) = create_engine(a.device.into(), &config, &ckpt.params)?;
     eprintln!("{note}");
     let set = PairEval::new(&data, (0..data.len()).collect(), a.batch)?;

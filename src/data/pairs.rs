@@ -263,7 +263,8 @@ impl Pairs {
     }
 
     /// One batch of the pairs `indices` in `rows` rows (`rows >= indices.len()`), padded to the
-    /// longest and masked; without y the targets are zeros (for prediction only).
+    /// longest and masked. Pairs read without y get zero targets of `output` (set it to the
+    /// model's output format; for prediction only).
     pub fn batch(&self, indices: &[usize], rows: usize) -> Batch {
         let steps = indices
             .iter()
