@@ -13,7 +13,7 @@ use unroll::engine::select::create_engine;
 use unroll::model::{Checkpoint, ModelConfig, ParamLayout, init_params};
 use unroll::train::metrics::Metrics;
 use unroll::train::state::{Progress, RunSpec, TrainState};
-use unroll::train::trainer::{Outcome, Trainer, argmax, count_correct, evaluate_with};
+use unroll::train::trainer::{Trainer, argmax, count_correct, evaluate_with};
 
 use super::train::{
     Signals, fixed_on_resume, fresh_out, load_resumed, optimization, resumed_engine, run_reported,
@@ -295,21 +295,19 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         interrupt: Some(&signals.any),
     };
     let plain = |loss: f64| format!("{loss:.4}");
-    let outcome = run_reported(
+    if let Some(code) = run_reported(
         &mut trainer,
         &mut source,
         &val,
         s.progress.clone(),
         &mut metrics,
         &plain,
-    )?;
-    if outcome != Outcome::Finished {
-        return Ok(signals.exit_code());
+        &signals,
+    )? {
+        return Ok(code);
     }
     eprintln!(
-        "saved {} (best validation model: best.safetensors; metrics.jsonl, loss.svg); predict \
-         with `unroll predict --model {} --inputs FILE`",
-        s.out.join("model.safetensors").display(),
+        "predict with: unroll predict --model {} --inputs FILE",
         s.out.display()
     );
     Ok(0)

@@ -322,8 +322,9 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
 }
 
 /// Runs `trainer` with a progress bar on a terminal (log lines otherwise), showing losses with
-/// `loss_text` and evaluations with their accuracy; an interruption is reported with how to
-/// continue.
+/// `loss_text` and evaluations with their accuracy, and says where the result is. Returns the
+/// exit status when the run was interrupted (after saying how to continue), `None` when it
+/// finished.
 pub(super) fn run_reported(
     trainer: &mut Trainer,
     train: &mut dyn TrainBatches,
@@ -331,7 +332,8 @@ pub(super) fn run_reported(
     progress: Progress,
     metrics: &mut Metrics,
     loss_text: &dyn Fn(f64) -> String,
-) -> anyhow::Result<Outcome> {
+    signals: &Signals,
+) -> anyhow::Result<Option<u8>> {
     let total = trainer.run.steps;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new(total).with_position(progress.step);
@@ -387,15 +389,24 @@ pub(super) fn run_reported(
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    if let Outcome::Interrupted { step } = outcome {
-        eprintln!(
-            "interrupted after step {step}: model and training state saved in {}; continue with \
-             `unroll train --resume {}`",
-            trainer.out.display(),
-            trainer.out.display()
-        );
+    let out = trainer.out.display();
+    match outcome {
+        Outcome::Interrupted { step } => {
+            eprintln!(
+                "interrupted after step {step}: model and training state saved in {out}; continue \
+                 with `unroll train --resume {out}`"
+            );
+            Ok(Some(signals.exit_code()))
+        }
+        Outcome::Finished => {
+            eprintln!(
+                "saved {}/model.safetensors (best validation model: best.safetensors; \
+                 metrics.jsonl, loss.svg)",
+                out
+            );
+            Ok(None)
+        }
     }
-    Ok(outcome)
 }
 
 pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
@@ -446,21 +457,17 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         steps: run.seq_len,
     };
     let bits = |loss: f64| format!("{loss:.4} ({:.3} bits)", loss / LN2);
-    let outcome = run_reported(
+    if let Some(code) = run_reported(
         &mut trainer,
         &mut train_source,
         &val_set,
         s.progress.clone(),
         &mut metrics,
         &bits,
-    )?;
-    if outcome != Outcome::Finished {
-        return Ok(signals.exit_code());
+        &signals,
+    )? {
+        return Ok(code);
     }
-    eprintln!(
-        "saved {} (best validation model: best.safetensors; metrics.jsonl, loss.svg)",
-        s.out.join("model.safetensors").display()
-    );
     if a.sample > 0 && run.steps > 0 {
         let prime = vocab.encode("\n").0;
         let prime = if prime.is_empty() { vec![0] } else { prime };

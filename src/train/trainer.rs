@@ -47,12 +47,15 @@ pub fn evaluate(engine: &mut dyn Engine, set: &dyn EvalSet) -> Result<LossStats>
     evaluate_with(engine, set, None)
 }
 
+/// Called with every evaluated batch and the engine's outputs for it (`T * B * V`).
+pub type OnOutputs<'a> = &'a mut dyn FnMut(&Batch, &[f32]) -> Result<()>;
+
 /// Like [`evaluate`], calling `on_outputs` with every batch and the engine's outputs for it
 /// (`T * B * V`, read back only when `on_outputs` is given).
 pub fn evaluate_with(
     engine: &mut dyn Engine,
     set: &dyn EvalSet,
-    mut on_outputs: Option<&mut dyn FnMut(&Batch, &[f32]) -> Result<()>>,
+    mut on_outputs: Option<OnOutputs>,
 ) -> Result<LossStats> {
     let saved = engine.state()?;
     let per_row = engine.config().layers * engine.config().hidden_size;

@@ -3,28 +3,11 @@
 //! one line per pair and the input lengths; a resumed run matches an uninterrupted one exactly.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use unroll::model::Checkpoint;
 
+use crate::cli::{ok, unroll};
 use crate::common;
-
-fn unroll(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_unroll"))
-        .args(args)
-        .output()
-        .expect("the unroll binary runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = unroll(args);
-    assert!(
-        out.status.success(),
-        "unroll {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -49,7 +32,7 @@ fn a_bad_pairs_file_is_refused_before_any_file_is_written() {
             "line 31: x[1] = 2.5 is not a class id",
         ),
         (
-            format!("{{\"x\": [1, 2], \"y\": [0, 1]}}\n\n{{\"x\": [1], \"y\": []}}\n"),
+            "{\"x\": [1, 2], \"y\": [0, 1]}\n\n{\"x\": [1], \"y\": []}\n".to_string(),
             "line 3: \"y\" is empty",
         ),
     ];
@@ -256,37 +239,20 @@ fn check_learned(device: &str, lengths: &str, sum_steps: &'static str) {
             schedule,
         ]
     };
-    let echo = learn(
-        dir.path(),
-        "echo",
-        ["class", "class"],
-        lengths,
-        &adam("400", "0.01", "constant"),
-        device,
-    );
+    let tasks = [
+        ("echo", ["class", "class"], adam("400", "0.01", "constant")),
+        ("parity", ["real", "binary"], adam("400", "0.03", "cosine")),
+        ("sum", ["real", "real"], adam(sum_steps, "0.01", "cosine")),
+    ];
+    let [echo, parity, sum] =
+        tasks.map(|(task, kinds, args)| learn(dir.path(), task, kinds, lengths, &args, device));
     assert!(
         echo["accuracy"].as_f64().unwrap() > 0.99,
         "echo (k = 3): {echo}"
     );
-    let parity = learn(
-        dir.path(),
-        "parity",
-        ["real", "binary"],
-        lengths,
-        &adam("400", "0.03", "cosine"),
-        device,
-    );
     assert!(
         parity["accuracy"].as_f64().unwrap() > 0.99,
         "parity: {parity}"
-    );
-    let sum = learn(
-        dir.path(),
-        "sum",
-        ["real", "real"],
-        lengths,
-        &adam(sum_steps, "0.01", "cosine"),
-        device,
     );
     let zero = zero_prediction_loss(&dir.path().join("sum-test.jsonl"));
     assert!(
