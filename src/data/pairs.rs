@@ -262,10 +262,11 @@ impl Pairs {
         h
     }
 
-    /// One batch of the pairs `indices` in `rows` rows (`rows >= indices.len()`), padded to the
+    /// One batch of the pairs `indices` in `rows` rows (at least one per pair), padded to the
     /// longest and masked. Pairs read without y get zero targets of `output` (set it to the
     /// model's output format; for prediction only).
     pub fn batch(&self, indices: &[usize], rows: usize) -> Batch {
+        let rows = rows.max(indices.len());
         let steps = indices
             .iter()
             .map(|&i| self.pairs[i].len)
@@ -433,7 +434,10 @@ impl Side {
                     "{name}[{t}] = {id} is outside the {c} classes (ids 0 to {})",
                     c - 1
                 ),
-                None => format!("{name}[{t}] = {id} is larger than the largest class id"),
+                None => format!(
+                    "{name}[{t}] = {id} is larger than {}, the largest class id supported",
+                    MAX_CLASSES - 1
+                ),
             });
         }
         let id = id as u32;

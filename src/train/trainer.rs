@@ -94,6 +94,9 @@ pub fn count_correct(config: &ModelConfig, batch: &Batch, p: &[f32]) -> (f64, f6
     let n = batch.steps * batch.rows;
     let counted = |r: usize| batch.mask.as_ref().is_none_or(|m| m[r] > 0.0);
     let (mut correct, mut judged) = (0.0, 0.0);
+    if p.len() < n * v {
+        return (correct, judged);
+    }
     match (&batch.targets, config.output_kind) {
         (Targets::Classes(y), OutputKind::Softmax) => {
             for r in (0..n).filter(|&r| counted(r)) {
