@@ -26,7 +26,7 @@ use super::{ScheduleArg, TrainArgs, VocabArg};
 
 const LN2: f64 = std::f64::consts::LN_2;
 
-pub(super) fn default_lr(kind: OptimizerKind) -> f32 {
+fn default_lr(kind: OptimizerKind) -> f32 {
     match kind {
         OptimizerKind::Adam | OptimizerKind::Rmsprop => 2e-3,
         OptimizerKind::Momentum => 0.05,
