@@ -132,7 +132,8 @@ pub struct TrainArgs {
     /// Token vocabulary [default: chars].
     #[arg(long, value_enum)]
     pub vocab: Option<VocabArg>,
-    /// Fraction of the corpus, taken from its end, held out for validation [default: 0.05].
+    /// Fraction of the corpus, taken from its end, held out for validation [default: 0.05]; with
+    /// --pairs, the fraction of the pairs, drawn with --seed [default: 0.1].
     #[arg(long)]
     pub val_frac: Option<f64>,
     /// Output directory: model.safetensors, best.safetensors, state.safetensors, metrics.jsonl,
@@ -161,7 +162,7 @@ pub struct TrainArgs {
     /// State nonlinearity f1 [default: tanh].
     #[arg(long, value_enum)]
     pub activation: Option<ActivationArg>,
-    /// Streams per batch, B [default: 32].
+    /// Streams per batch, B (pairs per batch with --pairs) [default: 32].
     #[arg(long)]
     pub batch: Option<usize>,
     /// Time steps per window, T: the truncation length of BPTT [default: 64].
@@ -203,7 +204,8 @@ pub struct TrainArgs {
     /// Clip gradients to this global L2 norm; 0 disables clipping [default: 5].
     #[arg(long)]
     pub clip: Option<f32>,
-    /// Seed of the initialisation [default: 1].
+    /// Seed of the initialisation (and with --pairs of the validation split and the batch
+    /// order) [default: 1].
     #[arg(long)]
     pub seed: Option<u64>,
     /// Evaluate on the validation split, save best.safetensors and redraw loss.svg every this
