@@ -9,6 +9,7 @@ macro_rules! usage {
 }
 
 mod commands;
+mod pairs;
 mod train;
 
 /// An error in how the command was called (exit status 2), as opposed to one met while running
@@ -52,12 +53,17 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train a character-level language model on a text corpus (the built-in one by default).
+    /// Train a character-level language model on a text corpus (the built-in one by default), or
+    /// a sequence-to-sequence model on a file of pairs (--pairs).
     Train(Box<TrainArgs>),
     /// Generate text from a trained language model.
     Sample(SampleArgs),
     /// Evaluate a language model on a corpus: prints {"loss", "bits_per_token", ...} as JSON.
     Eval(EvalArgs),
+    /// Predict y for every x of a JSON Lines file with a model trained with `train --pairs`.
+    Predict(pairs::PredictArgs),
+    /// Write a generated example pairs file (echo, sum, parity, count).
+    Example(pairs::ExampleArgs),
     /// List the GPU adapters wgpu sees and which one `--device auto` and `--device gpu` take.
     Devices,
 }
@@ -178,7 +184,8 @@ pub struct TrainArgs {
     /// How the corpus is cut into sequences [default: stream].
     #[arg(long, value_enum)]
     pub sequences: Option<SequencesArg>,
-    /// Fraction of the corpus, taken from its end, held out for validation [default: 0.05].
+    /// Fraction of the corpus, taken from its end, held out for validation [default: 0.05]; with
+    /// --pairs, the fraction of the pairs, drawn with --seed [default: 0.1].
     #[arg(long)]
     pub val_frac: Option<f64>,
     /// Output directory: model.safetensors, best.safetensors, state.safetensors, metrics.jsonl,
@@ -207,7 +214,7 @@ pub struct TrainArgs {
     /// State nonlinearity f1 [default: tanh].
     #[arg(long, value_enum)]
     pub activation: Option<ActivationArg>,
-    /// Streams per batch, B [default: 32].
+    /// Streams per batch, B (pairs per batch with --pairs) [default: 32].
     #[arg(long)]
     pub batch: Option<usize>,
     /// Time steps per window, T: the truncation length of BPTT [default: 64].
@@ -249,7 +256,8 @@ pub struct TrainArgs {
     /// Clip gradients to this global L2 norm; 0 disables clipping [default: 5].
     #[arg(long)]
     pub clip: Option<f32>,
-    /// Seed of the initialisation [default: 1].
+    /// Seed of the initialisation (and with --pairs of the validation split and the batch
+    /// order) [default: 1].
     #[arg(long)]
     pub seed: Option<u64>,
     /// Evaluate on the validation split, save best.safetensors and redraw loss.svg every this
@@ -271,6 +279,8 @@ pub struct TrainArgs {
     pub sample: usize,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
+    #[command(flatten)]
+    pub pairs: pairs::PairsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -319,9 +329,12 @@ pub struct EvalArgs {
 pub fn run() -> anyhow::Result<u8> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Train(a) if pairs::wants_pairs(&a)? => pairs::train(*a),
         Command::Train(a) => train::train(*a),
         Command::Sample(a) => commands::sample(a).map(|()| 0),
         Command::Eval(a) => commands::eval(a).map(|()| 0),
+        Command::Predict(a) => pairs::predict(a).map(|()| 0),
+        Command::Example(a) => pairs::example(a).map(|()| 0),
         Command::Devices => commands::devices().map(|()| 0),
     }
 }

@@ -38,14 +38,14 @@ fn default_lr(kind: OptimizerKind) -> f32 {
 
 /// SIGINT and SIGTERM set a flag that the trainer checks after every step; a second signal ends
 /// the process at once (files on disk are only ever replaced by rename, so nothing is torn).
-struct Signals {
+pub(super) struct Signals {
     int: Arc<AtomicBool>,
     term: Arc<AtomicBool>,
-    any: Arc<AtomicBool>,
+    pub(super) any: Arc<AtomicBool>,
 }
 
 impl Signals {
-    fn install() -> anyhow::Result<Self> {
+    pub(super) fn install() -> anyhow::Result<Self> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         use signal_hook::flag;
         let s = Signals {
@@ -64,7 +64,7 @@ impl Signals {
         Ok(s)
     }
 
-    fn exit_code(&self) -> u8 {
+    pub(super) fn exit_code(&self) -> u8 {
         if self.term.load(Ordering::SeqCst) {
             143
         } else {
@@ -139,8 +139,16 @@ impl Split {
     }
 }
 
+/// The divergence policy of fresh options.
+pub(super) fn on_nan(a: &TrainArgs) -> OnNan {
+    match a.on_nan {
+        Some(OnNanArg::Stop) => OnNan::Stop,
+        _ => OnNan::ReduceLr,
+    }
+}
+
 /// The options a resumed run keeps from its start; giving one of them is a contradiction.
-fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
+pub(super) fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
     let given = [
         ("--cell", a.cell.is_some()),
         ("--hidden", a.hidden.is_some()),
@@ -181,7 +189,8 @@ fn holds_a_run(dir: &Path) -> bool {
     dir.join(STATE_FILE).exists() || dir.join(unroll::model::checkpoint::MODEL_FILE).exists()
 }
 
-fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
+/// The saved run of `--resume DIR`, with the options a resume may change applied.
+pub(super) fn load_resumed(a: &TrainArgs, dir: &Path) -> anyhow::Result<(TrainState, RunSpec)> {
     let fixed = fixed_on_resume(a);
     if !fixed.is_empty() {
         usage!(
@@ -204,20 +213,16 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
             *field = v;
         }
     }
-    let corpus = Corpus::open(
-        run.corpus.as_deref().map(Path::new),
-        state.vocab.kind(),
-        Some(state.vocab.clone()),
-    )?;
-    if corpus.len() != run.corpus_tokens {
-        bail!(
-            "the corpus {} now has {} tokens, the run was started on {}: it changed since, so the \
-             data position cannot be restored",
-            run.corpus.as_deref().unwrap_or("(built-in)"),
-            corpus.len(),
-            run.corpus_tokens
-        );
-    }
+    Ok((state, run))
+}
+
+/// The engine of a resumed run, with its optimizer moments and carried state restored.
+pub(super) fn resumed_engine(
+    a: &TrainArgs,
+    state: &TrainState,
+    dir: &Path,
+    run: &RunSpec,
+) -> anyhow::Result<Box<dyn Engine>> {
     let (mut engine, note) = create_engine(a.device.into(), &state.config, &state.params)?;
     eprintln!("{note}");
     engine.set_optimizer_state(&state.optimizer)?;
@@ -228,6 +233,30 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
         state.progress.step,
         run.steps
     );
+    Ok(engine)
+}
+
+fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
+    let (state, run) = load_resumed(a, dir)?;
+    let vocab = state
+        .vocab
+        .clone()
+        .context("the saved run has no vocabulary: it is not a language-model run")?;
+    let corpus = Corpus::open(
+        run.corpus.as_deref().map(Path::new),
+        vocab.kind(),
+        Some(vocab),
+    )?;
+    if corpus.len() != run.corpus_tokens {
+        bail!(
+            "the corpus {} now has {} tokens, the run was started on {}: it changed since, so the \
+             data position cannot be restored",
+            run.corpus.as_deref().unwrap_or("(built-in)"),
+            corpus.len(),
+            run.corpus_tokens
+        );
+    }
+    let engine = resumed_engine(a, &state, dir, &run)?;
     Ok(Setup {
         out: dir.to_path_buf(),
         corpus,
@@ -239,7 +268,8 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
     })
 }
 
-fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
+/// The output directory of a fresh run, refused when it holds another run (without --force).
+pub(super) fn fresh_out(a: &TrainArgs) -> anyhow::Result<PathBuf> {
     let out = a
         .out
         .clone()
@@ -252,6 +282,52 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
             out.display()
         );
     }
+    Ok(out)
+}
+
+/// The optimizer, learning rate, number of steps and schedule of fresh options; `per_epoch` is
+/// the number of batches in an epoch (for --epochs).
+pub(super) fn optimization(
+    a: &TrainArgs,
+    per_epoch: u64,
+) -> anyhow::Result<(OptimizerConfig, f32, u64, LrSchedule)> {
+    let kind: OptimizerKind = a.optimizer.unwrap_or(super::OptimizerArg::Adam).into();
+    let mut opt = OptimizerConfig::new(kind).with_clip(a.clip.unwrap_or(5.0));
+    opt.momentum = a.momentum.unwrap_or(0.9);
+    opt.weight_decay = a.weight_decay.unwrap_or(0.0);
+    opt.validate()?;
+    let lr = a.lr.unwrap_or_else(|| default_lr(kind));
+    if !(lr.is_finite() && lr >= 0.0) {
+        usage!("--lr {lr} must be a number >= 0");
+    }
+    let steps = match a.epochs {
+        Some(e) if !(e.is_finite() && e > 0.0) => usage!("--epochs {e} must be > 0"),
+        Some(e) => (e * per_epoch as f64).ceil() as u64,
+        None => a.steps.unwrap_or(1500),
+    };
+    let decay = a.lr_decay.unwrap_or(0.5);
+    let schedule = match a.lr_schedule.unwrap_or(ScheduleArg::Constant) {
+        ScheduleArg::Constant => LrSchedule::Constant,
+        ScheduleArg::Step => LrSchedule::Step {
+            every: a.lr_decay_every.unwrap_or(1000),
+            factor: decay,
+        },
+        ScheduleArg::Cosine => LrSchedule::Cosine {
+            total: steps.max(1),
+            min: a.lr_min.unwrap_or(0.0),
+        },
+        ScheduleArg::Plateau => LrSchedule::Plateau {
+            factor: decay,
+            patience: a.patience.unwrap_or(2),
+            min: a.lr_min.unwrap_or(0.0),
+        },
+    };
+    schedule.validate()?;
+    Ok((opt, lr, steps, schedule))
+}
+
+fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
+    let out = fresh_out(a)?;
     let val_frac = a.val_frac.unwrap_or(0.05);
     if !(0.0..1.0).contains(&val_frac) {
         usage!("--val-frac {val_frac} must be in [0, 1)");
@@ -299,15 +375,6 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         }
         _ => init_params(&config, &ParamLayout::new(&config)?, seed),
     };
-    let kind: OptimizerKind = a.optimizer.unwrap_or(super::OptimizerArg::Adam).into();
-    let mut opt = OptimizerConfig::new(kind).with_clip(a.clip.unwrap_or(5.0));
-    opt.momentum = a.momentum.unwrap_or(0.9);
-    opt.weight_decay = a.weight_decay.unwrap_or(0.0);
-    opt.validate()?;
-    let lr = a.lr.unwrap_or_else(|| default_lr(kind));
-    if !(lr.is_finite() && lr >= 0.0) {
-        usage!("--lr {lr} must be a number >= 0");
-    }
     let (batch, seq_len) = (a.batch.unwrap_or(32), a.seq_len.unwrap_or(64));
     let n = corpus.len();
     let split = Split::of(&corpus, sequences, val_frac);
@@ -327,29 +394,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
             (count.max(1) as u64).div_ceil(batch as u64)
         }
     };
-    let steps = match a.epochs {
-        Some(e) if !(e.is_finite() && e > 0.0) => usage!("--epochs {e} must be > 0"),
-        Some(e) => (e * batches_per_epoch as f64).ceil() as u64,
-        None => a.steps.unwrap_or(1500),
-    };
-    let decay = a.lr_decay.unwrap_or(0.5);
-    let schedule = match a.lr_schedule.unwrap_or(ScheduleArg::Constant) {
-        ScheduleArg::Constant => LrSchedule::Constant,
-        ScheduleArg::Step => LrSchedule::Step {
-            every: a.lr_decay_every.unwrap_or(1000),
-            factor: decay,
-        },
-        ScheduleArg::Cosine => LrSchedule::Cosine {
-            total: steps.max(1),
-            min: a.lr_min.unwrap_or(0.0),
-        },
-        ScheduleArg::Plateau => LrSchedule::Plateau {
-            factor: decay,
-            patience: a.patience.unwrap_or(2),
-            min: a.lr_min.unwrap_or(0.0),
-        },
-    };
-    schedule.validate()?;
+    let (opt, lr, steps, schedule) = optimization(a, batches_per_epoch)?;
     let run = RunSpec {
         steps,
         batch,
@@ -365,10 +410,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         corpus_tokens: n,
         val_frac,
         sequences,
-        on_nan: match a.on_nan {
-            Some(OnNanArg::Stop) => OnNan::Stop,
-            _ => OnNan::ReduceLr,
-        },
+        on_nan: on_nan(a),
     };
     let (mut engine, note) = create_engine(a.device.into(), &config, &params)?;
     engine.reset_state(batch)?;
@@ -383,6 +425,103 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         engine,
         resumed: false,
     })
+}
+
+/// Runs `trainer` with a progress bar on a terminal (log lines otherwise), showing losses with
+/// `loss_text` and evaluations with their accuracy, and says where the result is. Returns the
+/// exit status when the run was interrupted (after saying how to continue), `None` when it
+/// finished.
+pub(super) fn run_reported(
+    trainer: &mut Trainer,
+    train: &mut dyn TrainBatches,
+    val: &dyn EvalSet,
+    progress: Progress,
+    metrics: &mut Metrics,
+    loss_text: &dyn Fn(f64) -> String,
+    signals: &Signals,
+) -> anyhow::Result<Option<u8>> {
+    let total = trainer.run.steps;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(total).with_position(progress.step);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut val_msg = String::new();
+    let show = |line: String| match &bar {
+        Some(b) => b.println(line),
+        None => eprintln!("{line}"),
+    };
+    let outcome = trainer.run(train, val, progress, metrics, |e| match *e {
+        Event::Train {
+            step,
+            loss,
+            grad_norm,
+            tokens_per_sec,
+            lr,
+        } => {
+            let msg = format!(
+                "loss {}{val_msg}  {tokens_per_sec:.0} tok/s  lr {lr:.2e}  |g| {grad_norm:.2}",
+                loss_text(loss),
+            );
+            match &bar {
+                Some(b) => {
+                    b.set_position(step);
+                    b.set_message(msg);
+                }
+                None => eprintln!("step {step:>7}/{total}  {msg}"),
+            }
+        }
+        Event::Eval {
+            step,
+            loss,
+            best,
+            accuracy,
+        } => {
+            let acc = accuracy.map_or(String::new(), |a| format!(", accuracy {:.2}%", 100.0 * a));
+            val_msg = format!("  val {}{acc}", loss_text(loss));
+            show(format!(
+                "step {step:>7}  validation loss {}{acc}{}",
+                loss_text(loss),
+                if best { "  best so far" } else { "" }
+            ));
+        }
+        Event::Saved { .. } => {}
+        Event::Diverged {
+            step,
+            back_to,
+            ref reason,
+            lr,
+        } => show(format!(
+            "step {step:>7}  diverged ({reason}); back to the state of step {back_to}, \
+             continuing with learning rate {lr:.3e}"
+        )),
+    })?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let out = trainer.out.display();
+    match outcome {
+        Outcome::Interrupted { step } => {
+            eprintln!(
+                "interrupted after step {step}: model and training state saved in {out}; continue \
+                 with `unroll train --resume {out}`"
+            );
+            Ok(Some(signals.exit_code()))
+        }
+        Outcome::Finished => {
+            eprintln!(
+                "saved {}/model.safetensors (best validation model: best.safetensors; \
+                 metrics.jsonl, loss.svg)",
+                out
+            );
+            Ok(None)
+        }
+    }
 }
 
 pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
@@ -417,87 +556,26 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         run.steps
     );
     let mut metrics = Metrics::open(&s.out, s.resumed.then_some(s.progress.step))?;
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = ProgressBar::new(run.steps).with_position(s.progress.step);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    });
-    let mut val_msg = String::new();
-    let show = |line: String| match &bar {
-        Some(b) => b.println(line),
-        None => eprintln!("{line}"),
-    };
     let vocab = s.corpus.vocab().clone();
     let mut trainer = Trainer {
         engine: s.engine.as_mut(),
-        vocab: &vocab,
+        vocab: Some(&vocab),
         run: &run,
         out: &s.out,
         interrupt: Some(&signals.any),
     };
     let (mut train_source, val_set) = split.sources(&s.corpus, &run)?;
-    let outcome = trainer.run(train_source.as_mut(), val_set.as_ref(), s.progress.clone(), &mut metrics, |e| match *e {
-        Event::Train {
-            step,
-            loss,
-            grad_norm,
-            tokens_per_sec,
-            lr,
-        } => {
-            let msg = format!(
-                "loss {loss:.4} ({:.3} bits){val_msg}  {:.0} tok/s  lr {lr:.2e}  |g| {grad_norm:.2}",
-                loss / LN2,
-                tokens_per_sec
-            );
-            match &bar {
-                Some(b) => {
-                    b.set_position(step);
-                    b.set_message(msg);
-                }
-                None => eprintln!("step {step:>7}/{}  {msg}", run.steps),
-            }
-        }
-        Event::Eval { step, loss, best } => {
-            val_msg = format!("  val {loss:.4} ({:.3} bits)", loss / LN2);
-            show(format!(
-                "step {step:>7}  validation loss {loss:.4} ({:.3} bits/token){}",
-                loss / LN2,
-                if best { "  best so far" } else { "" }
-            ));
-        }
-        Event::Saved { .. } => {}
-        Event::Diverged {
-            step,
-            back_to,
-            ref reason,
-            lr,
-        } => show(format!(
-            "step {step:>7}  diverged ({reason}); back to the state of step {back_to}, \
-             continuing with learning rate {lr:.3e}"
-        )),
-    })?;
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
-    match outcome {
-        Outcome::Interrupted { step } => {
-            eprintln!(
-                "interrupted after step {step}: model and training state saved in {}; continue with \
-                 `unroll train --resume {}`",
-                s.out.display(),
-                s.out.display()
-            );
-            return Ok(signals.exit_code());
-        }
-        Outcome::Finished => eprintln!(
-            "saved {} (best validation model: best.safetensors; metrics.jsonl, loss.svg)",
-            s.out.join("model.safetensors").display()
-        ),
+    let bits = |loss: f64| format!("{loss:.4} ({:.3} bits)", loss / LN2);
+    if let Some(code) = run_reported(
+        &mut trainer,
+        train_source.as_mut(),
+        val_set.as_ref(),
+        s.progress.clone(),
+        &mut metrics,
+        &bits,
+        &signals,
+    )? {
+        return Ok(code);
     }
     if a.sample > 0 && run.steps > 0 {
         let prime = match vocab.start_token() {

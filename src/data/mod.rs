@@ -5,6 +5,8 @@
 pub mod corpus;
 pub mod lines;
 pub mod lm;
+pub mod pairs;
+pub mod tasks;
 pub mod vocab;
 
 use serde::{Deserialize, Serialize};
@@ -43,4 +45,9 @@ pub trait EvalSet {
     fn carries_state(&self) -> bool;
     /// Whether the set holds nothing to evaluate.
     fn is_empty(&self) -> bool;
+    /// Whether evaluation should also count correct predictions (class and binary outputs),
+    /// which reads the outputs back.
+    fn reports_accuracy(&self) -> bool {
+        false
+    }
 }

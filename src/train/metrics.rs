@@ -18,6 +18,9 @@ pub struct Record {
     pub train_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f64>,
+    /// Fraction of correct validation predictions (class and binary outputs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
     /// Bits per token of the loss on this line (validation when present, else training).
     pub bits_per_token: f64,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -38,7 +38,8 @@ pub struct RunSpec {
     /// Read the loss back and report every this many steps.
     pub log_every: u64,
     pub seed: u64,
-    /// The corpus path (None: the built-in corpus) and its token count, checked on resume.
+    /// The corpus path (None: the built-in corpus) and its token count, checked on resume; for a
+    /// run on pairs, the pairs file and its number of pairs (and `seq_len` 0).
     pub corpus: Option<String>,
     pub corpus_tokens: usize,
     pub val_frac: f64,
@@ -98,7 +99,8 @@ impl Progress {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainState {
     pub config: ModelConfig,
-    pub vocab: Vocab,
+    /// The vocabulary of a language model; `None` for a run on pairs.
+    pub vocab: Option<Vocab>,
     pub run: RunSpec,
     pub progress: Progress,
     pub params: Vec<f32>,
@@ -146,7 +148,9 @@ impl TrainState {
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), FORMAT.to_string());
         meta.insert("config".to_string(), json(&self.config));
-        meta.insert("vocab".to_string(), self.vocab.to_json());
+        if let Some(vocab) = &self.vocab {
+            meta.insert("vocab".to_string(), vocab.to_json());
+        }
         meta.insert("run".to_string(), json(&self.run));
         meta.insert("progress".to_string(), json(&self.progress));
         meta.insert(
@@ -187,11 +191,10 @@ impl TrainState {
         let run: RunSpec = field(&meta, "run", &bad)?;
         let progress: Progress = field(&meta, "progress", &bad)?;
         let opt_step: u64 = field(&meta, "optimizer_step", &bad)?;
-        let vocab = Vocab::from_json(
-            meta.get("vocab")
-                .ok_or_else(|| bad("metadata has no vocab".into()))?,
-        )
-        .map_err(|e| bad(e.to_string()))?;
+        let vocab = match meta.get("vocab") {
+            Some(v) => Some(Vocab::from_json(v).map_err(|e| bad(e.to_string()))?),
+            None => None,
+        };
         let n = ParamLayout::new(&config)
             .map_err(|e| bad(e.to_string()))?
             .len();

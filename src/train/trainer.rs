@@ -1,5 +1,6 @@
-//! The training loop of a language model over any [`Engine`]: stream batches with carried state,
-//! one optimizer step per batch, periodic evaluation on the validation tokens, metrics,
+//! The training loop over any [`Engine`] and any [`TrainBatches`] source (language-model streams
+//! with carried state, or pairs): one optimizer step per batch, periodic evaluation on the
+//! validation set (with accuracy where the set reports it), metrics,
 //! checkpoints (`model.safetensors`, `best.safetensors`, `state.safetensors`) and a clean stop
 //! on interruption.
 
@@ -11,9 +12,9 @@ use crate::data::corpus::Tokens;
 use crate::data::lm::StreamEval;
 use crate::data::vocab::Vocab;
 use crate::data::{EvalSet, TrainBatches};
-use crate::engine::{Batch, Engine, LossStats};
+use crate::engine::{Batch, Engine, LossStats, Targets};
 use crate::error::{Error, Result};
-use crate::model::Checkpoint;
+use crate::model::{Checkpoint, ModelConfig, OutputKind};
 use crate::train::metrics::{Metrics, Record};
 use crate::train::optim::OptimizerConfig;
 use crate::train::state::{OnNan, Progress, RunSpec, TrainState};
@@ -43,6 +44,19 @@ pub fn train_step(
 
 /// Loss over every target of `set`, leaving the engine's carried training state as it was.
 pub fn evaluate(engine: &mut dyn Engine, set: &dyn EvalSet) -> Result<LossStats> {
+    evaluate_with(engine, set, None)
+}
+
+/// Called with every evaluated batch and the engine's outputs for it (`T * B * V`).
+pub type OnOutputs<'a> = &'a mut dyn FnMut(&Batch, &[f32]) -> Result<()>;
+
+/// Like [`evaluate`], calling `on_outputs` with every batch and the engine's outputs for it
+/// (`T * B * V`, read back only when `on_outputs` is given).
+pub fn evaluate_with(
+    engine: &mut dyn Engine,
+    set: &dyn EvalSet,
+    mut on_outputs: Option<OnOutputs>,
+) -> Result<LossStats> {
     let saved = engine.state()?;
     let per_row = engine.config().layers * engine.config().hidden_size;
     let mut total = LossStats {
@@ -60,12 +74,77 @@ pub fn evaluate(engine: &mut dyn Engine, set: &dyn EvalSet) -> Result<LossStats>
         let l = engine.loss()?;
         total.sum += l.sum;
         total.count += l.count;
+        if let Some(f) = on_outputs.as_mut() {
+            f(&batch, &engine.outputs()?)?;
+        }
         if set.carries_state() {
             engine.carry_state()?;
         }
     }
     engine.set_state(saved.len() / per_row, &saved)?;
     Ok(total)
+}
+
+/// Correct predictions among the counted targets of `batch`, given the outputs `p` (`T * B * V`):
+/// `(correct, judged)`. A softmax step is correct when its most likely class is the target; each
+/// sigmoid output is judged on its own, correct when `p >= 0.5` agrees with `y >= 0.5`. Identity
+/// outputs have no accuracy: `(0, 0)`.
+pub fn count_correct(config: &ModelConfig, batch: &Batch, p: &[f32]) -> (f64, f64) {
+    let v = config.output_size;
+    let n = batch.steps * batch.rows;
+    let counted = |r: usize| batch.mask.as_ref().is_none_or(|m| m[r] > 0.0);
+    let (mut correct, mut judged) = (0.0, 0.0);
+    if p.len() < n * v {
+        return (correct, judged);
+    }
+    match (&batch.targets, config.output_kind) {
+        (Targets::Classes(y), OutputKind::Softmax) => {
+            for r in (0..n).filter(|&r| counted(r)) {
+                correct += f64::from(argmax(&p[r * v..(r + 1) * v]) == y[r] as usize);
+                judged += 1.0;
+            }
+        }
+        (Targets::Dense(y), OutputKind::Sigmoid) => {
+            for r in (0..n).filter(|&r| counted(r)) {
+                for k in r * v..(r + 1) * v {
+                    correct += f64::from((p[k] >= 0.5) == (y[k] >= 0.5));
+                    judged += 1.0;
+                }
+            }
+        }
+        _ => {}
+    }
+    (correct, judged)
+}
+
+/// Index of the largest value (the first of equals).
+pub fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 { (i, x) } else { best }
+        })
+        .0
+}
+
+/// Loss over `set` and, when the set reports it and the output has one, the accuracy.
+pub fn evaluate_accuracy(
+    engine: &mut dyn Engine,
+    set: &dyn EvalSet,
+) -> Result<(LossStats, Option<f64>)> {
+    if !set.reports_accuracy() || engine.config().output_kind == OutputKind::Identity {
+        return Ok((evaluate(engine, set)?, None));
+    }
+    let config = engine.config().clone();
+    let (mut correct, mut judged) = (0.0, 0.0);
+    let mut tally = |batch: &Batch, p: &[f32]| {
+        let (c, j) = count_correct(&config, batch, p);
+        correct += c;
+        judged += j;
+        Ok(())
+    };
+    let loss = evaluate_with(engine, set, Some(&mut tally))?;
+    Ok((loss, (judged > 0.0).then(|| correct / judged)))
 }
 
 /// Language-model loss over every next-token prediction of `tokens`, as B carried streams of
@@ -97,8 +176,14 @@ pub enum Event {
         tokens_per_sec: f64,
         lr: f32,
     },
-    /// Validation loss after `step` steps; `best` when it is the lowest so far.
-    Eval { step: u64, loss: f64, best: bool },
+    /// Validation loss after `step` steps; `best` when it is the lowest so far. `accuracy`: the
+    /// fraction of correct class or binary predictions, for sets that report it.
+    Eval {
+        step: u64,
+        loss: f64,
+        best: bool,
+        accuracy: Option<f64>,
+    },
     /// Model and state saved after `step` steps.
     Saved { step: u64 },
     /// The run diverged at a report after `step` steps; it went back to the state saved after
@@ -120,10 +205,11 @@ pub enum Outcome {
     Interrupted { step: u64 },
 }
 
-/// A language-model training run writing into a directory.
+/// A training run writing into a directory.
 pub struct Trainer<'a> {
     pub engine: &'a mut dyn Engine,
-    pub vocab: &'a Vocab,
+    /// The vocabulary of a language model, saved with it; `None` for pairs.
+    pub vocab: Option<&'a Vocab>,
     pub run: &'a RunSpec,
     pub out: &'a Path,
     /// Checked after every step; when set, the run saves and returns [`Outcome::Interrupted`].
@@ -139,7 +225,7 @@ impl Trainer<'_> {
         let per_row = self.engine.config().layers * self.engine.config().hidden_size;
         TrainState {
             config: self.engine.config().clone(),
-            vocab: self.vocab.clone(),
+            vocab: self.vocab.cloned(),
             run: self.run.clone(),
             progress: progress.clone(),
             params: params.clone(),
@@ -155,7 +241,7 @@ impl Trainer<'_> {
     fn checkpoint(&self, params: Vec<f32>) -> Checkpoint {
         Checkpoint {
             config: self.engine.config().clone(),
-            vocab: Some(self.vocab.clone()),
+            vocab: self.vocab.cloned(),
             params,
         }
     }
@@ -270,7 +356,8 @@ impl Trainer<'_> {
             }
             let eval_now = (run.eval_every > 0 && step.is_multiple_of(run.eval_every)) || last;
             if eval_now && !val.is_empty() && !diverged {
-                let loss = evaluate(self.engine, val)?.mean();
+                let (stats, accuracy) = evaluate_accuracy(self.engine, val)?;
+                let loss = stats.mean();
                 if loss.is_finite() {
                     progress.schedule.observe(&run.schedule, loss);
                     let best = progress.best_val.is_none_or(|b| loss < b);
@@ -279,10 +366,16 @@ impl Trainer<'_> {
                         let params = self.engine.params()?;
                         self.checkpoint(params).save(&self.out.join(BEST_FILE))?;
                     }
-                    on_event(&Event::Eval { step, loss, best });
+                    on_event(&Event::Eval {
+                        step,
+                        loss,
+                        best,
+                        accuracy,
+                    });
                     metrics.push(Record {
                         step,
                         val_loss: Some(loss),
+                        val_accuracy: accuracy,
                         bits_per_token: loss / std::f64::consts::LN_2,
                         lr,
                         ..Record::default()

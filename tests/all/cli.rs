@@ -13,14 +13,14 @@ use unroll::train::optim::{OptimizerConfig, OptimizerKind};
 
 use crate::common;
 
-fn unroll(args: &[&str]) -> Output {
+pub fn unroll(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_unroll"))
         .args(args)
         .output()
         .expect("the unroll binary runs")
 }
 
-fn ok(args: &[&str]) -> Output {
+pub fn ok(args: &[&str]) -> Output {
     let out = unroll(args);
     assert!(
         out.status.success(),

@@ -10,5 +10,7 @@ mod lines;
 mod lm_cli;
 mod lm_data;
 mod padding;
+mod pairs_cli;
+mod pairs_data;
 mod shaders;
 mod training;

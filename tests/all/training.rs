@@ -46,7 +46,7 @@ pub fn train_into(
     let mut metrics = Metrics::open(dir, None).unwrap();
     let mut trainer = Trainer {
         engine,
-        vocab,
+        vocab: Some(vocab),
         run,
         out: dir,
         interrupt: None,

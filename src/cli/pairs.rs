@@ -1,0 +1,529 @@
+//! Sequence-to-sequence transduction on the command line: `unroll train --pairs` (fresh or
+//! resumed, through the training driver of `train.rs`), `unroll predict` and `unroll example`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use unroll::data::pairs::{Expect, PairBatches, PairEval, Pairs, PairsFormat, StepKind};
+use unroll::data::tasks::{Task, TaskOptions, generate};
+use unroll::engine::Engine;
+use unroll::engine::select::create_engine;
+use unroll::model::{Checkpoint, ModelConfig, ParamLayout, init_params};
+use unroll::train::metrics::Metrics;
+use unroll::train::state::{Progress, RunSpec, TrainState};
+use unroll::train::trainer::{Trainer, argmax, count_correct, evaluate_with};
+
+use super::train::{
+    Signals, fixed_on_resume, fresh_out, load_resumed, on_nan, optimization, resumed_engine,
+    run_reported,
+};
+use super::{DeviceArg, TrainArgs};
+
+/// What the x steps hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InputArg {
+    /// Real vectors (a number or an array of numbers per step).
+    Real,
+    /// Class ids, read as one-hot vectors.
+    Class,
+}
+
+/// What the y steps hold, which fixes the output nonlinearity and the loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputArg {
+    /// Real vectors: identity output, squared error.
+    Real,
+    /// Class ids: softmax output, cross-entropy.
+    Class,
+    /// Vectors of 0/1: sigmoid output, binary cross-entropy.
+    Binary,
+}
+
+/// The options of `unroll train` for pairs.
+#[derive(Args, Debug, Default)]
+pub struct PairsArgs {
+    /// Train on pairs of sequences, one JSON object {"x": [...], "y": [...]} per line, instead
+    /// of a corpus (see the README); needs --input and --output.
+    #[arg(long, conflicts_with_all = ["corpus", "vocab", "resume"])]
+    pub pairs: Option<PathBuf>,
+    /// With --pairs: what the x steps hold.
+    #[arg(long, value_enum)]
+    pub input: Option<InputArg>,
+    /// With --pairs: what the y steps hold.
+    #[arg(long, value_enum)]
+    pub output: Option<OutputArg>,
+    /// With --input class: the number of input classes [default: the largest id in x, plus 1].
+    #[arg(long)]
+    pub input_classes: Option<usize>,
+    /// With --output class: the number of output classes [default: the largest id in y, plus 1].
+    #[arg(long)]
+    pub output_classes: Option<usize>,
+}
+
+impl PairsArgs {
+    fn given(&self) -> Vec<&'static str> {
+        let given = [
+            ("--input", self.input.is_some()),
+            ("--output", self.output.is_some()),
+            ("--input-classes", self.input_classes.is_some()),
+            ("--output-classes", self.output_classes.is_some()),
+        ];
+        given.iter().filter(|g| g.1).map(|g| g.0).collect()
+    }
+}
+
+/// Whether `unroll train` is a run on pairs: `--pairs`, or `--resume` of a run that has no
+/// vocabulary. Pairs options without `--pairs` are refused.
+pub fn wants_pairs(a: &TrainArgs) -> anyhow::Result<bool> {
+    if a.pairs.pairs.is_some() {
+        return Ok(true);
+    }
+    if let Some(dir) = &a.resume {
+        // Contradicting options are refused before the saved run is read.
+        let fixed = fixed_on_resume(a);
+        if !fixed.is_empty() {
+            usage!(
+                "{} cannot be changed when resuming: the run keeps the settings it was started with",
+                fixed.join(", ")
+            );
+        }
+        return Ok(TrainState::load(dir)?.vocab.is_none());
+    }
+    let given = a.pairs.given();
+    if !given.is_empty() {
+        usage!("{} apply only with --pairs FILE", given.join(", "));
+    }
+    Ok(false)
+}
+
+/// Everything a pairs run needs, fresh or resumed.
+struct Setup {
+    out: PathBuf,
+    data: Pairs,
+    run: RunSpec,
+    progress: Progress,
+    engine: Box<dyn Engine>,
+    resumed: bool,
+}
+
+fn expect_classes(kind: StepKind, classes: Option<usize>, option: &str) -> anyhow::Result<Expect> {
+    match classes {
+        Some(_) if kind != StepKind::Class => usage!("{option} applies only to class ids"),
+        Some(0) => usage!("{option} must be at least 1"),
+        _ => Ok(Expect {
+            kind,
+            size: classes,
+        }),
+    }
+}
+
+fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
+    let out = fresh_out(a)?;
+    let p = &a.pairs;
+    let (Some(input), Some(output)) = (p.input, p.output) else {
+        usage!(
+            "--pairs needs --input real|class (what the x steps hold) and --output \
+             real|class|binary (what the y steps hold)"
+        );
+    };
+    let input = match input {
+        InputArg::Real => StepKind::Real,
+        InputArg::Class => StepKind::Class,
+    };
+    let output = match output {
+        OutputArg::Real => StepKind::Real,
+        OutputArg::Class => StepKind::Class,
+        OutputArg::Binary => StepKind::Binary,
+    };
+    let val_frac = a.val_frac.unwrap_or(0.1);
+    if !(0.0..1.0).contains(&val_frac) {
+        usage!("--val-frac {val_frac} must be in [0, 1)");
+    }
+    let data = Pairs::read(
+        path,
+        expect_classes(input, p.input_classes, "--input-classes")?,
+        Some(expect_classes(
+            output,
+            p.output_classes,
+            "--output-classes",
+        )?),
+    )?;
+    let seed = a.seed.unwrap_or(1);
+    let batch = a.batch.unwrap_or(32);
+    let (train, _) = data.split(val_frac, seed);
+    let (opt, lr, steps, schedule) = optimization(a, train.len().div_ceil(batch.max(1)) as u64)?;
+    let config = data.format()?.model_config(
+        a.hidden.unwrap_or(128),
+        a.layers.unwrap_or(1),
+        a.activation.unwrap_or(super::ActivationArg::Tanh).into(),
+    )?;
+    let params = match &a.init {
+        Some(p) => {
+            let c = Checkpoint::load(p)?;
+            c.check_config(&config, p)?;
+            c.params
+        }
+        None => init_params(&config, &ParamLayout::new(&config)?, seed),
+    };
+    let run = RunSpec {
+        steps,
+        batch,
+        seq_len: 0,
+        optimizer: opt,
+        lr,
+        schedule,
+        eval_every: a.eval_every.unwrap_or(250),
+        checkpoint_every: a.checkpoint_every.unwrap_or(0),
+        log_every: a.log_every.unwrap_or(50),
+        seed,
+        corpus: Some(path.display().to_string()),
+        corpus_tokens: data.len(),
+        val_frac,
+        sequences: Default::default(),
+        on_nan: on_nan(a),
+    };
+    let (mut engine, note) = create_engine(a.device.into(), &config, &params)?;
+    engine.reset_state(batch)?;
+    eprintln!("{note}");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    Ok(Setup {
+        out,
+        data,
+        run,
+        progress: Progress::start(),
+        engine,
+        resumed: false,
+    })
+}
+
+/// Reads a pairs file as `config` reads and writes it (sizes fixed by the model).
+fn read_for(path: &Path, config: &ModelConfig, with_y: bool) -> anyhow::Result<Pairs> {
+    let f = PairsFormat::of_config(config);
+    let side = |s: unroll::data::pairs::SideFormat| Expect {
+        kind: s.kind,
+        size: Some(s.size),
+    };
+    Ok(Pairs::read(
+        path,
+        side(f.input),
+        with_y.then(|| side(f.output)),
+    )?)
+}
+
+fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
+    let given = [fixed_on_resume(a), a.pairs.given()].concat();
+    if !given.is_empty() {
+        usage!(
+            "{} cannot be changed when resuming: the run keeps the settings it was started with",
+            given.join(", ")
+        );
+    }
+    let (state, run) = load_resumed(a, dir)?;
+    let path = PathBuf::from(
+        run.corpus
+            .clone()
+            .context("the saved run names no pairs file")?,
+    );
+    let data = read_for(&path, &state.config, true)?;
+    if data.len() != run.corpus_tokens {
+        bail!(
+            "the pairs file {} now holds {} pairs, the run was started on {}: it changed since, \
+             so the data position cannot be restored",
+            path.display(),
+            data.len(),
+            run.corpus_tokens
+        );
+    }
+    let engine = resumed_engine(a, &state, dir, &run)?;
+    Ok(Setup {
+        out: dir.to_path_buf(),
+        data,
+        run,
+        progress: state.progress,
+        engine,
+        resumed: true,
+    })
+}
+
+fn describe(s: StepKind, size: usize) -> String {
+    match s {
+        StepKind::Class => format!("class ids (of {size})"),
+        StepKind::Real => format!("real vectors of {size}"),
+        StepKind::Binary => format!("binary vectors of {size}"),
+    }
+}
+
+/// `unroll train --pairs FILE` or `--resume DIR` of such a run.
+pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
+    if a.seq_len.is_some() {
+        usage!("--seq-len does not apply to --pairs: every batch is as long as its longest pair");
+    }
+    let signals = Signals::install()?;
+    let mut s = match (&a.resume, &a.pairs.pairs) {
+        (Some(dir), _) => resume_setup(&a, dir)?,
+        (None, Some(path)) => fresh_setup(&a, path)?,
+        (None, None) => usage!("--pairs FILE is required"),
+    };
+    let run = s.run.clone();
+    let (train_idx, val_idx) = s.data.split(run.val_frac, run.seed);
+    let format = s.data.format()?;
+    eprintln!(
+        "pairs: {}, {} pairs of {} steps in all ({} train, {} validation); x: {}, y: {}",
+        run.corpus.as_deref().unwrap_or_default(),
+        s.data.len(),
+        s.data.steps(),
+        train_idx.len(),
+        val_idx.len(),
+        describe(format.input.kind, format.input.size),
+        describe(format.output.kind, format.output.size),
+    );
+    let config = s.engine.config().clone();
+    eprintln!(
+        "model: rnn {:?} H={} layers={} ({} parameters), {:?} output; {:?} lr {} {:?}, clip {}, \
+         B={}, {} steps",
+        config.activation,
+        config.hidden_size,
+        config.layers,
+        s.engine.layout().len(),
+        config.output_kind,
+        run.optimizer.kind,
+        run.lr,
+        run.schedule,
+        run.optimizer.clip,
+        run.batch,
+        run.steps
+    );
+    let mut metrics = Metrics::open(&s.out, s.resumed.then_some(s.progress.step))?;
+    let mut source = PairBatches::new(&s.data, train_idx, run.batch, run.seed)?;
+    let val = PairEval::new(&s.data, val_idx, run.batch)?;
+    let mut trainer = Trainer {
+        engine: s.engine.as_mut(),
+        vocab: None,
+        run: &run,
+        out: &s.out,
+        interrupt: Some(&signals.any),
+    };
+    let plain = |loss: f64| format!("{loss:.4}");
+    if let Some(code) = run_reported(
+        &mut trainer,
+        &mut source,
+        &val,
+        s.progress.clone(),
+        &mut metrics,
+        &plain,
+        &signals,
+    )? {
+        return Ok(code);
+    }
+    eprintln!(
+        "predict with: unroll predict --model {} --inputs FILE",
+        s.out.display()
+    );
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Checkpoint directory (or .safetensors file) of a model trained with --pairs.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Pairs file (JSON Lines with x and y): predicts every y and reports the loss and accuracy.
+    #[arg(long, required_unless_present = "inputs", conflicts_with = "inputs")]
+    pub pairs: Option<PathBuf>,
+    /// JSON Lines with only x on each line (a y is ignored): predictions only.
+    #[arg(long)]
+    pub inputs: Option<PathBuf>,
+    /// Write the predictions to this file instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Sequences run side by side.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+}
+
+/// A sequence of steps as JSON: numbers when each step is one value, else arrays.
+fn steps_json(
+    values: &[f32],
+    width: usize,
+    f: impl Fn(f32) -> serde_json::Value,
+) -> Vec<serde_json::Value> {
+    values
+        .chunks(width)
+        .map(|step| match step {
+            [v] => f(*v),
+            _ => serde_json::Value::Array(step.iter().map(|&v| f(v)).collect()),
+        })
+        .collect()
+}
+
+/// The JSON line of one prediction from the outputs `p` of its steps (`len * V`): class ids for
+/// a softmax output, 0/1 decisions and their probabilities `p` for a sigmoid, values for an
+/// identity output.
+fn prediction_json(config: &ModelConfig, p: &[f32]) -> serde_json::Value {
+    let v = config.output_size;
+    let number = |x: f32| serde_json::json!(x);
+    match PairsFormat::of_config(config).output.kind {
+        StepKind::Class => {
+            let ids: Vec<usize> = p.chunks(v).map(argmax).collect();
+            serde_json::json!({ "y": ids })
+        }
+        StepKind::Binary => serde_json::json!({
+            "y": steps_json(p, v, |x| serde_json::json!(u8::from(x >= 0.5))),
+            "p": steps_json(p, v, number),
+        }),
+        StepKind::Real => serde_json::json!({ "y": steps_json(p, v, number) }),
+    }
+}
+
+/// `unroll predict`: one JSON line per pair of the file, in order, with the predicted y; with
+/// `--pairs`, a summary `{"pairs", "steps", "loss", "accuracy"}` on standard error.
+pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
+    let ckpt = Checkpoint::load(&a.model)?;
+    if ckpt.vocab.is_some() {
+        bail!(
+            "{} is a language model; predict runs models trained with --pairs (use `unroll sample`)",
+            a.model.display()
+        );
+    }
+    let (path, with_y) = match (&a.pairs, &a.inputs) {
+        (Some(p), _) => (p, true),
+        (None, Some(p)) => (p, false),
+        (None, None) => usage!("give --pairs FILE or --inputs FILE"),
+    };
+    let config = ckpt.config.clone();
+    let mut data = read_for(path, &config, with_y)?;
+    // Without y, batches carry zero targets of the model's output: the loss is not reported.
+    data.output = Some(PairsFormat::of_config(&config).output);
+    let (mut engine, note) = create_engine(a.device.into(), &config, &ckpt.params)?;
+    eprintln!("{note}");
+    let set = PairEval::new(&data, (0..data.len()).collect(), a.batch)?;
+    let v = config.output_size;
+    let mut outputs: Vec<Vec<f32>> = vec![Vec::new(); data.len()];
+    let (mut next, mut correct, mut judged) = (0usize, 0.0, 0.0);
+    let mut keep = |batch: &unroll::engine::Batch, p: &[f32]| {
+        for (b, &i) in set.batch_indices()[next].iter().enumerate() {
+            let out = &mut outputs[i];
+            for t in 0..data.pairs[i].len {
+                let r = t * batch.rows + b;
+                out.extend_from_slice(&p[r * v..(r + 1) * v]);
+            }
+        }
+        next += 1;
+        if with_y {
+            let (c, j) = count_correct(&config, batch, p);
+            correct += c;
+            judged += j;
+        }
+        Ok(())
+    };
+    let loss = evaluate_with(engine.as_mut(), &set, Some(&mut keep))?;
+    let mut sink: Box<dyn Write> = match &a.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    for p in &outputs {
+        writeln!(sink, "{}", prediction_json(&config, p))?;
+    }
+    sink.flush().context("writing the predictions")?;
+    if with_y {
+        let summary = serde_json::json!({
+            "pairs": data.len(),
+            "steps": data.steps(),
+            "loss": loss.mean(),
+            "accuracy": (judged > 0.0).then(|| correct / judged),
+        });
+        eprintln!("{summary}");
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TaskArg {
+    /// Class ids 1..=S in, the id of --delay steps before out (0 before that): --input class --output class.
+    Echo,
+    /// Reals in [-1, 1] in, their running sum out: --input real --output real.
+    Sum,
+    /// Bits in, the parity of the bits so far out: --input real --output binary.
+    Parity,
+    /// Class ids 0..S in, how many were 0 so far out: --input class --output class.
+    Count,
+}
+
+#[derive(Args, Debug)]
+pub struct ExampleArgs {
+    #[arg(value_enum)]
+    pub task: TaskArg,
+    /// Write the pairs to this file instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Number of pairs.
+    #[arg(long, default_value_t = 1000)]
+    pub count: usize,
+    /// Sequence length: N, or MIN..MAX for lengths drawn uniformly (both included).
+    #[arg(long, default_value = "5..20")]
+    pub length: String,
+    /// echo: how many steps y lags behind x.
+    #[arg(long, default_value_t = 3)]
+    pub delay: usize,
+    /// echo and count: how many distinct input symbols.
+    #[arg(long, default_value_t = 4)]
+    pub symbols: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `unroll example TASK`: writes a generated pairs file.
+pub fn example(a: ExampleArgs) -> anyhow::Result<()> {
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<usize>()
+            .with_context(|| format!("--length {:?} must be N or MIN..MAX", a.length))
+    };
+    let (min_len, max_len) = match a.length.split_once("..") {
+        Some((lo, hi)) => (parse(lo)?, parse(hi)?),
+        None => (parse(&a.length)?, parse(&a.length)?),
+    };
+    let task = match a.task {
+        TaskArg::Echo => Task::Echo,
+        TaskArg::Sum => Task::Sum,
+        TaskArg::Parity => Task::Parity,
+        TaskArg::Count => Task::Count,
+    };
+    let text = generate(
+        task,
+        &TaskOptions {
+            count: a.count,
+            min_len,
+            max_len,
+            delay: a.delay,
+            symbols: a.symbols,
+            seed: a.seed,
+        },
+    )?;
+    let (input, output) = task.kinds();
+    let kind = |k: StepKind| format!("{k:?}").to_lowercase();
+    match &a.out {
+        Some(p) => {
+            std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+            eprintln!(
+                "wrote {} pairs to {}; train with: unroll train --pairs {} --input {} --output {}",
+                a.count,
+                p.display(),
+                p.display(),
+                kind(input),
+                kind(output)
+            );
+        }
+        None => std::io::stdout()
+            .lock()
+            .write_all(text.as_bytes())
+            .context("writing the pairs")?,
+    }
+    Ok(())
+}
