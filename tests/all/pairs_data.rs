@@ -361,3 +361,56 @@ fn example_tasks_are_deterministic_and_hold_their_rule() {
         }
     }
 }
+
+#[test]
+fn mutated_pairs_files_never_panic_the_reader() {
+    let mut rng = common::rng("pairs fuzz");
+    let good = concat!(
+        "{\"x\": [[0.5, 1], [2, -3e2]], \"y\": [1, 0]}\n",
+        "{\"x\": [[1, 2]], \"y\": [2], \"id\": \"a\"}\n",
+        "\n",
+        "{\"y\": [0, 0, 1], \"x\": [[0, 0], [1e-3, 4], [5, 6]]}\n",
+    )
+    .as_bytes()
+    .to_vec();
+    let alphabet = b"{}[],:\"xy0123456789.-e \n";
+    let (mut refused, mut read) = (0, 0);
+    for _ in 0..3000 {
+        let mut bytes = good.clone();
+        for _ in 0..rng.random_range(1..5) {
+            let i = rng.random_range(0..=bytes.len());
+            match rng.random_range(0..3) {
+                0 if i < bytes.len() => bytes[i] = alphabet[rng.random_range(0..alphabet.len())],
+                1 if i < bytes.len() => {
+                    bytes.remove(i);
+                }
+                _ => bytes.insert(i, alphabet[rng.random_range(0..alphabet.len())]),
+            }
+        }
+        let sides = [expect(StepKind::Real), expect(StepKind::Class)];
+        let result = std::panic::catch_unwind(|| Pairs::parse(&bytes, sides[0], Some(sides[1])));
+        match result {
+            Err(_) => panic!(
+                "the reader panicked on {:?}",
+                String::from_utf8_lossy(&bytes)
+            ),
+            Ok(Err(e)) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("line") || msg.contains("empty"),
+                    "no line in: {msg}"
+                );
+                refused += 1;
+            }
+            Ok(Ok(p)) => {
+                assert!(
+                    p.pairs
+                        .iter()
+                        .all(|q| q.len > 0 && q.x.iter().all(|v| v.is_finite()))
+                );
+                read += 1;
+            }
+        }
+    }
+    assert!(refused > 500 && read > 0, "refused {refused}, read {read}");
+}
