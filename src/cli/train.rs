@@ -11,9 +11,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use unroll::data::corpus::{Corpus, Tokens};
 use unroll::data::lm::StreamBatches;
 use unroll::data::vocab::VocabKind;
-use unroll::engine::Engine;
 use unroll::engine::select::create_engine;
-use unroll::model::{Checkpoint, ModelConfig, ParamLayout, init_params};
+use unroll::engine::{Dropout, Engine};
+use unroll::model::{Cell, Checkpoint, ModelConfig, ParamLayout, init_params, set_forget_bias_one};
 use unroll::sample::{SampleOptions, sample};
 use unroll::train::metrics::Metrics;
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
@@ -77,6 +77,8 @@ fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
         ("--cell", a.cell.is_some()),
         ("--hidden", a.hidden.is_some()),
         ("--layers", a.layers.is_some()),
+        ("--dropout", a.dropout.is_some()),
+        ("--forget-bias-one", a.forget_bias_one),
         ("--activation", a.activation.is_some()),
         ("--batch", a.batch.is_some()),
         ("--seq-len", a.seq_len.is_some()),
@@ -208,14 +210,31 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         a.layers.unwrap_or(1),
     );
     config.activation = a.activation.unwrap_or(super::ActivationArg::Tanh).into();
+    config.cell = a.cell.unwrap_or(super::CellArg::Rnn).into();
     config.validate()?;
+    let dropout = a.dropout.unwrap_or(0.0);
+    Dropout {
+        p: dropout,
+        seed: 0,
+    }
+    .validate()?;
+    if a.forget_bias_one && config.cell != Cell::Lstm {
+        bail!("--forget-bias-one needs --cell lstm");
+    }
     let seed = a.seed.unwrap_or(1);
     let params = match (&init, &a.init) {
         (Some(c), Some(p)) => {
             c.check_config(&config, p)?;
             c.params.clone()
         }
-        _ => init_params(&config, &ParamLayout::new(&config)?, seed),
+        _ => {
+            let layout = ParamLayout::new(&config)?;
+            let mut params = init_params(&config, &layout, seed);
+            if a.forget_bias_one {
+                set_forget_bias_one(&config, &layout, &mut params)?;
+            }
+            params
+        }
     };
     let kind: OptimizerKind = a.optimizer.unwrap_or(super::OptimizerArg::Adam).into();
     let mut opt = OptimizerConfig::new(kind).with_clip(a.clip.unwrap_or(5.0));
@@ -267,6 +286,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         corpus: a.corpus.as_ref().map(|p| p.display().to_string()),
         corpus_tokens: n,
         val_frac,
+        dropout,
     };
     let (mut engine, note) = create_engine(a.device.into(), &config, &params)?;
     engine.reset_state(batch)?;
@@ -302,11 +322,13 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         s.corpus.vocab().len()
     );
     eprintln!(
-        "model: rnn {:?} H={} layers={} ({} parameters); {:?} lr {} {:?}, clip {}, B={} T={}, {} steps",
+        "model: {:?} {:?} H={} layers={} ({} parameters), dropout {}; {:?} lr {} {:?}, clip {}, B={} T={}, {} steps",
+        s.config.cell,
         s.config.activation,
         s.config.hidden_size,
         s.config.layers,
         s.engine.layout().len(),
+        run.dropout,
         run.optimizer.kind,
         run.lr,
         run.schedule,

@@ -41,7 +41,7 @@ pub fn train_step(
 }
 
 /// Loss over every next-token prediction of `tokens` (see [`EvalBatches`]), leaving the engine's
-/// carried training state as it was.
+/// carried training state as it was. Dropout is turned off.
 pub fn evaluate(
     engine: &mut dyn Engine,
     tokens: &dyn Tokens,
@@ -49,7 +49,8 @@ pub fn evaluate(
     steps: usize,
 ) -> Result<LossStats> {
     let saved = engine.state()?;
-    let per_row = engine.config().layers * engine.config().hidden_size;
+    engine.set_dropout(None)?;
+    let per_row = engine.config().state_size_per_row();
     let batches = EvalBatches::new(tokens, rows, steps)?;
     engine.reset_state(batches.rows())?;
     let mut total = LossStats {
@@ -110,7 +111,7 @@ impl Trainer<'_> {
     fn save(&mut self, progress: &Progress) -> Result<()> {
         let params = self.engine.params()?;
         let state = self.engine.state()?;
-        let per_row = self.engine.config().layers * self.engine.config().hidden_size;
+        let per_row = self.engine.config().state_size_per_row();
         TrainState {
             config: self.engine.config().clone(),
             vocab: self.vocab.clone(),
@@ -152,6 +153,7 @@ impl Trainer<'_> {
         while progress.step < run.steps {
             let lr = progress.schedule.lr(&run.schedule, run.lr, progress.step);
             let (batch, reset) = batches.next_batch(train);
+            self.engine.set_dropout(run.dropout_at(progress.step))?;
             train_step(self.engine, &batch, reset, &run.optimizer, lr)?;
             progress.step += 1;
             progress.position = batches.position();

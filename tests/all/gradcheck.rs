@@ -1,23 +1,37 @@
 //! Every gradient of the CPU engine against central finite differences in f64.
 
-use unroll::engine::Engine;
 use unroll::engine::cpu::CpuEngine;
-use unroll::model::{Activation, InputKind, ModelConfig, OutputKind, ParamLayout, init_params};
+use unroll::engine::{Dropout, Engine};
+use unroll::model::{
+    Activation, Cell, InputKind, ModelConfig, OutputKind, ParamLayout, init_params,
+};
 
 use crate::common::{self, assert_close};
 
 /// Checks every parameter's gradient of `cfg` on a random masked batch with unequal lengths and
 /// a random carried-in initial state.
 fn check(cfg: &ModelConfig, steps: usize, rows: usize, name: &str) {
+    check_with_dropout(cfg, steps, rows, None, name)
+}
+
+/// [`check`] with dropout between the layers (a fixed mask, so the loss stays differentiable).
+fn check_with_dropout(
+    cfg: &ModelConfig,
+    steps: usize,
+    rows: usize,
+    dropout: Option<Dropout>,
+    name: &str,
+) {
     let mut rng = common::rng(name);
     let layout = ParamLayout::new(cfg).unwrap();
     let params = common::uniform(&mut rng, layout.len(), 0.6);
     let mut engine = CpuEngine::<f64>::new(cfg, &params).unwrap();
+    engine.set_dropout(dropout).unwrap();
     let lengths: Vec<usize> = (0..rows)
         .map(|b| if b == 0 { steps } else { 1 + (b * 7) % steps })
         .collect();
     let batch = common::random_batch(&mut rng, cfg, steps, rows, Some(&lengths));
-    let state = common::uniform(&mut rng, cfg.layers * rows * cfg.hidden_size, 0.8);
+    let state = common::uniform(&mut rng, rows * cfg.state_size_per_row(), 0.8);
     engine.set_state(rows, &state).unwrap();
     engine.upload_batch(&batch).unwrap();
     engine.zero_grads().unwrap();
@@ -103,6 +117,72 @@ fn gradients_match_finite_differences_at_one_step_and_one_row() {
         (3, 2, 3, 1),
     );
     check(&cfg, 1, 1, "T=1 B=1");
+}
+
+/// A `cell` model of the given kinds and sizes (I, H, V, layers).
+fn gated(
+    cell: Cell,
+    input: InputKind,
+    output: OutputKind,
+    sizes: (usize, usize, usize, usize),
+) -> ModelConfig {
+    ModelConfig {
+        cell,
+        ..common::config(Activation::Tanh, input, output, sizes)
+    }
+}
+
+#[test]
+fn gru_gradients_match_finite_differences() {
+    for &(input, output, layers) in &[
+        (InputKind::OneHot, OutputKind::Softmax, 1),
+        (InputKind::OneHot, OutputKind::Softmax, 2),
+        (InputKind::Dense, OutputKind::Identity, 3),
+        (InputKind::Dense, OutputKind::Sigmoid, 1),
+    ] {
+        let cfg = gated(Cell::Gru, input, output, (4, 3, 4, layers));
+        check(
+            &cfg,
+            5,
+            3,
+            &format!("gru {input:?} {output:?} layers={layers}"),
+        );
+    }
+}
+
+#[test]
+fn lstm_gradients_match_finite_differences() {
+    for &(input, output, layers) in &[
+        (InputKind::OneHot, OutputKind::Softmax, 1),
+        (InputKind::OneHot, OutputKind::Softmax, 2),
+        (InputKind::Dense, OutputKind::Identity, 3),
+        (InputKind::Dense, OutputKind::Sigmoid, 1),
+    ] {
+        let cfg = gated(Cell::Lstm, input, output, (4, 3, 4, layers));
+        check(
+            &cfg,
+            5,
+            3,
+            &format!("lstm {input:?} {output:?} layers={layers}"),
+        );
+    }
+}
+
+#[test]
+fn gated_gradients_match_finite_differences_at_one_step_and_one_row() {
+    for cell in [Cell::Gru, Cell::Lstm] {
+        let cfg = gated(cell, InputKind::OneHot, OutputKind::Softmax, (3, 2, 3, 2));
+        check(&cfg, 1, 1, &format!("{cell:?} T=1 B=1"));
+    }
+}
+
+#[test]
+fn gradients_with_dropout_match_finite_differences() {
+    for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
+        let cfg = gated(cell, InputKind::OneHot, OutputKind::Softmax, (4, 5, 4, 3));
+        let dropout = Some(Dropout { p: 0.3, seed: 11 });
+        check_with_dropout(&cfg, 4, 3, dropout, &format!("{cell:?} dropout"));
+    }
 }
 
 #[test]

@@ -78,6 +78,7 @@ pub fn run_spec(
         corpus: None,
         corpus_tokens,
         val_frac: 0.1,
+        dropout: 0.0,
     }
 }
 

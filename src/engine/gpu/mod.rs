@@ -99,6 +99,12 @@ impl GpuEngine {
     /// An engine for `config` on `ctx` with the given parameters, zero state for one row.
     pub fn new(ctx: GpuContext, config: &ModelConfig, params: &[f32]) -> Result<Self> {
         let layout = ParamLayout::new(config)?;
+        if config.cell != crate::model::Cell::Rnn {
+            return Err(Error::Config(format!(
+                "the GPU engine does not run the {:?} cell yet",
+                config.cell
+            )));
+        }
         let n = layout.len();
         if params.len() != n {
             return Err(Error::Shape(format!(
