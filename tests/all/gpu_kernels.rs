@@ -302,7 +302,7 @@ fn one_hot_input_gather_and_gradient_match_cpu() {
             let weights = rnn::Weights {
                 w: GUARD,
                 bias: GUARD + h * vocab,
-                bias2: GUARD + h * vocab + h,
+                bias2: Some(GUARD + h * vocab + h),
             };
             let call = rnn::input_gather_onehot(
                 &g.ctx,
