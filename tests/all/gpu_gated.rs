@@ -11,7 +11,7 @@ use unroll::engine::gpu::pipelines::Pipelines;
 use unroll::engine::gpu::plan::run_now;
 use unroll::engine::gpu::{GpuEngine, buffers, dropout, gru, lstm};
 use unroll::engine::{Batch, Engine};
-use unroll::model::{Activation, Cell, InputKind, ModelConfig, OutputKind, ParamLayout};
+use unroll::model::{Cell, InputKind, ModelConfig, OutputKind, ParamLayout};
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
 
 use crate::common::{self, assert_close, to_f64};
@@ -301,19 +301,6 @@ fn dropout_masks_are_identical_on_both_engines() {
     }
 }
 
-/// A gated model of the given kinds and sizes (I, H, V, layers).
-fn gated(
-    cell: Cell,
-    input: InputKind,
-    output: OutputKind,
-    sizes: (usize, usize, usize, usize),
-) -> ModelConfig {
-    ModelConfig {
-        cell,
-        ..common::config(Activation::Tanh, input, output, sizes)
-    }
-}
-
 fn close(what: &str, gpu: &[f32], cpu: &[f32]) {
     assert_close(what, &to_f64(gpu), &to_f64(cpu), 1e-4, 2e-5);
 }
@@ -393,7 +380,7 @@ fn gru_training_steps_match_cpu_at_every_depth() {
         (2, InputKind::Dense, OutputKind::Identity, (3, 2)),
         (3, InputKind::OneHot, OutputKind::Sigmoid, (1, 1)),
     ] {
-        let cfg = gated(Cell::Gru, input, output, (6, 9, 5, layers));
+        let cfg = common::cell_config(Cell::Gru, input, output, (6, 9, 5, layers));
         steps_match(
             &cfg,
             shape,
@@ -410,7 +397,7 @@ fn lstm_training_steps_match_cpu_at_every_depth() {
         (2, InputKind::Dense, OutputKind::Identity, (3, 2)),
         (3, InputKind::OneHot, OutputKind::Sigmoid, (1, 1)),
     ] {
-        let cfg = gated(Cell::Lstm, input, output, (6, 9, 5, layers));
+        let cfg = common::cell_config(Cell::Lstm, input, output, (6, 9, 5, layers));
         steps_match(
             &cfg,
             shape,
@@ -423,7 +410,7 @@ fn lstm_training_steps_match_cpu_at_every_depth() {
 #[test]
 fn training_steps_with_dropout_match_cpu_for_every_cell() {
     for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
-        let cfg = gated(cell, InputKind::OneHot, OutputKind::Softmax, (6, 70, 5, 3));
+        let cfg = common::cell_config(cell, InputKind::OneHot, OutputKind::Softmax, (6, 70, 5, 3));
         steps_match(&cfg, (3, 2), 0.4, &format!("{cell:?} dropout"));
     }
 }

@@ -119,59 +119,38 @@ fn gradients_match_finite_differences_at_one_step_and_one_row() {
     check(&cfg, 1, 1, "T=1 B=1");
 }
 
-/// A `cell` model of the given kinds and sizes (I, H, V, layers).
-fn gated(
-    cell: Cell,
-    input: InputKind,
-    output: OutputKind,
-    sizes: (usize, usize, usize, usize),
-) -> ModelConfig {
-    ModelConfig {
-        cell,
-        ..common::config(Activation::Tanh, input, output, sizes)
+/// Every parameter of a `cell` model, one and several layers, every input and output kind.
+fn check_cell(cell: Cell) {
+    for &(input, output, layers) in &[
+        (InputKind::OneHot, OutputKind::Softmax, 1),
+        (InputKind::OneHot, OutputKind::Softmax, 2),
+        (InputKind::Dense, OutputKind::Identity, 3),
+        (InputKind::Dense, OutputKind::Sigmoid, 1),
+    ] {
+        let cfg = common::cell_config(cell, input, output, (4, 3, 4, layers));
+        check(
+            &cfg,
+            5,
+            3,
+            &format!("{cell:?} {input:?} {output:?} layers={layers}"),
+        );
     }
 }
 
 #[test]
 fn gru_gradients_match_finite_differences() {
-    for &(input, output, layers) in &[
-        (InputKind::OneHot, OutputKind::Softmax, 1),
-        (InputKind::OneHot, OutputKind::Softmax, 2),
-        (InputKind::Dense, OutputKind::Identity, 3),
-        (InputKind::Dense, OutputKind::Sigmoid, 1),
-    ] {
-        let cfg = gated(Cell::Gru, input, output, (4, 3, 4, layers));
-        check(
-            &cfg,
-            5,
-            3,
-            &format!("gru {input:?} {output:?} layers={layers}"),
-        );
-    }
+    check_cell(Cell::Gru);
 }
 
 #[test]
 fn lstm_gradients_match_finite_differences() {
-    for &(input, output, layers) in &[
-        (InputKind::OneHot, OutputKind::Softmax, 1),
-        (InputKind::OneHot, OutputKind::Softmax, 2),
-        (InputKind::Dense, OutputKind::Identity, 3),
-        (InputKind::Dense, OutputKind::Sigmoid, 1),
-    ] {
-        let cfg = gated(Cell::Lstm, input, output, (4, 3, 4, layers));
-        check(
-            &cfg,
-            5,
-            3,
-            &format!("lstm {input:?} {output:?} layers={layers}"),
-        );
-    }
+    check_cell(Cell::Lstm);
 }
 
 #[test]
 fn gated_gradients_match_finite_differences_at_one_step_and_one_row() {
     for cell in [Cell::Gru, Cell::Lstm] {
-        let cfg = gated(cell, InputKind::OneHot, OutputKind::Softmax, (3, 2, 3, 2));
+        let cfg = common::cell_config(cell, InputKind::OneHot, OutputKind::Softmax, (3, 2, 3, 2));
         check(&cfg, 1, 1, &format!("{cell:?} T=1 B=1"));
     }
 }
@@ -179,7 +158,7 @@ fn gated_gradients_match_finite_differences_at_one_step_and_one_row() {
 #[test]
 fn gradients_with_dropout_match_finite_differences() {
     for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
-        let cfg = gated(cell, InputKind::OneHot, OutputKind::Softmax, (4, 5, 4, 3));
+        let cfg = common::cell_config(cell, InputKind::OneHot, OutputKind::Softmax, (4, 5, 4, 3));
         let dropout = Some(Dropout { p: 0.3, seed: 11 });
         check_with_dropout(&cfg, 4, 3, dropout, &format!("{cell:?} dropout"));
     }

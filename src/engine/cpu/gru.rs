@@ -5,11 +5,7 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use crate::engine::cpu::Float;
-
-fn sigmoid<F: Float>(x: F) -> F {
-    F::one() / (F::one() + (-x).exp())
-}
+use crate::engine::cpu::{Float, sigmoid};
 
 /// Forward GRU step for all B rows, with `a_ih = x_t W_ih^T + b_ih` and
 /// `a_hh = h_{t-1} W_hh^T + b_hh` (both [B, 3H], gate blocks r | z | n):

@@ -5,11 +5,7 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use crate::engine::cpu::Float;
-
-fn sigmoid<F: Float>(x: F) -> F {
-    F::one() / (F::one() + (-x).exp())
-}
+use crate::engine::cpu::{Float, sigmoid};
 
 /// Forward LSTM step for all B rows, with `a = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh`
 /// ([B, 4H], gate blocks i | f | g | o, given as its two parts `a_ih` and `a_hh`):

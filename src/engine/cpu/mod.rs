@@ -81,6 +81,11 @@ impl Float for f64 {
     }
 }
 
+/// The logistic function `1 / (1 + e^-x)` of the gates, written as the shaders write it.
+pub fn sigmoid<F: Float>(x: F) -> F {
+    F::one() / (F::one() + (-x).exp())
+}
+
 /// The current batch converted to the engine's float type.
 struct PreparedBatch<F> {
     steps: usize,

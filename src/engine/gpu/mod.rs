@@ -477,60 +477,50 @@ impl GpuEngine {
                     }
                     (&ds[cur], &ds[cur])
                 }
-                (Cell::Gru, Some(da_ih), Some(da_hh), _) => {
+                (_, Some(da_ih), da_hh, dc) => {
+                    // GRU: da_hh differs from da_ih; LSTM: one gradient for both sides.
+                    let da_rec = da_hh.as_ref().unwrap_or(da_ih);
                     for t in (0..steps).rev() {
                         let step = GateStep {
                             rows,
                             hidden: h,
-                            gates: 3,
+                            gates: cfg.cell.gates(),
                             t,
                         };
-                        bwd.push(gru::gru_step_backward(
-                            ctx,
-                            step,
-                            gru::GruGrads {
-                                gates: &gates[k],
-                                a_hh: &a_hh[k],
-                                states: &states[k],
-                                ds: &ds[cur],
-                                da_ih,
-                                da_hh,
-                            },
-                        )?);
+                        bwd.push(match dc {
+                            Some(dc) => lstm::lstm_step_backward(
+                                ctx,
+                                step,
+                                (&gates[k], &cells[k]),
+                                (&ds[cur], dc, da_ih),
+                                t + 1 == steps,
+                            )?,
+                            None => gru::gru_step_backward(
+                                ctx,
+                                step,
+                                gru::GruGrads {
+                                    gates: &gates[k],
+                                    a_hh: &a_hh[k],
+                                    states: &states[k],
+                                    ds: &ds[cur],
+                                    da_ih,
+                                    da_hh: da_rec,
+                                },
+                            )?,
+                        });
                         if t > 0 {
                             bwd.push(recurrent_grad(
                                 ctx,
                                 (rows, h, gh),
                                 p,
                                 lo,
-                                da_hh,
+                                da_rec,
                                 &ds[cur],
                                 t,
                             )?);
                         }
                     }
-                    (da_ih, da_hh)
-                }
-                (Cell::Lstm, Some(da), _, Some(dc)) => {
-                    for t in (0..steps).rev() {
-                        let step = GateStep {
-                            rows,
-                            hidden: h,
-                            gates: 4,
-                            t,
-                        };
-                        bwd.push(lstm::lstm_step_backward(
-                            ctx,
-                            step,
-                            (&gates[k], &cells[k]),
-                            (&ds[cur], dc, da),
-                            t + 1 == steps,
-                        )?);
-                        if t > 0 {
-                            bwd.push(recurrent_grad(ctx, (rows, h, gh), p, lo, da, &ds[cur], t)?);
-                        }
-                    }
-                    (da, da)
+                    (da_ih, da_rec)
                 }
                 _ => return Err(Error::Config("gradient buffers missing".into())),
             };
@@ -543,28 +533,19 @@ impl GpuEngine {
                 None,
                 true,
             )?);
-            if std::ptr::eq(dz_ih, dz_hh) {
-                bwd.push(reduce::column_sums_accumulate(
-                    ctx,
-                    (n, gh),
-                    at(dz_ih, 0),
-                    g,
-                    &[lo.bias_ih, lo.bias_hh],
-                )?);
+            // db_ih += colsum(da_ih), db_hh += colsum(da_hh): one pass when they are one array.
+            let sums: &[(&wgpu::Buffer, &[usize])] = if std::ptr::eq(dz_ih, dz_hh) {
+                &[(dz_ih, &[lo.bias_ih, lo.bias_hh])]
             } else {
+                &[(dz_ih, &[lo.bias_ih]), (dz_hh, &[lo.bias_hh])]
+            };
+            for &(dz, outs) in sums {
                 bwd.push(reduce::column_sums_accumulate(
                     ctx,
                     (n, gh),
-                    at(dz_ih, 0),
+                    at(dz, 0),
                     g,
-                    &[lo.bias_ih],
-                )?);
-                bwd.push(reduce::column_sums_accumulate(
-                    ctx,
-                    (n, gh),
-                    at(dz_hh, 0),
-                    g,
-                    &[lo.bias_hh],
+                    outs,
                 )?);
             }
             if k == 0 && cfg.input_kind == InputKind::OneHot {
