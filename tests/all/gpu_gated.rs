@@ -301,8 +301,10 @@ fn dropout_masks_are_identical_on_both_engines() {
     }
 }
 
+/// f32 rounding compounds over steps, layers and the update; a wrong mask or gate would be off
+/// by orders of magnitude more.
 fn close(what: &str, gpu: &[f32], cpu: &[f32]) {
-    assert_close(what, &to_f64(gpu), &to_f64(cpu), 1e-4, 2e-5);
+    assert_close(what, &to_f64(gpu), &to_f64(cpu), 5e-4, 5e-5);
 }
 
 /// Three training steps on both engines from the same random parameters and (h, c), with masks
@@ -410,7 +412,7 @@ fn lstm_training_steps_match_cpu_at_every_depth() {
 #[test]
 fn training_steps_with_dropout_match_cpu_for_every_cell() {
     for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
-        let cfg = common::cell_config(cell, InputKind::OneHot, OutputKind::Softmax, (6, 70, 5, 3));
+        let cfg = common::cell_config(cell, InputKind::OneHot, OutputKind::Softmax, (6, 33, 5, 3));
         steps_match(&cfg, (3, 2), 0.4, &format!("{cell:?} dropout"));
     }
 }
