@@ -3,6 +3,7 @@
 mod checkpoint;
 mod cli;
 mod common;
+mod gating;
 mod gpu_gated;
 mod gpu_kernels;
 mod gpu_training;

@@ -2,10 +2,13 @@
 //!
 //! Parameters, gradients and the two optimizer moments are four flat storage buffers in
 //! `ParamLayout` order. Per batch shape (T, B) the engine allocates once the batch buffers, the
-//! per-layer state buffers `[(T+1) * B, H]` (rows 0..B the initial state), the logits and their
-//! gradient, and builds three plans: forward (input projection over all N rows, T step kernels,
-//! output GEMM, fused loss, loss sum), backward (output GEMMs, T BPTT steps and the weight
-//! gradients per layer) and the optimizer (norm, update). Engine calls append to a recorder;
+//! per-layer state buffers `[(T+1) * B, H]` (rows 0..B the initial state; an LSTM's memories c
+//! alike), a gated layer's gate activations and recurrent pre-activations `[N, G*H]`, the logits
+//! and their gradient, and builds three plans: forward (dropout of the layer below, input
+//! projection over all N rows, T steps, output GEMM, fused loss, loss sum), backward (output
+//! GEMMs, T BPTT steps, the weight gradients and the gradient of the layer below per layer) and
+//! the optimizer (norm, update). A tanh step is one kernel; a gated step is one matmul for the
+//! recurrent pre-activations of all gates and one fused gate kernel, forward and backward. Engine calls append to a recorder;
 //! `optimizer_step` submits the whole step as one command buffer with one compute pass, and
 //! only read-backs wait for the device. The initial states live in their own buffer, so a
 //! carried state never leaves the device.
