@@ -1,7 +1,9 @@
 //! What gating is for: with a fixed seed, the LSTM and the GRU learn a delayed echo
-//! `y_t = x_{t-k}` over a delay of k = 20 steps (one-hot tokens, the loss counted only from
-//! t = k on through the mask) to over 95% per-step accuracy on held-out sequences, where the
-//! tanh RNN, with the same budget, stays near chance.
+//! `y_t = x_{t-k}` over a delay of k = 20 steps to over 95% per-step accuracy on held-out
+//! sequences, on the CPU engine. Tokens are one-hot over 4 symbols, every step of a sequence is a
+//! random symbol (so the 19 tokens between a symbol and its echo are distractors), and the loss is
+//! counted only from t = k on, through the mask. The tanh RNN's accuracy with the same budget is
+//! printed beside them.
 
 use std::time::Instant;
 
@@ -9,38 +11,33 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use unroll::engine::cpu::CpuEngine;
 use unroll::engine::{Batch, Engine, Inputs, Targets};
-use unroll::model::{Cell, InputKind, ModelConfig, OutputKind, ParamLayout, init_params};
+use unroll::model::{
+    Activation, Cell, InputKind, OutputKind, ParamLayout, init_params, set_forget_bias_one,
+};
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
 
 use crate::common;
 
 /// The delay k.
 const DELAY: usize = 20;
+/// Echoed steps per sequence: T = k + ECHOES.
+const ECHOES: usize = 1;
+const ALPHABET: usize = 4;
+const HIDDEN: usize = 32;
+const ROWS: usize = 32;
+const STEPS: usize = 800;
 
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// B random sequences of T tokens over `alphabet` symbols, targets delayed by k, mask 0 before k.
-fn echo_batch(rng: &mut ChaCha8Rng, alphabet: usize, steps: usize, rows: usize) -> Batch {
-    let x: Vec<u32> = (0..steps * rows)
-        .map(|_| rng.random_range(0..alphabet as u32))
+/// B random sequences of T tokens, targets delayed by k, mask 0 before k.
+fn echo_batch(rng: &mut ChaCha8Rng, steps: usize, rows: usize) -> Batch {
+    let n = steps * rows;
+    let x: Vec<u32> = (0..n)
+        .map(|_| rng.random_range(0..ALPHABET as u32))
         .collect();
-    let y: Vec<u32> = (0..steps * rows)
-        .map(|r| {
-            if r / rows >= DELAY {
-                x[r - DELAY * rows]
-            } else {
-                0
-            }
-        })
+    let echoed = |r: usize| r / rows >= DELAY;
+    let y = (0..n)
+        .map(|r| if echoed(r) { x[r - DELAY * rows] } else { 0 })
         .collect();
-    let mask = (0..steps * rows)
-        .map(|r| if r / rows >= DELAY { 1.0 } else { 0.0 })
-        .collect();
+    let mask = (0..n).map(|r| if echoed(r) { 1.0 } else { 0.0 }).collect();
     Batch {
         steps,
         rows,
@@ -50,31 +47,32 @@ fn echo_batch(rng: &mut ChaCha8Rng, alphabet: usize, steps: usize, rows: usize) 
     }
 }
 
-/// Trains a `cell` model on fresh batches for `steps` optimizer steps and returns its per-step
-/// accuracy on held-out sequences (counted steps only) and the seconds it took.
-fn echo_accuracy(cell: Cell, steps: usize) -> (f64, f64) {
-    let alphabet = knob("ECHO_ALPHABET", 2);
-    let hidden = knob("ECHO_HIDDEN", 64);
-    let (t_len, rows) = (DELAY + knob("ECHO_EXTRA", 10), knob("ECHO_BATCH", 32));
-    let cfg = ModelConfig {
+/// Trains a `cell` model with Adam at `lr` on fresh batches for STEPS steps and returns its
+/// per-step accuracy on held-out sequences (counted steps only) and the seconds it took.
+fn echo_accuracy(cell: Cell, lr: f32) -> (f64, f64) {
+    let cfg = common::cell_config(
         cell,
-        ..common::config(
-            unroll::model::Activation::Tanh,
-            InputKind::OneHot,
-            OutputKind::Softmax,
-            (alphabet, hidden, alphabet, 1),
-        )
+        InputKind::OneHot,
+        OutputKind::Softmax,
+        (ALPHABET, HIDDEN, ALPHABET, 1),
+    );
+    let cfg = unroll::model::ModelConfig {
+        activation: Activation::Tanh,
+        ..cfg
     };
     let layout = ParamLayout::new(&cfg).unwrap();
-    let mut engine = CpuEngine::<f32>::new(&cfg, &init_params(&cfg, &layout, 1)).unwrap();
+    let mut params = init_params(&cfg, &layout, 1);
+    if cell == Cell::Lstm {
+        set_forget_bias_one(&cfg, &layout, &mut params).unwrap();
+    }
+    let mut engine = CpuEngine::<f32>::new(&cfg, &params).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let opt = OptimizerConfig::new(OptimizerKind::Adam).with_clip(1.0);
-    let lr = knob("ECHO_LR_MILLI", 10) as f32 / 1000.0;
+    let t_len = DELAY + ECHOES;
     let start = Instant::now();
-    engine.reset_state(rows).unwrap();
-    for _ in 0..steps {
-        let batch = echo_batch(&mut rng, alphabet, t_len, rows);
-        engine.reset_state(rows).unwrap();
+    for _ in 0..STEPS {
+        let batch = echo_batch(&mut rng, t_len, ROWS);
+        engine.reset_state(ROWS).unwrap();
         engine.upload_batch(&batch).unwrap();
         engine.zero_grads().unwrap();
         engine.forward().unwrap();
@@ -85,18 +83,18 @@ fn echo_accuracy(cell: Cell, steps: usize) -> (f64, f64) {
     // Held-out sequences from another stream.
     let mut held = ChaCha8Rng::seed_from_u64(99);
     let (mut right, mut counted) = (0usize, 0usize);
-    for _ in 0..4 {
-        let batch = echo_batch(&mut held, alphabet, t_len, rows);
-        engine.reset_state(rows).unwrap();
+    for _ in 0..8 {
+        let batch = echo_batch(&mut held, t_len, ROWS);
+        engine.reset_state(ROWS).unwrap();
         engine.upload_batch(&batch).unwrap();
         engine.forward().unwrap();
         let probs = engine.outputs().unwrap();
         let (Targets::Classes(y), Some(mask)) = (&batch.targets, &batch.mask) else {
-            unreachable!()
+            unreachable!("echo batches have classes and a mask")
         };
-        for (r, row) in probs.chunks(alphabet).enumerate() {
+        for (r, row) in probs.chunks(ALPHABET).enumerate() {
             if mask[r] > 0.0 {
-                let best = (0..alphabet)
+                let best = (0..ALPHABET)
                     .max_by(|&a, &b| row[a].total_cmp(&row[b]))
                     .unwrap_or(0);
                 right += (best as u32 == y[r]) as usize;
@@ -108,19 +106,28 @@ fn echo_accuracy(cell: Cell, steps: usize) -> (f64, f64) {
 }
 
 #[test]
-fn gated_cells_learn_a_delayed_echo_that_the_tanh_rnn_does_not() {
-    let steps = knob("ECHO_STEPS", 600);
-    let mut acc = Vec::new();
-    let only = std::env::var("ECHO_CELLS").unwrap_or_default();
-    for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
-        if !only.is_empty() && !only.contains(&format!("{cell:?}")) {
-            continue;
-        }
-        let (a, secs) = echo_accuracy(cell, steps);
-        eprintln!(
-            "delayed echo k={DELAY}: {cell:?} {:.1}% after {steps} steps ({secs:.1} s)",
-            100.0 * a
+fn lstm_and_gru_learn_a_delayed_echo_over_20_steps() {
+    // The LSTM with char-rnn's forget-gate bias of 1; each gated cell at the learning rate that
+    // suits it, and the tanh RNN at both for comparison.
+    let (lstm_lr, gru_lr) = (3e-3, 3e-2);
+    let mut report = Vec::new();
+    for (cell, lr) in [
+        (Cell::Lstm, lstm_lr),
+        (Cell::Gru, gru_lr),
+        (Cell::Rnn, lstm_lr),
+        (Cell::Rnn, gru_lr),
+    ] {
+        let (acc, secs) = echo_accuracy(cell, lr);
+        let line = format!(
+            "delayed echo k={DELAY}: {cell:?} (lr {lr}) {:.1}% after {STEPS} steps ({secs:.1} s)",
+            100.0 * acc
         );
-        acc.push(a);
+        eprintln!("{line}");
+        report.push((cell, acc, line));
+    }
+    for (cell, acc, line) in &report {
+        if *cell != Cell::Rnn {
+            assert!(*acc > 0.95, "{line}: below 95%");
+        }
     }
 }
