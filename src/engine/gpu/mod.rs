@@ -620,9 +620,13 @@ impl GpuEngine {
         })
     }
 
-    /// Rewrites the dropout arguments of every shape for the current dropout setting.
+    /// Rewrites the dropout arguments of every shape for the current dropout setting. Only
+    /// recorded forward or backward dispatches read them, so only those are submitted first (a
+    /// carried state's copies stay in the next step's submit).
     fn patch_dropout(&mut self) -> Result<()> {
-        self.flush_before_write()?;
+        if self.pending_reads_batch {
+            self.flush()?;
+        }
         for shape in self.shapes.values() {
             for slot in &shape.dropout_slots {
                 let args = dropout::DropoutArgs::new(
