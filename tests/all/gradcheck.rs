@@ -177,3 +177,46 @@ fn pytorch_initialisation_is_seeded_and_bounded() {
     assert!(a.iter().all(|v| v.abs() <= bound));
     assert!(a.iter().any(|v| v.abs() > 0.9 * bound));
 }
+
+#[test]
+fn gated_layouts_stack_the_gates_and_the_forget_bias_can_start_at_one() {
+    let (v, h) = (11, 6);
+    for (cell, g) in [(Cell::Gru, 3), (Cell::Lstm, 4)] {
+        let cfg = ModelConfig {
+            cell,
+            ..ModelConfig::language_model(v, h, 2)
+        };
+        let layout = ParamLayout::new(&cfg).unwrap();
+        let shape = |name: &str| layout.get(name).unwrap().shape.clone();
+        assert_eq!(shape("rnn.weight_ih_l0"), vec![g * h, v]);
+        assert_eq!(shape("rnn.weight_ih_l1"), vec![g * h, h]);
+        assert_eq!(shape("rnn.weight_hh_l1"), vec![g * h, h]);
+        assert_eq!(shape("rnn.bias_ih_l1"), vec![g * h]);
+        assert_eq!(shape("rnn.bias_hh_l0"), vec![g * h]);
+        let mut params = init_params(&cfg, &layout, 3);
+        let bound = 1.0 / (h as f32).sqrt();
+        assert!(params.iter().all(|p| p.abs() <= bound));
+        let result = unroll::model::set_forget_bias_one(&cfg, &layout, &mut params);
+        assert_eq!(result.is_ok(), cell == Cell::Lstm);
+        if cell == Cell::Lstm {
+            for k in 0..2 {
+                let lo = layout.layer(k);
+                assert!(
+                    params[lo.bias_ih + h..lo.bias_ih + 2 * h]
+                        .iter()
+                        .all(|&b| b == 1.0)
+                );
+                assert!(
+                    params[lo.bias_hh + h..lo.bias_hh + 2 * h]
+                        .iter()
+                        .all(|&b| b == 0.0)
+                );
+                assert!(
+                    params[lo.bias_ih..lo.bias_ih + h]
+                        .iter()
+                        .all(|&b| b.abs() <= bound)
+                );
+            }
+        }
+    }
+}

@@ -11,5 +11,6 @@ mod gradcheck;
 mod lm_cli;
 mod lm_data;
 mod padding;
+mod pytorch;
 mod shaders;
 mod training;
