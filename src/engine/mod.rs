@@ -3,7 +3,8 @@
 //! A training step is: `upload_batch`, `zero_grads`, `forward` (keeps the activations of all T
 //! steps, computes the loss and its gradient w.r.t. the outputs), `backward` (exact BPTT; gradients
 //! ACCUMULATE), `optimizer_step` (global norm, clipping, update over the flat buffer), then
-//! `carry_state` or `reset_state` before the next batch. The trainer, the sampler and the CLI are
+//! `carry_state` or `reset_state` before the next batch. `set_dropout` turns dropout between
+//! layers on (with a fresh seed per training step) or off (evaluation, sampling). The trainer, the sampler and the CLI are
 //! generic over [`Engine`]; an engine may record these calls and run them later, so only the
 //! read-back calls (`loss`, `params`, `grads`, `state`, ...) have to wait for the work.
 //!

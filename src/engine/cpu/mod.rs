@@ -299,16 +299,13 @@ impl<F: Float> Engine for CpuEngine<F> {
         let mut layers: Vec<LayerCache<F>> = Vec::with_capacity(cfg.layers);
         for k in 0..cfg.layers {
             // The input of layer k > 0: the states of layer k-1, through dropout when it is on.
-            let input = match (k, masks.get(k.wrapping_sub(1))) {
-                (0, _) | (_, None) => None,
-                (_, Some(m)) if m.is_identity() => None,
-                (_, Some(&m)) => {
-                    let mut x = Array2::<F>::zeros((n, h));
-                    let below = layers[k - 1].states.slice(s![b.., ..]);
-                    dropout::dropout_forward(below, m, x.view_mut());
-                    Some(x)
-                }
-            };
+            let mask = k.checked_sub(1).and_then(|j| masks.get(j));
+            let input = mask.filter(|m| !m.is_identity()).map(|&m| {
+                let mut x = Array2::<F>::zeros((n, h));
+                let below = layers[k - 1].states.slice(s![b.., ..]);
+                dropout::dropout_forward(below, m, x.view_mut());
+                x
+            });
             let below = match (&input, k) {
                 (Some(x), _) => Some(x.view()),
                 (None, 0) => None,
