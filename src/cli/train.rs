@@ -221,6 +221,14 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     if a.forget_bias_one && config.cell != Cell::Lstm {
         bail!("--forget-bias-one needs --cell lstm");
     }
+    if a.forget_bias_one && a.init.is_some() {
+        bail!("--forget-bias-one sets a fresh initialisation; it cannot change an --init model");
+    }
+    if a.activation.is_some() && config.cell != Cell::Rnn {
+        bail!(
+            "--activation applies to --cell rnn only (the GRU and LSTM have fixed nonlinearities)"
+        );
+    }
     let seed = a.seed.unwrap_or(1);
     let params = match (&init, &a.init) {
         (Some(c), Some(p)) => {
@@ -322,9 +330,11 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         s.corpus.vocab().len()
     );
     eprintln!(
-        "model: {:?} {:?} H={} layers={} ({} parameters), dropout {}; {:?} lr {} {:?}, clip {}, B={} T={}, {} steps",
-        s.config.cell,
-        s.config.activation,
+        "model: {} H={} layers={} ({} parameters), dropout {}; {:?} lr {} {:?}, clip {}, B={} T={}, {} steps",
+        match s.config.cell {
+            Cell::Rnn => format!("rnn {:?}", s.config.activation),
+            cell => format!("{cell:?}"),
+        },
         s.config.hidden_size,
         s.config.layers,
         s.engine.layout().len(),

@@ -291,6 +291,24 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
         ],
         "lbfgs",
     );
+    for (args, needle) in [
+        (
+            &["--cell", "gru", "--dropout", "1"][..],
+            "dropout 1 is not in [0, 1)",
+        ),
+        (
+            &["--cell", "gru", "--forget-bias-one"][..],
+            "needs --cell lstm",
+        ),
+        (
+            &["--cell", "lstm", "--activation", "relu"][..],
+            "--cell rnn only",
+        ),
+        (&["--cell", "cnn"][..], "cnn"),
+    ] {
+        let base = ["train", "--corpus", &corpus, "--out", d];
+        fails(&[&base[..], args].concat(), needle);
+    }
     let junk = dir.path().join("junk");
     std::fs::create_dir(&junk).unwrap();
     std::fs::write(junk.join("model.safetensors"), b"not a checkpoint").unwrap();
