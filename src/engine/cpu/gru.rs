@@ -5,7 +5,7 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use crate::engine::cpu::{Float, sigmoid};
+use crate::engine::cpu::{Float, sigmoid, tanh_via_sigmoid};
 
 /// Forward GRU step for all B rows, with `a_ih = x_t W_ih^T + b_ih` and
 /// `a_hh = h_{t-1} W_hh^T + b_hh` (both [B, 3H], gate blocks r | z | n):
@@ -24,7 +24,7 @@ pub fn gru_step_forward<F: Float>(
         for j in 0..h {
             let r = sigmoid(g[j] + a_hh[[b, j]]);
             let z = sigmoid(g[h + j] + a_hh[[b, h + j]]);
-            let n = (g[2 * h + j] + r * a_hh[[b, 2 * h + j]]).tanh();
+            let n = tanh_via_sigmoid(g[2 * h + j] + r * a_hh[[b, 2 * h + j]]);
             g[j] = r;
             g[h + j] = z;
             g[2 * h + j] = n;

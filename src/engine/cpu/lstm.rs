@@ -5,7 +5,7 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use crate::engine::cpu::{Float, sigmoid};
+use crate::engine::cpu::{Float, sigmoid, tanh_via_sigmoid};
 
 /// Forward LSTM step for all B rows, with `a = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh`
 /// ([B, 4H], gate blocks i | f | g | o, given as its two parts `a_ih` and `a_hh`):
@@ -25,7 +25,7 @@ pub fn lstm_step_forward<F: Float>(
         for j in 0..h {
             let i = sigmoid(g[j] + a_hh[[b, j]]);
             let f = sigmoid(g[h + j] + a_hh[[b, h + j]]);
-            let gg = (g[2 * h + j] + a_hh[[b, 2 * h + j]]).tanh();
+            let gg = tanh_via_sigmoid(g[2 * h + j] + a_hh[[b, 2 * h + j]]);
             let o = sigmoid(g[3 * h + j] + a_hh[[b, 3 * h + j]]);
             g[j] = i;
             g[h + j] = f;
@@ -33,7 +33,7 @@ pub fn lstm_step_forward<F: Float>(
             g[3 * h + j] = o;
             let c = f * c_prev[[b, j]] + i * gg;
             c_t[[b, j]] = c;
-            h_t[[b, j]] = o * c.tanh();
+            h_t[[b, j]] = o * tanh_via_sigmoid(c);
         }
     }
 }
@@ -61,7 +61,7 @@ pub fn lstm_step_backward<F: Float>(
         for j in 0..h {
             let (i, f) = (gates[[b, j]], gates[[b, h + j]]);
             let (g, o) = (gates[[b, 2 * h + j]], gates[[b, 3 * h + j]]);
-            let tc = c_t[[b, j]].tanh();
+            let tc = tanh_via_sigmoid(c_t[[b, j]]);
             let d = dh[[b, j]];
             let dct = dc[[b, j]] + d * o * (one - tc * tc);
             da[[b, j]] = dct * g * i * (one - i);

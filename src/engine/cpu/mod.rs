@@ -86,6 +86,14 @@ pub fn sigmoid<F: Float>(x: F) -> F {
     F::one() / (F::one() + (-x).exp())
 }
 
+/// `tanh(x)` of the gated cells written as `2 σ(2x) - 1`: the same function to rounding (an
+/// absolute error of a few ulps of 1 near 0), at the cost of one `exp`, where the library
+/// `tanh` costs several times more and dominated the gated cells' element-wise work.
+pub fn tanh_via_sigmoid<F: Float>(x: F) -> F {
+    let two = F::one() + F::one();
+    two * sigmoid(two * x) - F::one()
+}
+
 /// The current batch converted to the engine's float type.
 struct PreparedBatch<F> {
     steps: usize,
