@@ -3,7 +3,12 @@
 //! sequences, on the CPU engine. Tokens are one-hot over 4 symbols, every step of a sequence is a
 //! random symbol (so the 19 tokens between a symbol and its echo are distractors), and the loss is
 //! counted only from t = k on, through the mask. The tanh RNN's accuracy with the same budget is
-//! printed beside them.
+//! printed beside them: on this task (one echoed symbol per sequence) it does as well at the
+//! smaller learning rate, so the test asserts only the gated cells.
+//!
+//! The LSTM's result depends on the seed: the fixed seed leaves the chance plateau within the
+//! budget, but of four initialisation seeds tried at H = 32 or 64 only one did in 800 steps. The
+//! GRU reached 100% with every seed tried.
 
 use std::time::Instant;
 
