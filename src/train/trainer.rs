@@ -221,6 +221,7 @@ impl Trainer<'_> {
                     on_event(&Event::Saved { step });
                 }
                 metrics.plot()?;
+                self.engine.set_dropout(None)?;
                 return Ok(Outcome::Interrupted { step });
             }
         }
@@ -229,6 +230,8 @@ impl Trainer<'_> {
             self.save(&progress)?;
         }
         metrics.plot()?;
+        // Leave the engine as evaluation and sampling expect it.
+        self.engine.set_dropout(None)?;
         Ok(Outcome::Finished)
     }
 }
