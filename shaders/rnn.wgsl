@@ -33,7 +33,9 @@ struct Args {
     tok_off: u32,
     starts_off: u32,
     sorted_off: u32,
-    _pad: u32,
+    // input_gather_onehot: 1 adds both bias vectors (tanh cell), 0 only the first (gated cells,
+    // whose b_hh joins the recurrent product).
+    two_biases: u32,
 }
 
 @group(0) @binding(0) var<uniform> args: Args;
@@ -45,7 +47,8 @@ struct Args {
 @group(0) @binding(3) var<storage, read_write> g_out: array<f32>;
 
 // One-hot input projection, a column gather (no matmul):
-// U[r, j] = W_ih[j, tok_r] + b_ih[j] + b_hh[j]; W_ih [H, I], U [N, H] written at dst_off.
+// U[r, j] = W_ih[j, tok_r] + b_ih[j] (+ b_hh[j] when two_biases = 1); W_ih [GH, I], U [N, GH]
+// written at dst_off (hidden = GH here).
 // Grid: N * H threads, linearised over (x, y) workgroups.
 @compute @workgroup_size(WG)
 fn input_gather_onehot(
@@ -60,7 +63,10 @@ fn input_gather_onehot(
     let r = i / args.hidden;
     let j = i % args.hidden;
     let tok = g_tokens[args.tok_off + r];
-    let bsum = g_params[args.bias_off + j] + g_params[args.bias2_off + j];
+    var bsum = g_params[args.bias_off + j];
+    if (args.two_biases == 1u) {
+        bsum += g_params[args.bias2_off + j];
+    }
     g_out[args.dst_off + i] = g_params[args.w_off + j * args.inputs + tok] + bsum;
 }
 

@@ -12,6 +12,10 @@
 //! Loss = sum_t mask_t * Loss_elt(p_t, y_t) / sum_t mask_t
 //! ```
 //!
+//! or, with gates stacked along the first axis of the weights as PyTorch stacks them, the GRU
+//! (`r, z = σ(..)`, `n = tanh(a_ih_n + r ⊙ a_hh_n)`, `h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}`) or the
+//! LSTM (`i, f, o = σ(..)`, `g = tanh(..)`, `c_t = f ⊙ c_{t-1} + i ⊙ g`, `h_t = o ⊙ tanh(c_t)`).
+//!
 //! Shape legend: B batch rows, T time steps, H state size, I input size (the vocabulary for a
 //! language model, whose one-hot input makes `W_ih x_t` a column gather), V output size,
 //! N = T * B rows in time-major order (`r = t * B + b`).

@@ -113,6 +113,8 @@ pub fn sample(
         ));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    // Sampling runs the trained model as it is: no dropout.
+    engine.set_dropout(None)?;
     engine.reset_state(1)?;
     let v = cfg.output_size;
     let step = |engine: &mut dyn Engine, inputs: &[u32]| -> Result<Vec<f32>> {

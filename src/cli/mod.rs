@@ -40,7 +40,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use unroll::engine::select::DeviceChoice;
-use unroll::model::Activation;
+use unroll::model::{Activation, Cell};
 use unroll::train::optim::OptimizerKind;
 
 /// Train recurrent neural networks on the GPU (WGSL compute shaders) or the CPU.
@@ -168,6 +168,20 @@ pub enum ScheduleArg {
 pub enum CellArg {
     /// The plain (Elman) cell of torch.nn.RNN.
     Rnn,
+    /// torch.nn.GRU: gates r, z, n.
+    Gru,
+    /// torch.nn.LSTM: gates i, f, g, o; carries (h, c).
+    Lstm,
+}
+
+impl From<CellArg> for Cell {
+    fn from(c: CellArg) -> Self {
+        match c {
+            CellArg::Rnn => Cell::Rnn,
+            CellArg::Gru => Cell::Gru,
+            CellArg::Lstm => Cell::Lstm,
+        }
+    }
 }
 
 /// Options of `unroll train`. Those that define the model, the data or the optimizer are
@@ -211,6 +225,14 @@ pub struct TrainArgs {
     /// Stacked recurrent layers [default: 1].
     #[arg(long)]
     pub layers: Option<usize>,
+    /// Dropout probability on the outputs of every layer but the last, in training only (as
+    /// PyTorch's `dropout=`) [default: 0].
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// LSTM: initialise the forget-gate bias to 1 (bias_ih's f block 1, bias_hh's 0), as
+    /// char-rnn does.
+    #[arg(long)]
+    pub forget_bias_one: bool,
     /// State nonlinearity f1 [default: tanh].
     #[arg(long, value_enum)]
     pub activation: Option<ActivationArg>,

@@ -10,14 +10,14 @@ use unroll::data::pairs::{Expect, PairBatches, PairEval, Pairs, PairsFormat, Ste
 use unroll::data::tasks::{Task, TaskOptions, generate};
 use unroll::engine::Engine;
 use unroll::engine::select::create_engine;
-use unroll::model::{Checkpoint, ModelConfig, ParamLayout, init_params};
+use unroll::model::{Checkpoint, ModelConfig};
 use unroll::train::metrics::Metrics;
 use unroll::train::state::{Progress, RunSpec, TrainState};
 use unroll::train::trainer::{Trainer, argmax, count_correct, evaluate_with};
 
 use super::train::{
-    Signals, fixed_on_resume, fresh_out, load_resumed, on_nan, optimization, resumed_engine,
-    run_reported,
+    Signals, fixed_on_resume, fresh_model, fresh_out, load_resumed, on_nan, optimization,
+    resumed_engine, run_reported,
 };
 use super::{DeviceArg, TrainArgs};
 
@@ -154,19 +154,17 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
     let batch = a.batch.unwrap_or(32);
     let (train, _) = data.split(val_frac, seed);
     let (opt, lr, steps, schedule) = optimization(a, train.len().div_ceil(batch.max(1)) as u64)?;
-    let config = data.format()?.model_config(
+    let mut config = data.format()?.model_config(
         a.hidden.unwrap_or(128),
         a.layers.unwrap_or(1),
         a.activation.unwrap_or(super::ActivationArg::Tanh).into(),
     )?;
-    let params = match &a.init {
-        Some(p) => {
-            let c = Checkpoint::load(p)?;
-            c.check_config(&config, p)?;
-            c.params
-        }
-        None => init_params(&config, &ParamLayout::new(&config)?, seed),
+    let init = match &a.init {
+        Some(p) => Some(Checkpoint::load(p)?),
+        None => None,
     };
+    let checkpoint = init.as_ref().zip(a.init.as_deref());
+    let (params, dropout) = fresh_model(a, &mut config, checkpoint, seed)?;
     let run = RunSpec {
         steps,
         batch,
@@ -183,6 +181,7 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
         val_frac,
         sequences: Default::default(),
         on_nan: on_nan(a),
+        dropout,
     };
     let (mut engine, note) = create_engine(a.device.into(), &config, &params)?;
     engine.reset_state(batch)?;

@@ -13,9 +13,9 @@ use unroll::data::lines::{Lines, LinesSource};
 use unroll::data::lm::{StreamBatches, StreamEval, StreamSource};
 use unroll::data::vocab::VocabKind;
 use unroll::data::{EvalSet, Sequences, TrainBatches};
-use unroll::engine::Engine;
 use unroll::engine::select::create_engine;
-use unroll::model::{Checkpoint, ModelConfig, ParamLayout, init_params};
+use unroll::engine::{Dropout, Engine};
+use unroll::model::{Cell, Checkpoint, ModelConfig, ParamLayout, init_params, set_forget_bias_one};
 use unroll::sample::{SampleOptions, sample};
 use unroll::train::metrics::Metrics;
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
@@ -153,6 +153,8 @@ pub(super) fn fixed_on_resume(a: &TrainArgs) -> Vec<&'static str> {
         ("--cell", a.cell.is_some()),
         ("--hidden", a.hidden.is_some()),
         ("--layers", a.layers.is_some()),
+        ("--dropout", a.dropout.is_some()),
+        ("--forget-bias-one", a.forget_bias_one),
         ("--activation", a.activation.is_some()),
         ("--batch", a.batch.is_some()),
         ("--seq-len", a.seq_len.is_some()),
@@ -326,6 +328,51 @@ pub(super) fn optimization(
     Ok((opt, lr, steps, schedule))
 }
 
+/// Completes `config` (whose sizes are set) with the cell options of fresh options, checks them,
+/// and gives the initial parameters (from `init`, or drawn with `seed`) and the dropout.
+pub(super) fn fresh_model(
+    a: &TrainArgs,
+    config: &mut ModelConfig,
+    init: Option<(&Checkpoint, &Path)>,
+    seed: u64,
+) -> anyhow::Result<(Vec<f32>, f32)> {
+    config.activation = a.activation.unwrap_or(super::ActivationArg::Tanh).into();
+    config.cell = a.cell.unwrap_or(super::CellArg::Rnn).into();
+    config.validate()?;
+    let dropout = a.dropout.unwrap_or(0.0);
+    Dropout {
+        p: dropout,
+        seed: 0,
+    }
+    .validate()?;
+    if a.forget_bias_one && config.cell != Cell::Lstm {
+        usage!("--forget-bias-one needs --cell lstm");
+    }
+    if a.forget_bias_one && init.is_some() {
+        usage!("--forget-bias-one sets a fresh initialisation; it cannot change an --init model");
+    }
+    if a.activation.is_some() && config.cell != Cell::Rnn {
+        usage!(
+            "--activation applies to --cell rnn only (the GRU and LSTM have fixed nonlinearities)"
+        );
+    }
+    let params = match init {
+        Some((c, p)) => {
+            c.check_config(config, p)?;
+            c.params.clone()
+        }
+        None => {
+            let layout = ParamLayout::new(config)?;
+            let mut params = init_params(config, &layout, seed);
+            if a.forget_bias_one {
+                set_forget_bias_one(config, &layout, &mut params)?;
+            }
+            params
+        }
+    };
+    Ok((params, dropout))
+}
+
 fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     let out = fresh_out(a)?;
     let val_frac = a.val_frac.unwrap_or(0.05);
@@ -365,16 +412,9 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         a.hidden.unwrap_or(128),
         a.layers.unwrap_or(1),
     );
-    config.activation = a.activation.unwrap_or(super::ActivationArg::Tanh).into();
-    config.validate()?;
     let seed = a.seed.unwrap_or(1);
-    let params = match (&init, &a.init) {
-        (Some(c), Some(p)) => {
-            c.check_config(&config, p)?;
-            c.params.clone()
-        }
-        _ => init_params(&config, &ParamLayout::new(&config)?, seed),
-    };
+    let checkpoint = init.as_ref().zip(a.init.as_deref());
+    let (params, dropout) = fresh_model(a, &mut config, checkpoint, seed)?;
     let (batch, seq_len) = (a.batch.unwrap_or(32), a.seq_len.unwrap_or(64));
     let n = corpus.len();
     let split = Split::of(&corpus, sequences, val_frac);
@@ -411,6 +451,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         val_frac,
         sequences,
         on_nan: on_nan(a),
+        dropout,
     };
     let (mut engine, note) = create_engine(a.device.into(), &config, &params)?;
     engine.reset_state(batch)?;
@@ -542,11 +583,15 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         run.sequences
     );
     eprintln!(
-        "model: rnn {:?} H={} layers={} ({} parameters); {:?} lr {} {:?}, clip {}, B={} T={}, {} steps",
-        s.config.activation,
+        "model: {} H={} layers={} ({} parameters), dropout {}; {:?} lr {} {:?}, clip {}, B={} T={}, {} steps",
+        match s.config.cell {
+            Cell::Rnn => format!("rnn {:?}", s.config.activation),
+            cell => format!("{cell:?}"),
+        },
         s.config.hidden_size,
         s.config.layers,
         s.engine.layout().len(),
+        run.dropout,
         run.optimizer.kind,
         run.lr,
         run.schedule,

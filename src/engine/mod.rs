@@ -3,7 +3,8 @@
 //! A training step is: `upload_batch`, `zero_grads`, `forward` (keeps the activations of all T
 //! steps, computes the loss and its gradient w.r.t. the outputs), `backward` (exact BPTT; gradients
 //! ACCUMULATE), `optimizer_step` (global norm, clipping, update over the flat buffer), then
-//! `carry_state` or `reset_state` before the next batch. The trainer, the sampler and the CLI are
+//! `carry_state` or `reset_state` before the next batch. `set_dropout` turns dropout between
+//! layers on (with a fresh seed per training step) or off (evaluation, sampling). The trainer, the sampler and the CLI are
 //! generic over [`Engine`]; an engine may record these calls and run them later, so only the
 //! read-back calls (`loss`, `params`, `grads`, `state`, ...) have to wait for the work.
 //!
@@ -158,6 +159,30 @@ impl LossStats {
     }
 }
 
+/// Dropout between stacked layers, as `torch.nn.RNN/GRU/LSTM(dropout=p)` applies it: on the
+/// outputs of every layer but the last, in training only. The mask is a function of `seed`, the
+/// layer and the element (see `engine::cpu::dropout`), the same on every engine; the trainer
+/// gives each step its own seed, so a resumed run draws the masks it would have drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    /// Probability of zeroing an element, in `[0, 1)`.
+    pub p: f32,
+    pub seed: u64,
+}
+
+impl Dropout {
+    /// Checks that `p` is a probability below 1.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.p) {
+            return Err(Error::Config(format!(
+                "dropout {} is not in [0, 1)",
+                self.p
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The engine contract: see the module docs for the order of calls.
 pub trait Engine {
     /// A short description of the engine and its device, for logs.
@@ -205,10 +230,22 @@ pub trait Engine {
     /// Makes the last forward's final state the initial state of the next forward (truncated BPTT:
     /// no gradient flows across).
     fn carry_state(&mut self) -> Result<()>;
-    /// Sets the initial state: `layers * B * H` values, layer-major then row-major.
+    /// Sets the initial state: `B * config.state_size_per_row()` values: h as `layers * B * H`
+    /// values, layer-major then row-major, followed for an LSTM by c in the same layout.
     fn set_state(&mut self, rows: usize, state: &[f32]) -> Result<()>;
-    /// Reads the initial state of the next forward (`layers * B * H`).
+    /// Reads the initial state of the next forward, laid out as [`Engine::set_state`] takes it.
     fn state(&mut self) -> Result<Vec<f32>>;
+    /// Dropout between layers for the following forward passes (`None`: off, as in evaluation
+    /// and sampling, and the initial setting). Engines without dropout refuse `p > 0`.
+    fn set_dropout(&mut self, dropout: Option<Dropout>) -> Result<()> {
+        match dropout {
+            Some(d) if d.p > 0.0 => Err(Error::Config(format!(
+                "{} does not support dropout",
+                self.describe()
+            ))),
+            _ => Ok(()),
+        }
+    }
     /// Output probabilities (after f2) of the last forward, `T * B * V` time-major.
     fn outputs(&mut self) -> Result<Vec<f32>>;
 }

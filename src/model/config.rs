@@ -21,6 +21,10 @@ pub enum Activation {
 pub enum Cell {
     /// The plain (Elman) cell of `torch.nn.RNN`: one gate, G = 1.
     Rnn,
+    /// `torch.nn.GRU`: gates r, z, n (G = 3), the reset applied after the recurrent matmul.
+    Gru,
+    /// `torch.nn.LSTM`: gates i, f, g, o (G = 4); the state is the pair (h, c).
+    Lstm,
 }
 
 impl Cell {
@@ -28,7 +32,14 @@ impl Cell {
     pub fn gates(self) -> usize {
         match self {
             Cell::Rnn => 1,
+            Cell::Gru => 3,
+            Cell::Lstm => 4,
         }
+    }
+
+    /// Whether the cell carries a memory c beside h (LSTM).
+    pub fn has_memory(self) -> bool {
+        self == Cell::Lstm
     }
 }
 
@@ -109,6 +120,14 @@ impl ModelConfig {
             )));
         }
         Ok(())
+    }
+
+    /// Values of the carried state per sequence (row): `layers * H` of h, and as many again of c
+    /// for an LSTM. The state is laid out as h of every layer (layer-major, then row-major),
+    /// followed by c in the same order.
+    pub fn state_size_per_row(&self) -> usize {
+        let parts = if self.cell.has_memory() { 2 } else { 1 };
+        parts * self.layers * self.hidden_size
     }
 
     /// Input size of layer `k` (the input size for layer 0, H above it).

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Sequences;
 use crate::data::vocab::Vocab;
+use crate::engine::Dropout;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::write_atomic;
 use crate::model::{ModelConfig, ParamLayout};
@@ -49,6 +50,20 @@ pub struct RunSpec {
     /// What to do when the loss or the gradient norm stops being finite.
     #[serde(default)]
     pub on_nan: OnNan,
+    /// Dropout between stacked layers (0: none); runs saved before it existed have none.
+    #[serde(default)]
+    pub dropout: f32,
+}
+
+impl RunSpec {
+    /// The dropout of training step `step` (0-based): its own mask seed from the run's seed, so
+    /// a resumed run draws the masks an uninterrupted one would. `None` without dropout.
+    pub fn dropout_at(&self, step: u64) -> Option<Dropout> {
+        (self.dropout > 0.0).then(|| Dropout {
+            p: self.dropout,
+            seed: self.seed ^ (step.wrapping_add(1)).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        })
+    }
 }
 
 /// What a run does when it diverges (a non-finite loss or gradient norm). Either way the update
@@ -107,8 +122,13 @@ pub struct TrainState {
     pub optimizer: OptimizerState,
     /// Rows (B) of the carried state.
     pub state_rows: usize,
-    /// The carried state, `layers * B * H`.
+    /// The carried state, `B * config.state_size_per_row()` (h, then c for an LSTM).
     pub state: Vec<f32>,
+}
+
+/// Leading dimension of the saved state: `layers` blocks of h, and as many of c for an LSTM.
+fn state_parts(config: &ModelConfig) -> usize {
+    config.state_size_per_row() / config.hidden_size
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -134,7 +154,7 @@ impl TrainState {
             ),
             (
                 "state",
-                vec![self.config.layers, self.state_rows, h],
+                vec![state_parts(&self.config), self.state_rows, h],
                 f32_bytes(&self.state),
             ),
         ];
@@ -223,7 +243,7 @@ impl TrainState {
         let (_, m) = tensor("optimizer.m", Some(&[n]))?;
         let (_, v) = tensor("optimizer.v", Some(&[n]))?;
         let (shape, state) = tensor("state", None)?;
-        if shape.len() != 3 || shape[0] != config.layers || shape[2] != config.hidden_size {
+        if shape.len() != 3 || shape[0] != state_parts(&config) || shape[2] != config.hidden_size {
             return Err(bad(format!("tensor state has shape {shape:?}")));
         }
         Ok(TrainState {

@@ -43,6 +43,7 @@ pub fn train_step(
 }
 
 /// Loss over every target of `set`, leaving the engine's carried training state as it was.
+/// Dropout is turned off.
 pub fn evaluate(engine: &mut dyn Engine, set: &dyn EvalSet) -> Result<LossStats> {
     evaluate_with(engine, set, None)
 }
@@ -58,7 +59,8 @@ pub fn evaluate_with(
     mut on_outputs: Option<OnOutputs>,
 ) -> Result<LossStats> {
     let saved = engine.state()?;
-    let per_row = engine.config().layers * engine.config().hidden_size;
+    engine.set_dropout(None)?;
+    let per_row = engine.config().state_size_per_row();
     let mut total = LossStats {
         sum: 0.0,
         count: 0.0,
@@ -222,7 +224,7 @@ impl Trainer<'_> {
     fn save(&mut self, progress: &Progress) -> Result<()> {
         let params = self.engine.params()?;
         let state = self.engine.state()?;
-        let per_row = self.engine.config().layers * self.engine.config().hidden_size;
+        let per_row = self.engine.config().state_size_per_row();
         TrainState {
             config: self.engine.config().clone(),
             vocab: self.vocab.cloned(),
@@ -320,6 +322,7 @@ impl Trainer<'_> {
         while progress.step < run.steps {
             let lr = progress.schedule.lr(&run.schedule, run.lr, progress.step) * progress.lr_scale;
             let (batch, reset) = train.next_batch()?;
+            self.engine.set_dropout(run.dropout_at(progress.step))?;
             train_step(self.engine, &batch, reset, &run.optimizer, lr)?;
             progress.step += 1;
             progress.position = train.position();
@@ -414,6 +417,7 @@ impl Trainer<'_> {
                     on_event(&Event::Saved { step });
                 }
                 metrics.plot()?;
+                self.engine.set_dropout(None)?;
                 return Ok(Outcome::Interrupted { step });
             }
         }
@@ -424,6 +428,8 @@ impl Trainer<'_> {
             self.save(&progress)?;
         }
         metrics.plot()?;
+        // Leave the engine as evaluation and sampling expect it.
+        self.engine.set_dropout(None)?;
         Ok(Outcome::Finished)
     }
 }

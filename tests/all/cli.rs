@@ -358,6 +358,26 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
         std::fs::read(Path::new(&out).join("model.safetensors")).unwrap(),
         before
     );
+    for (args, needle) in [
+        (
+            &["--cell", "gru", "--dropout", "1"][..],
+            "dropout 1 is not in [0, 1)",
+        ),
+        (
+            &["--cell", "gru", "--forget-bias-one"][..],
+            "needs --cell lstm",
+        ),
+        (
+            &["--cell", "lstm", "--activation", "relu"][..],
+            "--cell rnn only",
+        ),
+        (&["--cell", "cnn"][..], "cnn"),
+    ] {
+        let fresh = p("fresh");
+        let base = ["train", "--corpus", &corpus, "--out", &fresh];
+        misused(&[&base[..], args].concat(), needle);
+        assert!(!Path::new(&fresh).exists());
+    }
 }
 
 #[test]

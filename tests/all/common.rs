@@ -44,6 +44,19 @@ pub fn config(
     }
 }
 
+/// A model of `cell` (tanh for the plain cell) with the given kinds and sizes.
+pub fn cell_config(
+    cell: unroll::model::Cell,
+    input_kind: InputKind,
+    output_kind: OutputKind,
+    sizes: (usize, usize, usize, usize),
+) -> ModelConfig {
+    ModelConfig {
+        cell,
+        ..config(Activation::Tanh, input_kind, output_kind, sizes)
+    }
+}
+
 /// Uniform random values in `[-a, a)`.
 pub fn uniform(rng: &mut ChaCha8Rng, n: usize, a: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-a..a)).collect()

@@ -288,7 +288,7 @@ fn one_hot_input_gather_and_gradient_match_cpu() {
             let (b_ih, b_hh) = params[h * vocab..].split_at(h);
             let mut u_cpu = Array2::<f32>::zeros((n, h));
             let w_t = w_ih.t().as_standard_layout().into_owned();
-            cpu_rnn::input_gather_onehot(&tokens, w_t.view(), b_ih, b_hh, u_cpu.view_mut());
+            cpu_rnn::input_gather_onehot(&tokens, w_t.view(), b_ih, Some(b_hh), u_cpu.view_mut());
 
             let tok_buf = g.upload_u32(&rnn::token_buffer(&tokens, vocab));
             let p_buf = g.guarded(&params);
@@ -302,7 +302,7 @@ fn one_hot_input_gather_and_gradient_match_cpu() {
             let weights = rnn::Weights {
                 w: GUARD,
                 bias: GUARD + h * vocab,
-                bias2: GUARD + h * vocab + h,
+                bias2: Some(GUARD + h * vocab + h),
             };
             let call = rnn::input_gather_onehot(
                 &g.ctx,

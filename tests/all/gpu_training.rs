@@ -6,9 +6,9 @@
 use rand_chacha::ChaCha8Rng;
 use unroll::engine::cpu::CpuEngine;
 use unroll::engine::gpu::{GpuContext, GpuEngine, list_adapters};
-use unroll::engine::{Batch, Engine};
+use unroll::engine::{Batch, Dropout, Engine};
 use unroll::error::Error;
-use unroll::model::{Activation, InputKind, ModelConfig, OutputKind, ParamLayout};
+use unroll::model::{Activation, Cell, InputKind, ModelConfig, OutputKind, ParamLayout};
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
 
 use crate::common::{self, assert_close, to_f64};
@@ -292,30 +292,43 @@ fn a_non_finite_gradient_skips_the_update_and_is_reported() {
 
 #[test]
 fn a_training_step_is_one_submit_with_one_compute_pass() {
-    let cfg = ModelConfig::language_model(6, 5, 2);
-    let Some((_, mut gpu, mut rng)) = engines("one submit", &cfg) else {
-        return;
-    };
-    let opt = OptimizerConfig::new(OptimizerKind::Adam).with_clip(1.0);
-    let (steps, rows) = (4, 3);
-    gpu.reset_state(rows).unwrap();
-    for step in 0..3 {
-        let before = gpu.submit_counts();
-        let batch = common::random_batch(&mut rng, &cfg, steps, rows, None);
-        gpu.upload_batch(&batch).unwrap();
-        gpu.zero_grads().unwrap();
-        gpu.forward().unwrap();
-        gpu.backward().unwrap();
-        gpu.optimizer_step(&opt, 0.01).unwrap();
-        gpu.carry_state().unwrap();
-        let after = gpu.submit_counts();
-        assert_eq!(after.submits - before.submits, 1, "step {step}: submits");
-        assert_eq!(
-            after.passes - before.passes,
-            1,
-            "step {step}: compute passes"
-        );
-        // Per layer: T steps forward and back, an input projection and 3-4 gradient kernels.
-        assert!(after.dispatches - before.dispatches >= 2 * 2 * steps as u64);
+    for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
+        let cfg = ModelConfig {
+            cell,
+            ..ModelConfig::language_model(6, 5, 2)
+        };
+        let Some((_, mut gpu, mut rng)) = engines(&format!("one submit {cell:?}"), &cfg) else {
+            return;
+        };
+        let opt = OptimizerConfig::new(OptimizerKind::Adam).with_clip(1.0);
+        let (steps, rows) = (4, 3);
+        gpu.reset_state(rows).unwrap();
+        for step in 0..3 {
+            let before = gpu.submit_counts();
+            let batch = common::random_batch(&mut rng, &cfg, steps, rows, None);
+            gpu.set_dropout(Some(Dropout { p: 0.2, seed: step }))
+                .unwrap();
+            gpu.upload_batch(&batch).unwrap();
+            gpu.zero_grads().unwrap();
+            gpu.forward().unwrap();
+            gpu.backward().unwrap();
+            gpu.optimizer_step(&opt, 0.01).unwrap();
+            gpu.carry_state().unwrap();
+            let after = gpu.submit_counts();
+            assert_eq!(
+                after.submits - before.submits,
+                1,
+                "{cell:?} step {step}: submits"
+            );
+            assert_eq!(
+                after.passes - before.passes,
+                1,
+                "{cell:?} step {step}: compute passes"
+            );
+            // Per layer: T steps forward and back (two dispatches each for a gated cell: the
+            // recurrent matmul and the fused gates), an input projection and the gradients.
+            let per_step = if cell == Cell::Rnn { 1 } else { 2 };
+            assert!(after.dispatches - before.dispatches >= 2 * 2 * per_step * steps as u64);
+        }
     }
 }

@@ -1,23 +1,37 @@
 //! Every gradient of the CPU engine against central finite differences in f64.
 
-use unroll::engine::Engine;
 use unroll::engine::cpu::CpuEngine;
-use unroll::model::{Activation, InputKind, ModelConfig, OutputKind, ParamLayout, init_params};
+use unroll::engine::{Dropout, Engine};
+use unroll::model::{
+    Activation, Cell, InputKind, ModelConfig, OutputKind, ParamLayout, init_params,
+};
 
 use crate::common::{self, assert_close};
 
 /// Checks every parameter's gradient of `cfg` on a random masked batch with unequal lengths and
 /// a random carried-in initial state.
 fn check(cfg: &ModelConfig, steps: usize, rows: usize, name: &str) {
+    check_with_dropout(cfg, steps, rows, None, name)
+}
+
+/// [`check`] with dropout between the layers (a fixed mask, so the loss stays differentiable).
+fn check_with_dropout(
+    cfg: &ModelConfig,
+    steps: usize,
+    rows: usize,
+    dropout: Option<Dropout>,
+    name: &str,
+) {
     let mut rng = common::rng(name);
     let layout = ParamLayout::new(cfg).unwrap();
     let params = common::uniform(&mut rng, layout.len(), 0.6);
     let mut engine = CpuEngine::<f64>::new(cfg, &params).unwrap();
+    engine.set_dropout(dropout).unwrap();
     let lengths: Vec<usize> = (0..rows)
         .map(|b| if b == 0 { steps } else { 1 + (b * 7) % steps })
         .collect();
     let batch = common::random_batch(&mut rng, cfg, steps, rows, Some(&lengths));
-    let state = common::uniform(&mut rng, cfg.layers * rows * cfg.hidden_size, 0.8);
+    let state = common::uniform(&mut rng, rows * cfg.state_size_per_row(), 0.8);
     engine.set_state(rows, &state).unwrap();
     engine.upload_batch(&batch).unwrap();
     engine.zero_grads().unwrap();
@@ -105,6 +119,51 @@ fn gradients_match_finite_differences_at_one_step_and_one_row() {
     check(&cfg, 1, 1, "T=1 B=1");
 }
 
+/// Every parameter of a `cell` model, one and several layers, every input and output kind.
+fn check_cell(cell: Cell) {
+    for &(input, output, layers) in &[
+        (InputKind::OneHot, OutputKind::Softmax, 1),
+        (InputKind::OneHot, OutputKind::Softmax, 2),
+        (InputKind::Dense, OutputKind::Identity, 3),
+        (InputKind::Dense, OutputKind::Sigmoid, 1),
+    ] {
+        let cfg = common::cell_config(cell, input, output, (4, 3, 4, layers));
+        check(
+            &cfg,
+            5,
+            3,
+            &format!("{cell:?} {input:?} {output:?} layers={layers}"),
+        );
+    }
+}
+
+#[test]
+fn gru_gradients_match_finite_differences() {
+    check_cell(Cell::Gru);
+}
+
+#[test]
+fn lstm_gradients_match_finite_differences() {
+    check_cell(Cell::Lstm);
+}
+
+#[test]
+fn gated_gradients_match_finite_differences_at_one_step_and_one_row() {
+    for cell in [Cell::Gru, Cell::Lstm] {
+        let cfg = common::cell_config(cell, InputKind::OneHot, OutputKind::Softmax, (3, 2, 3, 2));
+        check(&cfg, 1, 1, &format!("{cell:?} T=1 B=1"));
+    }
+}
+
+#[test]
+fn gradients_with_dropout_match_finite_differences() {
+    for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
+        let cfg = common::cell_config(cell, InputKind::OneHot, OutputKind::Softmax, (4, 5, 4, 3));
+        let dropout = Some(Dropout { p: 0.3, seed: 11 });
+        check_with_dropout(&cfg, 4, 3, dropout, &format!("{cell:?} dropout"));
+    }
+}
+
 #[test]
 fn pytorch_initialisation_is_seeded_and_bounded() {
     let cfg = ModelConfig::language_model(65, 100, 2);
@@ -117,4 +176,47 @@ fn pytorch_initialisation_is_seeded_and_bounded() {
     let bound = 1.0 / (100f32).sqrt();
     assert!(a.iter().all(|v| v.abs() <= bound));
     assert!(a.iter().any(|v| v.abs() > 0.9 * bound));
+}
+
+#[test]
+fn gated_layouts_stack_the_gates_and_the_forget_bias_can_start_at_one() {
+    let (v, h) = (11, 6);
+    for (cell, g) in [(Cell::Gru, 3), (Cell::Lstm, 4)] {
+        let cfg = ModelConfig {
+            cell,
+            ..ModelConfig::language_model(v, h, 2)
+        };
+        let layout = ParamLayout::new(&cfg).unwrap();
+        let shape = |name: &str| layout.get(name).unwrap().shape.clone();
+        assert_eq!(shape("rnn.weight_ih_l0"), vec![g * h, v]);
+        assert_eq!(shape("rnn.weight_ih_l1"), vec![g * h, h]);
+        assert_eq!(shape("rnn.weight_hh_l1"), vec![g * h, h]);
+        assert_eq!(shape("rnn.bias_ih_l1"), vec![g * h]);
+        assert_eq!(shape("rnn.bias_hh_l0"), vec![g * h]);
+        let mut params = init_params(&cfg, &layout, 3);
+        let bound = 1.0 / (h as f32).sqrt();
+        assert!(params.iter().all(|p| p.abs() <= bound));
+        let result = unroll::model::set_forget_bias_one(&cfg, &layout, &mut params);
+        assert_eq!(result.is_ok(), cell == Cell::Lstm);
+        if cell == Cell::Lstm {
+            for k in 0..2 {
+                let lo = layout.layer(k);
+                assert!(
+                    params[lo.bias_ih + h..lo.bias_ih + 2 * h]
+                        .iter()
+                        .all(|&b| b == 1.0)
+                );
+                assert!(
+                    params[lo.bias_hh + h..lo.bias_hh + 2 * h]
+                        .iter()
+                        .all(|&b| b == 0.0)
+                );
+                assert!(
+                    params[lo.bias_ih..lo.bias_ih + h]
+                        .iter()
+                        .all(|&b| b.abs() <= bound)
+                );
+            }
+        }
+    }
 }

@@ -601,3 +601,54 @@ fn sigkill_while_checkpointing_always_leaves_a_loadable_resumable_run() {
         );
     }
 }
+
+#[test]
+fn gated_stacked_runs_with_dropout_resume_exactly_and_sample_and_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 200, "gated resume");
+    for (cell, extra) in [("gru", &[][..]), ("lstm", &["--forget-bias-one"][..])] {
+        let (whole, half) = (
+            dir.path().join(format!("{cell}-whole")),
+            dir.path().join(cell),
+        );
+        let model = [
+            &SMALL[..],
+            &[
+                "--corpus",
+                &corpus,
+                "--cell",
+                cell,
+                "--layers",
+                "2",
+                "--dropout",
+                "0.3",
+            ],
+            extra,
+        ]
+        .concat();
+        for (out, steps) in [(&whole, "12"), (&half, "5")] {
+            let args = ["--steps", steps, "--out", out.to_str().unwrap(), "--force"];
+            run_ok(&[&model[..], &args].concat());
+        }
+        let state = TrainState::load(&half).unwrap();
+        assert_eq!(
+            state.state.len(),
+            state.state_rows * state.config.state_size_per_row(),
+            "{cell}: the saved state holds h (and c)"
+        );
+        assert_eq!(state.run.dropout, 0.3);
+        let h = half.to_str().unwrap();
+        run_ok(&[
+            "train", "--resume", h, "--steps", "12", "--sample", "0", "--device", "cpu",
+        ]);
+        assert_eq!(
+            params(&half),
+            params(&whole),
+            "{cell}: 5 + resume 7 = 12 steps"
+        );
+        let cfg = Checkpoint::load(&half).unwrap().config;
+        assert_eq!(format!("{:?}", cfg.cell).to_lowercase(), cell);
+        run_ok(&["sample", "--model", h, "--length", "20", "--device", "cpu"]);
+        run_ok(&["eval", "--model", h, "--corpus", &corpus, "--device", "cpu"]);
+    }
+}

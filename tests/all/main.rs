@@ -3,6 +3,8 @@
 mod checkpoint;
 mod cli;
 mod common;
+mod gating;
+mod gpu_gated;
 mod gpu_kernels;
 mod gpu_training;
 mod gradcheck;
@@ -12,5 +14,6 @@ mod lm_data;
 mod padding;
 mod pairs_cli;
 mod pairs_data;
+mod pytorch;
 mod shaders;
 mod training;

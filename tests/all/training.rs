@@ -87,6 +87,7 @@ pub fn run_spec(
         val_frac: 0.1,
         sequences: Default::default(),
         on_nan: Default::default(),
+        dropout: 0.0,
     }
 }
 

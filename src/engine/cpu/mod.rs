@@ -5,21 +5,27 @@
 //! input-independent GEMMs run once over all `T * B` rows; only the recurrence is sequential.
 //!
 //! Shapes: T time steps, B rows, H state size, I input size, V output size, N = T * B.
-//! Layer k keeps its states as one [(T+1) * B, H] array whose first B rows are the initial state.
+//! Layer k keeps its states as one [(T+1) * B, H] array whose first B rows are the initial state
+//! (and an LSTM its memories c the same way); gated cells also keep their gate activations and
+//! recurrent pre-activations, [N, G*H] each.
 
+pub mod dropout;
+pub mod gru;
 pub mod loss;
+pub mod lstm;
 pub mod matmul;
 pub mod optim;
 pub mod reduce;
 pub mod rnn;
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, s};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
 
-use crate::engine::{Batch, Engine, Inputs, LossStats, Targets};
+use crate::engine::{Batch, Dropout, Engine, Inputs, LossStats, Targets};
 use crate::error::{Error, Result};
-use crate::model::{ModelConfig, OutputKind, ParamLayout};
+use crate::model::{Cell, ModelConfig, OutputKind, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState, clip_scale};
 
+use self::dropout::MaskKey;
 use self::matmul::matmul;
 
 /// The float types the CPU engine runs in (f32 and f64).
@@ -75,6 +81,19 @@ impl Float for f64 {
     }
 }
 
+/// The logistic function `1 / (1 + e^-x)` of the gates, written as the shaders write it.
+pub fn sigmoid<F: Float>(x: F) -> F {
+    F::one() / (F::one() + (-x).exp())
+}
+
+/// `tanh(x)` of the gated cells written as `2 σ(2x) - 1`: the same function to rounding (an
+/// absolute error of a few ulps of 1 near 0), at the cost of one `exp`, where the library
+/// `tanh` costs several times more and dominated the gated cells' element-wise work.
+pub fn tanh_via_sigmoid<F: Float>(x: F) -> F {
+    let two = F::one() + F::one();
+    two * sigmoid(two * x) - F::one()
+}
+
 /// The current batch converted to the engine's float type.
 struct PreparedBatch<F> {
     steps: usize,
@@ -86,10 +105,25 @@ struct PreparedBatch<F> {
     count: f64,
 }
 
+/// Activations of one layer in the last forward pass.
+struct LayerCache<F> {
+    /// h: [(T+1) * B, H], rows 0..B the initial state.
+    states: Array2<F>,
+    /// LSTM c: [(T+1) * B, H], rows 0..B the initial state.
+    cells: Option<Array2<F>>,
+    /// GRU (r, z, n) or LSTM (i, f, g, o) activations, [N, G*H]; empty for the tanh cell.
+    gates: Array2<F>,
+    /// Recurrent pre-activations `h_{t-1} W_hh^T + b_hh`, [N, G*H]; empty for the tanh cell.
+    a_hh: Array2<F>,
+    /// The input of layer k > 0 after dropout, [N, H]; `None` when no dropout is applied.
+    input: Option<Array2<F>>,
+}
+
 /// Activations of the last forward pass.
 struct Cache<F> {
-    /// Per layer: [(T+1) * B, H], rows 0..B the initial state.
-    states: Vec<Array2<F>>,
+    layers: Vec<LayerCache<F>>,
+    /// The dropout mask after each layer but the last.
+    masks: Vec<MaskKey>,
     /// Output probabilities (after f2), [N, V].
     outputs: Array2<F>,
     /// Gradient of the objective w.r.t. the logits, [N, V].
@@ -109,6 +143,9 @@ pub struct CpuEngine<F: Float = f32> {
     last_norm: f64,
     /// Initial state of the next forward: per layer [B, H].
     h0: Vec<Array2<F>>,
+    /// LSTM: initial memory of the next forward, per layer [B, H]; empty for other cells.
+    c0: Vec<Array2<F>>,
+    dropout: Option<Dropout>,
     batch: Option<PreparedBatch<F>>,
     cache: Option<Cache<F>>,
 }
@@ -143,6 +180,8 @@ impl<F: Float> CpuEngine<F> {
             opt_step: 0,
             last_norm: 0.0,
             h0: Vec::new(),
+            c0: Vec::new(),
+            dropout: None,
             batch: None,
             cache: None,
         };
@@ -262,56 +301,42 @@ impl<F: Float> Engine for CpuEngine<F> {
         let cfg = &self.config;
         let (t_len, b, h) = (batch.steps, batch.rows, cfg.hidden_size);
         let n = t_len * b;
-        let gh = cfg.cell.gates() * h;
-        let p = &self.params;
-        let mut states: Vec<Array2<F>> = Vec::with_capacity(cfg.layers);
+        let masks: Vec<MaskKey> = (0..cfg.layers.saturating_sub(1))
+            .map(|k| MaskKey::new(self.dropout, k))
+            .collect();
+        let mut layers: Vec<LayerCache<F>> = Vec::with_capacity(cfg.layers);
         for k in 0..cfg.layers {
-            let lo = self.layout.layer(k);
-            let input = cfg.layer_input_size(k);
-            let w_ih = view(p, lo.weight_ih, gh, input);
-            let w_hh = view(p, lo.weight_hh, gh, h);
-            let b_ih = &p[lo.bias_ih..lo.bias_ih + gh];
-            let b_hh = &p[lo.bias_hh..lo.bias_hh + gh];
-            let mut s_all = Array2::<F>::zeros(((t_len + 1) * b, h));
-            s_all.slice_mut(s![0..b, ..]).assign(&self.h0[k]);
-            // Input projection over all N rows at once, written where the states will go.
-            {
-                let u = s_all.slice_mut(s![b.., ..]);
-                match (k, &batch.tokens, &batch.dense) {
-                    (0, Some(tokens), _) => {
-                        let w_ih_t = w_ih.t().as_standard_layout().into_owned();
-                        rnn::input_gather_onehot(tokens, w_ih_t.view(), b_ih, b_hh, u);
-                    }
-                    (0, None, Some(x)) => {
-                        rnn::input_projection_dense(x.view(), w_ih, b_ih, b_hh, u)
-                    }
-                    _ => {
-                        let below = &states[k - 1];
-                        rnn::input_projection_dense(below.slice(s![b.., ..]), w_ih, b_ih, b_hh, u)
-                    }
-                }
-            }
-            // The recurrence, one time step at a time.
-            for t in 0..t_len {
-                let (prev, mut cur) = s_all.view_mut().split_at(ndarray::Axis(0), (t + 1) * b);
-                let prev = prev.slice(s![t * b.., ..]);
-                let mut cur = cur.slice_mut(s![0..b, ..]);
-                let u_t = cur.to_owned();
-                rnn::rnn_step_forward(
-                    u_t.view(),
-                    prev.view(),
-                    w_hh,
-                    cfg.activation,
-                    cur.view_mut(),
-                );
-            }
-            states.push(s_all);
+            // The input of layer k > 0: the states of layer k-1, through dropout when it is on.
+            let mask = k.checked_sub(1).and_then(|j| masks.get(j));
+            let input = mask.filter(|m| !m.is_identity()).map(|&m| {
+                let mut x = Array2::<F>::zeros((n, h));
+                let below = layers[k - 1].states.slice(s![b.., ..]);
+                dropout::dropout_forward(below, m, x.view_mut());
+                x
+            });
+            let below = match (&input, k) {
+                (Some(x), _) => Some(x.view()),
+                (None, 0) => None,
+                (None, _) => Some(layers[k - 1].states.slice(s![b.., ..])),
+            };
+            let c0 = self.c0.get(k);
+            let layer = layer_forward(
+                cfg,
+                &self.layout,
+                &self.params,
+                k,
+                batch,
+                below,
+                (&self.h0[k], c0),
+            );
+            layers.push(LayerCache { input, ..layer });
         }
         // Output projection over all N rows, then the fused output nonlinearity + loss + gradient.
+        let p = &self.params;
         let v = cfg.output_size;
         let w_o = view(p, self.layout.out_weight(), v, h);
         let b_o = &p[self.layout.out_bias()..self.layout.out_bias() + v];
-        let top = states[cfg.layers - 1].slice(s![b.., ..]);
+        let top = layers[cfg.layers - 1].states.slice(s![b.., ..]);
         let mut logits = Array2::<F>::zeros((n, v));
         for mut row in logits.outer_iter_mut() {
             row.assign(&ndarray::ArrayView1::from(b_o));
@@ -337,7 +362,8 @@ impl<F: Float> Engine for CpuEngine<F> {
             _ => return Err(Error::Shape("targets do not match the output kind".into())),
         };
         self.cache = Some(Cache {
-            states,
+            layers,
+            masks,
             outputs: logits,
             dlogits,
             loss: LossStats {
@@ -358,14 +384,17 @@ impl<F: Float> Engine for CpuEngine<F> {
             .cache
             .as_ref()
             .ok_or_else(|| Error::Config("backward called before forward".into()))?;
-        let batch = self.batch.as_ref().expect("a cache implies a batch");
+        let batch = self
+            .batch
+            .as_ref()
+            .ok_or_else(|| Error::Config("backward called before upload_batch".into()))?;
         let cfg = &self.config;
         let (t_len, b, h, v) = (batch.steps, batch.rows, cfg.hidden_size, cfg.output_size);
         let n = t_len * b;
         let gh = cfg.cell.gates() * h;
         let p = &self.params;
         let g = &mut self.grads;
-        let top = cache.states[cfg.layers - 1].slice(s![b.., ..]);
+        let top = cache.layers[cfg.layers - 1].states.slice(s![b.., ..]);
         // Output layer: dW_o += dlogits^T S, db_o += colsum(dlogits), dS = dlogits W_o.
         let (ow, ob) = (self.layout.out_weight(), self.layout.out_bias());
         matmul(cache.dlogits.t(), top, &mut view_mut(g, ow, v, h), true);
@@ -380,57 +409,58 @@ impl<F: Float> Engine for CpuEngine<F> {
         for k in (0..cfg.layers).rev() {
             let lo = self.layout.layer(k);
             let input = cfg.layer_input_size(k);
-            let w_hh = view(p, lo.weight_hh, gh, h);
-            let s_all = &cache.states[k];
-            // BPTT, in place: ds becomes dz, from the last step to the first.
-            for t in (0..t_len).rev() {
-                let (cur, next) = ds.view_mut().split_at(ndarray::Axis(0), (t + 1) * b);
-                let mut dz_t = cur.slice_move(s![t * b.., ..]);
-                let dz_next = (t + 1 < t_len).then(|| next.slice(s![0..b, ..]));
-                let s_t = s_all.slice(s![(t + 1) * b..(t + 2) * b, ..]);
-                rnn::rnn_step_backward(None, dz_next, w_hh, s_t, cfg.activation, dz_t.view_mut());
-            }
-            let dz = ds.view();
+            let lc = &cache.layers[k];
+            // BPTT through the layer: the gradients of the input-side and recurrent-side
+            // pre-activations, [N, G*H] each (the same array for the tanh cell and the LSTM).
+            let (da_ih, da_hh) = layer_backward(cfg, view(p, lo.weight_hh, gh, h), lc, b, ds);
+            let da_hh = da_hh.as_ref().unwrap_or(&da_ih);
             // Weight gradients over all N rows at once.
             matmul(
-                dz.t(),
-                s_all.slice(s![0..n, ..]),
+                da_hh.t(),
+                lc.states.slice(s![0..n, ..]),
                 &mut view_mut(g, lo.weight_hh, gh, h),
                 true,
             );
-            reduce::column_sums_accumulate(dz, &mut g[lo.bias_ih..lo.bias_ih + gh]);
-            reduce::column_sums_accumulate(dz, &mut g[lo.bias_hh..lo.bias_hh + gh]);
+            reduce::column_sums_accumulate(da_ih.view(), &mut g[lo.bias_ih..lo.bias_ih + gh]);
+            reduce::column_sums_accumulate(da_hh.view(), &mut g[lo.bias_hh..lo.bias_hh + gh]);
             match (k, &batch.tokens, &batch.dense) {
                 (0, Some(tokens), _) => {
                     let mut dw_t = Array2::<F>::zeros((input, gh));
-                    rnn::input_grad_onehot(tokens, dz, dw_t.view_mut());
+                    rnn::input_grad_onehot(tokens, da_ih.view(), dw_t.view_mut());
                     let mut dst = view_mut(g, lo.weight_ih, gh, input);
                     dst += &dw_t.t();
                 }
                 (0, None, Some(x)) => matmul(
-                    dz.t(),
+                    da_ih.t(),
                     x.view(),
                     &mut view_mut(g, lo.weight_ih, gh, input),
                     true,
                 ),
                 _ => {
-                    let below = cache.states[k - 1].slice(s![b.., ..]);
+                    let below = match &lc.input {
+                        Some(x) => x.view(),
+                        None => cache.layers[k - 1].states.slice(s![b.., ..]),
+                    };
                     matmul(
-                        dz.t(),
+                        da_ih.t(),
                         below,
                         &mut view_mut(g, lo.weight_ih, gh, input),
                         true,
                     );
                 }
             }
+            ds = Array2::<F>::zeros((0, h));
             if k > 0 {
                 let mut ds_below = Array2::<F>::zeros((n, h));
                 matmul(
-                    dz,
+                    da_ih.view(),
                     view(p, lo.weight_ih, gh, input),
                     &mut ds_below.view_mut(),
                     false,
                 );
+                if lc.input.is_some() {
+                    dropout::dropout_backward(cache.masks[k - 1], ds_below.view_mut());
+                }
                 ds = ds_below;
             }
         }
@@ -499,9 +529,13 @@ impl<F: Float> Engine for CpuEngine<F> {
         if rows == 0 {
             return Err(Error::Shape("the state needs at least one row".into()));
         }
-        self.h0 = (0..self.config.layers)
-            .map(|_| Array2::zeros((rows, self.config.hidden_size)))
-            .collect();
+        let zeros = |_| Array2::zeros((rows, self.config.hidden_size));
+        self.h0 = (0..self.config.layers).map(zeros).collect();
+        self.c0 = if self.config.cell.has_memory() {
+            (0..self.config.layers).map(zeros).collect()
+        } else {
+            Vec::new()
+        };
         Ok(())
     }
 
@@ -511,19 +545,31 @@ impl<F: Float> Engine for CpuEngine<F> {
             .as_ref()
             .ok_or_else(|| Error::Config("carry_state called before forward".into()))?;
         let b = self.rows();
-        for (h0, s_all) in self.h0.iter_mut().zip(&cache.states) {
-            let last = s_all.nrows() - b;
-            h0.assign(&s_all.slice(s![last.., ..]));
+        for (k, lc) in cache.layers.iter().enumerate() {
+            let last = lc.states.nrows() - b;
+            self.h0[k].assign(&lc.states.slice(s![last.., ..]));
+            if let (Some(c0), Some(cells)) = (self.c0.get_mut(k), &lc.cells) {
+                c0.assign(&cells.slice(s![last.., ..]));
+            }
         }
         Ok(())
     }
 
     fn set_state(&mut self, rows: usize, state: &[f32]) -> Result<()> {
-        let h = self.config.hidden_size;
-        check_len("state", state.len(), self.config.layers * rows * h)?;
+        check_len(
+            "state",
+            state.len(),
+            rows * self.config.state_size_per_row(),
+        )?;
         self.reset_state(rows)?;
-        for (k, h0) in self.h0.iter_mut().enumerate() {
-            for (d, &s) in h0.iter_mut().zip(&state[k * rows * h..(k + 1) * rows * h]) {
+        let per_part = rows * self.config.hidden_size;
+        for (a, src) in self
+            .h0
+            .iter_mut()
+            .chain(self.c0.iter_mut())
+            .zip(state.chunks_exact(per_part))
+        {
+            for (d, &s) in a.iter_mut().zip(src) {
                 *d = F::from_f32_lossless(s);
             }
         }
@@ -534,8 +580,17 @@ impl<F: Float> Engine for CpuEngine<F> {
         Ok(self
             .h0
             .iter()
+            .chain(self.c0.iter())
             .flat_map(|a| a.iter().map(|v| v.to_f32_lossy()))
             .collect())
+    }
+
+    fn set_dropout(&mut self, dropout: Option<Dropout>) -> Result<()> {
+        if let Some(d) = dropout {
+            d.validate()?;
+        }
+        self.dropout = dropout;
+        Ok(())
     }
 
     fn outputs(&mut self) -> Result<Vec<f32>> {
@@ -546,4 +601,163 @@ impl<F: Float> Engine for CpuEngine<F> {
             .map(|v| v.to_f32_lossy())
             .collect())
     }
+}
+
+/// One layer's forward pass over all T steps: the input projection over all N rows at once
+/// (a column gather for one-hot input), then the recurrence one step at a time. `below` is the
+/// input of layer k > 0 ([N, H]); layer 0 reads the batch. `init` is (h0, c0), [B, H] each.
+fn layer_forward<F: Float>(
+    cfg: &ModelConfig,
+    layout: &ParamLayout,
+    p: &[F],
+    k: usize,
+    batch: &PreparedBatch<F>,
+    below: Option<ArrayView2<F>>,
+    (h0, c0): (&Array2<F>, Option<&Array2<F>>),
+) -> LayerCache<F> {
+    let (t_len, b, h) = (batch.steps, batch.rows, cfg.hidden_size);
+    let n = t_len * b;
+    let gh = cfg.cell.gates() * h;
+    let lo = layout.layer(k);
+    let input = cfg.layer_input_size(k);
+    let w_ih = view(p, lo.weight_ih, gh, input);
+    let w_hh = view(p, lo.weight_hh, gh, h);
+    let b_ih = &p[lo.bias_ih..lo.bias_ih + gh];
+    let b_hh = &p[lo.bias_hh..lo.bias_hh + gh];
+    let gated = cfg.cell != Cell::Rnn;
+    let mut states = Array2::<F>::zeros(((t_len + 1) * b, h));
+    states.slice_mut(s![0..b, ..]).assign(h0);
+    // Input projection over all N rows at once: the tanh cell writes it where its states go
+    // (with both biases), a gated cell into its gate array (b_hh joins the recurrent product).
+    let mut gates = Array2::<F>::zeros(if gated { (n, gh) } else { (0, 0) });
+    {
+        let (u, second) = if gated {
+            (gates.view_mut(), None)
+        } else {
+            (states.slice_mut(s![b.., ..]), Some(b_hh))
+        };
+        match (below, &batch.tokens, &batch.dense) {
+            (None, Some(tokens), _) => {
+                let w_ih_t = w_ih.t().as_standard_layout().into_owned();
+                rnn::input_gather_onehot(tokens, w_ih_t.view(), b_ih, second, u);
+            }
+            (None, _, Some(x)) => rnn::input_projection_dense(x.view(), w_ih, b_ih, second, u),
+            (Some(x), _, _) => rnn::input_projection_dense(x, w_ih, b_ih, second, u),
+            (None, None, None) => {}
+        }
+    }
+    let mut a_hh = Array2::<F>::zeros(if gated { (n, gh) } else { (0, 0) });
+    let mut cells = c0.map(|c0| {
+        let mut c = Array2::<F>::zeros(((t_len + 1) * b, h));
+        c.slice_mut(s![0..b, ..]).assign(c0);
+        c
+    });
+    // The recurrence, one time step at a time.
+    for t in 0..t_len {
+        let rows = t * b..(t + 1) * b;
+        let (prev, mut cur) = states.view_mut().split_at(Axis(0), (t + 1) * b);
+        let h_prev = prev.slice(s![t * b.., ..]);
+        let h_t = cur.slice_mut(s![0..b, ..]);
+        if !gated {
+            let u_t = h_t.to_owned();
+            rnn::rnn_step_forward(u_t.view(), h_prev.view(), w_hh, cfg.activation, h_t);
+            continue;
+        }
+        // All gates' recurrent pre-activations in one product: a_hh = h_{t-1} W_hh^T + b_hh.
+        let mut a_hh_t = a_hh.slice_mut(s![rows.clone(), ..]);
+        for mut row in a_hh_t.outer_iter_mut() {
+            row.assign(&ndarray::ArrayView1::from(b_hh));
+        }
+        matmul(h_prev.view(), w_hh.t(), &mut a_hh_t, true);
+        let gates_t = gates.slice_mut(s![rows, ..]);
+        match cells.as_mut() {
+            Some(c) => {
+                let (c_prev, mut c_cur) = c.view_mut().split_at(Axis(0), (t + 1) * b);
+                lstm::lstm_step_forward(
+                    gates_t,
+                    a_hh_t.view(),
+                    c_prev.slice(s![t * b.., ..]),
+                    c_cur.slice_mut(s![0..b, ..]),
+                    h_t,
+                );
+            }
+            None => gru::gru_step_forward(gates_t, a_hh_t.view(), h_prev.view(), h_t),
+        }
+    }
+    LayerCache {
+        states,
+        cells,
+        gates,
+        a_hh,
+        input: None,
+    }
+}
+
+/// One layer's BPTT over all T steps, from the last step to the first. `ds` [N, H] is the
+/// gradient reaching the layer's outputs h_1..h_T from above. Returns the gradients of the
+/// input-side pre-activations [N, G*H] and, for the GRU, of the recurrent-side ones (for the
+/// tanh cell and the LSTM they are the same array).
+fn layer_backward<F: Float>(
+    cfg: &ModelConfig,
+    w_hh: ArrayView2<F>,
+    lc: &LayerCache<F>,
+    b: usize,
+    mut ds: Array2<F>,
+) -> (Array2<F>, Option<Array2<F>>) {
+    let n = ds.nrows();
+    let t_len = n / b;
+    if cfg.cell == Cell::Rnn {
+        // In place: ds becomes dz.
+        for t in (0..t_len).rev() {
+            let (cur, next) = ds.view_mut().split_at(Axis(0), (t + 1) * b);
+            let mut dz_t = cur.slice_move(s![t * b.., ..]);
+            let dz_next = (t + 1 < t_len).then(|| next.slice(s![0..b, ..]));
+            let s_t = lc.states.slice(s![(t + 1) * b..(t + 2) * b, ..]);
+            rnn::rnn_step_backward(None, dz_next, w_hh, s_t, cfg.activation, dz_t.view_mut());
+        }
+        return (ds, None);
+    }
+    let gh = lc.gates.ncols();
+    let mut da_ih = Array2::<F>::zeros((n, gh));
+    let mut da_hh = Array2::<F>::zeros(if lc.cells.is_some() { (0, 0) } else { (n, gh) });
+    let mut dc = Array2::<F>::zeros((b, cfg.hidden_size));
+    for t in (0..t_len).rev() {
+        let rows = t * b..(t + 1) * b;
+        let (before, cur) = ds.view_mut().split_at(Axis(0), t * b);
+        let dh = cur.slice(s![0..b, ..]);
+        let mut dh_prev = (t > 0).then(|| before.slice_move(s![(t - 1) * b.., ..]));
+        let gates_t = lc.gates.slice(s![rows.clone(), ..]);
+        let h_prev = lc.states.slice(s![t * b..(t + 1) * b, ..]);
+        let da_rec = match &lc.cells {
+            Some(c) => {
+                lstm::lstm_step_backward(
+                    gates_t,
+                    c.slice(s![t * b..(t + 1) * b, ..]),
+                    c.slice(s![(t + 1) * b..(t + 2) * b, ..]),
+                    dh,
+                    dc.view_mut(),
+                    da_ih.slice_mut(s![rows.clone(), ..]),
+                );
+                da_ih.slice(s![rows, ..])
+            }
+            None => {
+                gru::gru_step_backward(
+                    gates_t,
+                    lc.a_hh.slice(s![rows.clone(), ..]),
+                    h_prev,
+                    dh,
+                    da_ih.slice_mut(s![rows.clone(), ..]),
+                    da_hh.slice_mut(s![rows.clone(), ..]),
+                    dh_prev.as_mut().map(|d| d.view_mut()),
+                );
+                da_hh.slice(s![rows, ..])
+            }
+        };
+        // The recurrent part of the previous state's gradient: dh_{t-1} += da_hh W_hh.
+        if let Some(dp) = dh_prev.as_mut() {
+            matmul(da_rec, w_hh, dp, true);
+        }
+    }
+    let da_hh = lc.cells.is_none().then_some(da_hh);
+    (da_ih, da_hh)
 }

@@ -8,35 +8,36 @@ use crate::engine::cpu::matmul::matmul;
 use crate::model::Activation;
 
 /// One-hot input projection (a column gather, no matmul):
-/// `U[r, :] = W_ih[:, tok_r] + b_ih + b_hh`.
+/// `U[r, :] = W_ih[:, tok_r] + b_ih (+ b_hh)`; the gated cells leave b_hh to the recurrent
+/// product (`b_hh = None`).
 /// Shapes: `w_ih_t` is W_ih TRANSPOSED, [I, GH]; `u` [N, GH]; `tokens` N ids < I.
 pub fn input_gather_onehot<F: Float>(
     tokens: &[u32],
     w_ih_t: ArrayView2<F>,
     b_ih: &[F],
-    b_hh: &[F],
+    b_hh: Option<&[F]>,
     mut u: ArrayViewMut2<F>,
 ) {
     for (mut row, &tok) in u.outer_iter_mut().zip(tokens) {
         let w = w_ih_t.row(tok as usize);
         for (j, o) in row.iter_mut().enumerate() {
-            *o = w[j] + b_ih[j] + b_hh[j];
+            *o = w[j] + b_ih[j] + b_hh.map_or(F::zero(), |b| b[j]);
         }
     }
 }
 
-/// Dense input projection over all rows at once: `U = X W_ih^T + b_ih + b_hh`.
+/// Dense input projection over all rows at once: `U = X W_ih^T + b_ih (+ b_hh)`.
 /// Shapes: X [N, I], W_ih [GH, I], U [N, GH].
 pub fn input_projection_dense<F: Float>(
     x: ArrayView2<F>,
     w_ih: ArrayView2<F>,
     b_ih: &[F],
-    b_hh: &[F],
+    b_hh: Option<&[F]>,
     mut u: ArrayViewMut2<F>,
 ) {
     for mut row in u.outer_iter_mut() {
         for (j, o) in row.iter_mut().enumerate() {
-            *o = b_ih[j] + b_hh[j];
+            *o = b_ih[j] + b_hh.map_or(F::zero(), |b| b[j]);
         }
     }
     matmul(x, w_ih.t(), &mut u, true);

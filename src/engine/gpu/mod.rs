@@ -2,10 +2,13 @@
 //!
 //! Parameters, gradients and the two optimizer moments are four flat storage buffers in
 //! `ParamLayout` order. Per batch shape (T, B) the engine allocates once the batch buffers, the
-//! per-layer state buffers `[(T+1) * B, H]` (rows 0..B the initial state), the logits and their
-//! gradient, and builds three plans: forward (input projection over all N rows, T step kernels,
-//! output GEMM, fused loss, loss sum), backward (output GEMMs, T BPTT steps and the weight
-//! gradients per layer) and the optimizer (norm, update). Engine calls append to a recorder;
+//! per-layer state buffers `[(T+1) * B, H]` (rows 0..B the initial state; an LSTM's memories c
+//! alike), a gated layer's gate activations and recurrent pre-activations `[N, G*H]`, the logits
+//! and their gradient, and builds three plans: forward (dropout of the layer below, input
+//! projection over all N rows, T steps, output GEMM, fused loss, loss sum), backward (output
+//! GEMMs, T BPTT steps, the weight gradients and the gradient of the layer below per layer) and
+//! the optimizer (norm, update). A tanh step is one kernel; a gated step is one matmul for the
+//! recurrent pre-activations of all gates and one fused gate kernel, forward and backward. Engine calls append to a recorder;
 //! `optimizer_step` submits the whole step as one command buffer with one compute pass, and
 //! only read-backs wait for the device. The initial states live in their own buffer, so a
 //! carried state never leaves the device.
@@ -19,7 +22,10 @@
 
 pub mod buffers;
 pub mod context;
+pub mod dropout;
+pub mod gru;
 pub mod loss;
+pub mod lstm;
 pub mod matmul;
 pub mod optim;
 pub mod pipelines;
@@ -30,13 +36,15 @@ pub mod shaders;
 
 use std::collections::HashMap;
 
-use crate::engine::{Batch, Engine, Inputs, LossStats, Targets};
+use crate::engine::cpu::dropout::MaskKey;
+use crate::engine::{Batch, Dropout, Engine, Inputs, LossStats, Targets};
 use crate::error::{Error, Result};
-use crate::model::{InputKind, ModelConfig, ParamLayout};
+use crate::model::{Cell, InputKind, ModelConfig, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState};
 
 use self::buffers::{at, read, storage, storage_with, write};
 pub use self::context::{AdapterSummary, GpuContext, list_adapters};
+use self::gru::GateStep;
 use self::matmul::{Biases, matmul, plain, transposed};
 use self::pipelines::Pipelines;
 use self::plan::{Call, Op, Plan, Recorder};
@@ -64,8 +72,45 @@ struct Shape {
     backward: Plan,
     /// Index of the loss dispatch in `forward` (its arguments carry the batch's count).
     loss_index: usize,
+    /// LSTM: per layer the memories [(T+1) * B, H]; empty for the other cells.
+    cells: Vec<wgpu::Buffer>,
+    /// The dropout dispatches, whose arguments change with the dropout setting.
+    dropout_slots: Vec<DropoutSlot>,
     /// When it was last made current (for eviction).
     last_used: u64,
+}
+
+/// A dropout dispatch inside a plan.
+struct DropoutSlot {
+    /// In the forward plan (else the backward plan).
+    forward: bool,
+    index: usize,
+    n: usize,
+    offsets: (usize, usize),
+    /// The mask after this layer.
+    boundary: usize,
+}
+
+/// `ds[t-1] += da_t W_hh` for step t of a gated layer: the recurrent part of the previous
+/// state's gradient, ONE matmul for all gates. Sizes (B, H, G*H).
+fn recurrent_grad(
+    ctx: &GpuContext,
+    (rows, h, gh): (usize, usize, usize),
+    p: &wgpu::Buffer,
+    lo: crate::model::LayerOffsets,
+    da: &wgpu::Buffer,
+    ds: &wgpu::Buffer,
+    t: usize,
+) -> Result<Call> {
+    matmul(
+        ctx,
+        (rows, h, gh),
+        plain(at(da, t * rows * gh)),
+        plain(at(p, lo.weight_hh)),
+        at(ds, (t - 1) * rows * h),
+        None,
+        true,
+    )
 }
 
 /// The GPU engine.
@@ -80,8 +125,10 @@ pub struct GpuEngine {
     moment_v: wgpu::Buffer,
     /// Result slots (loss sum, gradient norm) and partial sums.
     scratch: wgpu::Buffer,
-    /// Initial states of the next forward: per layer [B, H], layer-major.
+    /// Initial states of the next forward: per layer [B, H], layer-major, then (LSTM) the
+    /// memories c in the same layout.
     h0: wgpu::Buffer,
+    dropout: Option<Dropout>,
     rows: usize,
     shapes: HashMap<(usize, usize), Shape>,
     /// Counts `use_shape` calls, to find the least recently used shape.
@@ -138,7 +185,7 @@ impl GpuEngine {
             )?,
         )?);
         let optim = Plan::build(&ctx, &mut pipes, "optimizer", calls)?;
-        let h0 = storage(&ctx, "h0", config.layers * config.hidden_size)?;
+        let h0 = storage(&ctx, "h0", config.state_size_per_row())?;
         Ok(GpuEngine {
             ctx,
             pipes,
@@ -150,6 +197,7 @@ impl GpuEngine {
             moment_v,
             scratch,
             h0,
+            dropout: None,
             rows: 1,
             shapes: HashMap::new(),
             use_tick: 0,
@@ -192,6 +240,8 @@ impl GpuEngine {
         let ctx = &self.ctx;
         let cfg = &self.config;
         let (h, v, i0) = (cfg.hidden_size, cfg.output_size, cfg.input_size);
+        let gh = cfg.cell.gates() * h;
+        let gated = cfg.cell != Cell::Rnn;
         let n = steps * rows;
         let inputs = match cfg.input_kind {
             InputKind::OneHot => storage(ctx, "tokens", TokenLayout::new(n, i0).len())?,
@@ -202,9 +252,27 @@ impl GpuEngine {
             _ => storage(ctx, "targets", n * v)?,
         };
         let mask = storage(ctx, "mask", n)?;
-        let states = (0..cfg.layers)
-            .map(|k| storage(ctx, &format!("states_l{k}"), (steps + 1) * rows * h))
-            .collect::<Result<Vec<_>>>()?;
+        let per_layer = |name: &str, len: usize, on: bool| -> Result<Vec<wgpu::Buffer>> {
+            if !on {
+                return Ok(Vec::new());
+            }
+            (0..cfg.layers)
+                .map(|k| storage(ctx, &format!("{name}_l{k}"), len))
+                .collect()
+        };
+        let states = per_layer("states", (steps + 1) * rows * h, true)?;
+        let cells = per_layer("cells", (steps + 1) * rows * h, cfg.cell == Cell::Lstm)?;
+        let gates = per_layer("gates", n * gh, gated)?;
+        let a_hh = per_layer("a_hh", n * gh, gated)?;
+        // The input of layer k > 0 after dropout (an unscaled copy when dropout is off).
+        let dropped = per_layer("dropped", n * h, cfg.layers > 1)?;
+        let da_ih = gated.then(|| storage(ctx, "da_ih", n * gh)).transpose()?;
+        let da_hh = (cfg.cell == Cell::Gru)
+            .then(|| storage(ctx, "da_hh", n * gh))
+            .transpose()?;
+        let dc = (cfg.cell == Cell::Lstm)
+            .then(|| storage(ctx, "dc", rows * h))
+            .transpose()?;
         let logits = storage(ctx, "logits", n * v)?;
         let dlogits = storage(ctx, "dlogits", n * v)?;
         let row_loss = storage(ctx, "row_loss", n)?;
@@ -217,62 +285,118 @@ impl GpuEngine {
             if k == 0 {
                 plain(at(&inputs, 0))
             } else {
-                plain(at(&states[k - 1], rows * h))
+                plain(at(&dropped[k], 0))
             }
         };
-
-        let dims = |k: usize| Dims {
-            rows,
-            hidden: h,
-            inputs: cfg.layer_input_size(k),
-            n,
-        };
+        let mut dropout_slots = Vec::new();
 
         // Forward: per layer the input projection over all N rows, then T steps.
         let mut fwd: Vec<Call> = Vec::new();
         for k in 0..cfg.layers {
             let lo = lay.layer(k);
             let ik = cfg.layer_input_size(k);
-            let d = dims(k);
-            let weights = Weights {
-                w: lo.weight_ih,
-                bias: lo.bias_ih,
-                bias2: lo.bias_hh,
+            let d = Dims {
+                rows,
+                hidden: gh,
+                inputs: ik,
+                n,
+            };
+            if k > 0 {
+                let key = MaskKey::new(self.dropout, k - 1);
+                dropout_slots.push(DropoutSlot {
+                    forward: true,
+                    index: fwd.len(),
+                    n: n * h,
+                    offsets: (rows * h, 0),
+                    boundary: k - 1,
+                });
+                fwd.push(dropout::dropout_forward(
+                    ctx,
+                    n * h,
+                    at(&states[k - 1], rows * h),
+                    at(&dropped[k], 0),
+                    key,
+                )?);
+            }
+            // The tanh cell projects into its state rows with both biases; a gated cell into
+            // its gate array with b_ih only (b_hh joins the recurrent product).
+            let (proj, bias2) = if gated {
+                (at(&gates[k], 0), None)
+            } else {
+                (at(&states[k], rows * h), Some(lo.bias_hh))
             };
             if k == 0 && cfg.input_kind == InputKind::OneHot {
+                let weights = Weights {
+                    w: lo.weight_ih,
+                    bias: lo.bias_ih,
+                    bias2,
+                };
                 fwd.push(rnn::input_gather_onehot(
                     ctx,
                     d,
                     at(&inputs, 0),
                     p,
                     weights,
-                    at(&states[0], rows * h),
+                    proj,
                 )?);
             } else {
                 fwd.push(matmul(
                     ctx,
-                    (n, h, ik),
+                    (n, gh, ik),
                     below(k),
                     transposed(at(p, lo.weight_ih)),
-                    at(&states[k], rows * h),
+                    proj,
                     Some(Biases {
                         buffer: p,
                         first: lo.bias_ih,
-                        second: Some(lo.bias_hh),
+                        second: bias2,
                     }),
                     false,
                 )?);
             }
             for t in 0..steps {
-                fwd.push(rnn::rnn_step_forward(
+                if !gated {
+                    fwd.push(rnn::rnn_step_forward(
+                        ctx,
+                        Dims { hidden: h, ..d },
+                        p,
+                        lo.weight_hh,
+                        &states[k],
+                        (t * rows * h, (t + 1) * rows * h),
+                        act,
+                    )?);
+                    continue;
+                }
+                // All gates' recurrent pre-activations in ONE product: h_{t-1} W_hh^T + b_hh.
+                fwd.push(matmul(
                     ctx,
-                    d,
-                    p,
-                    lo.weight_hh,
-                    &states[k],
-                    (t * rows * h, (t + 1) * rows * h),
-                    act,
+                    (rows, gh, h),
+                    plain(at(&states[k], t * rows * h)),
+                    transposed(at(p, lo.weight_hh)),
+                    at(&a_hh[k], t * rows * gh),
+                    Some(Biases {
+                        buffer: p,
+                        first: lo.bias_hh,
+                        second: None,
+                    }),
+                    false,
                 )?);
+                let step = GateStep {
+                    rows,
+                    hidden: h,
+                    gates: cfg.cell.gates(),
+                    t,
+                };
+                fwd.push(match cfg.cell {
+                    Cell::Lstm => lstm::lstm_step_forward(
+                        ctx,
+                        step,
+                        &gates[k],
+                        &a_hh[k],
+                        (&cells[k], &states[k]),
+                    )?,
+                    _ => gru::gru_step_forward(ctx, step, &gates[k], &a_hh[k], &states[k])?,
+                });
             }
         }
         let top = &states[cfg.layers - 1];
@@ -338,51 +462,120 @@ impl GpuEngine {
         for k in (0..cfg.layers).rev() {
             let lo = lay.layer(k);
             let ik = cfg.layer_input_size(k);
-            let d = dims(k);
-            for t in (0..steps).rev() {
-                let next = (t + 1 < steps).then_some((t + 1) * rows * h);
-                bwd.push(rnn::rnn_step_backward(
-                    ctx,
-                    d,
-                    p,
-                    lo.weight_hh,
-                    at(&states[k], (t + 1) * rows * h),
-                    &ds[cur],
-                    (next, t * rows * h),
-                    act,
-                )?);
-            }
-            let dz = at(&ds[cur], 0);
+            // BPTT through the layer, leaving the gradients of the input-side and the
+            // recurrent-side pre-activations [N, G*H] (one buffer for the tanh cell and LSTM).
+            let (dz_ih, dz_hh) = match (cfg.cell, &da_ih, &da_hh, &dc) {
+                (Cell::Rnn, ..) => {
+                    for t in (0..steps).rev() {
+                        let next = (t + 1 < steps).then_some((t + 1) * rows * h);
+                        bwd.push(rnn::rnn_step_backward(
+                            ctx,
+                            Dims {
+                                rows,
+                                hidden: h,
+                                inputs: ik,
+                                n,
+                            },
+                            p,
+                            lo.weight_hh,
+                            at(&states[k], (t + 1) * rows * h),
+                            &ds[cur],
+                            (next, t * rows * h),
+                            act,
+                        )?);
+                    }
+                    (&ds[cur], &ds[cur])
+                }
+                (_, Some(da_ih), da_hh, dc) => {
+                    // GRU: da_hh differs from da_ih; LSTM: one gradient for both sides.
+                    let da_rec = da_hh.as_ref().unwrap_or(da_ih);
+                    for t in (0..steps).rev() {
+                        let step = GateStep {
+                            rows,
+                            hidden: h,
+                            gates: cfg.cell.gates(),
+                            t,
+                        };
+                        bwd.push(match dc {
+                            Some(dc) => lstm::lstm_step_backward(
+                                ctx,
+                                step,
+                                (&gates[k], &cells[k]),
+                                (&ds[cur], dc, da_ih),
+                                t + 1 == steps,
+                            )?,
+                            None => gru::gru_step_backward(
+                                ctx,
+                                step,
+                                gru::GruGrads {
+                                    gates: &gates[k],
+                                    a_hh: &a_hh[k],
+                                    states: &states[k],
+                                    ds: &ds[cur],
+                                    da_ih,
+                                    da_hh: da_rec,
+                                },
+                            )?,
+                        });
+                        if t > 0 {
+                            bwd.push(recurrent_grad(
+                                ctx,
+                                (rows, h, gh),
+                                p,
+                                lo,
+                                da_rec,
+                                &ds[cur],
+                                t,
+                            )?);
+                        }
+                    }
+                    (da_ih, da_rec)
+                }
+                _ => return Err(Error::Config("gradient buffers missing".into())),
+            };
             bwd.push(matmul(
                 ctx,
-                (h, h, n),
-                transposed(dz),
+                (gh, h, n),
+                transposed(at(dz_hh, 0)),
                 plain(at(&states[k], 0)),
                 at(g, lo.weight_hh),
                 None,
                 true,
             )?);
-            bwd.push(reduce::column_sums_accumulate(
-                ctx,
-                (n, h),
-                dz,
-                g,
-                &[lo.bias_ih, lo.bias_hh],
-            )?);
+            // db_ih += colsum(da_ih), db_hh += colsum(da_hh): one pass when they are one array.
+            let sums: &[(&wgpu::Buffer, &[usize])] = if std::ptr::eq(dz_ih, dz_hh) {
+                &[(dz_ih, &[lo.bias_ih, lo.bias_hh])]
+            } else {
+                &[(dz_ih, &[lo.bias_ih]), (dz_hh, &[lo.bias_hh])]
+            };
+            for &(dz, outs) in sums {
+                bwd.push(reduce::column_sums_accumulate(
+                    ctx,
+                    (n, gh),
+                    at(dz, 0),
+                    g,
+                    outs,
+                )?);
+            }
             if k == 0 && cfg.input_kind == InputKind::OneHot {
                 bwd.push(rnn::input_grad_onehot(
                     ctx,
-                    d,
+                    Dims {
+                        rows,
+                        hidden: gh,
+                        inputs: ik,
+                        n,
+                    },
                     &inputs,
                     TokenLayout::new(n, i0),
-                    dz,
+                    at(dz_ih, 0),
                     at(g, lo.weight_ih),
                 )?);
             } else {
                 bwd.push(matmul(
                     ctx,
-                    (h, ik, n),
-                    transposed(dz),
+                    (gh, ik, n),
+                    transposed(at(dz_ih, 0)),
                     below(k),
                     at(g, lo.weight_ih),
                     None,
@@ -392,12 +585,25 @@ impl GpuEngine {
             if k > 0 {
                 bwd.push(matmul(
                     ctx,
-                    (n, h, h),
-                    plain(dz),
+                    (n, h, gh),
+                    plain(at(dz_ih, 0)),
                     plain(at(p, lo.weight_ih)),
                     at(&ds[1 - cur], 0),
                     None,
                     false,
+                )?);
+                dropout_slots.push(DropoutSlot {
+                    forward: false,
+                    index: bwd.len(),
+                    n: n * h,
+                    offsets: (0, 0),
+                    boundary: k - 1,
+                });
+                bwd.push(dropout::dropout_backward(
+                    ctx,
+                    n * h,
+                    at(&ds[1 - cur], 0),
+                    MaskKey::new(self.dropout, k - 1),
                 )?);
                 cur = 1 - cur;
             }
@@ -411,12 +617,39 @@ impl GpuEngine {
             targets,
             mask,
             states,
+            cells,
             logits,
             forward,
             backward,
             loss_index,
+            dropout_slots,
             last_used: 0,
         })
+    }
+
+    /// Rewrites the dropout arguments of every shape for the current dropout setting. Only
+    /// recorded forward or backward dispatches read them, so only those are submitted first (a
+    /// carried state's copies stay in the next step's submit).
+    fn patch_dropout(&mut self) -> Result<()> {
+        if self.pending_reads_batch {
+            self.flush()?;
+        }
+        for shape in self.shapes.values() {
+            for slot in &shape.dropout_slots {
+                let args = dropout::DropoutArgs::new(
+                    slot.n,
+                    slot.offsets,
+                    MaskKey::new(self.dropout, slot.boundary),
+                )?;
+                let plan = if slot.forward {
+                    &shape.forward
+                } else {
+                    &shape.backward
+                };
+                plan.patch(&self.ctx, slot.index, &args);
+            }
+        }
+        Ok(())
     }
 
     /// Makes (T, B) the current shape, building it on first use.
@@ -543,7 +776,7 @@ impl Engine for GpuEngine {
             .and_then(|k| self.shapes.get(&k))
             .ok_or_else(|| Error::Config("forward called before upload_batch".into()))?;
         let bh = shape.rows * self.config.hidden_size;
-        for (k, states) in shape.states.iter().enumerate() {
+        for (k, states) in shape.states.iter().chain(&shape.cells).enumerate() {
             self.recorder.push(Op::Copy {
                 src: self.h0.clone(),
                 src_offset: k * bh,
@@ -643,7 +876,7 @@ impl Engine for GpuEngine {
         if rows == 0 {
             return Err(Error::Shape("the state needs at least one row".into()));
         }
-        let len = self.config.layers * rows * self.config.hidden_size;
+        let len = rows * self.config.state_size_per_row();
         if rows != self.rows {
             self.h0 = storage(&self.ctx, "h0", len)?;
             self.rows = rows;
@@ -667,6 +900,7 @@ impl Engine for GpuEngine {
         let ops: Vec<Op> = shape
             .states
             .iter()
+            .chain(&shape.cells)
             .enumerate()
             .map(|(k, s)| Op::Copy {
                 src: s.clone(),
@@ -683,7 +917,7 @@ impl Engine for GpuEngine {
     }
 
     fn set_state(&mut self, rows: usize, state: &[f32]) -> Result<()> {
-        let len = self.config.layers * rows * self.config.hidden_size;
+        let len = rows * self.config.state_size_per_row();
         Self::check_len("state", state.len(), len)?;
         self.reset_state(rows)?;
         self.flush_before_write()?;
@@ -692,9 +926,20 @@ impl Engine for GpuEngine {
     }
 
     fn state(&mut self) -> Result<Vec<f32>> {
-        let len = self.config.layers * self.rows * self.config.hidden_size;
+        let len = self.rows * self.config.state_size_per_row();
         let h0 = self.h0.clone();
         self.read_all(&h0, 0, len)
+    }
+
+    fn set_dropout(&mut self, dropout: Option<Dropout>) -> Result<()> {
+        if let Some(d) = dropout {
+            d.validate()?;
+        }
+        if dropout != self.dropout {
+            self.dropout = dropout;
+            self.patch_dropout()?;
+        }
+        Ok(())
     }
 
     fn outputs(&mut self) -> Result<Vec<f32>> {

@@ -60,7 +60,7 @@ pub struct RnnArgs {
     pub tok_off: u32,
     pub starts_off: u32,
     pub sorted_off: u32,
-    pub pad: u32,
+    pub two_biases: u32,
 }
 
 /// Where the token ids and the per-token row lists sit in the batch's token buffer.
@@ -126,12 +126,13 @@ fn activation_index(act: Activation) -> u32 {
     }
 }
 
-/// Offsets of one layer's weights and biases in the parameter (or gradient) buffer.
+/// Offsets of one layer's weights and biases in the parameter (or gradient) buffer; the gated
+/// cells add only `bias` (b_ih) to the input projection.
 #[derive(Clone, Copy, Debug)]
 pub struct Weights {
     pub w: usize,
     pub bias: usize,
-    pub bias2: usize,
+    pub bias2: Option<usize>,
 }
 
 /// Sizes of a layer's step: B rows, H state size, I input size, N = T * B rows in all.
@@ -155,8 +156,9 @@ fn base_args(d: Dims, w: usize) -> Result<RnnArgs> {
     })
 }
 
-/// `U[r, :] = W_ih[:, tok_r] + b_ih + b_hh` for all N rows (twin: `input_gather_onehot`).
-/// `params` holds W_ih [H, I] at `w.w` and the biases; U [N, H] is written at `out`.
+/// `U[r, :] = W_ih[:, tok_r] + b_ih (+ b_hh)` for all N rows (twin: `input_gather_onehot`).
+/// `params` holds W_ih [GH, I] at `w.w` and the biases; U [N, GH] is written at `out`
+/// (`d.hidden` is the row width GH).
 pub fn input_gather_onehot(
     ctx: &GpuContext,
     d: Dims,
@@ -168,7 +170,8 @@ pub fn input_gather_onehot(
     let wg = ctx.tunables.row_wg;
     let args = RnnArgs {
         bias_off: offset32("offset", w.bias)?,
-        bias2_off: offset32("offset", w.bias2)?,
+        bias2_off: offset32("offset", w.bias2.unwrap_or(0))?,
+        two_biases: w.bias2.is_some() as u32,
         tok_off: offset32("offset", tokens.offset)?,
         dst_off: offset32("offset", out.offset)?,
         ..base_args(d, w.w)?

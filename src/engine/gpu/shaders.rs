@@ -7,6 +7,12 @@ pub enum Shader {
     Matmul,
     /// The cell: one-hot gather and scatter, step forward, BPTT step.
     Rnn,
+    /// The GRU's fused gates and state update, forward and BPTT step.
+    Gru,
+    /// The LSTM's fused gates and cell update, forward and BPTT step.
+    Lstm,
+    /// Dropout between layers with a counter-based mask.
+    Dropout,
     /// Output nonlinearity + loss + gradient per row.
     Loss,
     /// Column sums and flat sums (loss total, gradient norm).
@@ -17,9 +23,12 @@ pub enum Shader {
 
 impl Shader {
     /// Every family, for validation.
-    pub const ALL: [Shader; 5] = [
+    pub const ALL: [Shader; 8] = [
         Shader::Matmul,
         Shader::Rnn,
+        Shader::Gru,
+        Shader::Lstm,
+        Shader::Dropout,
         Shader::Loss,
         Shader::Reduce,
         Shader::Optim,
@@ -30,6 +39,9 @@ impl Shader {
         match self {
             Shader::Matmul => "matmul.wgsl",
             Shader::Rnn => "rnn.wgsl",
+            Shader::Gru => "gru.wgsl",
+            Shader::Lstm => "lstm.wgsl",
+            Shader::Dropout => "dropout.wgsl",
             Shader::Loss => "loss.wgsl",
             Shader::Reduce => "reduce.wgsl",
             Shader::Optim => "optim.wgsl",
@@ -41,6 +53,9 @@ impl Shader {
         match self {
             Shader::Matmul => include_str!("../../../shaders/matmul.wgsl"),
             Shader::Rnn => include_str!("../../../shaders/rnn.wgsl"),
+            Shader::Gru => include_str!("../../../shaders/gru.wgsl"),
+            Shader::Lstm => include_str!("../../../shaders/lstm.wgsl"),
+            Shader::Dropout => include_str!("../../../shaders/dropout.wgsl"),
             Shader::Loss => include_str!("../../../shaders/loss.wgsl"),
             Shader::Reduce => include_str!("../../../shaders/reduce.wgsl"),
             Shader::Optim => include_str!("../../../shaders/optim.wgsl"),

@@ -1,0 +1,82 @@
+//! CPU twin of `shaders/dropout.wgsl`: dropout between stacked layers with a counter-based mask,
+//! so both engines draw the same mask from the same key without storing or uploading it.
+//!
+//! Element `i` of layer k's output is kept when `hash(i, key_k) >> 8 >= threshold`, where
+//! `threshold = round(p * 2^24)` and `key_k` is derived from the step's seed and k on the host;
+//! a kept element is scaled by `1 / (1 - p)` (PyTorch's inverted dropout).
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use crate::engine::Dropout;
+use crate::engine::cpu::Float;
+
+/// The integer hash of the mask (lowbias32), the same in WGSL.
+pub fn mix32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^= x >> 16;
+    x
+}
+
+/// The mask of one layer boundary as the kernels see it: the key, the 24-bit threshold and the
+/// scale of a kept element. With `None` (no dropout, or evaluation) every element is kept with
+/// scale 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MaskKey {
+    pub key: u32,
+    pub threshold: u32,
+    pub scale: f32,
+}
+
+impl MaskKey {
+    /// The mask after layer `layer` for `dropout`.
+    pub fn new(dropout: Option<Dropout>, layer: usize) -> Self {
+        match dropout {
+            Some(d) if d.p > 0.0 => {
+                let lo = d.seed as u32;
+                let hi = (d.seed >> 32) as u32;
+                let key = mix32(lo ^ mix32(hi ^ mix32(layer as u32 ^ 0x9e37_79b9)));
+                MaskKey {
+                    key,
+                    threshold: ((d.p as f64) * 16_777_216.0).round() as u32,
+                    scale: 1.0 / (1.0 - d.p),
+                }
+            }
+            _ => MaskKey {
+                key: 0,
+                threshold: 0,
+                scale: 1.0,
+            },
+        }
+    }
+
+    /// Whether the mask keeps everything unscaled.
+    pub fn is_identity(&self) -> bool {
+        self.threshold == 0 && self.scale == 1.0
+    }
+
+    /// The multiplier of element `i`: 0 or the scale.
+    pub fn value(&self, i: u32) -> f32 {
+        if mix32(mix32(i) ^ self.key) >> 8 >= self.threshold {
+            self.scale
+        } else {
+            0.0
+        }
+    }
+}
+
+/// `y = x ⊙ m` with m the mask of `key` over the flat index of [N, H]. Shapes: x, y [N, H].
+pub fn dropout_forward<F: Float>(x: ArrayView2<F>, key: MaskKey, mut y: ArrayViewMut2<F>) {
+    for (i, (o, &v)) in y.iter_mut().zip(x.iter()).enumerate() {
+        *o = v * F::from_f32_lossless(key.value(i as u32));
+    }
+}
+
+/// `dx = dy ⊙ m` in place (the same mask as the forward). Shape: d [N, H].
+pub fn dropout_backward<F: Float>(key: MaskKey, mut d: ArrayViewMut2<F>) {
+    for (i, v) in d.iter_mut().enumerate() {
+        *v = *v * F::from_f32_lossless(key.value(i as u32));
+    }
+}

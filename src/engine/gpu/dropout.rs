@@ -1,0 +1,84 @@
+//! Launchers of `shaders/dropout.wgsl`: dropout between layers with the counter-based mask of
+//! `engine::cpu::dropout`, forward (a masked copy) and backward (masked in place).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::engine::cpu::dropout::MaskKey;
+use crate::engine::gpu::buffers::Region;
+use crate::engine::gpu::context::GpuContext;
+use crate::engine::gpu::pipelines::{Access, Kernel};
+use crate::engine::gpu::plan::{Call, grid_1d, offset32};
+use crate::engine::gpu::shaders::Shader;
+use crate::error::Result;
+
+/// `dropout_forward`: bindings x, y.
+pub static DROPOUT_FORWARD: Kernel = Kernel {
+    shader: Shader::Dropout,
+    entry: "dropout_forward",
+    bindings: &[Access::Read, Access::ReadWrite],
+};
+
+/// `dropout_backward`: binding d (in place).
+pub static DROPOUT_BACKWARD: Kernel = Kernel {
+    shader: Shader::Dropout,
+    entry: "dropout_backward",
+    bindings: &[Access::ReadWrite],
+};
+
+/// Mirror of `Args` in dropout.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct DropoutArgs {
+    pub n: u32,
+    pub src_off: u32,
+    pub dst_off: u32,
+    pub key: u32,
+    pub threshold: u32,
+    pub scale: f32,
+    pub pad: [u32; 2],
+}
+
+impl DropoutArgs {
+    /// The arguments for `n` elements with mask `key`.
+    pub fn new(n: usize, (src, dst): (usize, usize), key: MaskKey) -> Result<Self> {
+        Ok(DropoutArgs {
+            n: offset32("elements", n)?,
+            src_off: offset32("offset", src)?,
+            dst_off: offset32("offset", dst)?,
+            key: key.key,
+            threshold: key.threshold,
+            scale: key.scale,
+            pad: [0; 2],
+        })
+    }
+}
+
+/// `y = x ⊙ m` over `n` elements (twin: `dropout_forward`).
+pub fn dropout_forward(
+    ctx: &GpuContext,
+    n: usize,
+    x: Region<'_>,
+    y: Region<'_>,
+    key: MaskKey,
+) -> Result<Call> {
+    let wg = ctx.tunables.row_wg;
+    Ok(Call::new(
+        &DROPOUT_FORWARD,
+        vec![("WG", wg)],
+        &[x.buffer, y.buffer],
+        &DropoutArgs::new(n, (x.offset, y.offset), key)?,
+        grid_1d(ctx, n, wg)?,
+    ))
+}
+
+/// `d = d ⊙ m` in place over `n` elements (twin: `dropout_backward`).
+pub fn dropout_backward(ctx: &GpuContext, n: usize, d: Region<'_>, key: MaskKey) -> Result<Call> {
+    let wg = ctx.tunables.row_wg;
+    Ok(Call::new(
+        &DROPOUT_BACKWARD,
+        vec![("WG", wg)],
+        &[d.buffer],
+        &DropoutArgs::new(n, (0, d.offset), key)?,
+        grid_1d(ctx, n, wg)?,
+    ))
+}

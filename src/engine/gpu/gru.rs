@@ -1,0 +1,131 @@
+//! Launchers of `shaders/gru.wgsl`: the GRU's fused forward step and BPTT step for all B rows of
+//! one time step. The recurrent products around them are `matmul` calls (see the GPU engine).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::engine::gpu::context::GpuContext;
+use crate::engine::gpu::pipelines::{Access, Kernel};
+use crate::engine::gpu::plan::{Call, grid_1d, offset32};
+use crate::engine::gpu::shaders::Shader;
+use crate::error::Result;
+
+/// `gru_step_forward`: bindings gates (a_ih in, r z n out), a_hh, states.
+pub static GRU_STEP_FORWARD: Kernel = Kernel {
+    shader: Shader::Gru,
+    entry: "gru_step_forward",
+    bindings: &[Access::ReadWrite, Access::Read, Access::ReadWrite],
+};
+
+/// `gru_step_backward`: bindings gates, a_hh, states, ds, da_ih, da_hh.
+pub static GRU_STEP_BACKWARD: Kernel = Kernel {
+    shader: Shader::Gru,
+    entry: "gru_step_backward",
+    bindings: &[
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::ReadWrite,
+        Access::ReadWrite,
+        Access::ReadWrite,
+    ],
+};
+
+/// Mirror of `Args` in gru.wgsl and lstm.wgsl (`flag` is `has_prev` / `has_next`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct GateArgs {
+    pub rows: u32,
+    pub hidden: u32,
+    pub gates_off: u32,
+    pub ahh_off: u32,
+    pub src_off: u32,
+    pub dst_off: u32,
+    pub grad_off: u32,
+    pub prev_grad_off: u32,
+    pub flag: u32,
+    pub pad: [u32; 3],
+}
+
+/// Where step t of a gated layer reads and writes, in elements: `rows` B, `hidden` H, and
+/// the time step t; the offsets follow from the layouts [N, G*H], [(T+1) * B, H] and [N, H].
+#[derive(Clone, Copy, Debug)]
+pub struct GateStep {
+    pub rows: usize,
+    pub hidden: usize,
+    pub gates: usize,
+    pub t: usize,
+}
+
+impl GateStep {
+    /// The arguments of step t, with `flag` as given.
+    pub fn args(&self, flag: bool) -> Result<GateArgs> {
+        let (b, h, t) = (self.rows, self.hidden, self.t);
+        let gh = self.gates * h;
+        Ok(GateArgs {
+            rows: offset32("rows", b)?,
+            hidden: offset32("hidden size", h)?,
+            gates_off: offset32("offset", t * b * gh)?,
+            ahh_off: offset32("offset", t * b * gh)?,
+            src_off: offset32("offset", t * b * h)?,
+            dst_off: offset32("offset", (t + 1) * b * h)?,
+            grad_off: offset32("offset", t * b * h)?,
+            prev_grad_off: offset32("offset", t.saturating_sub(1) * b * h)?,
+            flag: flag as u32,
+            pad: [0; 3],
+        })
+    }
+
+    /// The grid: one thread per (b, j).
+    pub fn grid(&self, ctx: &GpuContext) -> Result<[u32; 3]> {
+        grid_1d(ctx, self.rows * self.hidden, ctx.tunables.row_wg)
+    }
+}
+
+/// Forward GRU step t (twin: `gru_step_forward`): `gates` [N, 3H] holds a_ih at step t's rows
+/// and receives (r, z, n); `a_hh` [N, 3H]; `states` [(T+1) * B, H] (h_{t-1} read, h_t written).
+pub fn gru_step_forward(
+    ctx: &GpuContext,
+    step: GateStep,
+    gates: &wgpu::Buffer,
+    a_hh: &wgpu::Buffer,
+    states: &wgpu::Buffer,
+) -> Result<Call> {
+    let wg = ctx.tunables.row_wg;
+    Ok(Call::new(
+        &GRU_STEP_FORWARD,
+        vec![("WG", wg)],
+        &[gates, a_hh, states],
+        &step.args(false)?,
+        step.grid(ctx)?,
+    ))
+}
+
+/// The buffers of a GRU layer's BPTT step.
+#[derive(Clone, Copy, Debug)]
+pub struct GruGrads<'a> {
+    /// Gate activations (r, z, n) [N, 3H].
+    pub gates: &'a wgpu::Buffer,
+    /// Recurrent pre-activations a_hh [N, 3H].
+    pub a_hh: &'a wgpu::Buffer,
+    /// The layer's states [(T+1) * B, H].
+    pub states: &'a wgpu::Buffer,
+    /// The state gradient [N, H].
+    pub ds: &'a wgpu::Buffer,
+    /// da_ih [N, 3H].
+    pub da_ih: &'a wgpu::Buffer,
+    /// da_hh [N, 3H].
+    pub da_hh: &'a wgpu::Buffer,
+}
+
+/// BPTT GRU step t (twin: `gru_step_backward`): reads dh_t from `ds`, writes da_ih and da_hh at
+/// step t's rows, and adds dh ⊙ z into dh_{t-1} when t > 0.
+pub fn gru_step_backward(ctx: &GpuContext, step: GateStep, b: GruGrads<'_>) -> Result<Call> {
+    let wg = ctx.tunables.row_wg;
+    Ok(Call::new(
+        &GRU_STEP_BACKWARD,
+        vec![("WG", wg)],
+        &[b.gates, b.a_hh, b.states, b.ds, b.da_ih, b.da_hh],
+        &step.args(step.t > 0)?,
+        step.grid(ctx)?,
+    ))
+}
