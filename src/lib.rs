@@ -16,6 +16,7 @@
 //! language model, whose one-hot input makes `W_ih x_t` a column gather), V output size,
 //! N = T * B rows in time-major order (`r = t * B + b`).
 
+pub mod bench;
 pub mod data;
 pub mod engine;
 pub mod error;

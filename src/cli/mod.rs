@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing (clap derive) and the commands, each a thin layer over
 //! the library.
 
+mod bench;
 mod commands;
 mod train;
 
@@ -29,6 +30,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// List the GPU adapters wgpu sees and which one `--device auto` and `--device gpu` take.
     Devices,
+    /// Measure training throughput (tokens/s) on the GPU and CPU engines, optionally against
+    /// PyTorch.
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Where to run.
@@ -268,5 +272,6 @@ pub fn run() -> anyhow::Result<u8> {
         Command::Sample(a) => commands::sample(a).map(|()| 0),
         Command::Eval(a) => commands::eval(a).map(|()| 0),
         Command::Devices => commands::devices().map(|()| 0),
+        Command::Bench(a) => bench::bench(*a),
     }
 }
