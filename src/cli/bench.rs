@@ -92,6 +92,21 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON to this file (the table still goes to stdout).
+    #[arg(long)]
+    pub json_out: Option<std::path::PathBuf>,
+}
+
+/// Prints `value` (with --json) and writes it to --json-out.
+fn emit_json(a: &BenchArgs, value: &serde_json::Value) -> anyhow::Result<()> {
+    if a.json {
+        println!("{value}");
+    }
+    if let Some(path) = &a.json_out {
+        std::fs::write(path, format!("{value}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// One measured configuration, with the baseline when it ran.
@@ -293,9 +308,8 @@ fn run_matmul(a: &BenchArgs) -> anyhow::Result<u8> {
         .into_iter()
         .map(|s| matmul::measure(&ctx, s, per_submit, a.repeats))
         .collect::<Result<Vec<_>, _>>()?;
-    if a.json {
-        println!("{}", json!({ "matmul": reports }));
-    } else {
+    emit_json(a, &json!({ "matmul": reports }))?;
+    if !a.json {
         println!("| M | N | K | ms | TFLOP/s |\n|---|---|---|---|---|");
         for r in &reports {
             println!(
@@ -307,8 +321,19 @@ fn run_matmul(a: &BenchArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// The 1-minute load average (Linux), to tell a quiet machine from a busy one.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     let threads = cpu_threads(a.threads)?;
+    let load_before = load_average();
     if a.matmul {
         return run_matmul(&a);
     }
@@ -387,10 +412,12 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let load_after = load_average();
+    let load = |l: Option<f64>| l.map_or("?".to_string(), |v| format!("{v:.2}"));
     for n in &notes {
         eprintln!("note: {n}");
     }
-    if a.json {
+    {
         let results: Vec<_> = rows
             .iter()
             .map(|r| {
@@ -410,14 +437,25 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
             })
             .collect();
         let out = json!({
-            "machine": { "cpu": cpu, "cores": cores, "threads": threads },
-            "pytorch": torch.map(|t| t.torch),
+            "machine": {
+                "cpu": cpu,
+                "cores": cores,
+                "threads": threads,
+                "load_before": load_before,
+                "load_after": load_after,
+            },
+            "pytorch": torch.as_ref().map(|t| &t.torch),
             "results": results,
             "notes": notes,
         });
-        println!("{out}");
-    } else {
-        println!("machine: {cpu}, {cores} cores; CPU threads: {threads}");
+        emit_json(&a, &out)?;
+    }
+    if !a.json {
+        println!(
+            "machine: {cpu}, {cores} cores; CPU threads: {threads}; load average {} before, {} after",
+            load(load_before),
+            load(load_after)
+        );
         if let Some(r) = rows.iter().find(|r| r.report.device == DeviceKind::Gpu) {
             println!("gpu: {}", r.report.engine);
         }
