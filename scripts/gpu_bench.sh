@@ -4,9 +4,9 @@
 #
 #   scripts/gpu_bench.sh prepare   on a machine with cargo (the development machine): builds the
 #                                  release binary, the integration-test binary and the criterion
-#                                  kernel bench, strips them into .gpubench/ (git-ignored through
-#                                  .git/info/exclude), and downloads the Vulkan/GL loader packages
-#                                  into .gl/ when apt can reach its mirrors.
+#                                  kernel bench, strips them into .gpubench/ (git-ignored),
+#                                  and downloads the Vulkan/GL loader packages into .gl/ when
+#                                  apt can reach its mirrors.
 #   scripts/gpu_bench.sh [run]     on the GPU machine, from the repository root, with .gpubench/
 #                                  (and .gl/ where the machine has no Vulkan loader) copied along.
 #
@@ -16,8 +16,8 @@
 #   bench.md      `unroll bench --device gpu --baseline pytorch --profile` over the DESIGN.md §5
 #                 sweep: unroll's tokens/s, PyTorch's, the ratio, per-call phases
 #   bench.json    the same as JSON
+#   bench.log     the sweep's notes and errors
 #   matmul.md     the WGSL matmul's TFLOP/s at 4096^3 and 8192x512x512
-#   matmul.json   the same as JSON
 #   kernels.log   criterion: the step's kernels on the GPU (FLOP / element throughput)
 # and exits non-zero if the agreement tests fail (the benchmarks still run first).
 # For a dry run on a small or software adapter, GPU_BENCH_ARGS adds options to the sweep
@@ -35,7 +35,6 @@ if [ "$STAGE" = prepare ]; then
   cargo test --release --no-run
   cargo bench --bench kernels --no-run
   mkdir -p "$KIT"
-  grep -qxF "/$KIT/" .git/info/exclude 2>/dev/null || echo "/$KIT/" >>.git/info/exclude
   # The newest test and bench executables cargo built.
   newest() { ls -t target/release/deps/"$1"-* | grep -v '\.d$' | head -n1; }
   strip -o "$KIT/unroll" target/release/unroll
@@ -45,7 +44,6 @@ if [ "$STAGE" = prepare ]; then
   realpath target/release/unroll >"$KIT/unroll_path"
   git rev-parse HEAD >"$KIT/commit"
   if [ ! -d .gl ]; then
-    grep -qxF "/.gl/" .git/info/exclude 2>/dev/null || echo "/.gl/" >>.git/info/exclude
     mkdir -p .gl /tmp/amd64/partial
     o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
     # shellcheck disable=SC2086
@@ -110,14 +108,14 @@ tail -n 5 "$OUT/tests.log"
 echo "== unroll bench --device gpu --baseline pytorch (DESIGN.md §5 sweep)"
 # shellcheck disable=SC2086
 timeout 300 "$KIT/unroll" bench --device gpu --baseline pytorch --profile ${GPU_BENCH_ARGS:-} \
-  --json-out "$OUT/bench.json" >"$OUT/bench.md" 2>"$OUT/bench.err"
+  --json-out "$OUT/bench.json" >"$OUT/bench.md" 2>"$OUT/bench.log"
 echo "exit $?"
 cat "$OUT/bench.md"
-grep -v -e '^measuring' -e 'UserWarning' -e '_conversion_method' "$OUT/bench.err" | head -n 20
+grep -v -e '^measuring' -e 'UserWarning' -e '_conversion_method' "$OUT/bench.log" | head -n 20
 
 echo "== WGSL matmul TFLOP/s"
 # shellcheck disable=SC2086
-timeout 120 "$KIT/unroll" bench --matmul ${GPU_MATMUL_ARGS:-} --json-out "$OUT/matmul.json" >"$OUT/matmul.md" 2>&1
+timeout 120 "$KIT/unroll" bench --matmul ${GPU_MATMUL_ARGS:-} >"$OUT/matmul.md" 2>&1
 echo "exit $?"
 cat "$OUT/matmul.md"
 

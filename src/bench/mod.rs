@@ -14,6 +14,7 @@
 //! GEMM alone.
 
 pub mod matmul;
+pub mod phases;
 pub mod pytorch;
 
 use std::time::Instant;
@@ -228,7 +229,8 @@ pub struct StepReport {
     pub latency_ms: Spread,
     /// Mean loss per token of the last timed step (a sanity check: about ln V at first).
     pub loss: f64,
-    pub profile: Option<Profile>,
+    /// With `--profile`: per engine call, and on the CPU (one-layer RNN) per kernel phase.
+    pub profile: Vec<Profile>,
 }
 
 /// An engine under measurement, with the wait that makes its clock honest.
@@ -384,11 +386,20 @@ impl StepBench {
             }
             Spread::of(&single)?
         };
-        let profile = if profile {
-            Some(self.profile(timing.repeats)?)
-        } else {
-            None
-        };
+        let mut profiles = Vec::new();
+        if profile {
+            profiles.push(self.profile(timing.repeats)?);
+            if self.engine.device() == DeviceKind::Cpu
+                && self.shape.cell == Cell::Rnn
+                && self.shape.layers == 1
+            {
+                profiles.push(phases::cpu_kernel_phases(
+                    &self.shape,
+                    timing.repeats,
+                    self.next as u64,
+                )?);
+            }
+        }
         // A diverged step would make the numbers meaningless: the norm read-back says so.
         let device = self.engine.device();
         let engine = self.engine.engine();
@@ -403,7 +414,7 @@ impl StepBench {
             step_ms,
             latency_ms,
             loss,
-            profile,
+            profile: profiles,
         })
     }
 

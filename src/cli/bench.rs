@@ -269,7 +269,7 @@ fn print_table(rows: &[Row], with_torch: bool) {
         println!("| {} |", cells.join(" | "));
     }
     for r in rows {
-        if let Some(p) = &r.report.profile {
+        for p in &r.report.profile {
             let s = &r.report.shape;
             println!(
                 "\nprofile, {:?} {} H={} B={} T={} ({}):",
@@ -313,7 +313,7 @@ fn run_matmul(a: &BenchArgs) -> anyhow::Result<u8> {
         println!("| M | N | K | ms | TFLOP/s |\n|---|---|---|---|---|");
         for r in &reports {
             println!(
-                "| {} | {} | {} | {:.3} | {:.2} |",
+                "| {} | {} | {} | {:.3} | {:.3} |",
                 r.m, r.n, r.k, r.ms.median, r.tflops
             );
         }
