@@ -213,6 +213,27 @@ pub struct Profile {
     pub method: String,
 }
 
+impl Profile {
+    /// The median of each phase's samples (`names[i]` for `samples[i]`) and its share.
+    pub fn from_samples(names: &[&str], samples: &[Vec<f64>], method: String) -> Result<Self> {
+        let medians = samples
+            .iter()
+            .map(|s| Spread::of(s).map(|x| x.median))
+            .collect::<Result<Vec<_>>>()?;
+        let total: f64 = medians.iter().sum();
+        let phases = names
+            .iter()
+            .zip(medians)
+            .map(|(name, ms)| Phase {
+                name: (*name).to_string(),
+                ms,
+                share: if total > 0.0 { ms / total } else { 0.0 },
+            })
+            .collect();
+        Ok(Profile { phases, method })
+    }
+}
+
 /// The measurement of one configuration on one engine.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StepReport {
@@ -451,20 +472,6 @@ impl StepBench {
                 samples[i].push(t0.elapsed().as_secs_f64() * 1e3);
             }
         }
-        let medians = samples
-            .iter()
-            .map(|s| Spread::of(s).map(|x| x.median))
-            .collect::<Result<Vec<_>>>()?;
-        let total: f64 = medians.iter().sum();
-        let phases = NAMES
-            .iter()
-            .zip(medians)
-            .map(|(name, ms)| Phase {
-                name: (*name).to_string(),
-                ms,
-                share: if total > 0.0 { ms / total } else { 0.0 },
-            })
-            .collect();
         let method = match &self.engine {
             BenchEngine::Cpu(_) => {
                 "per engine call, wall clock, median over the repeats".to_string()
@@ -487,7 +494,7 @@ impl StepBench {
                 )
             }
         };
-        Ok(Profile { phases, method })
+        Profile::from_samples(&NAMES, &samples, method)
     }
 }
 

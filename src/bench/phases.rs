@@ -10,7 +10,7 @@ use ndarray::{Array2, s};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{Phase, Profile, Spread, StepShape, bench_optimizer};
+use super::{Profile, StepShape, bench_optimizer};
 use crate::engine::cpu::{loss, matmul::matmul, optim, reduce, rnn};
 use crate::error::{Error, Result};
 use crate::model::{Activation, Cell, ParamLayout};
@@ -142,24 +142,12 @@ pub fn cpu_kernel_phases(shape: &StepShape, repeats: usize, seed: u64) -> Result
         grads.iter_mut().for_each(|g| *g = 1e-3);
         ds.fill(0.0);
     }
-    let medians = samples
-        .iter()
-        .map(|s| Spread::of(s).map(|x| x.median))
-        .collect::<Result<Vec<_>>>()?;
-    let total: f64 = medians.iter().sum();
-    Ok(Profile {
-        phases: NAMES
-            .iter()
-            .zip(medians)
-            .map(|(name, ms)| Phase {
-                name: (*name).to_string(),
-                ms,
-                share: if total > 0.0 { ms / total } else { 0.0 },
-            })
-            .collect(),
-        method: "CPU twin kernels on the step's shapes with random data, in the engine's order, \
-                 wall clock, median over the repeats (a model of the step from its kernels: the \
-                 engine's copies and allocations between kernels are not counted)"
+    Profile::from_samples(
+        &NAMES,
+        &samples,
+        "CPU twin kernels on the step's shapes with random data, in the engine's order, wall \
+         clock, median over the repeats (a model of the step from its kernels: the engine's \
+         copies and allocations between kernels are not counted)"
             .into(),
-    })
+    )
 }
