@@ -11,7 +11,7 @@ before the clock starts and rotated among four.
 Protocol, as unroll's: --warmup untimed steps, then --repeats samples of a block of --block steps,
 each block synchronised (torch.cuda.synchronize on CUDA) before the clock is read and divided
 by --block. Prints one JSON line: tokens_per_s (B*T / median step time), step_ms (median, min,
-max, p10, p90), device, threads, torch version.
+max, p10, p90), device, threads, torch version, and the per-step samples.
 
 Run by `unroll bench --baseline pytorch` (which feeds this file to Python on stdin), or alone:
     python3 benches/pytorch_baseline.py --hidden 128 --batch 32 --seq-len 64 --threads 2
@@ -123,6 +123,7 @@ def main():
         "device": name,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "samples_ms": ms,
     }))
 
 

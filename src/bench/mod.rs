@@ -252,6 +252,24 @@ pub struct StepReport {
     pub loss: f64,
     /// With `--profile`: per engine call, and on the CPU (one-layer RNN) per kernel phase.
     pub profile: Vec<Profile>,
+    /// The per-step samples behind `step_ms` and `latency_ms`, for [`StepReport::merge`].
+    #[serde(skip)]
+    pub samples: (Vec<f64>, Vec<f64>),
+}
+
+impl StepReport {
+    /// Adds the samples of another measurement of the same configuration (a later round):
+    /// the spreads and tokens/s are recomputed over all samples; the loss is the later one's.
+    pub fn merge(&mut self, later: StepReport) -> Result<()> {
+        self.samples.0.extend(later.samples.0);
+        self.samples.1.extend(later.samples.1);
+        self.step_ms = Spread::of(&self.samples.0)?;
+        self.latency_ms = Spread::of(&self.samples.1)?;
+        self.tokens_per_s = self.shape.tokens() as f64 / (self.step_ms.median * 1e-3);
+        self.loss = later.loss;
+        self.profile.extend(later.profile);
+        Ok(())
+    }
 }
 
 /// An engine under measurement, with the wait that makes its clock honest.
@@ -398,15 +416,16 @@ impl StepBench {
             per_step.push(self.timed_steps(timing.block)? / timing.block as f64);
         }
         let step_ms = Spread::of(&per_step)?;
-        let latency_ms = if timing.block == 1 {
-            step_ms
+        let single = if timing.block == 1 {
+            per_step.clone()
         } else {
             let mut single = Vec::with_capacity(timing.repeats);
             for _ in 0..timing.repeats {
                 single.push(self.timed_steps(1)?);
             }
-            Spread::of(&single)?
+            single
         };
+        let latency_ms = Spread::of(&single)?;
         let mut profiles = Vec::new();
         if profile {
             profiles.push(self.profile(timing.repeats)?);
@@ -436,6 +455,7 @@ impl StepBench {
             latency_ms,
             loss,
             profile: profiles,
+            samples: (per_step, single),
         })
     }
 

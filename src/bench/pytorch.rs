@@ -31,6 +31,20 @@ pub struct TorchReport {
     pub device: String,
     pub threads: usize,
     pub torch: String,
+    /// The per-step samples behind `step_ms`.
+    #[serde(default)]
+    pub samples_ms: Vec<f64>,
+}
+
+impl TorchReport {
+    /// Adds the samples of a later round of the same configuration and recomputes the spread.
+    pub fn merge(&mut self, later: TorchReport) -> Result<()> {
+        let tokens = self.tokens_per_s * self.step_ms.median * 1e-3;
+        self.samples_ms.extend(later.samples_ms);
+        self.step_ms = super::Spread::of(&self.samples_ms)?;
+        self.tokens_per_s = tokens / (self.step_ms.median * 1e-3);
+        Ok(())
+    }
 }
 
 /// Whether `python` imports torch: its version and CUDA device, or why not.

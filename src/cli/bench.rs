@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// One small configuration (H=128, B=32, T=64) with few repeats: a smoke run.
     #[arg(long)]
     pub quick: bool,
+    /// Measure unroll and the baseline this many times, alternating, and pool the samples of
+    /// all rounds (on a shared, noisy machine the two then see the same conditions).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Add a per-phase breakdown of the step.
     #[arg(long)]
     pub profile: bool,
@@ -113,6 +117,8 @@ fn emit_json(a: &BenchArgs, value: &serde_json::Value) -> anyhow::Result<()> {
 struct Row {
     report: StepReport,
     torch: Option<TorchReport>,
+    /// unroll / PyTorch tokens/s of each round.
+    round_ratios: Vec<f64>,
 }
 
 /// The number of threads the CPU engine's GEMMs use. matrixmultiply reads MATMUL_NUM_THREADS
@@ -374,32 +380,55 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
             eprintln!("measuring {label} ...");
             let mut bench = StepBench::new(device, shape, a.seed)
                 .with_context(|| format!("setting up {label}"))?;
-            let report = bench
-                .measure(timing, a.profile)
-                .with_context(|| format!("measuring {label}"))?;
-            drop(bench);
-            let torch_report = match (&torch, device) {
-                (Some(info), DeviceKind::Gpu) if !info.cuda => {
-                    notes.push(format!(
-                        "{label}: no PyTorch baseline, torch sees no CUDA device"
-                    ));
-                    None
-                }
-                (Some(_), _) => {
-                    match pytorch::run(&a.python, device, &shape, timing, threads, a.seed) {
-                        Ok(t) => Some(t),
-                        Err(e) => {
-                            notes.push(format!("{label}: {e}"));
-                            None
+            let mut row: Option<Row> = None;
+            for round in 0..a.rounds.max(1) {
+                let report = bench
+                    .measure(timing, a.profile && round == 0)
+                    .with_context(|| format!("measuring {label}"))?;
+                let torch_report = match (&torch, device) {
+                    (Some(info), DeviceKind::Gpu) if !info.cuda => {
+                        if round == 0 {
+                            notes.push(format!(
+                                "{label}: no PyTorch baseline, torch sees no CUDA device"
+                            ));
+                        }
+                        None
+                    }
+                    (Some(_), _) => {
+                        match pytorch::run(&a.python, device, &shape, timing, threads, a.seed) {
+                            Ok(t) => Some(t),
+                            Err(e) => {
+                                notes.push(format!("{label}: {e}"));
+                                None
+                            }
                         }
                     }
-                }
-                (None, _) => None,
-            };
-            rows.push(Row {
-                report,
-                torch: torch_report,
-            });
+                    (None, _) => None,
+                };
+                let ratio = torch_report
+                    .as_ref()
+                    .map(|t| report.tokens_per_s / t.tokens_per_s);
+                row = Some(match row.take() {
+                    None => Row {
+                        report,
+                        torch: torch_report,
+                        round_ratios: ratio.into_iter().collect(),
+                    },
+                    Some(mut r) => {
+                        r.report.merge(report)?;
+                        r.torch = match (r.torch.take(), torch_report) {
+                            (Some(mut all), Some(t)) => {
+                                all.merge(t)?;
+                                Some(all)
+                            }
+                            (all, t) => all.or(t),
+                        };
+                        r.round_ratios.extend(ratio);
+                        r
+                    }
+                });
+            }
+            rows.extend(row);
         }
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

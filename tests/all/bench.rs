@@ -137,6 +137,15 @@ fn bench_on_both_devices_and_as_a_table() {
 }
 
 #[test]
+fn rounds_pool_their_samples() {
+    let v = bench_json(&[&["--device", "cpu", "--rounds", "2"], &TINY[..]].concat());
+    let r = &v["results"][0];
+    check_result(r, "cpu");
+    assert_eq!(r["step_ms"]["samples"], 6, "{r}");
+    assert_eq!(r["latency_ms"]["samples"], 6, "{r}");
+}
+
+#[test]
 fn a_missing_pytorch_is_a_note_not_a_failure() {
     let v = bench_json(
         &[
