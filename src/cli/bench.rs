@@ -461,6 +461,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
                                 .map(|t| r.report.tokens_per_s / t.tokens_per_s)
                         ),
                     );
+                    obj.insert("round_ratios".into(), json!(r.round_ratios));
                 }
                 v
             })

@@ -163,6 +163,7 @@ fn a_missing_pytorch_is_a_note_not_a_failure() {
     );
     check_result(&v["results"][0], "cpu");
     assert!(v["results"][0]["ratio"].is_null());
+    assert_eq!(v["results"][0]["round_ratios"], serde_json::json!([]));
     let notes = v["notes"].to_string();
     assert!(notes.contains("no PyTorch baseline"), "{notes}");
 }
