@@ -22,7 +22,8 @@
 # and exits non-zero if the agreement tests fail (the benchmarks still run first).
 # For a dry run on a small or software adapter, GPU_BENCH_ARGS adds options to the sweep
 # (e.g. "--hidden 16 --batch 4 --seq-len 8"), GPU_MATMUL_ARGS to the matmul (e.g.
-# "--matmul-shape 64x64x64") and GPU_KERNELS_FILTER replaces the criterion filter ("gpu").
+# "--matmul-shape 64x64x64"), GPU_KERNELS_FILTER replaces the criterion filter ("gpu"), and
+# GPU_BENCH_ALLOW_SOFTWARE=1 lets it run on a software adapter (otherwise it stops, exit 3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,10 +78,17 @@ if ! ldconfig -p | grep -q libvulkan.so.1 && [ -d .gl ]; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done
   ldconfig
 fi
-if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] \
-  && ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1; then
+# A hardware adapter, or stop: numbers from a software rasteriser are no GPU figures. Where the
+# loader finds no NVIDIA driver on its own, point it at the driver's manifest.
+hardware() { "$KIT/unroll" devices 2>/dev/null | grep -q '^--device auto takes: [^t]'; }
+if ! hardware && [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+fi
+if ! hardware && [ "${GPU_BENCH_ALLOW_SOFTWARE:-}" != 1 ]; then
+  "$KIT/unroll" devices 2>&1 | tee "$OUT/env.txt"
+  echo "no hardware GPU adapter: nothing measured" | tee -a "$OUT/env.txt"
+  exit 3
 fi
 
 # The test binary looks for the unroll binary where it was built.

@@ -244,7 +244,12 @@ fn print_table(rows: &[Row], with_torch: bool) {
         "latency ms",
     ];
     if with_torch {
-        head.extend(["PyTorch tokens/s", "PyTorch ms/step", "ratio"]);
+        head.extend([
+            "PyTorch tokens/s",
+            "PyTorch ms/step",
+            "PyTorch p10-p90 ms",
+            "ratio",
+        ]);
     }
     println!("| {} |", head.join(" | "));
     println!("|{}", "---|".repeat(head.len()));
@@ -267,9 +272,10 @@ fn print_table(rows: &[Row], with_torch: bool) {
                 Some(t) => cells.extend([
                     fmt_tokens(t.tokens_per_s),
                     format!("{:.3}", t.step_ms.median),
+                    format!("{:.3}-{:.3}", t.step_ms.p10, t.step_ms.p90),
                     format!("{:.2}x", r.report.tokens_per_s / t.tokens_per_s),
                 ]),
-                None => cells.extend(["-".into(), "-".into(), "-".into()]),
+                None => cells.extend(["-".into(), "-".into(), "-".into(), "-".into()]),
             }
         }
         println!("| {} |", cells.join(" | "));
@@ -337,9 +343,20 @@ fn load_average() -> Option<f64> {
         .ok()
 }
 
+/// The share of the last 10 s in which some runnable task waited for a CPU (Linux PSI, percent).
+fn cpu_pressure() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    let some = text.lines().find(|l| l.starts_with("some"))?;
+    some.split_whitespace()
+        .find_map(|f| f.strip_prefix("avg10="))?
+        .parse()
+        .ok()
+}
+
 pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     let threads = cpu_threads(a.threads)?;
     let load_before = load_average();
+    let pressure_before = cpu_pressure();
     if a.matmul {
         return run_matmul(&a);
     }
@@ -442,6 +459,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let load_after = load_average();
+    let pressure_after = cpu_pressure();
     let load = |l: Option<f64>| l.map_or("?".to_string(), |v| format!("{v:.2}"));
     for n in &notes {
         eprintln!("note: {n}");
@@ -473,6 +491,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
                 "threads": threads,
                 "load_before": load_before,
                 "load_after": load_after,
+                "cpu_pressure_before": pressure_before,
+                "cpu_pressure_after": pressure_after,
             },
             "pytorch": torch.as_ref().map(|t| &t.torch),
             "results": results,
@@ -482,9 +502,12 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     }
     if !a.json {
         println!(
-            "machine: {cpu}, {cores} cores; CPU threads: {threads}; load average {} before, {} after",
+            "machine: {cpu}, {cores} cores; CPU threads: {threads}; load average {} before, {} \
+             after; CPU pressure (some, avg10) {}% before, {}% after",
             load(load_before),
-            load(load_after)
+            load(load_after),
+            load(pressure_before),
+            load(pressure_after)
         );
         if let Some(r) = rows.iter().find(|r| r.report.device == DeviceKind::Gpu) {
             println!("gpu: {}", r.report.engine);
