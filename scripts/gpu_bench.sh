@@ -80,7 +80,9 @@ if ! ldconfig -p | grep -q libvulkan.so.1 && [ -d .gl ]; then
 fi
 # A hardware adapter, or stop: numbers from a software rasteriser are no GPU figures. Where the
 # loader finds no NVIDIA driver on its own, point it at the driver's manifest.
-hardware() { "$KIT/unroll" devices 2>/dev/null | grep -q '^--device auto takes: [^t]'; }
+hardware() {
+  "$KIT/unroll" devices 2>/dev/null | grep '^--device auto takes:' | grep -qv 'the CPU engine'
+}
 if ! hardware && [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
