@@ -249,5 +249,5 @@ fn the_library_measures_a_step_without_the_command_line() {
     assert_eq!(r.step_ms.samples, 2);
     assert_eq!(r.profile.len(), 2);
     assert_eq!(r.profile[0].phases.len(), 5);
-    assert_eq!(r.profile[1].phases.len(), 7);
+    assert_eq!(r.profile[1].phases.len(), 6);
 }
