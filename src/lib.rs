@@ -49,6 +49,7 @@
 //! # Ok::<(), unroll::Error>(())
 //! ```
 
+pub mod bench;
 pub mod data;
 pub mod engine;
 pub mod error;

@@ -8,6 +8,7 @@ macro_rules! usage {
     };
 }
 
+mod bench;
 mod commands;
 mod pairs;
 mod train;
@@ -66,6 +67,9 @@ pub enum Command {
     Example(pairs::ExampleArgs),
     /// List the GPU adapters wgpu sees and which one `--device auto` and `--device gpu` take.
     Devices,
+    /// Measure training throughput (tokens/s) on the GPU and CPU engines, optionally against
+    /// PyTorch.
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Where to run.
@@ -358,5 +362,6 @@ pub fn run() -> anyhow::Result<u8> {
         Command::Predict(a) => pairs::predict(a).map(|()| 0),
         Command::Example(a) => pairs::example(a).map(|()| 0),
         Command::Devices => commands::devices().map(|()| 0),
+        Command::Bench(a) => bench::bench(*a),
     }
 }

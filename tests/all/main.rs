@@ -1,5 +1,6 @@
 //! The integration tests, one module per area.
 
+mod bench;
 mod checkpoint;
 mod cli;
 mod common;

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""PyTorch baseline of `unroll bench`: the same char-LM training step, timed the same way.
+
+Step: one-hot input over V tokens (F.one_hot on the token ids, as float32), nn.RNN (tanh) /
+nn.GRU / nn.LSTM over T steps (time-major [T, B, V]), nn.Linear(H, V) on every step, mean
+cross-entropy, zero_grad, backward, clip_grad_norm_(5), SGD step, and the final state carried
+(detached) into the next step. fp32 throughout, TF32 off, `torch.set_num_threads(--threads)`.
+Batches are random tokens (targets: the next token of the same stream) built on the device
+before the clock starts and rotated among four.
+
+Protocol, as unroll's: --warmup untimed steps, then --repeats samples of a block of --block steps,
+each block synchronised (torch.cuda.synchronize on CUDA) before the clock is read and divided
+by --block. Prints one JSON line: tokens_per_s (B*T / median step time), step_ms (median, min,
+max, p10, p90), device, threads, torch version, and the per-step samples.
+
+Run by `unroll bench --baseline pytorch` (which feeds this file to Python on stdin), or alone:
+    python3 benches/pytorch_baseline.py --hidden 128 --batch 32 --seq-len 64 --threads 2
+"""
+
+import argparse
+import json
+import math
+import time
+
+
+def spread(ms):
+    v = sorted(ms)
+    n = len(v)
+    median = v[n // 2] if n % 2 == 1 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+    def rank(p):
+        return v[min(max(math.ceil(p * n), 1), n) - 1]
+
+    return {"median": median, "min": v[0], "max": v[-1], "p10": rank(0.1), "p90": rank(0.9),
+            "samples": n}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cell", default="rnn", choices=["rnn", "gru", "lstm"])
+    ap.add_argument("--vocab-size", type=int, default=65)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--block", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--clip", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    a = ap.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(a.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("torch sees no CUDA device")
+    dev = torch.device(a.device)
+    torch.manual_seed(a.seed)
+
+    V, H, B, T, L = a.vocab_size, a.hidden, a.batch, a.seq_len, a.layers
+    cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[a.cell]
+    rnn = cls(V, H, num_layers=L).to(dev)
+    out = torch.nn.Linear(H, V).to(dev)
+    params = list(rnn.parameters()) + list(out.parameters())
+    opt = torch.optim.SGD(params, lr=a.lr)
+
+    gen = torch.Generator().manual_seed(a.seed + 1)
+    batches = []
+    for _ in range(4):
+        s = torch.randint(0, V, (T + 1, B), generator=gen)
+        batches.append((s[:-1].contiguous().to(dev), s[1:].contiguous().to(dev)))
+
+    zeros = torch.zeros(L, B, H, device=dev)
+    state = (zeros, zeros.clone()) if a.cell == "lstm" else zeros
+    counter = [0]
+
+    def step():
+        nonlocal state
+        x, y = batches[counter[0] % len(batches)]
+        counter[0] += 1
+        xo = F.one_hot(x, V).to(torch.float32)
+        hs, last = rnn(xo, state)
+        logits = out(hs)
+        loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, a.clip)
+        opt.step()
+        state = tuple(t.detach() for t in last) if isinstance(last, tuple) else last.detach()
+        return loss
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(a.warmup):
+        step()
+    sync()
+    ms = []
+    for _ in range(a.repeats):
+        t0 = time.perf_counter()
+        for _ in range(a.block):
+            step()
+        sync()
+        ms.append((time.perf_counter() - t0) * 1e3 / a.block)
+    st = spread(ms)
+    name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"
+    print(json.dumps({
+        "tokens_per_s": B * T / (st["median"] * 1e-3),
+        "step_ms": st,
+        "device": name,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "samples_ms": ms,
+    }))
+
+
+if __name__ == "__main__":
+    main()

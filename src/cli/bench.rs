@@ -1,0 +1,518 @@
+//! `unroll bench`: training throughput of the char-LM step on the chosen engines, as a table or
+//! JSON, optionally with a per-phase profile, the PyTorch baseline side by side, or the WGSL
+//! matmul's TFLOP/s. The measurement itself lives in `unroll::bench`.
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use unroll::bench::pytorch::{self, TorchReport};
+use unroll::bench::{
+    DeviceKind, StepBench, StepReport, StepShape, Timing, cell_name, default_sweep, matmul,
+    parse_cell,
+};
+use unroll::engine::gpu::GpuContext;
+
+/// Where `unroll bench` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchDevice {
+    /// A hardware GPU when there is one, else the CPU.
+    Auto,
+    /// The GPU engine (any adapter, software ones included).
+    Gpu,
+    /// The CPU reference engine.
+    Cpu,
+}
+
+/// A baseline to run side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Baseline {
+    /// benches/pytorch_baseline.py: nn.RNN/GRU/LSTM + Linear + cross-entropy, same protocol.
+    Pytorch,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Engines to measure, comma-separated (e.g. cpu,gpu).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    pub device: Vec<BenchDevice>,
+    /// Recurrent cells, comma-separated [default: every cell of this build].
+    #[arg(long, value_delimiter = ',')]
+    pub cell: Vec<String>,
+    /// State size H: with --batch/--seq-len, one configuration instead of the default sweep
+    /// (DESIGN.md §5: the GPU anchors, or B=32 T=64 H=128 and 512 on the CPU).
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Streams per batch, B (one configuration; default 32).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Time steps per batch, T (one configuration; default 64).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Stacked recurrent layers.
+    #[arg(long, default_value_t = 1)]
+    pub layers: usize,
+    /// Vocabulary size V (one-hot inputs, softmax outputs).
+    #[arg(long, default_value_t = 65)]
+    pub vocab_size: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Timed samples.
+    #[arg(long, default_value_t = 20)]
+    pub repeats: usize,
+    /// Steps per timed sample, waited for once and divided [default: 10 on the GPU, 1 on the
+    /// CPU, whose engine is synchronous].
+    #[arg(long)]
+    pub block: Option<usize>,
+    /// One small configuration (H=128, B=32, T=64) with few repeats: a smoke run.
+    #[arg(long)]
+    pub quick: bool,
+    /// Measure unroll and the baseline this many times, alternating, and pool the samples of
+    /// all rounds (on a shared, noisy machine the two then see the same conditions).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Add a per-phase breakdown of the step.
+    #[arg(long)]
+    pub profile: bool,
+    /// Also run this baseline on the same configurations and print the ratio.
+    #[arg(long, value_enum)]
+    pub baseline: Option<Baseline>,
+    /// Python interpreter for the PyTorch baseline.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// CPU threads for the CPU engine's GEMMs and for PyTorch [default: the available cores,
+    /// or MATMUL_NUM_THREADS when set].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seed of the parameters and of the random tokens.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Time the WGSL matmul alone instead of training steps (GPU), in TFLOP/s.
+    #[arg(long)]
+    pub matmul: bool,
+    /// GEMM shapes for --matmul, MxNxK, comma-separated [default: 4096x4096x4096,8192x512x512].
+    #[arg(long, value_delimiter = ',')]
+    pub matmul_shape: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON to this file (the table still goes to stdout).
+    #[arg(long)]
+    pub json_out: Option<std::path::PathBuf>,
+}
+
+/// Prints `value` (with --json) and writes it to --json-out.
+fn emit_json(a: &BenchArgs, value: &serde_json::Value) -> anyhow::Result<()> {
+    if a.json {
+        println!("{value}");
+    }
+    if let Some(path) = &a.json_out {
+        std::fs::write(path, format!("{value}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// One measured configuration, with the baseline when it ran.
+struct Row {
+    report: StepReport,
+    torch: Option<TorchReport>,
+    /// unroll / PyTorch tokens/s of each round.
+    round_ratios: Vec<f64>,
+}
+
+/// The number of threads the CPU engine's GEMMs use. matrixmultiply reads MATMUL_NUM_THREADS
+/// once, at its first threaded product, so it is set here, before any engine exists.
+fn cpu_threads(asked: Option<usize>) -> anyhow::Result<usize> {
+    let env = std::env::var("MATMUL_NUM_THREADS").ok();
+    if let Some(v) = env.as_deref().filter(|v| !v.is_empty()) {
+        let n: usize = v
+            .parse()
+            .with_context(|| format!("MATMUL_NUM_THREADS={v:?} is not a number"))?;
+        if let Some(a) = asked.filter(|&a| a != n) {
+            bail!("--threads {a} contradicts MATMUL_NUM_THREADS={n}; give one of them");
+        }
+        return Ok(n.max(1));
+    }
+    let n = asked.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if n == 0 {
+        bail!("--threads must be at least 1");
+    }
+    // SAFETY: called at the start of the command, before this process starts any thread
+    // (no engine, device or pool exists yet), so nothing reads the environment concurrently.
+    unsafe { std::env::set_var("MATMUL_NUM_THREADS", n.to_string()) };
+    Ok(n)
+}
+
+fn devices(asked: &[BenchDevice]) -> Vec<(DeviceKind, Option<String>)> {
+    let mut out: Vec<(DeviceKind, Option<String>)> = Vec::new();
+    for d in asked {
+        let pick = match d {
+            BenchDevice::Cpu => (DeviceKind::Cpu, None),
+            BenchDevice::Gpu => (DeviceKind::Gpu, None),
+            BenchDevice::Auto => match GpuContext::open_hardware() {
+                Some(_) => (DeviceKind::Gpu, None),
+                None => (
+                    DeviceKind::Cpu,
+                    Some("--device auto: no hardware GPU, measuring the CPU engine".to_string()),
+                ),
+            },
+        };
+        if !out.iter().any(|(k, _)| *k == pick.0) {
+            out.push(pick);
+        }
+    }
+    out
+}
+
+fn shapes(a: &BenchArgs, device: DeviceKind) -> anyhow::Result<Vec<StepShape>> {
+    let cells = a
+        .cell
+        .iter()
+        .map(|c| parse_cell(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let one = a.quick || a.hidden.is_some() || a.batch.is_some() || a.seq_len.is_some();
+    let mut out = if one {
+        let cells = if cells.is_empty() {
+            vec![parse_cell("rnn")?]
+        } else {
+            cells
+        };
+        cells
+            .into_iter()
+            .map(|cell| {
+                StepShape::new(
+                    cell,
+                    a.vocab_size,
+                    a.hidden.unwrap_or(128),
+                    a.batch.unwrap_or(32),
+                    a.seq_len.unwrap_or(64),
+                )
+            })
+            .collect()
+    } else {
+        default_sweep(device, &cells, a.vocab_size)
+    };
+    for s in &mut out {
+        s.layers = a.layers;
+        s.config()?;
+    }
+    Ok(out)
+}
+
+fn timing(a: &BenchArgs, device: DeviceKind) -> Timing {
+    let block = a.block.unwrap_or(match device {
+        DeviceKind::Cpu => 1,
+        DeviceKind::Gpu => 10,
+    });
+    if a.quick {
+        Timing {
+            warmup: a.warmup.min(2),
+            repeats: a.repeats.min(5),
+            block: block.min(3),
+        }
+    } else {
+        Timing {
+            warmup: a.warmup,
+            repeats: a.repeats,
+            block,
+        }
+    }
+}
+
+fn fmt_tokens(t: f64) -> String {
+    if t >= 1e6 {
+        format!("{:.2} M", t / 1e6)
+    } else if t >= 1e3 {
+        format!("{:.1} k", t / 1e3)
+    } else {
+        format!("{t:.0}")
+    }
+}
+
+fn print_table(rows: &[Row], with_torch: bool) {
+    let mut head = vec![
+        "device",
+        "cell",
+        "H",
+        "B",
+        "T",
+        "L",
+        "tokens/s",
+        "ms/step",
+        "p10-p90 ms",
+        "latency ms",
+    ];
+    if with_torch {
+        head.extend([
+            "PyTorch tokens/s",
+            "PyTorch ms/step",
+            "PyTorch p10-p90 ms",
+            "ratio",
+        ]);
+    }
+    println!("| {} |", head.join(" | "));
+    println!("|{}", "---|".repeat(head.len()));
+    for r in rows {
+        let (s, st) = (&r.report.shape, &r.report.step_ms);
+        let mut cells = vec![
+            format!("{:?}", r.report.device).to_lowercase(),
+            cell_name(s.cell),
+            s.hidden.to_string(),
+            s.batch.to_string(),
+            s.seq_len.to_string(),
+            s.layers.to_string(),
+            fmt_tokens(r.report.tokens_per_s),
+            format!("{:.3}", st.median),
+            format!("{:.3}-{:.3}", st.p10, st.p90),
+            format!("{:.3}", r.report.latency_ms.median),
+        ];
+        if with_torch {
+            match &r.torch {
+                Some(t) => cells.extend([
+                    fmt_tokens(t.tokens_per_s),
+                    format!("{:.3}", t.step_ms.median),
+                    format!("{:.3}-{:.3}", t.step_ms.p10, t.step_ms.p90),
+                    format!("{:.2}x", r.report.tokens_per_s / t.tokens_per_s),
+                ]),
+                None => cells.extend(["-".into(), "-".into(), "-".into(), "-".into()]),
+            }
+        }
+        println!("| {} |", cells.join(" | "));
+    }
+    for r in rows {
+        for p in &r.report.profile {
+            let s = &r.report.shape;
+            println!(
+                "\nprofile, {:?} {} H={} B={} T={} ({}):",
+                r.report.device,
+                cell_name(s.cell),
+                s.hidden,
+                s.batch,
+                s.seq_len,
+                p.method
+            );
+            for ph in &p.phases {
+                println!(
+                    "  {:<52} {:>10.3} ms  {:>5.1}%",
+                    ph.name,
+                    ph.ms,
+                    100.0 * ph.share
+                );
+            }
+        }
+    }
+}
+
+fn run_matmul(a: &BenchArgs) -> anyhow::Result<u8> {
+    let shapes = if a.matmul_shape.is_empty() {
+        matmul::DEFAULT_SHAPES.to_vec()
+    } else {
+        a.matmul_shape
+            .iter()
+            .map(|s| matmul::parse_shape(s))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let ctx = GpuContext::open(true).context("--matmul needs a GPU adapter")?;
+    eprintln!("adapter: {}", ctx.info);
+    let per_submit = a.block.unwrap_or(10);
+    let reports = shapes
+        .into_iter()
+        .map(|s| matmul::measure(&ctx, s, per_submit, a.repeats))
+        .collect::<Result<Vec<_>, _>>()?;
+    emit_json(a, &json!({ "matmul": reports }))?;
+    if !a.json {
+        println!("| M | N | K | ms | TFLOP/s |\n|---|---|---|---|---|");
+        for r in &reports {
+            println!(
+                "| {} | {} | {} | {:.3} | {:.3} |",
+                r.m, r.n, r.k, r.ms.median, r.tflops
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// The 1-minute load average (Linux), to tell a quiet machine from a busy one.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The share of the last 10 s in which some runnable task waited for a CPU (Linux PSI, percent).
+fn cpu_pressure() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    let some = text.lines().find(|l| l.starts_with("some"))?;
+    some.split_whitespace()
+        .find_map(|f| f.strip_prefix("avg10="))?
+        .parse()
+        .ok()
+}
+
+pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
+    let threads = cpu_threads(a.threads)?;
+    let load_before = load_average();
+    let pressure_before = cpu_pressure();
+    if a.matmul {
+        return run_matmul(&a);
+    }
+    let mut notes: Vec<String> = Vec::new();
+    let torch = match a.baseline {
+        None => None,
+        Some(Baseline::Pytorch) => match pytorch::probe(&a.python) {
+            Ok(info) => {
+                eprintln!(
+                    "baseline: PyTorch {} (CUDA: {})",
+                    info.torch,
+                    info.cuda_device.as_deref().unwrap_or("none")
+                );
+                Some(info)
+            }
+            Err(why) => {
+                notes.push(format!(
+                    "no PyTorch baseline: {why}; printing unroll's numbers alone"
+                ));
+                None
+            }
+        },
+    };
+    let mut rows = Vec::new();
+    for (device, note) in devices(&a.device) {
+        notes.extend(note);
+        let timing = timing(&a, device);
+        for shape in shapes(&a, device)? {
+            let label = format!(
+                "{:?} {} H={} B={} T={} L={}",
+                device,
+                cell_name(shape.cell),
+                shape.hidden,
+                shape.batch,
+                shape.seq_len,
+                shape.layers
+            );
+            eprintln!("measuring {label} ...");
+            let mut bench = StepBench::new(device, shape, a.seed)
+                .with_context(|| format!("setting up {label}"))?;
+            let mut row: Option<Row> = None;
+            for round in 0..a.rounds.max(1) {
+                let report = bench
+                    .measure(timing, a.profile && round == 0)
+                    .with_context(|| format!("measuring {label}"))?;
+                let torch_report = match (&torch, device) {
+                    (Some(info), DeviceKind::Gpu) if !info.cuda => {
+                        if round == 0 {
+                            notes.push(format!(
+                                "{label}: no PyTorch baseline, torch sees no CUDA device"
+                            ));
+                        }
+                        None
+                    }
+                    (Some(_), _) => {
+                        match pytorch::run(&a.python, device, &shape, timing, threads, a.seed) {
+                            Ok(t) => Some(t),
+                            Err(e) => {
+                                notes.push(format!("{label}: {e}"));
+                                None
+                            }
+                        }
+                    }
+                    (None, _) => None,
+                };
+                let ratio = torch_report
+                    .as_ref()
+                    .map(|t| report.tokens_per_s / t.tokens_per_s);
+                row = Some(match row.take() {
+                    None => Row {
+                        report,
+                        torch: torch_report,
+                        round_ratios: ratio.into_iter().collect(),
+                    },
+                    Some(mut r) => {
+                        r.report.merge(report)?;
+                        r.torch = match (r.torch.take(), torch_report) {
+                            (Some(mut all), Some(t)) => {
+                                all.merge(t)?;
+                                Some(all)
+                            }
+                            (all, t) => all.or(t),
+                        };
+                        r.round_ratios.extend(ratio);
+                        r
+                    }
+                });
+            }
+            rows.extend(row);
+        }
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let load_after = load_average();
+    let pressure_after = cpu_pressure();
+    let load = |l: Option<f64>| l.map_or("?".to_string(), |v| format!("{v:.2}"));
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
+    {
+        let results: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(&r.report).unwrap_or_default();
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("pytorch".into(), json!(r.torch));
+                    obj.insert(
+                        "ratio".into(),
+                        json!(
+                            r.torch
+                                .as_ref()
+                                .map(|t| r.report.tokens_per_s / t.tokens_per_s)
+                        ),
+                    );
+                    obj.insert("round_ratios".into(), json!(r.round_ratios));
+                }
+                v
+            })
+            .collect();
+        let out = json!({
+            "machine": {
+                "cpu": cpu,
+                "cores": cores,
+                "threads": threads,
+                "load_before": load_before,
+                "load_after": load_after,
+                "cpu_pressure_before": pressure_before,
+                "cpu_pressure_after": pressure_after,
+            },
+            "pytorch": torch.as_ref().map(|t| &t.torch),
+            "results": results,
+            "notes": notes,
+        });
+        emit_json(&a, &out)?;
+    }
+    if !a.json {
+        println!(
+            "machine: {cpu}, {cores} cores; CPU threads: {threads}; load average {} before, {} \
+             after; CPU pressure (some, avg10) {}% before, {}% after",
+            load(load_before),
+            load(load_after),
+            load(pressure_before),
+            load(pressure_after)
+        );
+        if let Some(r) = rows.iter().find(|r| r.report.device == DeviceKind::Gpu) {
+            println!("gpu: {}", r.report.engine);
+        }
+        print_table(&rows, torch.is_some());
+    }
+    Ok(0)
+}
