@@ -103,7 +103,7 @@ fn cpu_kernels(c: &mut Criterion) {
         g.bench_function("rnn_step_forward flop", |bench| {
             bench.iter(|| {
                 cpu_rnn::rnn_step_forward(
-                    u.view(),
+                    Some(u.view()),
                     prev.view(),
                     w_hh.view(),
                     Activation::Tanh,

@@ -70,7 +70,7 @@ pub fn cpu_kernel_phases(shape: &StepShape, repeats: usize, seed: u64) -> Result
         for t in 0..t_len {
             let (prev, mut cur) = states.view_mut().split_at(ndarray::Axis(0), (t + 1) * b);
             rnn::rnn_step_forward(
-                u.slice(s![t * b..(t + 1) * b, ..]),
+                Some(u.slice(s![t * b..(t + 1) * b, ..])),
                 prev.slice(s![t * b.., ..]),
                 w_hh.view(),
                 Activation::Tanh,

@@ -197,7 +197,7 @@ fn rnn_step_forward_and_backward_match_cpu() {
             // Forward: the state buffer holds [s_prev; u] as two blocks of rows.
             let mut s_cpu = Array2::<f32>::zeros((b, h));
             cpu_rnn::rnn_step_forward(
-                arr(&u, b, h).view(),
+                Some(arr(&u, b, h).view()),
                 arr(&s_prev, b, h).view(),
                 arr(&w, h, h).view(),
                 act,

@@ -220,3 +220,32 @@ fn gated_layouts_stack_the_gates_and_the_forget_bias_can_start_at_one() {
         }
     }
 }
+
+#[test]
+fn fast_f32_tanh_is_accurate_to_a_few_ulps() {
+    let mut worst = (0.0f32, 0.0f64);
+    let mut x = -12.0f32;
+    while x <= 12.0 {
+        let got = unroll::engine::cpu::tanh_f32(x) as f64;
+        let want = (x as f64).tanh();
+        let err = (got - want).abs() / want.abs().max(1e-30);
+        if err > worst.1 {
+            worst = (x, err);
+        }
+        x += 1.0e-3 * (1.0 + x.abs());
+    }
+    for x in [0.0f32, 1e-30, -1e-20, 1e-7, 3e-4, -0.0] {
+        let got = unroll::engine::cpu::tanh_f32(x) as f64;
+        let want = (x as f64).tanh();
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs(),
+            "tanh({x}) = {got}, want {want}"
+        );
+    }
+    assert!(
+        worst.1 < 1e-6,
+        "worst relative error {} at x = {}",
+        worst.1,
+        worst.0
+    );
+}

@@ -49,6 +49,38 @@ pub trait Float:
     fn from_f32_lossless(v: f32) -> Self;
     /// To f32, rounding.
     fn to_f32_lossy(self) -> f32;
+    /// `tanh` applied to every element of `x` in place: the library function in f64 (the
+    /// reference precision), a vectorisable rational approximation in f32 ([`tanh_f32`]).
+    fn tanh_in_place(x: &mut [Self]) {
+        for v in x {
+            *v = v.tanh();
+        }
+    }
+}
+
+/// `tanh` in f32 as `x * p(x^2) / q(x^2)` with x clamped to +-7.905 (where tanh rounds to 1):
+/// a rational minimax approximation (the coefficients of Eigen's fast float tanh) accurate to a
+/// few ulps, written in plain arithmetic so the compiler vectorises a loop of it, where the
+/// library `tanhf` is a call per element and dominated the forward recurrence.
+#[inline]
+pub fn tanh_f32(x: f32) -> f32 {
+    const CLAMP: f32 = 7.905_311;
+    const A1: f32 = 4.893_524_6e-3;
+    const A3: f32 = 6.372_619_3e-4;
+    const A5: f32 = 1.485_722_4e-5;
+    const A7: f32 = 5.122_297e-8;
+    const A9: f32 = -8.604_672e-11;
+    const A11: f32 = 2.000_188e-13;
+    const A13: f32 = -2.760_768_5e-16;
+    const B0: f32 = 4.893_525e-3;
+    const B2: f32 = 2.268_434_6e-3;
+    const B4: f32 = 1.185_347e-4;
+    const B6: f32 = 1.198_258_4e-6;
+    let x = x.clamp(-CLAMP, CLAMP);
+    let x2 = x * x;
+    let p = x * (A1 + x2 * (A3 + x2 * (A5 + x2 * (A7 + x2 * (A9 + x2 * (A11 + x2 * A13))))));
+    let q = B0 + x2 * (B2 + x2 * (B4 + x2 * B6));
+    p / q
 }
 
 impl Float for f32 {
@@ -63,6 +95,11 @@ impl Float for f32 {
     }
     fn to_f32_lossy(self) -> f32 {
         self
+    }
+    fn tanh_in_place(x: &mut [Self]) {
+        for v in x {
+            *v = tanh_f32(*v);
+        }
     }
 }
 
@@ -621,7 +658,14 @@ fn layer_forward<F: Float>(
     let lo = layout.layer(k);
     let input = cfg.layer_input_size(k);
     let w_ih = view(p, lo.weight_ih, gh, input);
-    let w_hh = view(p, lo.weight_hh, gh, h);
+    // W_hh in column-major order (a transposed copy, once per forward): the step products
+    // `h_{t-1} W_hh^T` then read W_hh^T row by row, which the GEMM packs several times faster
+    // than the strided columns of the row-major W_hh.
+    let w_hh_cm = view(p, lo.weight_hh, gh, h)
+        .t()
+        .as_standard_layout()
+        .into_owned();
+    let w_hh = w_hh_cm.t();
     let b_ih = &p[lo.bias_ih..lo.bias_ih + gh];
     let b_hh = &p[lo.bias_hh..lo.bias_hh + gh];
     let gated = cfg.cell != Cell::Rnn;
@@ -659,8 +703,7 @@ fn layer_forward<F: Float>(
         let h_prev = prev.slice(s![t * b.., ..]);
         let h_t = cur.slice_mut(s![0..b, ..]);
         if !gated {
-            let u_t = h_t.to_owned();
-            rnn::rnn_step_forward(u_t.view(), h_prev.view(), w_hh, cfg.activation, h_t);
+            rnn::rnn_step_forward(None, h_prev.view(), w_hh, cfg.activation, h_t);
             continue;
         }
         // All gates' recurrent pre-activations in one product: a_hh = h_{t-1} W_hh^T + b_hh.

@@ -45,19 +45,23 @@ pub fn input_projection_dense<F: Float>(
 
 /// Forward cell step for all B rows: `s_t = f1(u_t + s_{t-1} W_hh^T)`.
 /// Shapes: `u_t` [B, H] (input projection plus biases), `s_prev` [B, H], W_hh [H, H],
-/// `s_t` [B, H] (written).
+/// `s_t` [B, H] (written). `u_t` is `None` when `s_t` holds it on entry (in place, as the
+/// engine and the shader run it).
 pub fn rnn_step_forward<F: Float>(
-    u_t: ArrayView2<F>,
+    u_t: Option<ArrayView2<F>>,
     s_prev: ArrayView2<F>,
     w_hh: ArrayView2<F>,
     act: Activation,
     mut s_t: ArrayViewMut2<F>,
 ) {
-    s_t.assign(&u_t);
+    if let Some(u_t) = u_t {
+        s_t.assign(&u_t);
+    }
     matmul(s_prev, w_hh.t(), &mut s_t, true);
-    match act {
-        Activation::Tanh => s_t.mapv_inplace(|z| z.tanh()),
-        Activation::Relu => s_t.mapv_inplace(|z| z.max(F::zero())),
+    match (act, s_t.as_slice_mut()) {
+        (Activation::Tanh, Some(z)) => F::tanh_in_place(z),
+        (Activation::Tanh, None) => s_t.mapv_inplace(|z| z.tanh()),
+        (Activation::Relu, _) => s_t.mapv_inplace(|z| z.max(F::zero())),
     }
 }
 
