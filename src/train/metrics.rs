@@ -135,13 +135,15 @@ pub fn loss_svg(records: &[Record]) -> String {
         svg.push_str(&format!(
             "<line x1=\"{left}\" x2=\"{}\" y1=\"{py:.1}\" y2=\"{py:.1}\" stroke=\"#ddd\"/>\
              <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{y:.2}</text>\
-             <text x=\"{px:.1}\" y=\"{}\" text-anchor=\"middle\">{x:.0}</text>\n",
+             <text x=\"{px:.1}\" y=\"{}\" text-anchor=\"{anchor}\">{x:.0}</text>\n",
             w - right,
             left - 6.0,
             sy(y) + 4.0,
             h - bottom + 18.0,
             py = sy(y),
             px = sx(x),
+            // The last step label ends at the plot's right edge instead of running past it.
+            anchor = if i == 5 { "end" } else { "middle" },
         ));
     }
     svg.push_str(&line(&train, "#1f77b4"));
