@@ -16,8 +16,8 @@ use unroll::train::state::{Progress, RunSpec, TrainState};
 use unroll::train::trainer::{Trainer, argmax, count_correct, evaluate_with};
 
 use super::train::{
-    Signals, fixed_on_resume, fresh_model, fresh_out, load_resumed, on_nan, optimization,
-    resumed_engine, run_reported,
+    Signals, fixed_on_resume, fresh_engine, fresh_model, fresh_out, load_resumed, on_nan,
+    optimization, resumed_engine, run_reported,
 };
 use super::{DeviceArg, TrainArgs};
 
@@ -183,10 +183,7 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
         on_nan: on_nan(a),
         dropout,
     };
-    let (mut engine, note) = create_engine(a.device.into(), &config, &params)?;
-    engine.reset_state(batch)?;
-    eprintln!("{note}");
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let engine = fresh_engine(a, &config, &params, batch, &out)?;
     Ok(Setup {
         out,
         data,

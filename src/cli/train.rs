@@ -139,6 +139,22 @@ impl Split {
     }
 }
 
+/// The engine of a fresh run on `--device`, with a zero state of `batch` rows, and the output
+/// directory created (only now that every option has been checked).
+pub(super) fn fresh_engine(
+    a: &TrainArgs,
+    config: &ModelConfig,
+    params: &[f32],
+    batch: usize,
+    out: &Path,
+) -> anyhow::Result<Box<dyn Engine>> {
+    let (mut engine, note) = create_engine(a.device.into(), config, params)?;
+    engine.reset_state(batch)?;
+    eprintln!("{note}");
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    Ok(engine)
+}
+
 /// The divergence policy of fresh options.
 pub(super) fn on_nan(a: &TrainArgs) -> OnNan {
     match a.on_nan {
@@ -453,10 +469,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         on_nan: on_nan(a),
         dropout,
     };
-    let (mut engine, note) = create_engine(a.device.into(), &config, &params)?;
-    engine.reset_state(batch)?;
-    eprintln!("{note}");
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let engine = fresh_engine(a, &config, &params, batch, &out)?;
     Ok(Setup {
         out,
         corpus,
