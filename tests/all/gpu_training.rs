@@ -332,3 +332,32 @@ fn a_training_step_is_one_submit_with_one_compute_pass() {
         }
     }
 }
+
+#[test]
+fn a_lost_device_gives_an_error_not_a_panic() {
+    let cfg = ModelConfig::language_model(6, 5, 1);
+    let Some((_, mut gpu, mut rng)) = engines("device lost", &cfg) else {
+        return;
+    };
+    let opt = OptimizerConfig::new(OptimizerKind::Sgd);
+    let batch = common::random_batch(&mut rng, &cfg, 3, 2, None);
+    gpu.reset_state(2).unwrap();
+    gpu.context().device.destroy();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        gpu.upload_batch(&batch)?;
+        gpu.zero_grads()?;
+        gpu.forward()?;
+        gpu.backward()?;
+        gpu.optimizer_step(&opt, 0.1)?;
+        gpu.loss()?;
+        gpu.params()
+    }));
+    match result {
+        Err(_) => panic!("a lost device panicked the engine"),
+        Ok(Ok(_)) => panic!("a step on a destroyed device reported success"),
+        Ok(Err(Error::Gpu(msg))) => {
+            assert!(msg.contains("the GPU device was lost"), "{msg}")
+        }
+        Ok(Err(other)) => panic!("expected a GPU error, got {other:?}"),
+    }
+}

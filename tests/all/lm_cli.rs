@@ -652,3 +652,66 @@ fn gated_stacked_runs_with_dropout_resume_exactly_and_sample_and_eval() {
         run_ok(&["eval", "--model", h, "--corpus", &corpus, "--device", "cpu"]);
     }
 }
+
+#[test]
+fn a_second_signal_exits_at_once_and_leaves_a_loadable_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 300, "two signals");
+    let run = dir.path().join("run");
+    let args = [
+        &SMALL[..],
+        &[
+            "--corpus",
+            &corpus,
+            "--log-every",
+            "1",
+            "--checkpoint-every",
+            "1",
+        ],
+    ]
+    .concat();
+    let mut child = bin()
+        .args(
+            [
+                &args[..],
+                &["--steps", "1000000", "--out", run.to_str().unwrap()],
+            ]
+            .concat(),
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = run.join("metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for _ in 0..2 {
+        let kill = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    // Whatever the moment, the run on disk is complete and resumes.
+    let state = TrainState::load(&run).unwrap();
+    Checkpoint::load(&run).unwrap();
+    let total = (state.progress.step + 1).to_string();
+    run_ok(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--steps",
+        &total,
+        "--sample",
+        "0",
+        "--device",
+        "cpu",
+    ]);
+}

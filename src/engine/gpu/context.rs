@@ -165,6 +165,8 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     pub tunables: Tunables,
     errors: Arc<Mutex<Vec<String>>>,
+    /// Why the device was lost, once it is.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl fmt::Debug for GpuContext {
@@ -226,6 +228,13 @@ impl GpuContext {
                 v.push(e.to_string());
             }
         }));
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let lost_sink = Arc::clone(&lost);
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut l) = lost_sink.lock() {
+                *l = Some(format!("{reason:?}: {message}"));
+            }
+        });
         let tunables = Tunables::for_limits(&limits);
         Ok(GpuContext {
             device,
@@ -234,19 +243,30 @@ impl GpuContext {
             limits,
             tunables,
             errors,
+            lost,
         })
     }
 
     /// Turns the validation errors wgpu reported since the last check into an error.
     pub fn check(&self, during: &str) -> Result<()> {
+        let lost = |ctx: &Self| ctx.lost.lock().ok().and_then(|l| l.clone());
         let mut errors = self
             .errors
             .lock()
             .map_err(|_| Error::Gpu("the error sink is poisoned".into()))?;
-        if errors.is_empty() {
+        if errors.is_empty() && lost(self).is_none() {
             return Ok(());
         }
+        // A lost device shows first as validation errors of the work that follows; its
+        // callback runs when the device is polled.
+        let _ = self.device.poll(wgpu::PollType::Poll);
         let all = std::mem::take(&mut *errors).join("\n");
+        if let Some(why) = lost(self) {
+            return Err(Error::Gpu(format!(
+                "the GPU device was lost ({why}) while {during}; checkpoints already on disk are \
+                 intact: resume the run, or run it on --device cpu"
+            )));
+        }
         Err(Error::Gpu(format!("{during}: {all}")))
     }
 
