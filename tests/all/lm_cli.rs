@@ -47,6 +47,36 @@ fn params(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Starts `unroll` with `args` for a million steps into `run` and returns once it has reported
+/// three times (so it is training).
+fn start_long_run(args: &[&str], run: &Path) -> std::process::Child {
+    let child = bin()
+        .args(args)
+        .args(["--steps", "1000000", "--out", run.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = run.join("metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// Sends SIGINT to `child`.
+fn interrupt(child: &std::process::Child) {
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
 const SMALL: [&str; 13] = [
     "train",
     "--hidden",
@@ -199,32 +229,9 @@ fn ctrl_c_saves_and_resume_matches_an_uninterrupted_run() {
     let corpus = corpus_file(dir.path(), 300, "sigint");
     let run = dir.path().join("run");
     let args = [&SMALL[..], &["--corpus", &corpus, "--log-every", "1"]].concat();
-    let mut child = bin()
-        .args(
-            [
-                &args[..],
-                &["--steps", "1000000", "--out", run.to_str().unwrap()],
-            ]
-            .concat(),
-        )
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until training has taken a few steps, then interrupt.
-    let metrics = run.join("metrics.jsonl");
-    let start = Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "training did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    // A long run, interrupted once it has taken a few steps.
+    let mut child = start_long_run(&args, &run);
+    interrupt(&child);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "interrupted runs exit with 130");
     let stopped = TrainState::load(&run).unwrap().progress.step;
@@ -670,32 +677,9 @@ fn a_second_signal_exits_at_once_and_leaves_a_loadable_run() {
         ],
     ]
     .concat();
-    let mut child = bin()
-        .args(
-            [
-                &args[..],
-                &["--steps", "1000000", "--out", run.to_str().unwrap()],
-            ]
-            .concat(),
-        )
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let metrics = run.join("metrics.jsonl");
-    let start = Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "training did not start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = start_long_run(&args, &run);
     for _ in 0..2 {
-        let kill = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
+        interrupt(&child);
     }
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
