@@ -220,7 +220,10 @@ fn gpu_kernels(c: &mut Criterion) {
                     )
                 })
                 .collect::<Result<Vec<_>, _>>()
-                .expect("matmul call");
+                .expect("matmul call")
+                .into_iter()
+                .flatten()
+                .collect();
             let run = GpuRun::new(&ctx, &mut pipes, calls);
             g.throughput(Throughput::Elements((2 * m * n * k * PER_SUBMIT) as u64));
             g.bench_function(BenchmarkId::new("matmul flop x16", name), |bench| {
@@ -298,7 +301,7 @@ fn gpu_kernels(c: &mut Criterion) {
                         dlogits: &dlogits,
                         row_loss: &row_loss,
                     },
-                    loss::LossArgs::new(n, V, n as f64)?,
+                    loss::LossArgs::new(0..n, V, n as f64)?,
                 )
             })
             .collect::<Result<Vec<_>, _>>()

@@ -33,10 +33,13 @@ struct Args {
     accumulate: u32,
     // Number of bias vectors [n] added to every row of the product: 0, 1 or 2.
     biases: u32,
+    // The slice k_begin .. k_end of the depth this dispatch sums (the host splits a deep product
+    // into several dispatches that accumulate, so no dispatch loops over more than a bounded
+    // depth).
+    k_begin: u32,
+    k_end: u32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> args: Args;
@@ -50,7 +53,7 @@ var<workgroup> tile_b: array<f32, TILE_K * WG_X * MICRO>;
 
 fn load_a(row: u32, col: u32) -> f32 {
     // op(A)[row, col], zero outside [m, k].
-    if (row >= args.m || col >= args.k) {
+    if (row >= args.m || col >= args.k_end) {
         return 0.0;
     }
     if (args.trans_a == 1u) {
@@ -61,7 +64,7 @@ fn load_a(row: u32, col: u32) -> f32 {
 
 fn load_b(row: u32, col: u32) -> f32 {
     // op(B)[row, col], zero outside [k, n].
-    if (row >= args.k || col >= args.n) {
+    if (row >= args.k_end || col >= args.n) {
         return 0.0;
     }
     if (args.trans_b == 1u) {
@@ -84,7 +87,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     for (var i = 0u; i < 16u; i++) {
         acc[i] = 0.0;
     }
-    for (var k0 = 0u; k0 < args.k; k0 += TILE_K) {
+    for (var k0 = args.k_begin; k0 < args.k_end; k0 += TILE_K) {
         // Stage op(A)[row0.., k0..] as tile_a[kk * tile_m + r] and op(B)[k0.., col0..] as
         // tile_b[kk * tile_n + c].
         for (var i = tid; i < TILE_K * tile_m; i += threads) {

@@ -79,6 +79,7 @@ fn input_gather_onehot(
 // One-hot input gradient as a deterministic gather (no atomics):
 // dW_ih[j, v] += sum_{r : tok_r = v} dZ[r, j], the rows of token v read from the CSR lists
 // (starts [I+1], sorted rows [N]) built on the host with the batch. dW_ih [H, I], dZ [N, H].
+// Consecutive threads take consecutive tokens v, so the read-modify-write of dW_ih is coalesced.
 // Grid: I * H threads, linearised.
 @compute @workgroup_size(WG)
 fn input_grad_onehot(
@@ -90,8 +91,15 @@ fn input_grad_onehot(
     if (i >= args.inputs * args.hidden) {
         return;
     }
-    let v = i / args.hidden;
-    let j = i % args.hidden;
+    let j = i / args.inputs;
+    let v = i % args.inputs;
+    let idx = args.w_off + j * args.inputs + v;
+    d_grads[idx] = d_grads[idx] + token_rows_sum(v, j);
+}
+
+// sum_{r : tok_r = v} d_dz[r, j] over the rows of token v in the CSR lists; d_dz rows are
+// `hidden` wide, at src_off.
+fn token_rows_sum(v: u32, j: u32) -> f32 {
     let lo = d_tokens[args.starts_off + v];
     let hi = d_tokens[args.starts_off + v + 1u];
     var sum = 0.0;
@@ -99,8 +107,47 @@ fn input_grad_onehot(
         let r = d_tokens[args.sorted_off + s];
         sum += d_dz[args.src_off + r * args.hidden + j];
     }
-    let idx = args.w_off + j * args.inputs + v;
-    d_grads[idx] = d_grads[idx] + sum;
+    return sum;
+}
+
+// ---- embed_gather / embed_grad --------------------------------------------------------------
+// The embedding E [I, Em] (hidden = Em, inputs = I) at w_off in the parameter or gradient buffer.
+
+// Embedding lookup: X[r, e] = E[tok_r, e]; X [N, Em] written at dst_off.
+// Grid: N * Em threads, linearised.
+@compute @workgroup_size(WG)
+fn embed_gather(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let i = (wid.y * nwg.x + wid.x) * WG + lid.x;
+    if (i >= args.n * args.hidden) {
+        return;
+    }
+    let r = i / args.hidden;
+    let e = i % args.hidden;
+    let tok = g_tokens[args.tok_off + r];
+    g_out[args.dst_off + i] = g_params[args.w_off + tok * args.hidden + e];
+}
+
+// Embedding gradient as a deterministic gather over the CSR lists (as input_grad_onehot):
+// dE[v, e] += sum_{r : tok_r = v} dX[r, e]. dX [N, Em] at src_off, dE [I, Em] at w_off.
+// Grid: I * Em threads, linearised.
+@compute @workgroup_size(WG)
+fn embed_grad(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let i = (wid.y * nwg.x + wid.x) * WG + lid.x;
+    if (i >= args.inputs * args.hidden) {
+        return;
+    }
+    let v = i / args.hidden;
+    let e = i % args.hidden;
+    let idx = args.w_off + i;
+    d_grads[idx] = d_grads[idx] + token_rows_sum(v, e);
 }
 
 // ---- rnn_step_forward / rnn_step_backward -------------------------------------------------

@@ -86,7 +86,10 @@ pub fn measure(
                 false,
             )
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     let mut pipes = Pipelines::default();
     let plan = Plan::build(ctx, &mut pipes, "bench matmul", calls)?;
     let mut rec = Recorder::default();

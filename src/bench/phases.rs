@@ -60,7 +60,7 @@ pub fn cpu_kernel_phases(shape: &StepShape, repeats: usize, seed: u64) -> Result
     let mut ds = Array2::<f32>::zeros((n, h));
     let mut dw_o = Array2::<f32>::zeros((v, h));
     let mut dw_hh = Array2::<f32>::zeros((h, h));
-    let mut dw_ih_t = Array2::<f32>::zeros((v, h));
+    let mut dw_ih = Array2::<f32>::zeros((h, v));
     let mut db = vec![0.0f32; h.max(v)];
 
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(repeats); NAMES.len()];
@@ -116,7 +116,7 @@ pub fn cpu_kernel_phases(shape: &StepShape, repeats: usize, seed: u64) -> Result
         );
         reduce::column_sums_accumulate(ds.view(), &mut db[..h]);
         reduce::column_sums_accumulate(ds.view(), &mut db[..h]);
-        rnn::input_grad_onehot(&tokens, ds.view(), dw_ih_t.view_mut());
+        rnn::input_grad_onehot(&tokens, ds.view(), dw_ih.view_mut());
         clock(4, t0);
 
         let t0 = Instant::now();

@@ -85,6 +85,8 @@ impl PairsFormat {
             layers,
             output_kind,
             output_size: self.output.size,
+            embed: None,
+            tie_weights: false,
         };
         config.validate()?;
         Ok(config)

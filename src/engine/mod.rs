@@ -246,6 +246,33 @@ pub trait Engine {
             _ => Ok(()),
         }
     }
-    /// Output probabilities (after f2) of the last forward, `T * B * V` time-major.
+    /// Output probabilities (after f2) of the last forward, `T * B * V` time-major. Only kept when
+    /// the output layer ran in one chunk (see [`Engine::set_logit_budget`]); otherwise an error
+    /// says so.
     fn outputs(&mut self) -> Result<Vec<f32>>;
+    /// The most logits (rows times V) the output layer holds at once; at least one row. When a
+    /// batch's `T * B * V` logits exceed it, the output layer runs in chunks of
+    /// [`logit_chunk_rows`] rows: the forward keeps only the loss, and the backward computes each
+    /// chunk's logits again (one more output GEMM) before its gradients. Default
+    /// [`DEFAULT_LOGIT_BUDGET`]; applies from the next shape the engine builds.
+    fn set_logit_budget(&mut self, elements: usize) -> Result<()>;
+}
+
+/// The default logit budget: 2^26 values (256 MiB in f32 per logits array), so the usual
+/// character and word models run the output layer in one chunk and only very large batches
+/// over large vocabularies are chunked.
+pub const DEFAULT_LOGIT_BUDGET: usize = 1 << 26;
+
+/// Rows of the output layer's chunks for N rows of V logits under a budget of `budget` values:
+/// `budget / V` rows, at least one and at most N.
+pub fn logit_chunk_rows(n: usize, v: usize, budget: usize) -> usize {
+    (budget / v.max(1)).clamp(1, n.max(1))
+}
+
+/// The error of [`Engine::outputs`] when the output layer ran in chunks.
+pub fn outputs_not_kept(n: usize, v: usize, rows: usize) -> Error {
+    Error::Shape(format!(
+        "the outputs of the last forward ({n} rows of {v}) were not kept: the output layer ran in \
+         chunks of {rows} rows; run fewer rows per forward to read them"
+    ))
 }

@@ -80,6 +80,14 @@ pub struct ModelConfig {
     pub output_kind: OutputKind,
     /// V: number of classes (softmax) or output vector size.
     pub output_size: usize,
+    /// E: with one-hot input, a learned embedding `embed.weight` [I, E] turns token x_t into the
+    /// dense vector `embed.weight[x_t]` that layer 0 reads (PyTorch's `nn.Embedding`); `None`
+    /// reads the one-hot vector itself (`W_ih x_t` is then a column gather).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed: Option<usize>,
+    /// Tied input and output weights: `out.weight` IS `embed.weight` (needs E = H and V = I).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tie_weights: bool,
 }
 
 impl ModelConfig {
@@ -95,7 +103,15 @@ impl ModelConfig {
             layers,
             output_kind: OutputKind::Softmax,
             output_size: vocab,
+            embed: None,
+            tie_weights: false,
         }
+    }
+
+    /// Whether layer 0 reads the one-hot input directly, so that `W_ih x_t` is a column gather
+    /// (one-hot input without an embedding).
+    pub fn gathers_input(&self) -> bool {
+        self.input_kind == InputKind::OneHot && self.embed.is_none()
     }
 
     /// Checks that every size is usable; says which one is not.
@@ -113,6 +129,28 @@ impl ModelConfig {
         check("hidden size", self.hidden_size)?;
         check("layers", self.layers)?;
         check("output size", self.output_size)?;
+        if let Some(e) = self.embed {
+            check("embedding size", e)?;
+            if self.input_kind != InputKind::OneHot {
+                return Err(Error::Config(
+                    "an embedding needs one-hot (token) input".into(),
+                ));
+            }
+        }
+        if self.tie_weights {
+            if self.embed != Some(self.hidden_size) {
+                return Err(Error::Config(format!(
+                    "tied weights need an embedding of the hidden size ({}), not {}",
+                    self.hidden_size,
+                    self.embed.map_or("none".to_string(), |e| e.to_string())
+                )));
+            }
+            if self.output_kind != OutputKind::Softmax || self.output_size != self.input_size {
+                return Err(Error::Config(
+                    "tied weights need a softmax output over the input vocabulary".into(),
+                ));
+            }
+        }
         if self.layers > 64 {
             return Err(Error::Config(format!(
                 "{} layers is more than the 64 supported",
@@ -130,10 +168,11 @@ impl ModelConfig {
         parts * self.layers * self.hidden_size
     }
 
-    /// Input size of layer `k` (the input size for layer 0, H above it).
+    /// Input size of layer `k`: for layer 0 the embedding size E, or the input size without an
+    /// embedding; H above it.
     pub fn layer_input_size(&self, k: usize) -> usize {
         if k == 0 {
-            self.input_size
+            self.embed.unwrap_or(self.input_size)
         } else {
             self.hidden_size
         }

@@ -49,11 +49,13 @@ pub struct LayerOffsets {
 }
 
 /// The layout of all parameters of a model in one flat buffer, in a fixed order:
-/// for each layer k: `weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k}`; then
-/// `out.weight` [V, H], `out.bias` [V].
+/// `embed.weight` [I, E] when the model has an embedding; for each layer k:
+/// `weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k}`; then `out.weight` [V, H]
+/// (absent with tied weights, where the output layer uses `embed.weight`), `out.bias` [V].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamLayout {
     specs: Vec<ParamSpec>,
+    embed: Option<usize>,
     layers: Vec<LayerOffsets>,
     out_weight: usize,
     out_bias: usize,
@@ -78,6 +80,9 @@ impl ParamLayout {
             });
             offset
         };
+        let embed = config
+            .embed
+            .map(|e| push("embed.weight".into(), vec![config.input_size, e]));
         let mut layers = Vec::with_capacity(config.layers);
         for k in 0..config.layers {
             let input = config.layer_input_size(k);
@@ -88,7 +93,10 @@ impl ParamLayout {
                 bias_hh: push(format!("rnn.bias_hh_l{k}"), vec![gh]),
             });
         }
-        let out_weight = push("out.weight".into(), vec![config.output_size, h]);
+        let out_weight = match embed {
+            Some(e) if config.tie_weights => e,
+            _ => push("out.weight".into(), vec![config.output_size, h]),
+        };
         let out_bias = push("out.bias".into(), vec![config.output_size]);
         if total > u32::MAX as usize {
             return Err(Error::Config(format!(
@@ -97,6 +105,7 @@ impl ParamLayout {
         }
         Ok(ParamLayout {
             specs,
+            embed,
             layers,
             out_weight,
             out_bias,
@@ -129,7 +138,12 @@ impl ParamLayout {
         self.layers[k]
     }
 
-    /// Offset of `out.weight` [V, H].
+    /// Offset of `embed.weight` [I, E], when the model has an embedding.
+    pub fn embed(&self) -> Option<usize> {
+        self.embed
+    }
+
+    /// Offset of `out.weight` [V, H] (that of `embed.weight` with tied weights).
     pub fn out_weight(&self) -> usize {
         self.out_weight
     }

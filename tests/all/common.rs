@@ -41,6 +41,8 @@ pub fn config(
         layers,
         output_kind,
         output_size: v,
+        embed: None,
+        tie_weights: false,
     }
 }
 

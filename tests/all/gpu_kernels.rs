@@ -96,6 +96,8 @@ fn matmul_matches_cpu_for_every_transpose_bias_and_awkward_shape() {
         (33, 65, 17),
         (64, 64, 64),
         (70, 1, 130),
+        // Deeper than one dispatch sums.
+        (3, 2, 40000),
     ] {
         for trans_a in [false, true] {
             for trans_b in [false, true] {
@@ -103,8 +105,18 @@ fn matmul_matches_cpu_for_every_transpose_bias_and_awkward_shape() {
                     let what = format!(
                         "matmul m={m} n={n} k={k} ta={trans_a} tb={trans_b} acc={accumulate} biases={biases}"
                     );
-                    let a = common::uniform(&mut rng, m * k, 1.0);
-                    let b = common::uniform(&mut rng, k * n, 1.0);
+                    // A deep product sums positive terms, so that the f32 rounding of two
+                    // summation orders stays within the tolerance (random signs would cancel
+                    // to a small sum with the rounding of the large partial sums).
+                    let deep = |v: Vec<f32>| -> Vec<f32> {
+                        if k > 10_000 {
+                            v.iter().map(|x| x.abs()).collect()
+                        } else {
+                            v
+                        }
+                    };
+                    let a = deep(common::uniform(&mut rng, m * k, 1.0));
+                    let b = deep(common::uniform(&mut rng, k * n, 1.0));
                     let bias = common::uniform(&mut rng, 2 * n + 1, 1.0);
                     let c0 = common::uniform(&mut rng, m * n, 1.0);
                     // CPU: C = (b1 + b2) then += op(A) op(B), or C = c0 + op(A) op(B).
@@ -154,7 +166,7 @@ fn matmul_matches_cpu_for_every_transpose_bias_and_awkward_shape() {
                             matmul::plain(r)
                         }
                     };
-                    let call = matmul::matmul(
+                    let calls = matmul::matmul(
                         &g.ctx,
                         (m, n, k),
                         op(&ab, trans_a),
@@ -168,7 +180,7 @@ fn matmul_matches_cpu_for_every_transpose_bias_and_awkward_shape() {
                         accumulate,
                     )
                     .unwrap();
-                    g.run(vec![call]);
+                    g.run(calls);
                     check(&what, &g.read_guarded(&cb, m * n, &what), &flat(&c));
                 }
             }
@@ -287,8 +299,7 @@ fn one_hot_input_gather_and_gradient_match_cpu() {
             let w_ih = arr(&params[..h * vocab], h, vocab);
             let (b_ih, b_hh) = params[h * vocab..].split_at(h);
             let mut u_cpu = Array2::<f32>::zeros((n, h));
-            let w_t = w_ih.t().as_standard_layout().into_owned();
-            cpu_rnn::input_gather_onehot(&tokens, w_t.view(), b_ih, Some(b_hh), u_cpu.view_mut());
+            cpu_rnn::input_gather_onehot(&tokens, w_ih.view(), b_ih, Some(b_hh), u_cpu.view_mut());
 
             let tok_buf = g.upload_u32(&rnn::token_buffer(&tokens, vocab));
             let p_buf = g.guarded(&params);
@@ -323,9 +334,9 @@ fn one_hot_input_gather_and_gradient_match_cpu() {
             // Gradient: dW_ih [H, I] += scatter of dZ [N, H] by token.
             let dz = common::uniform(&mut rng, n * h, 1.0);
             let dw0 = common::uniform(&mut rng, h * vocab, 1.0);
-            let mut dw_t = Array2::<f32>::zeros((vocab, h));
-            cpu_rnn::input_grad_onehot(&tokens, arr(&dz, n, h).view(), dw_t.view_mut());
-            let expect: Vec<f32> = flat(&(arr(&dw0, h, vocab) + dw_t.t()));
+            let mut dw = arr(&dw0, h, vocab);
+            cpu_rnn::input_grad_onehot(&tokens, arr(&dz, n, h).view(), dw.view_mut());
+            let expect: Vec<f32> = flat(&dw);
             let dz_buf = g.guarded(&dz);
             let dw_buf = g.guarded(&dw0);
             let call = rnn::input_grad_onehot(
@@ -342,6 +353,71 @@ fn one_hot_input_gather_and_gradient_match_cpu() {
                 &format!("{what} input gradient"),
                 &g.read_guarded(&dw_buf, h * vocab, &what),
                 &expect,
+            );
+        }
+    }
+}
+
+#[test]
+fn embedding_gather_and_gradient_match_cpu() {
+    let Some((mut g, mut rng)) = Gpu::new("embedding") else {
+        return;
+    };
+    // (B, E, I): E and I off the workgroup size, one token, a vocabulary larger than N (most
+    // rows of the gradient untouched), and one smaller (tokens repeat).
+    for &(b, e, vocab) in &[(1, 1, 1), (3, 5, 70), (2, 33, 3), (4, 7, 1000)] {
+        for steps in [1, 5] {
+            let n = steps * b;
+            let what = format!("N={n} E={e} I={vocab}");
+            let tokens = random_tokens(&mut rng, n, vocab);
+            let table = common::uniform(&mut rng, vocab * e, 1.0);
+            let mut x_cpu = Array2::<f32>::zeros((n, e));
+            cpu_rnn::embed_gather(&tokens, arr(&table, vocab, e).view(), x_cpu.view_mut());
+            let tok_buf = g.upload_u32(&rnn::token_buffer(&tokens, vocab));
+            let p_buf = g.guarded(&table);
+            let out = g.poisoned(n * e);
+            let dims = rnn::Dims {
+                rows: b,
+                hidden: e,
+                inputs: vocab,
+                n,
+            };
+            let call = rnn::embed_gather(
+                &g.ctx,
+                dims,
+                at(&tok_buf, 0),
+                &p_buf,
+                GUARD,
+                at(&out, GUARD),
+            )
+            .unwrap();
+            g.run(vec![call]);
+            check(
+                &format!("{what} gather"),
+                &g.read_guarded(&out, n * e, &what),
+                &flat(&x_cpu),
+            );
+
+            let dx = common::uniform(&mut rng, n * e, 1.0);
+            let de0 = common::uniform(&mut rng, vocab * e, 1.0);
+            let mut de = arr(&de0, vocab, e);
+            cpu_rnn::embed_grad(&tokens, arr(&dx, n, e).view(), de.view_mut());
+            let dx_buf = g.guarded(&dx);
+            let de_buf = g.guarded(&de0);
+            let call = rnn::embed_grad(
+                &g.ctx,
+                dims,
+                &tok_buf,
+                rnn::TokenLayout::new(n, vocab),
+                at(&dx_buf, GUARD),
+                at(&de_buf, GUARD),
+            )
+            .unwrap();
+            g.run(vec![call]);
+            check(
+                &format!("{what} embedding gradient"),
+                &g.read_guarded(&de_buf, vocab * e, &what),
+                &flat(&de),
             );
         }
     }
@@ -415,7 +491,7 @@ fn fused_losses_match_cpu_with_masks() {
                         dlogits: &dlogits,
                         row_loss: &row_loss,
                     },
-                    loss::LossArgs::new(n, v, count).unwrap(),
+                    loss::LossArgs::new(0..n, v, count).unwrap(),
                 )
                 .unwrap(),
             ];

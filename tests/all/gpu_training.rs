@@ -220,20 +220,60 @@ fn evaluation_between_training_steps_keeps_the_engines_in_step() {
 }
 
 #[test]
-fn shapes_beyond_the_device_limits_are_refused_with_an_error() {
-    // V = 2^20 outputs with H = 1: small parameters, but N * V logits of 4 bytes pass any
-    // device's storage binding limit at N = 1024.
-    let v = 1 << 20;
+fn logits_beyond_the_device_binding_limit_run_in_chunks_and_match_cpu() {
+    // V = 2^18 outputs with H = 1: small parameters, but the N * V logits of one batch pass the
+    // device's storage binding limit, so the output layer must run in chunks of rows.
+    let v = 1 << 18;
     let cfg = ModelConfig::language_model(v, 1, 1);
+    let Some((mut cpu, mut gpu, mut rng)) = engines("limits", &cfg) else {
+        return;
+    };
+    let limit = gpu.context().limits.max_storage_buffer_binding_size;
+    let rows = ((limit / 4 / v as u64) + 1).min(1 << 12) as usize;
+    let batch = common::random_batch(&mut rng, &cfg, 1, rows, None);
+    for e in [&mut cpu as &mut dyn Engine, &mut gpu] {
+        e.reset_state(rows).unwrap();
+        e.upload_batch(&batch).unwrap();
+        e.zero_grads().unwrap();
+        e.forward().unwrap();
+        e.backward().unwrap();
+    }
+    match gpu.outputs() {
+        Err(Error::Shape(msg)) => assert!(msg.contains("chunks"), "{msg}"),
+        other => panic!(
+            "expected the outputs to be refused, got {:?}",
+            other.map(|o| o.len())
+        ),
+    }
+    let (l_gpu, l_cpu) = (gpu.loss().unwrap(), cpu.loss().unwrap());
+    assert_close("loss", &[l_gpu.mean()], &[l_cpu.mean()], RTOL, ATOL);
+    close("grads", &gpu.grads().unwrap(), &cpu.grads().unwrap());
+}
+
+#[test]
+fn shapes_beyond_the_device_limits_are_refused_with_an_error() {
+    // An LSTM's gate activations [N, 4H] are its largest per-batch buffer: with H = 256, one
+    // step of `limit / 4 KiB + 1` rows passes the device's storage binding limit there.
+    let cfg = ModelConfig {
+        cell: Cell::Lstm,
+        ..ModelConfig::language_model(3, 256, 1)
+    };
     let Some((_, mut gpu, mut rng)) = engines("limits", &cfg) else {
         return;
     };
     let limit = gpu.context().limits.max_storage_buffer_binding_size;
-    let rows = ((limit / 4 / v as u64) + 1).min(1 << 16) as usize;
+    let rows = (limit / 4 / 1024 + 1) as usize;
+    assert!(
+        rows <= 1 << 20,
+        "binding limit {limit} is too large for this test"
+    );
     gpu.reset_state(rows).unwrap();
     let batch = common::random_batch(&mut rng, &cfg, 1, rows, None);
     match gpu.upload_batch(&batch) {
-        Err(Error::Shape(msg)) => assert!(msg.contains("logits"), "{msg}"),
+        Err(Error::Shape(msg)) => assert!(
+            msg.contains("gates") && msg.contains("binds at most"),
+            "{msg}"
+        ),
         other => panic!("expected a shape error, got {other:?}"),
     }
 }

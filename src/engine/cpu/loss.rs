@@ -32,14 +32,16 @@ pub fn softmax_cross_entropy<F: Float>(
         // The target's shifted logit, kept before the row is exponentiated: the loss
         // -ln p_y = ln(sum_j e^(z_j - max)) - (z_y - max) stays finite when p_y underflows.
         let zy = z[y] - max;
-        let mut sum = F::zero();
+        // The sum of V exponentials accumulates in f64, so that with tens of thousands of
+        // classes the small terms are not lost to rounding.
+        let mut sum = 0.0f64;
         for v in z.iter_mut() {
             *v = (*v - max).exp();
-            sum += *v;
+            sum += v.f64();
         }
-        let inv = F::one() / sum;
+        let inv = F::of(1.0 / sum);
         let w = weight(mask, r);
-        total += w * (sum.f64().ln() - zy.f64());
+        total += w * (sum.ln() - zy.f64());
         let wf = F::of(w / norm);
         for (j, (p, d)) in z.iter_mut().zip(dz.iter_mut()).enumerate() {
             *p = *p * inv;

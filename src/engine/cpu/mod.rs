@@ -20,7 +20,10 @@ pub mod rnn;
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
 
-use crate::engine::{Batch, Dropout, Engine, Inputs, LossStats, Targets};
+use crate::engine::{
+    Batch, DEFAULT_LOGIT_BUDGET, Dropout, Engine, Inputs, LossStats, Targets, logit_chunk_rows,
+    outputs_not_kept,
+};
 use crate::error::{Error, Result};
 use crate::model::{Cell, ModelConfig, OutputKind, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState, clip_scale};
@@ -161,11 +164,77 @@ struct Cache<F> {
     layers: Vec<LayerCache<F>>,
     /// The dropout mask after each layer but the last.
     masks: Vec<MaskKey>,
-    /// Output probabilities (after f2), [N, V].
-    outputs: Array2<F>,
-    /// Gradient of the objective w.r.t. the logits, [N, V].
-    dlogits: Array2<F>,
+    /// With an embedding: layer 0's input, the embedded tokens [N, E].
+    embedded: Option<Array2<F>>,
+    /// When the output layer ran in one chunk: the output probabilities (after f2) and the
+    /// gradient of the objective w.r.t. the logits, [N, V] each.
+    kept: Option<(Array2<F>, Array2<F>)>,
+    /// Rows per chunk of the output layer (N when it ran in one).
+    chunk_rows: usize,
     loss: LossStats,
+}
+
+/// One chunk of the output layer: for `rows` of the top layer's states `top` [N, H], the logits
+/// `top[rows] W_o^T + b_o`, then the fused output nonlinearity, loss and gradient. Returns the
+/// probabilities and the gradient w.r.t. the logits, [rows, V] each, and the masked loss sum.
+fn output_chunk<F: Float>(
+    cfg: &ModelConfig,
+    layout: &ParamLayout,
+    p: &[F],
+    top: ArrayView2<F>,
+    batch: &PreparedBatch<F>,
+    rows: std::ops::Range<usize>,
+) -> Result<(Array2<F>, Array2<F>, f64)> {
+    let (h, v) = (cfg.hidden_size, cfg.output_size);
+    let w_o = view(p, layout.out_weight(), v, h);
+    let b_o = ndarray::ArrayView1::from(&p[layout.out_bias()..layout.out_bias() + v]);
+    let m = rows.len();
+    let mut logits = Array2::<F>::zeros((m, v));
+    for mut row in logits.outer_iter_mut() {
+        row.assign(&b_o);
+    }
+    matmul(
+        top.slice(s![rows.clone(), ..]),
+        w_o.t(),
+        &mut logits.view_mut(),
+        true,
+    );
+    let mut dlogits = Array2::<F>::zeros((m, v));
+    let norm = batch.count.max(f64::MIN_POSITIVE);
+    let mask = batch.mask.as_deref().map(|m| &m[rows.clone()]);
+    let dense_rows = rows.start * v..rows.end * v;
+    let sum = match (&batch.targets, cfg.output_kind) {
+        (Targets::Classes(y), OutputKind::Softmax) => loss::softmax_cross_entropy(
+            logits.view_mut(),
+            &y[rows.clone()],
+            mask,
+            norm,
+            dlogits.view_mut(),
+        ),
+        (Targets::Dense(y), OutputKind::Identity) => loss::squared_error(
+            logits.view_mut(),
+            &y[dense_rows],
+            mask,
+            norm,
+            dlogits.view_mut(),
+        ),
+        (Targets::Dense(y), OutputKind::Sigmoid) => loss::sigmoid_binary_cross_entropy(
+            logits.view_mut(),
+            &y[dense_rows],
+            mask,
+            norm,
+            dlogits.view_mut(),
+        ),
+        _ => return Err(Error::Shape("targets do not match the output kind".into())),
+    };
+    Ok((logits, dlogits, sum))
+}
+
+/// The chunks of N rows, `chunk` rows each (the last one shorter).
+fn chunks(n: usize, chunk: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..n)
+        .step_by(chunk.max(1))
+        .map(move |c| c..(c + chunk).min(n))
 }
 
 /// The CPU engine in float type `F`.
@@ -183,6 +252,8 @@ pub struct CpuEngine<F: Float = f32> {
     /// LSTM: initial memory of the next forward, per layer [B, H]; empty for other cells.
     c0: Vec<Array2<F>>,
     dropout: Option<Dropout>,
+    /// The most logits the output layer holds at once.
+    logit_budget: usize,
     batch: Option<PreparedBatch<F>>,
     cache: Option<Cache<F>>,
 }
@@ -219,6 +290,7 @@ impl<F: Float> CpuEngine<F> {
             h0: Vec::new(),
             c0: Vec::new(),
             dropout: None,
+            logit_budget: DEFAULT_LOGIT_BUDGET,
             batch: None,
             cache: None,
         };
@@ -341,6 +413,19 @@ impl<F: Float> Engine for CpuEngine<F> {
         let masks: Vec<MaskKey> = (0..cfg.layers.saturating_sub(1))
             .map(|k| MaskKey::new(self.dropout, k))
             .collect();
+        // With an embedding, layer 0 reads the embedded tokens [N, E].
+        let embedded = match (self.layout.embed(), cfg.embed, &batch.tokens) {
+            (Some(off), Some(e), Some(tokens)) => {
+                let mut x = Array2::<F>::zeros((n, e));
+                rnn::embed_gather(
+                    tokens,
+                    view(&self.params, off, cfg.input_size, e),
+                    x.view_mut(),
+                );
+                Some(x)
+            }
+            _ => None,
+        };
         let mut layers: Vec<LayerCache<F>> = Vec::with_capacity(cfg.layers);
         for k in 0..cfg.layers {
             // The input of layer k > 0: the states of layer k-1, through dropout when it is on.
@@ -353,7 +438,7 @@ impl<F: Float> Engine for CpuEngine<F> {
             });
             let below = match (&input, k) {
                 (Some(x), _) => Some(x.view()),
-                (None, 0) => None,
+                (None, 0) => embedded.as_ref().map(|x| x.view()),
                 (None, _) => Some(layers[k - 1].states.slice(s![b.., ..])),
             };
             let c0 = self.c0.get(k);
@@ -368,41 +453,27 @@ impl<F: Float> Engine for CpuEngine<F> {
             );
             layers.push(LayerCache { input, ..layer });
         }
-        // Output projection over all N rows, then the fused output nonlinearity + loss + gradient.
-        let p = &self.params;
+        // The output layer over all N rows, in chunks when the logits exceed the budget: the
+        // projection, then the fused output nonlinearity + loss + gradient.
         let v = cfg.output_size;
-        let w_o = view(p, self.layout.out_weight(), v, h);
-        let b_o = &p[self.layout.out_bias()..self.layout.out_bias() + v];
         let top = layers[cfg.layers - 1].states.slice(s![b.., ..]);
-        let mut logits = Array2::<F>::zeros((n, v));
-        for mut row in logits.outer_iter_mut() {
-            row.assign(&ndarray::ArrayView1::from(b_o));
-        }
-        matmul(top, w_o.t(), &mut logits.view_mut(), true);
-        let mut dlogits = Array2::<F>::zeros((n, v));
-        let norm = batch.count.max(f64::MIN_POSITIVE);
-        let mask = batch.mask.as_deref();
-        let sum = match (&batch.targets, cfg.output_kind) {
-            (Targets::Classes(y), OutputKind::Softmax) => {
-                loss::softmax_cross_entropy(logits.view_mut(), y, mask, norm, dlogits.view_mut())
+        let chunk_rows = logit_chunk_rows(n, v, self.logit_budget);
+        let (kept, sum) = if chunk_rows >= n {
+            let (p, d, sum) = output_chunk(cfg, &self.layout, &self.params, top, batch, 0..n)?;
+            (Some((p, d)), sum)
+        } else {
+            let mut sum = 0.0;
+            for rows in chunks(n, chunk_rows) {
+                sum += output_chunk(cfg, &self.layout, &self.params, top, batch, rows)?.2;
             }
-            (Targets::Dense(y), OutputKind::Identity) => {
-                loss::squared_error(logits.view_mut(), y, mask, norm, dlogits.view_mut())
-            }
-            (Targets::Dense(y), OutputKind::Sigmoid) => loss::sigmoid_binary_cross_entropy(
-                logits.view_mut(),
-                y,
-                mask,
-                norm,
-                dlogits.view_mut(),
-            ),
-            _ => return Err(Error::Shape("targets do not match the output kind".into())),
+            (None, sum)
         };
         self.cache = Some(Cache {
             layers,
             masks,
-            outputs: logits,
-            dlogits,
+            embedded,
+            kept,
+            chunk_rows,
             loss: LossStats {
                 sum,
                 count: batch.count,
@@ -432,17 +503,29 @@ impl<F: Float> Engine for CpuEngine<F> {
         let p = &self.params;
         let g = &mut self.grads;
         let top = cache.layers[cfg.layers - 1].states.slice(s![b.., ..]);
-        // Output layer: dW_o += dlogits^T S, db_o += colsum(dlogits), dS = dlogits W_o.
+        // Output layer, chunk by chunk (the kept gradient, or each chunk computed again):
+        // dW_o += dlogits^T S, db_o += colsum(dlogits), dS = dlogits W_o.
         let (ow, ob) = (self.layout.out_weight(), self.layout.out_bias());
-        matmul(cache.dlogits.t(), top, &mut view_mut(g, ow, v, h), true);
-        reduce::column_sums_accumulate(cache.dlogits.view(), &mut g[ob..ob + v]);
         let mut ds = Array2::<F>::zeros((n, h));
-        matmul(
-            cache.dlogits.view(),
-            view(p, ow, v, h),
-            &mut ds.view_mut(),
-            false,
-        );
+        for rows in chunks(n, cache.chunk_rows) {
+            let recomputed;
+            let dlogits = match &cache.kept {
+                Some((_, d)) => d.view(),
+                None => {
+                    recomputed = output_chunk(cfg, &self.layout, p, top, batch, rows.clone())?.1;
+                    recomputed.view()
+                }
+            };
+            let top_c = top.slice(s![rows.clone(), ..]);
+            matmul(dlogits.t(), top_c, &mut view_mut(g, ow, v, h), true);
+            reduce::column_sums_accumulate(dlogits, &mut g[ob..ob + v]);
+            matmul(
+                dlogits,
+                view(p, ow, v, h),
+                &mut ds.slice_mut(s![rows, ..]),
+                false,
+            );
+        }
         for k in (0..cfg.layers).rev() {
             let lo = self.layout.layer(k);
             let input = cfg.layer_input_size(k);
@@ -460,45 +543,42 @@ impl<F: Float> Engine for CpuEngine<F> {
             );
             reduce::column_sums_accumulate(da_ih.view(), &mut g[lo.bias_ih..lo.bias_ih + gh]);
             reduce::column_sums_accumulate(da_hh.view(), &mut g[lo.bias_hh..lo.bias_hh + gh]);
-            match (k, &batch.tokens, &batch.dense) {
-                (0, Some(tokens), _) => {
-                    let mut dw_t = Array2::<F>::zeros((input, gh));
-                    rnn::input_grad_onehot(tokens, da_ih.view(), dw_t.view_mut());
-                    let mut dst = view_mut(g, lo.weight_ih, gh, input);
-                    dst += &dw_t.t();
-                }
-                (0, None, Some(x)) => matmul(
-                    da_ih.t(),
-                    x.view(),
-                    &mut view_mut(g, lo.weight_ih, gh, input),
-                    true,
-                ),
-                _ => {
-                    let below = match &lc.input {
-                        Some(x) => x.view(),
-                        None => cache.layers[k - 1].states.slice(s![b.., ..]),
-                    };
-                    matmul(
-                        da_ih.t(),
-                        below,
-                        &mut view_mut(g, lo.weight_ih, gh, input),
-                        true,
-                    );
-                }
+            // The layer's input: the (dropped-out) states below, the embedded tokens, the dense
+            // batch, or the one-hot tokens (whose gradient is a scatter-add).
+            let below = match (&lc.input, k) {
+                (Some(x), _) => Some(x.view()),
+                (None, 0) => cache
+                    .embedded
+                    .as_ref()
+                    .map(|x| x.view())
+                    .or(batch.dense.as_ref().map(|x| x.view())),
+                (None, _) => Some(cache.layers[k - 1].states.slice(s![b.., ..])),
+            };
+            let mut dw_ih = view_mut(g, lo.weight_ih, gh, input);
+            match (below, &batch.tokens) {
+                (Some(x), _) => matmul(da_ih.t(), x, &mut dw_ih, true),
+                (None, Some(tokens)) => rnn::input_grad_onehot(tokens, da_ih.view(), dw_ih),
+                (None, None) => {}
             }
             ds = Array2::<F>::zeros((0, h));
-            if k > 0 {
-                let mut ds_below = Array2::<F>::zeros((n, h));
+            // The gradient of the layer's input: passed down, or into the embedding.
+            let embedded = k == 0 && cache.embedded.is_some();
+            if k > 0 || embedded {
+                let mut dx = Array2::<F>::zeros((n, input));
                 matmul(
                     da_ih.view(),
                     view(p, lo.weight_ih, gh, input),
-                    &mut ds_below.view_mut(),
+                    &mut dx.view_mut(),
                     false,
                 );
-                if lc.input.is_some() {
-                    dropout::dropout_backward(cache.masks[k - 1], ds_below.view_mut());
+                if k > 0 {
+                    if lc.input.is_some() {
+                        dropout::dropout_backward(cache.masks[k - 1], dx.view_mut());
+                    }
+                    ds = dx;
+                } else if let (Some(off), Some(tokens)) = (self.layout.embed(), &batch.tokens) {
+                    rnn::embed_grad(tokens, dx.view(), view_mut(g, off, cfg.input_size, input));
                 }
-                ds = ds_below;
             }
         }
         Ok(())
@@ -631,12 +711,26 @@ impl<F: Float> Engine for CpuEngine<F> {
     }
 
     fn outputs(&mut self) -> Result<Vec<f32>> {
-        Ok(self
-            .cache()?
-            .outputs
-            .iter()
-            .map(|v| v.to_f32_lossy())
-            .collect())
+        let cache = self.cache()?;
+        match &cache.kept {
+            Some((p, _)) => Ok(p.iter().map(|v| v.to_f32_lossy()).collect()),
+            None => {
+                let n = cache.layers[0].states.nrows() - self.rows();
+                Err(outputs_not_kept(
+                    n,
+                    self.config.output_size,
+                    cache.chunk_rows,
+                ))
+            }
+        }
+    }
+
+    fn set_logit_budget(&mut self, elements: usize) -> Result<()> {
+        if elements == 0 {
+            return Err(Error::Config("the logit budget must be at least 1".into()));
+        }
+        self.logit_budget = elements;
+        Ok(())
     }
 }
 
@@ -681,10 +775,7 @@ fn layer_forward<F: Float>(
             (states.slice_mut(s![b.., ..]), Some(b_hh))
         };
         match (below, &batch.tokens, &batch.dense) {
-            (None, Some(tokens), _) => {
-                let w_ih_t = w_ih.t().as_standard_layout().into_owned();
-                rnn::input_gather_onehot(tokens, w_ih_t.view(), b_ih, second, u);
-            }
+            (None, Some(tokens), _) => rnn::input_gather_onehot(tokens, w_ih, b_ih, second, u),
             (None, _, Some(x)) => rnn::input_projection_dense(x.view(), w_ih, b_ih, second, u),
             (Some(x), _, _) => rnn::input_projection_dense(x, w_ih, b_ih, second, u),
             (None, None, None) => {}

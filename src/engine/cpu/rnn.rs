@@ -1,27 +1,35 @@
 //! CPU twin of `shaders/rnn.wgsl`: the input projection, the tanh/relu cell step forward and its
 //! BPTT step backward, for all B rows of one time step.
 
-use ndarray::{ArrayView2, ArrayViewMut2, Axis, Zip};
+use ndarray::{ArrayView2, ArrayViewMut2, Zip};
 
 use crate::engine::cpu::Float;
 use crate::engine::cpu::matmul::matmul;
 use crate::model::Activation;
 
+/// Rows of W_ih that the one-hot gather and its gradient walk together: their columns of a
+/// large vocabulary stay in cache while every token of the batch reads or writes them.
+const GATHER_BLOCK: usize = 16;
+
 /// One-hot input projection (a column gather, no matmul):
 /// `U[r, :] = W_ih[:, tok_r] + b_ih (+ b_hh)`; the gated cells leave b_hh to the recurrent
 /// product (`b_hh = None`).
-/// Shapes: `w_ih_t` is W_ih TRANSPOSED, [I, GH]; `u` [N, GH]; `tokens` N ids < I.
+/// Shapes: W_ih [GH, I] (PyTorch's layout, read in blocks of rows); `u` [N, GH]; `tokens` N
+/// ids < I.
 pub fn input_gather_onehot<F: Float>(
     tokens: &[u32],
-    w_ih_t: ArrayView2<F>,
+    w_ih: ArrayView2<F>,
     b_ih: &[F],
     b_hh: Option<&[F]>,
     mut u: ArrayViewMut2<F>,
 ) {
-    for (mut row, &tok) in u.outer_iter_mut().zip(tokens) {
-        let w = w_ih_t.row(tok as usize);
-        for (j, o) in row.iter_mut().enumerate() {
-            *o = w[j] + b_ih[j] + b_hh.map_or(F::zero(), |b| b[j]);
+    let gh = w_ih.nrows();
+    for j0 in (0..gh).step_by(GATHER_BLOCK) {
+        let j1 = (j0 + GATHER_BLOCK).min(gh);
+        for (r, &tok) in tokens.iter().enumerate() {
+            for j in j0..j1 {
+                u[[r, j]] = w_ih[[j, tok as usize]] + b_ih[j] + b_hh.map_or(F::zero(), |b| b[j]);
+            }
         }
     }
 }
@@ -97,14 +105,30 @@ pub fn rnn_step_backward<F: Float>(
 }
 
 /// One-hot input gradient (scatter-add): `dW_ih[:, tok_r] += dZ[r, :]`.
-/// Shapes: `dw_ih_t` is dW_ih TRANSPOSED [I, GH], `dz` [N, GH].
-pub fn input_grad_onehot<F: Float>(
-    tokens: &[u32],
-    dz: ArrayView2<F>,
-    mut dw_ih_t: ArrayViewMut2<F>,
-) {
-    for (row, &tok) in dz.axis_iter(Axis(0)).zip(tokens) {
-        let mut dst = dw_ih_t.row_mut(tok as usize);
+/// Shapes: dW_ih [GH, I] (PyTorch's layout, written in blocks of rows), `dz` [N, GH].
+pub fn input_grad_onehot<F: Float>(tokens: &[u32], dz: ArrayView2<F>, mut dw_ih: ArrayViewMut2<F>) {
+    let gh = dw_ih.nrows();
+    for j0 in (0..gh).step_by(GATHER_BLOCK) {
+        let j1 = (j0 + GATHER_BLOCK).min(gh);
+        for (r, &tok) in tokens.iter().enumerate() {
+            for j in j0..j1 {
+                dw_ih[[j, tok as usize]] += dz[[r, j]];
+            }
+        }
+    }
+}
+
+/// Embedding lookup: `X[r, :] = E[tok_r, :]`. Shapes: E [I, E], X [N, E] (written).
+pub fn embed_gather<F: Float>(tokens: &[u32], table: ArrayView2<F>, mut x: ArrayViewMut2<F>) {
+    for (mut row, &tok) in x.outer_iter_mut().zip(tokens) {
+        row.assign(&table.row(tok as usize));
+    }
+}
+
+/// Embedding gradient (scatter-add): `dE[tok_r, :] += dX[r, :]`. Shapes: dX [N, E], dE [I, E].
+pub fn embed_grad<F: Float>(tokens: &[u32], dx: ArrayView2<F>, mut d_table: ArrayViewMut2<F>) {
+    for (row, &tok) in dx.outer_iter().zip(tokens) {
+        let mut dst = d_table.row_mut(tok as usize);
         dst += &row;
     }
 }

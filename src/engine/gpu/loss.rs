@@ -43,28 +43,31 @@ pub static SIGMOID_BINARY_CROSS_ENTROPY: Kernel = Kernel {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct LossArgs {
+    /// Rows of the chunk.
     pub n: u32,
     pub v: u32,
     /// 1 / count, count = the batch's mask sum (clamped away from 0).
     pub inv_count: f32,
-    pub pad: u32,
+    /// The batch row of the chunk's first row.
+    pub row0: u32,
 }
 
 impl LossArgs {
-    /// Arguments for N rows of V outputs with `count` counted steps.
-    pub fn new(n: usize, v: usize, count: f64) -> Result<Self> {
+    /// Arguments for the chunk of batch rows `rows` of V outputs, with `count` counted steps in
+    /// the batch.
+    pub fn new(rows: std::ops::Range<usize>, v: usize, count: f64) -> Result<Self> {
         Ok(LossArgs {
-            n: offset32("rows", n)?,
+            n: offset32("rows", rows.len())?,
             v: offset32("outputs", v)?,
             inv_count: (1.0 / count.max(f64::MIN_POSITIVE)) as f32,
-            pad: 0,
+            row0: offset32("rows", rows.start)?,
         })
     }
 }
 
-/// The buffers of the loss: targets (class ids, or target values as f32 bits) and mask `[N]` in;
-/// logits `[N, V]` in and overwritten with the probabilities; dlogits `[N, V]` and the masked loss
-/// per row `[N]` written.
+/// The buffers of the loss: targets (class ids `[N]`, or target values `[N, V]` as f32 bits) and
+/// mask `[N]` in; the chunk's logits `[n, V]` in and overwritten with the probabilities; the
+/// chunk's dlogits `[n, V]` and the masked loss per batch row `[N]` written.
 #[derive(Clone, Copy, Debug)]
 pub struct LossBuffers<'a> {
     pub targets: &'a wgpu::Buffer,

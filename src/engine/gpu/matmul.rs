@@ -33,8 +33,17 @@ pub struct MatmulArgs {
     pub trans_b: u32,
     pub accumulate: u32,
     pub biases: u32,
-    pub pad: [u32; 4],
+    /// The slice of the depth this dispatch sums.
+    pub k_begin: u32,
+    pub k_end: u32,
+    pub pad: [u32; 2],
 }
+
+/// The most depth one matmul dispatch sums: deeper products (the output layer's `dS = dlogits
+/// W_o` sums over the whole vocabulary) are split into dispatches that accumulate, which keeps
+/// each dispatch short and its f32 running sums shallow (and lavapipe computes wrong sums in one
+/// dispatch from a depth of about 40,000).
+pub const MAX_DEPTH_PER_DISPATCH: usize = 8192;
 
 /// A GEMM operand: where it is, and whether it is stored transposed (`op(X) = X^T`).
 #[derive(Clone, Copy, Debug)]
@@ -68,7 +77,8 @@ pub struct Biases<'a> {
 }
 
 /// `C[m, n] = op(A)[m, k] op(B)[k, n] + biases` (`accumulate = false`) or `C += op(A) op(B)`.
-/// The CPU twin is `engine::cpu::matmul::matmul`.
+/// The CPU twin is `engine::cpu::matmul::matmul`. One dispatch per [`MAX_DEPTH_PER_DISPATCH`] of
+/// the depth k.
 pub fn matmul(
     ctx: &GpuContext,
     (m, n, k): (usize, usize, usize),
@@ -77,7 +87,7 @@ pub fn matmul(
     c: Region<'_>,
     biases: Option<Biases<'_>>,
     accumulate: bool,
-) -> Result<Call> {
+) -> Result<Vec<Call>> {
     let t = ctx.tunables;
     let (wx, wy) = t.matmul_wg;
     let args = MatmulArgs {
@@ -93,14 +103,31 @@ pub fn matmul(
         trans_b: b.transposed as u32,
         accumulate: accumulate as u32,
         biases: biases.map_or(0, |x| 1 + x.second.is_some() as u32),
-        pad: [0; 4],
+        k_begin: 0,
+        k_end: offset32("depth", k)?,
+        pad: [0; 2],
     };
     let bias_buffer = biases.map_or(b.at.buffer, |x| x.buffer);
-    Ok(Call::new(
-        &MATMUL,
-        vec![("WG_X", wx), ("WG_Y", wy), ("TILE_K", t.matmul_k)],
-        &[a.at.buffer, b.at.buffer, c.buffer, bias_buffer],
-        &args,
-        grid_2d(ctx, "matmul", m, n, 4 * wy, 4 * wx)?,
-    ))
+    let grid = grid_2d(ctx, "matmul", m, n, 4 * wy, 4 * wx)?;
+    // The first slice applies the caller's accumulate flag and biases; the others add to it.
+    (0..k.max(1))
+        .step_by(MAX_DEPTH_PER_DISPATCH)
+        .map(|k0| {
+            let first = k0 == 0;
+            let slice = MatmulArgs {
+                k_begin: offset32("depth", k0)?,
+                k_end: offset32("depth", (k0 + MAX_DEPTH_PER_DISPATCH).min(k))?,
+                accumulate: if first { args.accumulate } else { 1 },
+                biases: if first { args.biases } else { 0 },
+                ..args
+            };
+            Ok(Call::new(
+                &MATMUL,
+                vec![("WG_X", wx), ("WG_Y", wy), ("TILE_K", t.matmul_k)],
+                &[a.at.buffer, b.at.buffer, c.buffer, bias_buffer],
+                &slice,
+                grid,
+            ))
+        })
+        .collect()
 }

@@ -66,12 +66,15 @@ struct Shape {
     mask: wgpu::Buffer,
     /// Per layer [(T+1) * B, H].
     states: Vec<wgpu::Buffer>,
-    /// Logits, then probabilities [N, V].
+    /// Logits, then probabilities, of one chunk of the output layer [chunk_rows, V].
     logits: wgpu::Buffer,
+    /// Rows per chunk of the output layer (N when it runs in one).
+    chunk_rows: usize,
     forward: Plan,
     backward: Plan,
-    /// Index of the loss dispatch in `forward` (its arguments carry the batch's count).
-    loss_index: usize,
+    /// The loss dispatches (in `forward`, or else in `backward`) and their rows; their arguments
+    /// carry the batch's count.
+    loss_slots: Vec<(bool, usize, std::ops::Range<usize>)>,
     /// LSTM: per layer the memories [(T+1) * B, H]; empty for the other cells.
     cells: Vec<wgpu::Buffer>,
     /// The dropout dispatches, whose arguments change with the dropout setting.
@@ -101,7 +104,7 @@ fn recurrent_grad(
     da: &wgpu::Buffer,
     ds: &wgpu::Buffer,
     t: usize,
-) -> Result<Call> {
+) -> Result<Vec<Call>> {
     matmul(
         ctx,
         (rows, h, gh),
@@ -129,6 +132,8 @@ pub struct GpuEngine {
     /// memories c in the same layout.
     h0: wgpu::Buffer,
     dropout: Option<Dropout>,
+    /// The most logits the output layer holds at once.
+    logit_budget: usize,
     rows: usize,
     shapes: HashMap<(usize, usize), Shape>,
     /// Counts `use_shape` calls, to find the least recently used shape.
@@ -198,6 +203,7 @@ impl GpuEngine {
             scratch,
             h0,
             dropout: None,
+            logit_budget: crate::engine::DEFAULT_LOGIT_BUDGET,
             rows: 1,
             shapes: HashMap::new(),
             use_tick: 0,
@@ -273,8 +279,22 @@ impl GpuEngine {
         let dc = (cfg.cell == Cell::Lstm)
             .then(|| storage(ctx, "dc", rows * h))
             .transpose()?;
-        let logits = storage(ctx, "logits", n * v)?;
-        let dlogits = storage(ctx, "dlogits", n * v)?;
+        // The output layer runs in chunks of `chunk` rows when N * V logits exceed the budget
+        // (or what one buffer binds).
+        let bindable = (ctx.limits.max_storage_buffer_binding_size / 4) as usize;
+        let chunk = crate::engine::logit_chunk_rows(n, v, self.logit_budget.min(bindable));
+        let logits = storage(ctx, "logits", chunk * v)?;
+        let dlogits = storage(ctx, "dlogits", chunk * v)?;
+        // With an embedding: the embedded tokens [N, E] (layer 0's input) and their gradient.
+        let embed = match (self.layout.embed(), cfg.embed) {
+            (Some(off), Some(e)) => Some((
+                off,
+                e,
+                storage(ctx, "embedded", n * e)?,
+                storage(ctx, "d_embedded", n * e)?,
+            )),
+            _ => None,
+        };
         let row_loss = storage(ctx, "row_loss", n)?;
         let ds = [storage(ctx, "ds_a", n * h)?, storage(ctx, "ds_b", n * h)?];
         let p = &self.params;
@@ -282,16 +302,32 @@ impl GpuEngine {
         let lay = &self.layout;
         let act = cfg.activation;
         let below = |k: usize| -> matmul::Operand<'_> {
-            if k == 0 {
-                plain(at(&inputs, 0))
-            } else {
-                plain(at(&dropped[k], 0))
+            match (k, &embed) {
+                (0, Some((_, _, x, _))) => plain(at(x, 0)),
+                (0, None) => plain(at(&inputs, 0)),
+                _ => plain(at(&dropped[k], 0)),
             }
         };
         let mut dropout_slots = Vec::new();
 
-        // Forward: per layer the input projection over all N rows, then T steps.
+        // Forward: the embedding, then per layer the input projection over all N rows and the
+        // T steps.
         let mut fwd: Vec<Call> = Vec::new();
+        if let Some((off, e, x, _)) = &embed {
+            fwd.push(rnn::embed_gather(
+                ctx,
+                Dims {
+                    rows,
+                    hidden: *e,
+                    inputs: i0,
+                    n,
+                },
+                at(&inputs, 0),
+                p,
+                *off,
+                at(x, 0),
+            )?);
+        }
         for k in 0..cfg.layers {
             let lo = lay.layer(k);
             let ik = cfg.layer_input_size(k);
@@ -325,7 +361,7 @@ impl GpuEngine {
             } else {
                 (at(&states[k], rows * h), Some(lo.bias_hh))
             };
-            if k == 0 && cfg.input_kind == InputKind::OneHot {
+            if k == 0 && cfg.gathers_input() {
                 let weights = Weights {
                     w: lo.weight_ih,
                     bias: lo.bias_ih,
@@ -340,7 +376,7 @@ impl GpuEngine {
                     proj,
                 )?);
             } else {
-                fwd.push(matmul(
+                fwd.extend(matmul(
                     ctx,
                     (n, gh, ik),
                     below(k),
@@ -368,7 +404,7 @@ impl GpuEngine {
                     continue;
                 }
                 // All gates' recurrent pre-activations in ONE product: h_{t-1} W_hh^T + b_hh.
-                fwd.push(matmul(
+                fwd.extend(matmul(
                     ctx,
                     (rows, gh, h),
                     plain(at(&states[k], t * rows * h)),
@@ -399,34 +435,52 @@ impl GpuEngine {
                 });
             }
         }
+        // The output layer, chunk by chunk: the projection, then the fused output nonlinearity,
+        // loss and gradient. In one chunk the backward reads the kept gradient; in several, the
+        // forward keeps only the loss and the backward computes each chunk again.
         let top = &states[cfg.layers - 1];
         let (ow, ob) = (lay.out_weight(), lay.out_bias());
-        fwd.push(matmul(
-            ctx,
-            (n, v, h),
-            plain(at(top, rows * h)),
-            transposed(at(p, ow)),
-            at(&logits, 0),
-            Some(Biases {
-                buffer: p,
-                first: ob,
-                second: None,
-            }),
-            false,
-        )?);
-        let loss_index = fwd.len();
-        fwd.push(loss::loss(
-            ctx,
-            cfg.output_kind,
-            loss::LossBuffers {
-                targets: &targets,
-                mask: &mask,
-                logits: &logits,
-                dlogits: &dlogits,
-                row_loss: &row_loss,
-            },
-            loss::LossArgs::new(n, v, n as f64)?,
-        )?);
+        let output_chunk = |calls: &mut Vec<Call>,
+                            slots: &mut Vec<(bool, usize, std::ops::Range<usize>)>,
+                            forward: bool,
+                            r: std::ops::Range<usize>|
+         -> Result<()> {
+            calls.extend(matmul(
+                ctx,
+                (r.len(), v, h),
+                plain(at(top, (rows + r.start) * h)),
+                transposed(at(p, ow)),
+                at(&logits, 0),
+                Some(Biases {
+                    buffer: p,
+                    first: ob,
+                    second: None,
+                }),
+                false,
+            )?);
+            slots.push((forward, calls.len(), r.clone()));
+            calls.push(loss::loss(
+                ctx,
+                cfg.output_kind,
+                loss::LossBuffers {
+                    targets: &targets,
+                    mask: &mask,
+                    logits: &logits,
+                    dlogits: &dlogits,
+                    row_loss: &row_loss,
+                },
+                loss::LossArgs::new(r, v, n as f64)?,
+            )?);
+            Ok(())
+        };
+        let mut loss_slots = Vec::new();
+        let chunks: Vec<std::ops::Range<usize>> = (0..n)
+            .step_by(chunk)
+            .map(|c| c..(c + chunk).min(n))
+            .collect();
+        for r in &chunks {
+            output_chunk(&mut fwd, &mut loss_slots, true, r.clone())?;
+        }
         fwd.extend(reduce::sum(
             ctx,
             n,
@@ -436,28 +490,40 @@ impl GpuEngine {
             LOSS_SLOT,
         )?);
 
-        // Backward: the output layer over all N rows, then BPTT layer by layer, top down.
-        let mut bwd: Vec<Call> = vec![
-            matmul(
+        // Backward: the output layer (dW_o += dlogits^T S, db_o += colsum(dlogits),
+        // dS = dlogits W_o) chunk by chunk, then BPTT layer by layer, top down.
+        let mut bwd: Vec<Call> = Vec::new();
+        for r in &chunks {
+            if chunks.len() > 1 {
+                output_chunk(&mut bwd, &mut loss_slots, false, r.clone())?;
+            }
+            let m = r.len();
+            bwd.extend(matmul(
                 ctx,
-                (v, h, n),
+                (v, h, m),
                 transposed(at(&dlogits, 0)),
-                plain(at(top, rows * h)),
+                plain(at(top, (rows + r.start) * h)),
                 at(g, ow),
                 None,
                 true,
-            )?,
-            reduce::column_sums_accumulate(ctx, (n, v), at(&dlogits, 0), g, &[ob])?,
-            matmul(
+            )?);
+            bwd.push(reduce::column_sums_accumulate(
                 ctx,
-                (n, h, v),
+                (m, v),
+                at(&dlogits, 0),
+                g,
+                &[ob],
+            )?);
+            bwd.extend(matmul(
+                ctx,
+                (m, h, v),
                 plain(at(&dlogits, 0)),
                 plain(at(p, ow)),
-                at(&ds[0], 0),
+                at(&ds[0], r.start * h),
                 None,
                 false,
-            )?,
-        ];
+            )?);
+        }
         let mut cur = 0;
         for k in (0..cfg.layers).rev() {
             let lo = lay.layer(k);
@@ -518,7 +584,7 @@ impl GpuEngine {
                             )?,
                         });
                         if t > 0 {
-                            bwd.push(recurrent_grad(
+                            bwd.extend(recurrent_grad(
                                 ctx,
                                 (rows, h, gh),
                                 p,
@@ -533,7 +599,7 @@ impl GpuEngine {
                 }
                 _ => return Err(Error::Config("gradient buffers missing".into())),
             };
-            bwd.push(matmul(
+            bwd.extend(matmul(
                 ctx,
                 (gh, h, n),
                 transposed(at(dz_hh, 0)),
@@ -557,7 +623,7 @@ impl GpuEngine {
                     outs,
                 )?);
             }
-            if k == 0 && cfg.input_kind == InputKind::OneHot {
+            if k == 0 && cfg.gathers_input() {
                 bwd.push(rnn::input_grad_onehot(
                     ctx,
                     Dims {
@@ -572,7 +638,7 @@ impl GpuEngine {
                     at(g, lo.weight_ih),
                 )?);
             } else {
-                bwd.push(matmul(
+                bwd.extend(matmul(
                     ctx,
                     (gh, ik, n),
                     transposed(at(dz_ih, 0)),
@@ -583,7 +649,7 @@ impl GpuEngine {
                 )?);
             }
             if k > 0 {
-                bwd.push(matmul(
+                bwd.extend(matmul(
                     ctx,
                     (n, h, gh),
                     plain(at(dz_ih, 0)),
@@ -606,6 +672,30 @@ impl GpuEngine {
                     MaskKey::new(self.dropout, k - 1),
                 )?);
                 cur = 1 - cur;
+            } else if let Some((off, e, _, dx)) = &embed {
+                // Into the embedding: dX = dZ W_ih [N, E], then dE[v] += the rows of token v.
+                bwd.extend(matmul(
+                    ctx,
+                    (n, *e, gh),
+                    plain(at(dz_ih, 0)),
+                    plain(at(p, lo.weight_ih)),
+                    at(dx, 0),
+                    None,
+                    false,
+                )?);
+                bwd.push(rnn::embed_grad(
+                    ctx,
+                    Dims {
+                        rows,
+                        hidden: *e,
+                        inputs: i0,
+                        n,
+                    },
+                    &inputs,
+                    TokenLayout::new(n, i0),
+                    at(dx, 0),
+                    at(g, *off),
+                )?);
             }
         }
         let forward = Plan::build(ctx, &mut self.pipes, "forward", fwd)?;
@@ -619,9 +709,10 @@ impl GpuEngine {
             states,
             cells,
             logits,
+            chunk_rows: chunk,
             forward,
             backward,
-            loss_index,
+            loss_slots,
             dropout_slots,
             last_used: 0,
         })
@@ -763,8 +854,15 @@ impl Engine for GpuEngine {
             Some(m) => write(ctx, &shape.mask, 0, m),
             None => write(ctx, &shape.mask, 0, &vec![1.0f32; n]),
         }
-        let args = loss::LossArgs::new(n, self.config.output_size, count)?;
-        shape.forward.patch(ctx, shape.loss_index, &args);
+        for (forward, index, r) in &shape.loss_slots {
+            let args = loss::LossArgs::new(r.clone(), self.config.output_size, count)?;
+            let plan = if *forward {
+                &shape.forward
+            } else {
+                &shape.backward
+            };
+            plan.patch(ctx, *index, &args);
+        }
         self.count = count;
         self.forward_done = false;
         Ok(())
@@ -947,10 +1045,26 @@ impl Engine for GpuEngine {
             return Err(Error::Config("no forward pass has run yet".into()));
         }
         let shape = self.current_shape()?;
-        let (logits, n) = (
-            shape.logits.clone(),
-            shape.steps * shape.rows * self.config.output_size,
-        );
-        self.read_all(&logits, 0, n)
+        let (n, v) = (shape.steps * shape.rows, self.config.output_size);
+        if shape.chunk_rows < n {
+            return Err(crate::engine::outputs_not_kept(n, v, shape.chunk_rows));
+        }
+        let logits = shape.logits.clone();
+        self.read_all(&logits, 0, n * v)
+    }
+
+    fn set_logit_budget(&mut self, elements: usize) -> Result<()> {
+        if elements == 0 {
+            return Err(Error::Config("the logit budget must be at least 1".into()));
+        }
+        if elements != self.logit_budget {
+            // The chunks are part of each shape's buffers and plans: build them again.
+            self.flush()?;
+            self.logit_budget = elements;
+            self.shapes.clear();
+            self.current = None;
+            self.forward_done = false;
+        }
+        Ok(())
     }
 }

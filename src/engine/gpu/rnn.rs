@@ -27,6 +27,20 @@ pub static INPUT_GRAD_ONEHOT: Kernel = Kernel {
     bindings: GATHER_BINDINGS,
 };
 
+/// `embed_gather`: bindings tokens, params, out.
+pub static EMBED_GATHER: Kernel = Kernel {
+    shader: Shader::Rnn,
+    entry: "embed_gather",
+    bindings: GATHER_BINDINGS,
+};
+
+/// `embed_grad`: bindings tokens (with the row lists), dX, grads.
+pub static EMBED_GRAD: Kernel = Kernel {
+    shader: Shader::Rnn,
+    entry: "embed_grad",
+    bindings: GATHER_BINDINGS,
+};
+
 /// `rnn_step_forward`: bindings params, activations (unused), states.
 pub static RNN_STEP_FORWARD: Kernel = Kernel {
     shader: Shader::Rnn,
@@ -195,21 +209,72 @@ pub fn input_grad_onehot(
     dz: Region<'_>,
     grads: Region<'_>,
 ) -> Result<Call> {
+    token_rows_grad(ctx, &INPUT_GRAD_ONEHOT, d, (tokens, layout), dz, grads)
+}
+
+/// A gradient gathered over the per-token row lists (`input_grad_onehot`, `embed_grad`): one
+/// thread per (token, column), I * `d.hidden` of them.
+fn token_rows_grad(
+    ctx: &GpuContext,
+    kernel: &'static Kernel,
+    d: Dims,
+    (tokens, layout): (&wgpu::Buffer, TokenLayout),
+    src: Region<'_>,
+    grads: Region<'_>,
+) -> Result<Call> {
     let wg = ctx.tunables.row_wg;
     let args = RnnArgs {
-        src_off: offset32("offset", dz.offset)?,
+        src_off: offset32("offset", src.offset)?,
         tok_off: offset32("offset", layout.tokens)?,
         starts_off: offset32("offset", layout.starts)?,
         sorted_off: offset32("offset", layout.sorted)?,
         ..base_args(d, grads.offset)?
     };
     Ok(Call::new(
-        &INPUT_GRAD_ONEHOT,
+        kernel,
         vec![("WG", wg)],
-        &[tokens, dz.buffer, grads.buffer],
+        &[tokens, src.buffer, grads.buffer],
         &args,
         grid_1d(ctx, d.inputs * d.hidden, wg)?,
     ))
+}
+
+/// `X[r, :] = E[tok_r, :]` for all N rows (twin: `embed_gather`): the embedding E [I, Em] at
+/// `table` in `params`, X [N, Em] written at `out`; `d.inputs` = I, `d.hidden` = Em.
+pub fn embed_gather(
+    ctx: &GpuContext,
+    d: Dims,
+    tokens: Region<'_>,
+    params: &wgpu::Buffer,
+    table: usize,
+    out: Region<'_>,
+) -> Result<Call> {
+    let wg = ctx.tunables.row_wg;
+    let args = RnnArgs {
+        tok_off: offset32("offset", tokens.offset)?,
+        dst_off: offset32("offset", out.offset)?,
+        ..base_args(d, table)?
+    };
+    Ok(Call::new(
+        &EMBED_GATHER,
+        vec![("WG", wg)],
+        &[tokens.buffer, params, out.buffer],
+        &args,
+        grid_1d(ctx, d.n * d.hidden, wg)?,
+    ))
+}
+
+/// `dE[v, :] += sum_{r: tok_r = v} dX[r, :]` (twin: `embed_grad`). `tokens` is a buffer laid
+/// out as `layout` says; dX [N, Em] at `dx`; dE [I, Em] at `grads`.
+pub fn embed_grad(
+    ctx: &GpuContext,
+    d: Dims,
+    tokens: &wgpu::Buffer,
+    layout: TokenLayout,
+    dx: Region<'_>,
+    grads: Region<'_>,
+) -> Result<Call> {
+    token_rows_grad(ctx, &EMBED_GRAD, d, (tokens, layout), dx, grads)
 }
 
 /// One forward step for all B rows, in place in a layer's state buffer:
