@@ -117,7 +117,10 @@ pub fn sample(
     engine.set_dropout(None)?;
     engine.reset_state(1)?;
     let v = cfg.output_size;
-    let step = |engine: &mut dyn Engine, inputs: &[u32]| -> Result<Vec<f32>> {
+    // Runs `inputs` forward from the carried state and carries the state on; returns the output
+    // probabilities of the last step when `read` (a long prime over a large vocabulary may run
+    // its output layer in chunks, which keeps no outputs).
+    let step = |engine: &mut dyn Engine, inputs: &[u32], read: bool| -> Result<Vec<f32>> {
         let steps = inputs.len();
         engine.upload_batch(&Batch {
             steps,
@@ -128,10 +131,20 @@ pub fn sample(
         })?;
         engine.forward()?;
         engine.carry_state()?;
+        if !read {
+            return Ok(Vec::new());
+        }
         let out = engine.outputs()?;
         Ok(out[(steps - 1) * v..].to_vec())
     };
-    let mut probs = step(engine, prime)?;
+    // The prime but its last token, then that token alone, whose outputs start the sample.
+    let (last, head) = prime
+        .split_last()
+        .ok_or_else(|| Error::Config("the prime text is empty".into()))?;
+    if !head.is_empty() {
+        step(engine, head, false)?;
+    }
+    let mut probs = step(engine, std::slice::from_ref(last), true)?;
     let mut text = TextStream {
         vocab,
         pending: Vec::new(),
@@ -144,7 +157,7 @@ pub fn sample(
         if Some(tok) == vocab.end_token() {
             break;
         }
-        probs = step(engine, &[tok])?;
+        probs = step(engine, &[tok], true)?;
     }
     text.flush(out);
     Ok(tokens)

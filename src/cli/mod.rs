@@ -237,6 +237,14 @@ pub struct TrainArgs {
     /// char-rnn does.
     #[arg(long)]
     pub forget_bias_one: bool,
+    /// Learn an embedding of this size for the input tokens (`embed.weight` [V, E]) before the
+    /// first layer, instead of reading one-hot vectors.
+    #[arg(long)]
+    pub embed: Option<usize>,
+    /// Tie the output weights to the embedding (`out.weight` is `embed.weight`); needs
+    /// --embed equal to --hidden.
+    #[arg(long)]
+    pub tie_weights: bool,
     /// State nonlinearity f1 [default: tanh].
     #[arg(long, value_enum)]
     pub activation: Option<ActivationArg>,

@@ -354,6 +354,30 @@ pub(super) fn fresh_model(
 ) -> anyhow::Result<(Vec<f32>, f32)> {
     config.activation = a.activation.unwrap_or(super::ActivationArg::Tanh).into();
     config.cell = a.cell.unwrap_or(super::CellArg::Rnn).into();
+    // An --init model keeps its embedding and tying unless they are given.
+    let (init_embed, init_tie) = init.map_or((None, false), |(c, _)| {
+        (c.config.embed, c.config.tie_weights)
+    });
+    config.embed = a.embed.or(init_embed);
+    config.tie_weights = a.tie_weights || (a.embed.is_none() && init_tie);
+    if a.embed == Some(0) {
+        usage!("--embed must be at least 1");
+    }
+    if config.embed.is_some() && config.input_kind != unroll::model::InputKind::OneHot {
+        usage!("--embed needs token input (a language model, or --input class)");
+    }
+    if config.tie_weights && config.embed != Some(config.hidden_size) {
+        usage!(
+            "--tie-weights needs --embed equal to --hidden ({})",
+            config.hidden_size
+        );
+    }
+    if config.tie_weights
+        && (config.output_kind != unroll::model::OutputKind::Softmax
+            || config.output_size != config.input_size)
+    {
+        usage!("--tie-weights needs class outputs over the input tokens");
+    }
     config.validate()?;
     let dropout = a.dropout.unwrap_or(0.0);
     Dropout {

@@ -699,3 +699,68 @@ fn a_second_signal_exits_at_once_and_leaves_a_loadable_run() {
         "cpu",
     ]);
 }
+
+#[test]
+fn embedded_and_tied_models_resume_exactly_and_sample_and_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 200, "embedded resume");
+    // SMALL's --hidden is the tied embedding's size.
+    let hidden = SMALL[SMALL.iter().position(|&a| a == "--hidden").unwrap() + 1];
+    for (name, extra) in [
+        ("embed", &["--embed", "5", "--cell", "gru"][..]),
+        ("tied", &["--embed", hidden, "--tie-weights"][..]),
+    ] {
+        let (whole, half) = (
+            dir.path().join(format!("{name}-whole")),
+            dir.path().join(name),
+        );
+        let model = [&SMALL[..], &["--corpus", &corpus], extra].concat();
+        for (out, steps) in [(&whole, "10"), (&half, "4")] {
+            let args = ["--steps", steps, "--out", out.to_str().unwrap(), "--force"];
+            run_ok(&[&model[..], &args].concat());
+        }
+        let h = half.to_str().unwrap();
+        run_ok(&[
+            "train", "--resume", h, "--steps", "10", "--sample", "0", "--device", "cpu",
+        ]);
+        assert_eq!(
+            params(&half),
+            params(&whole),
+            "{name}: 4 + resume 6 = 10 steps"
+        );
+        let ckpt = Checkpoint::load(&half).unwrap();
+        let layout = unroll::model::ParamLayout::new(&ckpt.config).unwrap();
+        let names: Vec<&str> = layout.specs().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names[0], "embed.weight", "{name}");
+        assert_eq!(ckpt.config.tie_weights, name == "tied");
+        assert_eq!(
+            names.contains(&"out.weight"),
+            name != "tied",
+            "{name}: {names:?}"
+        );
+        run_ok(&["sample", "--model", h, "--length", "20", "--device", "cpu"]);
+        run_ok(&["eval", "--model", h, "--corpus", &corpus, "--device", "cpu"]);
+    }
+    // Tying needs an embedding of the hidden size: a usage error, exit 2.
+    for bad in [
+        &["--tie-weights"][..],
+        &["--embed", "3", "--tie-weights"][..],
+        &["--embed", "0"][..],
+    ] {
+        let out = dir.path().join("bad");
+        let args = [
+            &SMALL[..],
+            &["--corpus", &corpus, "--out", out.to_str().unwrap()],
+            bad,
+        ]
+        .concat();
+        let res = bin().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(res.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(
+            err.contains("--embed") && !err.contains("panicked"),
+            "{bad:?}: {err}"
+        );
+        assert!(!out.exists(), "{bad:?} wrote a run");
+    }
+}
