@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch baseline of `unroll bench`: the same char-LM training step, timed the same way.
 
-Step: one-hot input over V tokens (F.one_hot on the token ids, as float32), nn.RNN (tanh) /
+Step: one-hot input over V tokens (F.one_hot on the token ids, as float32; with --embed E an
+nn.Embedding(V, E) instead, as word-level models have it), nn.RNN (tanh) /
 nn.GRU / nn.LSTM over T steps (time-major [T, B, V]), nn.Linear(H, V) on every step, mean
 cross-entropy, zero_grad, backward, clip_grad_norm_(5), SGD step, and the final state carried
 (detached) into the next step. fp32 throughout, TF32 off, `torch.set_num_threads(--threads)`.
@@ -39,6 +40,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cell", default="rnn", choices=["rnn", "gru", "lstm"])
     ap.add_argument("--vocab-size", type=int, default=65)
+    ap.add_argument("--embed", type=int, default=None)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=64)
@@ -71,9 +73,13 @@ def main():
 
     V, H, B, T, L = a.vocab_size, a.hidden, a.batch, a.seq_len, a.layers
     cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[a.cell]
-    rnn = cls(V, H, num_layers=L).to(dev)
+    E = a.embed
+    emb = torch.nn.Embedding(V, E).to(dev) if E else None
+    rnn = cls(E or V, H, num_layers=L).to(dev)
     out = torch.nn.Linear(H, V).to(dev)
     params = list(rnn.parameters()) + list(out.parameters())
+    if emb is not None:
+        params += list(emb.parameters())
     opt = torch.optim.SGD(params, lr=a.lr)
 
     gen = torch.Generator().manual_seed(a.seed + 1)
@@ -90,7 +96,7 @@ def main():
         nonlocal state
         x, y = batches[counter[0] % len(batches)]
         counter[0] += 1
-        xo = F.one_hot(x, V).to(torch.float32)
+        xo = emb(x) if emb is not None else F.one_hot(x, V).to(torch.float32)
         hs, last = rnn(xo, state)
         logits = out(hs)
         loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))

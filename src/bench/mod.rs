@@ -92,6 +92,9 @@ pub struct StepShape {
     /// T.
     pub seq_len: usize,
     pub layers: usize,
+    /// E: a learned embedding of the tokens before the first layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embed: Option<usize>,
 }
 
 fn serialize_cell<S: serde::Serializer>(cell: &Cell, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -108,6 +111,7 @@ impl StepShape {
             batch,
             seq_len,
             layers: 1,
+            embed: None,
         }
     }
 
@@ -115,6 +119,7 @@ impl StepShape {
     pub fn config(&self) -> Result<ModelConfig> {
         let mut cfg = ModelConfig::language_model(self.vocab, self.hidden, self.layers);
         cfg.cell = self.cell;
+        cfg.embed = self.embed;
         cfg.validate()?;
         if self.vocab < 2 {
             return Err(Error::Config(format!(
@@ -432,6 +437,7 @@ impl StepBench {
             if self.engine.device() == DeviceKind::Cpu
                 && self.shape.cell == Cell::Rnn
                 && self.shape.layers == 1
+                && self.shape.embed.is_none()
             {
                 profiles.push(phases::cpu_kernel_phases(
                     &self.shape,

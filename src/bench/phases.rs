@@ -33,9 +33,10 @@ fn random(rng: &mut ChaCha8Rng, rows: usize, cols: usize, a: f32) -> Result<Arra
 
 /// Median time of each phase over `repeats` runs, for a one-layer tanh RNN of `shape`.
 pub fn cpu_kernel_phases(shape: &StepShape, repeats: usize, seed: u64) -> Result<Profile> {
-    if shape.cell != Cell::Rnn || shape.layers != 1 {
+    if shape.cell != Cell::Rnn || shape.layers != 1 || shape.embed.is_some() {
         return Err(Error::Config(
-            "the kernel-level CPU profile models a one-layer tanh RNN only".into(),
+            "the kernel-level CPU profile models a one-layer tanh RNN without embedding only"
+                .into(),
         ));
     }
     let cfg = shape.config()?;

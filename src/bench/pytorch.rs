@@ -101,6 +101,7 @@ pub fn run(
         ),
     ]
     .into_iter()
+    .chain(shape.embed.map(|e| ("--embed", e.to_string())))
     .flat_map(|(k, v)| [k.to_string(), v])
     .collect();
     let fail = |m: String| Error::Config(format!("PyTorch baseline: {m}"));

@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Vocabulary size V (one-hot inputs, softmax outputs).
     #[arg(long, default_value_t = 65)]
     pub vocab_size: usize,
+    /// Embed the tokens in E dimensions before the first layer (`nn.Embedding` in the PyTorch
+    /// baseline), as word-level models do.
+    #[arg(long)]
+    pub embed: Option<usize>,
     /// Untimed steps first.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
@@ -195,6 +199,7 @@ fn shapes(a: &BenchArgs, device: DeviceKind) -> anyhow::Result<Vec<StepShape>> {
     };
     for s in &mut out {
         s.layers = a.layers;
+        s.embed = a.embed;
         s.config()?;
     }
     Ok(out)
@@ -238,6 +243,8 @@ fn print_table(rows: &[Row], with_torch: bool) {
         "B",
         "T",
         "L",
+        "V",
+        "E",
         "tokens/s",
         "ms/step",
         "p10-p90 ms",
@@ -262,6 +269,8 @@ fn print_table(rows: &[Row], with_torch: bool) {
             s.batch.to_string(),
             s.seq_len.to_string(),
             s.layers.to_string(),
+            s.vocab.to_string(),
+            s.embed.map_or("-".into(), |e| e.to_string()),
             fmt_tokens(r.report.tokens_per_s),
             format!("{:.3}", st.median),
             format!("{:.3}-{:.3}", st.p10, st.p90),
@@ -386,13 +395,15 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         let timing = timing(&a, device);
         for shape in shapes(&a, device)? {
             let label = format!(
-                "{:?} {} H={} B={} T={} L={}",
+                "{:?} {} H={} B={} T={} L={} V={}{}",
                 device,
                 cell_name(shape.cell),
                 shape.hidden,
                 shape.batch,
                 shape.seq_len,
-                shape.layers
+                shape.layers,
+                shape.vocab,
+                shape.embed.map_or(String::new(), |e| format!(" E={e}"))
             );
             eprintln!("measuring {label} ...");
             let mut bench = StepBench::new(device, shape, a.seed)

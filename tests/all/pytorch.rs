@@ -1,7 +1,8 @@
-//! PyTorch compatibility, where `python3` with `torch` is installed (skipped otherwise): a GRU
-//! and an LSTM checkpoint of two layers load into `torch.nn.GRU` / `nn.LSTM(num_layers=2)` +
-//! `nn.Linear` with `load_state_dict(strict=True)` and give the CPU engine's output
-//! probabilities and final (h, c) from the same carried-in state.
+//! PyTorch compatibility, where `python3` with `torch` is installed (skipped otherwise): GRU and
+//! LSTM checkpoints of two layers (plain, with an embedding, with tied weights) load into
+//! `torch.nn.GRU` / `nn.LSTM(num_layers=2)` + `nn.Linear` (+ `nn.Embedding`) with
+//! `load_state_dict(strict=True)` and give the CPU engine's output probabilities and final
+//! (h, c) from the same carried-in state.
 
 use std::process::Command;
 
@@ -25,13 +26,19 @@ state = {}
 for name, t in header.items():
     a, b = t["data_offsets"]
     state[name] = torch.frombuffer(bytearray(raw[8 + n + a:8 + n + b]), dtype=torch.float32).reshape(t["shape"]).double()
-V, H, L = cfg["input_size"], cfg["hidden_size"], cfg["layers"]
-rnn = getattr(torch.nn, cfg["cell"].upper())(V, H, num_layers=L).double()
+V, H, L, E = cfg["input_size"], cfg["hidden_size"], cfg["layers"], cfg.get("embed")
+rnn = getattr(torch.nn, cfg["cell"].upper())(E or V, H, num_layers=L).double()
 out = torch.nn.Linear(H, cfg["output_size"]).double()
 model = torch.nn.ModuleDict({"rnn": rnn, "out": out})
+if E:
+    model["embed"] = torch.nn.Embedding(V, E).double()
+if cfg.get("tie_weights"):
+    model["out"].weight = model["embed"].weight
+    state["out.weight"] = state["embed.weight"]
 model.load_state_dict(state, strict=True)
 T, B = case["steps"], case["rows"]
-x = torch.nn.functional.one_hot(torch.tensor(case["tokens"]).reshape(T, B), V).double()
+tokens = torch.tensor(case["tokens"]).reshape(T, B)
+x = model["embed"](tokens) if E else torch.nn.functional.one_hot(tokens, V).double()
 s = torch.tensor(case["state"], dtype=torch.float64).reshape(-1, B, H)
 init = (s[:L].contiguous(), s[L:].contiguous()) if cfg["cell"] == "lstm" else s
 with torch.no_grad():
@@ -57,11 +64,19 @@ fn gated_checkpoints_load_into_pytorch_and_give_the_same_outputs() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for cell in [Cell::Gru, Cell::Lstm] {
-        let name = format!("pytorch {cell:?}");
+    // Plain gated cells; an embedding under a GRU; an LSTM whose output layer is its embedding.
+    for (cell, embed, tie_weights) in [
+        (Cell::Gru, None, false),
+        (Cell::Lstm, None, false),
+        (Cell::Gru, Some(4), false),
+        (Cell::Lstm, Some(6), true),
+    ] {
+        let name = format!("pytorch {cell:?} embed {embed:?} tied {tie_weights}");
         let mut rng = common::rng(&name);
         let cfg = ModelConfig {
             cell,
+            embed,
+            tie_weights,
             ..ModelConfig::language_model(7, 6, 2)
         };
         let params = common::uniform(&mut rng, ParamLayout::new(&cfg).unwrap().len(), 0.5);
@@ -76,7 +91,7 @@ fn gated_checkpoints_load_into_pytorch_and_give_the_same_outputs() {
         let unroll::engine::Inputs::Tokens(tokens) = &batch.inputs else {
             unreachable!("a language model has token inputs")
         };
-        let ckpt = dir.path().join(format!("{cell:?}"));
+        let ckpt = dir.path().join(format!("{cell:?}-{embed:?}"));
         let path = Checkpoint {
             config: cfg.clone(),
             vocab: None,
@@ -92,7 +107,7 @@ fn gated_checkpoints_load_into_pytorch_and_give_the_same_outputs() {
             "probs": engine.outputs().unwrap(),
             "final": engine.state().unwrap(),
         });
-        let case_path = dir.path().join(format!("{cell:?}.json"));
+        let case_path = dir.path().join(format!("{cell:?}-{embed:?}.json"));
         std::fs::write(&case_path, case.to_string()).unwrap();
         let out = Command::new("python3")
             .args([
