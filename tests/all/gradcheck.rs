@@ -239,6 +239,33 @@ fn gated_layouts_stack_the_gates_and_the_forget_bias_can_start_at_one() {
 }
 
 #[test]
+fn fast_f32_exp_is_accurate_to_a_few_ulps() {
+    let mut worst = (0.0f32, 0.0f64);
+    let mut x = -87.0f32;
+    while x <= 88.0 {
+        let got = unroll::engine::cpu::exp_f32(x) as f64;
+        let want = (x as f64).exp();
+        let err = (got - want).abs() / want;
+        if err > worst.1 {
+            worst = (x, err);
+        }
+        x += 1.0e-3 * (1.0 + x.abs()).min(10.0);
+    }
+    assert!(
+        worst.1 < 3e-7,
+        "worst relative error {} at x = {}",
+        worst.1,
+        worst.0
+    );
+    assert_eq!(unroll::engine::cpu::exp_f32(0.0), 1.0);
+    // Far below the range it flushes to (nearly) nothing, never to a NaN or a negative.
+    for x in [-88.0f32, -1e3, f32::NEG_INFINITY] {
+        let e = unroll::engine::cpu::exp_f32(x);
+        assert!((0.0..1.2e-38).contains(&e), "exp({x}) = {e}");
+    }
+}
+
+#[test]
 fn fast_f32_tanh_is_accurate_to_a_few_ulps() {
     let mut worst = (0.0f32, 0.0f64);
     let mut x = -12.0f32;

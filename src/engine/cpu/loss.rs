@@ -27,29 +27,49 @@ pub fn softmax_cross_entropy<F: Float>(
         .zip(dlogits.outer_iter_mut())
         .enumerate()
     {
-        let max = z.iter().fold(F::neg_infinity(), |a, &b| a.max(b));
+        let (Some(z), Some(dz)) = (z.as_slice_mut(), dz.as_slice_mut()) else {
+            unreachable!("rows of standard-layout arrays are contiguous")
+        };
+        let max = row_max(z);
         let y = targets[r] as usize;
         // The target's shifted logit, kept before the row is exponentiated: the loss
         // -ln p_y = ln(sum_j e^(z_j - max)) - (z_y - max) stays finite when p_y underflows.
         let zy = z[y] - max;
+        for v in z.iter_mut() {
+            *v -= max;
+        }
+        F::exp_in_place(z);
         // The sum of V exponentials accumulates in f64, so that with tens of thousands of
         // classes the small terms are not lost to rounding.
-        let mut sum = 0.0f64;
-        for v in z.iter_mut() {
-            *v = (*v - max).exp();
-            sum += v.f64();
-        }
+        let sum: f64 = z.iter().map(|v| v.f64()).sum();
         let inv = F::of(1.0 / sum);
         let w = weight(mask, r);
         total += w * (sum.ln() - zy.f64());
         let wf = F::of(w / norm);
-        for (j, (p, d)) in z.iter_mut().zip(dz.iter_mut()).enumerate() {
+        for (p, d) in z.iter_mut().zip(dz.iter_mut()) {
             *p = *p * inv;
-            let onehot = if j == y { F::one() } else { F::zero() };
-            *d = wf * (*p - onehot);
+            *d = wf * *p;
         }
+        // The one-hot target: dz_y = wf (p_y - 1).
+        dz[y] = wf * (z[y] - F::one());
     }
     total
+}
+
+/// The largest element of a row, in eight independent lanes so the loop vectorises.
+fn row_max<F: Float>(z: &[F]) -> F {
+    let mut lanes = [F::neg_infinity(); 8];
+    let mut chunks = z.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    let tail = chunks.remainder().iter();
+    lanes
+        .iter()
+        .chain(tail)
+        .fold(F::neg_infinity(), |a, &b| if b > a { b } else { a })
 }
 
 /// Identity + squared error per row: `p_r = z_r`, loss `1/2 ||p_r - y_r||^2`,

@@ -59,6 +59,38 @@ pub trait Float:
             *v = v.tanh();
         }
     }
+    /// `exp` applied to every element of `x` in place: the library function in f64, a
+    /// vectorisable polynomial in f32 ([`exp_f32`]).
+    fn exp_in_place(x: &mut [Self]) {
+        for v in x {
+            *v = v.exp();
+        }
+    }
+}
+
+/// `e^x` in f32 for `x <= 88.7` (the softmax's max-subtracted logits are <= 0): `x = n ln 2 + r`
+/// with n rounded to nearest and |r| <= ln(2)/2, `e^r` from Cephes' degree-6 polynomial, and
+/// `2^n` built in the exponent bits. Accurate to about one ulp down to x = -87.3 (where it
+/// flushes to the smallest normal); plain arithmetic, so a loop of it vectorises, where the
+/// library `expf` is a call per element and dominated the softmax of large vocabularies.
+#[inline]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.336_55, 88.722_83);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// `tanh` in f32 as `x * p(x^2) / q(x^2)` with x clamped to +-7.905 (where tanh rounds to 1):
@@ -102,6 +134,11 @@ impl Float for f32 {
     fn tanh_in_place(x: &mut [Self]) {
         for v in x {
             *v = tanh_f32(*v);
+        }
+    }
+    fn exp_in_place(x: &mut [Self]) {
+        for v in x {
+            *v = exp_f32(*v);
         }
     }
 }
@@ -184,12 +221,17 @@ fn output_chunk<F: Float>(
     top: ArrayView2<F>,
     batch: &PreparedBatch<F>,
     rows: std::ops::Range<usize>,
+    reuse: Option<(Array2<F>, Array2<F>)>,
 ) -> Result<(Array2<F>, Array2<F>, f64)> {
     let (h, v) = (cfg.hidden_size, cfg.output_size);
     let w_o = view(p, layout.out_weight(), v, h);
     let b_o = ndarray::ArrayView1::from(&p[layout.out_bias()..layout.out_bias() + v]);
     let m = rows.len();
-    let mut logits = Array2::<F>::zeros((m, v));
+    // Both arrays are overwritten whole, so those of the last forward serve when they fit.
+    let (mut logits, mut dlogits) = match reuse {
+        Some((a, b)) if a.dim() == (m, v) && b.dim() == (m, v) => (a, b),
+        _ => (Array2::<F>::zeros((m, v)), Array2::<F>::zeros((m, v))),
+    };
     for mut row in logits.outer_iter_mut() {
         row.assign(&b_o);
     }
@@ -199,7 +241,6 @@ fn output_chunk<F: Float>(
         &mut logits.view_mut(),
         true,
     );
-    let mut dlogits = Array2::<F>::zeros((m, v));
     let norm = batch.count.max(f64::MIN_POSITIVE);
     let mask = batch.mask.as_deref().map(|m| &m[rows.clone()]);
     let dense_rows = rows.start * v..rows.end * v;
@@ -254,6 +295,8 @@ pub struct CpuEngine<F: Float = f32> {
     dropout: Option<Dropout>,
     /// The most logits the output layer holds at once.
     logit_budget: usize,
+    /// Output arrays of an earlier forward, for the next one to fill.
+    spare: Option<(Array2<F>, Array2<F>)>,
     batch: Option<PreparedBatch<F>>,
     cache: Option<Cache<F>>,
 }
@@ -291,6 +334,7 @@ impl<F: Float> CpuEngine<F> {
             c0: Vec::new(),
             dropout: None,
             logit_budget: DEFAULT_LOGIT_BUDGET,
+            spare: None,
             batch: None,
             cache: None,
         };
@@ -398,7 +442,10 @@ impl<F: Float> Engine for CpuEngine<F> {
             mask: batch.mask.clone(),
             count: batch.count(),
         });
-        self.cache = None;
+        // The last forward's output arrays serve the next one (when they fit).
+        if let Some(kept) = self.cache.take().and_then(|c| c.kept) {
+            self.spare = Some(kept);
+        }
         Ok(())
     }
 
@@ -458,13 +505,18 @@ impl<F: Float> Engine for CpuEngine<F> {
         let v = cfg.output_size;
         let top = layers[cfg.layers - 1].states.slice(s![b.., ..]);
         let chunk_rows = logit_chunk_rows(n, v, self.logit_budget);
+        let reuse = self
+            .spare
+            .take()
+            .or_else(|| self.cache.take().and_then(|c| c.kept));
         let (kept, sum) = if chunk_rows >= n {
-            let (p, d, sum) = output_chunk(cfg, &self.layout, &self.params, top, batch, 0..n)?;
+            let (p, d, sum) =
+                output_chunk(cfg, &self.layout, &self.params, top, batch, 0..n, reuse)?;
             (Some((p, d)), sum)
         } else {
             let mut sum = 0.0;
             for rows in chunks(n, chunk_rows) {
-                sum += output_chunk(cfg, &self.layout, &self.params, top, batch, rows)?.2;
+                sum += output_chunk(cfg, &self.layout, &self.params, top, batch, rows, None)?.2;
             }
             (None, sum)
         };
@@ -512,7 +564,8 @@ impl<F: Float> Engine for CpuEngine<F> {
             let dlogits = match &cache.kept {
                 Some((_, d)) => d.view(),
                 None => {
-                    recomputed = output_chunk(cfg, &self.layout, p, top, batch, rows.clone())?.1;
+                    recomputed =
+                        output_chunk(cfg, &self.layout, p, top, batch, rows.clone(), None)?.1;
                     recomputed.view()
                 }
             };
