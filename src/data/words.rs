@@ -69,6 +69,12 @@ pub fn is_joiner(c: char) -> bool {
     matches!(c, '\'' | '\u{2019}' | '-' | '\u{2010}')
 }
 
+/// The token text of the byte range a [`Step::Token`] gives: `\r\n` is the line-break token
+/// `"\n"`.
+pub fn token_text(slice: &str) -> &str {
+    if slice == "\r\n" { LINE_BREAK } else { slice }
+}
+
 /// Whether `c` continues a word it follows.
 fn continues_word(c: char) -> bool {
     c.is_alphanumeric() || is_mark(c)
@@ -96,7 +102,7 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// The next token of `text` at or after byte `at` (a character boundary). `last` says
     /// whether the text ends there; when it does not, a token whose end depends on what follows
-    /// the text gives [`Step::More`].
+    /// the text gives [`Step::More`]. The token's text is [`token_text`] of its range.
     pub fn next(&self, text: &str, at: usize, last: bool) -> Step {
         let mut i = at;
         let c = loop {
@@ -161,7 +167,7 @@ impl Tokenizer {
         std::iter::from_fn(move || match tokenizer.next(text, at, true) {
             Step::Token(r) => {
                 at = r.end;
-                Some((r.start, &text[r]))
+                Some((r.start, token_text(&text[r])))
             }
             Step::More(_) | Step::End => None,
         })
@@ -180,7 +186,7 @@ impl Tokenizer {
             .collect()
     }
 
-    /// Calls `f(offset, token)` on the tokens of `bytes[range]` (UTF-8 text; `range` starts at a
+    /// Calls `f(offset, token text)` on the tokens of `bytes[range]` (UTF-8 text; `range` starts at a
     /// token start or a whitespace character, and ends at one or at the end of the text), decoded
     /// in chunks of about `chunk` bytes. A token cut by a chunk's end is carried over whole into
     /// the next chunk. `done(range)` is called on every byte range the scan has finished with
@@ -213,7 +219,7 @@ impl Tokenizer {
                 match self.next(text, at, last) {
                     Step::Token(r) => {
                         at = r.end;
-                        if f(pos + r.start, &text[r]).is_break() {
+                        if f(pos + r.start, token_text(&text[r])).is_break() {
                             done(pos..pos + at);
                             return Ok(());
                         }
@@ -438,18 +444,19 @@ pub const MAX_DISTINCT_WORDS: usize = 1 << 22;
 /// Occurrences of every word of a text, counted one token at a time (lower-cased first when
 /// `lowercase` is set).
 ///
-/// The counts are exact while there are at most [`MAX_DISTINCT_WORDS`] distinct words. Beyond
-/// that, memory stays bounded as in word2vec: the words counted once so far are dropped, then
-/// those counted twice, and so on, until a quarter of the room is free. Only words rarer than
-/// every word kept can be lost, so the vocabulary's most frequent words come out the same.
-/// Counting is deterministic: the same text gives the same counts on every machine.
+/// The counts are exact while there are at most [`MAX_DISTINCT_WORDS`] distinct words. When a new
+/// word finds no room, memory stays bounded: the words with the lowest counts so far are dropped
+/// (all of those at the count where the cut falls) until at most three quarters of the room is
+/// taken, and a dropped word seen again counts from zero. So only a word that was among the
+/// rarest at some point can come out low, and the most frequent words of a large text come out
+/// exact. Counting is deterministic: the same text gives the same counts on every machine.
 #[derive(Clone, Debug)]
 pub struct WordCounts {
     counts: WordMap<u64>,
     tokens: u64,
     lowercase: bool,
     limit: usize,
-    /// Words counted at most this many times were dropped at some point (0: none ever).
+    /// The highest count of a word dropped to make room (0: none ever).
     dropped_below: u64,
 }
 
@@ -489,11 +496,12 @@ impl WordCounts {
     }
 
     fn shrink(&mut self) {
-        while self.counts.len() > self.limit - self.limit / 4 {
-            self.dropped_below += 1;
-            let floor = self.dropped_below;
-            self.counts.retain(|_, n| *n > floor);
-        }
+        let keep = self.limit - self.limit / 4;
+        let mut counts: Vec<u64> = self.counts.values().copied().collect();
+        // The (keep + 1)-th highest count: keeping the words above it keeps at most `keep`.
+        let (_, &mut floor, _) = counts.select_nth_unstable_by(keep, |a, b| b.cmp(a));
+        self.counts.retain(|_, n| *n > floor);
+        self.dropped_below = self.dropped_below.max(floor);
     }
 
     /// Tokens counted.
