@@ -376,7 +376,9 @@ impl Corpus {
     /// One streaming pass: the index of every `INDEX_STRIDE`-th token and the `<unk>` counts.
     fn with_words(text: CorpusText, name: String, vocab: Vocab) -> Result<Self> {
         let (Some(words), Some(tokenizer)) = (vocab.word_encoder(), vocab.tokenizer()) else {
-            return Err(Error::Config("a word corpus needs a word vocabulary".into()));
+            return Err(Error::Config(
+                "a word corpus needs a word vocabulary".into(),
+            ));
         };
         // A vocabulary of <unk> alone (while the real one is being built) needs no lookups.
         let only_unknown = vocab.base_len() == 1;
@@ -595,7 +597,11 @@ impl Corpus {
     /// Counts the word tokens of byte `range` (which starts at a token start or whitespace and
     /// ends at a token start or the end of the text) in one streaming pass, releasing the pages
     /// read. Lower-cases them first with `lowercase`.
-    pub fn count_words(&self, range: std::ops::Range<usize>, lowercase: bool) -> Result<WordCounts> {
+    pub fn count_words(
+        &self,
+        range: std::ops::Range<usize>,
+        lowercase: bool,
+    ) -> Result<WordCounts> {
         let Encoder::Words { tokenizer, .. } = &self.encoder else {
             return Err(Error::Config(
                 "words are counted in a corpus of word tokens".into(),

@@ -6,11 +6,11 @@ use std::ops::ControlFlow;
 
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
+use unroll::data::EvalSet;
 use unroll::data::corpus::{Corpus, CorpusText, INDEX_STRIDE, Tokens};
 use unroll::data::lines::Lines;
 use unroll::data::vocab::{Vocab, VocabKind, WordOptions};
 use unroll::data::words::{MAX_WORD_CHARS, Tokenizer, UNKNOWN, WordCounts, join};
-use unroll::data::EvalSet;
 use unroll::engine::{Inputs, Targets};
 use unroll::model::{Checkpoint, ModelConfig, ParamLayout, init_params};
 
@@ -47,11 +47,21 @@ pub fn random_text(rng: &mut ChaCha8Rng, pieces: usize) -> String {
     let accented: Vec<char> = "éèêëàâäîïôöûüçñøåæœß".chars().collect();
     let digits: Vec<char> = ('0'..='9').collect();
     let punct = [
-        ".", ",", ";", ":", "!", "?", "(", ")", "[", "]", "{", "}", "\"", "'", "’", "‘", "“",
-        "”", "«", "»", "-", "‐", "—", "–", "…", "%", "$", "€", "£", "#", "&", "*", "/", "\\",
-        "@", "<", ">", "=", "+", "_", "~", "|", "^", "¿", "¡", "。", "、", "（", "）",
+        ".", ",", ";", ":", "!", "?", "(", ")", "[", "]", "{", "}", "\"", "'", "’", "‘", "“", "”",
+        "«", "»", "-", "‐", "—", "–", "…", "%", "$", "€", "£", "#", "&", "*", "/", "\\", "@", "<",
+        ">", "=", "+", "_", "~", "|", "^", "¿", "¡", "。", "、", "（", "）",
     ];
-    let emoji = ["😀", "👍", "👍🏽", "🎉", "❤️", "👨‍👩‍👧", "🇫🇷", "\u{301}", "\u{200D}"];
+    let emoji = [
+        "😀",
+        "👍",
+        "👍🏽",
+        "🎉",
+        "❤️",
+        "👨‍👩‍👧",
+        "🇫🇷",
+        "\u{301}",
+        "\u{200D}",
+    ];
     let space = [
         " ", " ", " ", "  ", "\t", "\n", "\n\n", "\r\n", "\r", " \n ", "\u{A0}", "\u{2003}",
         "\n\n\n", "",
@@ -76,7 +86,11 @@ pub fn random_text(rng: &mut ChaCha8Rng, pieces: usize) -> String {
                 let j = pick(rng, &["'", "’", "-", "‐", "--", "''", "-'"]);
                 format!("{a}{j}{b}")
             }
-            10 => format!("{}e\u{301}{}", word_of(rng, &latin, 0..3), word_of(rng, &latin, 0..3)),
+            10 => format!(
+                "{}e\u{301}{}",
+                word_of(rng, &latin, 0..3),
+                word_of(rng, &latin, 0..3)
+            ),
             11 => "x".repeat(rng.random_range(MAX_WORD_CHARS - 3..MAX_WORD_CHARS * 2 + 3)),
             12 => pick(rng, &emoji).to_string(),
             _ => pick(rng, &punct).to_string(),
@@ -92,7 +106,17 @@ fn tokenizer_cuts_hand_written_sentences_as_documented() {
     let cases: [(&str, &[&str]); 10] = [
         (
             "Don't stop: it's a well-known o'clock rule!",
-            &["Don't", "stop", ":", "it's", "a", "well-known", "o'clock", "rule", "!"],
+            &[
+                "Don't",
+                "stop",
+                ":",
+                "it's",
+                "a",
+                "well-known",
+                "o'clock",
+                "rule",
+                "!",
+            ],
         ),
         (
             "The dogs' toys -- rock--roll 'quoted' (x) $5.00, 50%.",
@@ -103,7 +127,18 @@ fn tokenizer_cuts_hand_written_sentences_as_documented() {
         ),
         (
             "Привет, мир! Καλημέρα κόσμε. 東京は大きい 😀👍",
-            &["Привет", ",", "мир", "!", "Καλημέρα", "κόσμε", ".", "東京は大きい", "😀", "👍"],
+            &[
+                "Привет",
+                ",",
+                "мир",
+                "!",
+                "Καλημέρα",
+                "κόσμε",
+                ".",
+                "東京は大きい",
+                "😀",
+                "👍",
+            ],
         ),
         (
             "line one\r\nline two\n\n  \t end\r",
@@ -112,15 +147,34 @@ fn tokenizer_cuts_hand_written_sentences_as_documented() {
         (
             "cafe\u{301} naïve \u{301}x It’s ’tis -x x- a-'b",
             &[
-                "cafe\u{301}", "naïve", "\u{301}", "x", "It’s", "’", "tis", "-", "x", "x", "-",
-                "a", "-", "'", "b",
+                "cafe\u{301}",
+                "naïve",
+                "\u{301}",
+                "x",
+                "It’s",
+                "’",
+                "tis",
+                "-",
+                "x",
+                "x",
+                "-",
+                "a",
+                "-",
+                "'",
+                "b",
             ],
         ),
         ("", &[]),
         (" \n", &["\n"]),
         ("a\rb", &["a", "b"]),
-        ("x2-y3 3.14 1,000", &["x2-y3", "3", ".", "14", "1", ",", "000"]),
-        ("\"Hi,\" she said.", &["\"", "Hi", ",", "\"", "she", "said", "."]),
+        (
+            "x2-y3 3.14 1,000",
+            &["x2-y3", "3", ".", "14", "1", ",", "000"],
+        ),
+        (
+            "\"Hi,\" she said.",
+            &["\"", "Hi", ",", "\"", "she", "said", "."],
+        ),
     ];
     for (text, want) in cases {
         assert_eq!(tokens(STREAM, text), want, "{text:?}");
@@ -132,7 +186,11 @@ fn tokenizer_cuts_hand_written_sentences_as_documented() {
     );
     // A run longer than a word may be is cut into pieces of MAX_WORD_CHARS.
     let long = "y".repeat(2 * MAX_WORD_CHARS + 7);
-    let want = ["y".repeat(MAX_WORD_CHARS), "y".repeat(MAX_WORD_CHARS), "y".repeat(7)];
+    let want = [
+        "y".repeat(MAX_WORD_CHARS),
+        "y".repeat(MAX_WORD_CHARS),
+        "y".repeat(7),
+    ];
     assert_eq!(tokens(STREAM, &long), want);
     // Lower-casing maps tokens after the cut.
     assert_eq!(
@@ -173,7 +231,10 @@ fn joining_then_tokenizing_gives_the_same_tokens() {
                 "round {round}: {text:?} joined as {joined:?}"
             );
             // Joining again changes nothing: the text is canonical.
-            assert_eq!(join(tokens(tokenizer, &joined).iter().map(String::as_str)), joined);
+            assert_eq!(
+                join(tokens(tokenizer, &joined).iter().map(String::as_str)),
+                joined
+            );
         }
     }
 }
@@ -336,7 +397,9 @@ fn counting_in_bounded_memory_keeps_the_frequent_words() {
         }
         n_words - 1
     };
-    let text: Vec<String> = (0..20_000).map(|_| format!("w{}", draw(&mut rng))).collect();
+    let text: Vec<String> = (0..20_000)
+        .map(|_| format!("w{}", draw(&mut rng)))
+        .collect();
     let (mut exact, mut bounded) = (WordCounts::new(false), WordCounts::with_limit(false, 1000));
     for w in &text {
         exact.add(w);
@@ -399,9 +462,13 @@ fn word_vocabulary_round_trips_through_json_and_checkpoints_and_old_forms_still_
     assert!(!lines.word_list().unwrap().contains(&"\n".to_string()));
 
     // The forms stored by earlier versions parse to the same vocabularies.
-    let chars = Vocab::from_json(r#"{"kind":"chars","symbols":["\n"," ","a"],"line_tokens":false}"#);
+    let chars =
+        Vocab::from_json(r#"{"kind":"chars","symbols":["\n"," ","a"],"line_tokens":false}"#);
     assert_eq!(chars.unwrap(), Vocab::from_symbols(vec!['\n', ' ', 'a']));
-    assert_eq!(Vocab::from_json(r#"{"kind":"bytes"}"#).unwrap(), Vocab::bytes());
+    assert_eq!(
+        Vocab::from_json(r#"{"kind":"bytes"}"#).unwrap(),
+        Vocab::bytes()
+    );
     assert_eq!(
         Vocab::from_json(r#"{"kind":"bytes","line_tokens":true}"#).unwrap(),
         Vocab::bytes().with_line_tokens()
@@ -410,7 +477,10 @@ fn word_vocabulary_round_trips_through_json_and_checkpoints_and_old_forms_still_
         Vocab::from_symbols(vec!['a', 'b']).to_json(),
         r#"{"kind":"chars","symbols":["a","b"],"line_tokens":false}"#
     );
-    assert_eq!(Vocab::bytes().to_json(), r#"{"kind":"bytes","line_tokens":false}"#);
+    assert_eq!(
+        Vocab::bytes().to_json(),
+        r#"{"kind":"bytes","line_tokens":false}"#
+    );
 
     // Malformed word vocabularies are refused.
     for bad in [
@@ -437,7 +507,11 @@ fn word_vocabulary_round_trips_through_json_and_checkpoints_and_old_forms_still_
 }
 
 /// A corpus of random text with a word vocabulary built from its first `train` tokens.
-fn random_word_corpus(rng: &mut ChaCha8Rng, pieces: usize, options: &WordOptions) -> (String, Corpus) {
+fn random_word_corpus(
+    rng: &mut ChaCha8Rng,
+    pieces: usize,
+    options: &WordOptions,
+) -> (String, Corpus) {
     let text = random_text(rng, pieces);
     let train = rng.random_range(0..=STREAM.tokens(&text).count());
     let corpus = Corpus::build_words(
@@ -473,8 +547,15 @@ fn word_corpus_reads_the_same_tokens_through_the_sparse_index() {
         let mut got = Vec::new();
         corpus.read(start, count, &mut got);
         assert_eq!(got, want[start..start + count], "read({start}, {count})");
-        let unk = want[start..start + count].iter().filter(|&&id| id == 0).count();
-        assert_eq!(corpus.unknown_in(start, count), unk, "unknown_in({start}, {count})");
+        let unk = want[start..start + count]
+            .iter()
+            .filter(|&&id| id == 0)
+            .count();
+        assert_eq!(
+            corpus.unknown_in(start, count),
+            unk,
+            "unknown_in({start}, {count})"
+        );
         assert_eq!(corpus.token_offset(start), all[start].0);
         // Byte ranges between token starts hold those tokens.
         let end = if start + count == all.len() {
@@ -528,7 +609,10 @@ fn word_vocabulary_is_built_from_the_training_part_only() {
     )
     .unwrap();
     let vocab = lines.vocab();
-    assert_eq!(vocab.word_list().unwrap(), ["<unk>", "apple", "pear", "plum"]);
+    assert_eq!(
+        vocab.word_list().unwrap(),
+        ["<unk>", "apple", "pear", "plum"]
+    );
     assert!(vocab.lowercase());
     assert_eq!((vocab.start_token(), vocab.end_token()), (Some(4), Some(5)));
 }

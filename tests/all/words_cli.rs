@@ -130,7 +130,8 @@ fn word_model_trains_samples_joined_words_and_evaluates_perplexity() {
         "{text:?}"
     );
     assert!(
-        text.lines().any(|l| l.split(' ').filter(|w| !w.is_empty()).count() >= 2),
+        text.lines()
+            .any(|l| l.split(' ').filter(|w| !w.is_empty()).count() >= 2),
         "{text:?}"
     );
 
@@ -228,7 +229,11 @@ fn word_runs_resume_exactly_and_init_keeps_the_vocabulary() {
     );
     assert_eq!(a.vocab, b.vocab);
     let bits = |c: &Checkpoint| c.params.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&a), bits(&b), "a resumed word run equals a straight one");
+    assert_eq!(
+        bits(&a),
+        bits(&b),
+        "a resumed word run equals a straight one"
+    );
 
     // --init takes the model's vocabulary, whatever the new corpus holds.
     let other = dir.path().join("other.txt");
@@ -258,7 +263,10 @@ fn word_runs_resume_exactly_and_init_keeps_the_vocabulary() {
     assert_eq!(Checkpoint::load(&init).unwrap().vocab, a.vocab);
     // Only the full stop and the line break are known: 4 of the 6 tokens of a line are <unk>.
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("<unk> is 66.67% of the training tokens"), "{log}");
+    assert!(
+        log.contains("<unk> is 66.67% of the training tokens"),
+        "{log}"
+    );
 }
 
 /// Runs a command that must be refused as a usage error (status 2) naming `needle`, without a
@@ -269,7 +277,10 @@ fn refused<S: AsRef<str>>(args: &[S], needle: &str, out: &Path) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "unroll {args:?}: {err}");
     assert!(!err.contains("panicked"), "unroll {args:?}: {err}");
-    assert!(err.contains(needle), "unroll {args:?}: {needle:?} not in {err}");
+    assert!(
+        err.contains(needle),
+        "unroll {args:?}: {needle:?} not in {err}"
+    );
     assert!(!out.exists(), "unroll {args:?} wrote {}", out.display());
 }
 
@@ -296,7 +307,11 @@ fn word_options_are_refused_without_vocab_words() {
         base.iter().chain(extra).map(|s| s.to_string()).collect()
     };
     let only = "only with --vocab words";
-    refused(&with(&["--max-vocab", "10"]), "--max-vocab applies only", &out);
+    refused(
+        &with(&["--max-vocab", "10"]),
+        "--max-vocab applies only",
+        &out,
+    );
     refused(&with(&["--vocab", "chars", "--min-count", "2"]), only, &out);
     refused(&with(&["--vocab", "bytes", "--lowercase"]), only, &out);
     refused(
@@ -305,12 +320,31 @@ fn word_options_are_refused_without_vocab_words() {
         &out,
     );
     refused(
-        &["train", "--pairs", "p.jsonl", "--input", "class", "--output", "class", "--lowercase", "--out", o],
+        &[
+            "train",
+            "--pairs",
+            "p.jsonl",
+            "--input",
+            "class",
+            "--output",
+            "class",
+            "--lowercase",
+            "--out",
+            o,
+        ],
         only,
         &out,
     );
-    refused(&with(&["--vocab", "words", "--max-vocab", "1"]), "at least 2", &out);
-    refused(&with(&["--vocab", "words", "--min-count", "0"]), "at least 1", &out);
+    refused(
+        &with(&["--vocab", "words", "--max-vocab", "1"]),
+        "at least 2",
+        &out,
+    );
+    refused(
+        &with(&["--vocab", "words", "--min-count", "0"]),
+        "at least 1",
+        &out,
+    );
     refused(
         &with(&["--vocab", "words", "--init", m, "--max-vocab", "5"]),
         "cannot be used with --init",
@@ -321,7 +355,11 @@ fn word_options_are_refused_without_vocab_words() {
         "does not match the --init model",
         &out,
     );
-    refused(&["train", "--resume", m, "--lowercase"], "--lowercase", &out);
+    refused(
+        &["train", "--resume", m, "--lowercase"],
+        "--lowercase",
+        &out,
+    );
 }
 
 /// A random made-up word of 3 to 8 letters: its letters say nothing about its neighbours.
@@ -424,5 +462,8 @@ fn word_model_learns_a_word_chain_far_below_uniform_perplexity() {
     // held-out text; 5.5 leaves room for chance and is still 35 times below uniform, which only
     // a model that learnt which words follow which can reach.
     assert!(vocab_size > 150, "{vocab_size} tokens");
-    assert!(ppl < 5.5, "held-out perplexity {ppl} (true 4, uniform {vocab_size}): {json}");
+    assert!(
+        ppl < 5.5,
+        "held-out perplexity {ppl} (true 4, uniform {vocab_size}): {json}"
+    );
 }
