@@ -483,10 +483,52 @@ impl Corpus {
         self.each_id_in(range, &mut |id| out.push(id));
     }
 
-    /// The number of tokens in byte `range` (bounded as for [`Corpus::encode_range`]).
+    /// The number of tokens in byte `range` (bounded as for [`Corpus::encode_range`]), found
+    /// through the index: it decodes at most two strides of tokens, whatever the range.
     pub fn count_range(&self, range: std::ops::Range<usize>) -> usize {
-        let mut n = 0;
-        self.each_id_in(range, &mut |_| n += 1);
+        self.tokens_before(range.end) - self.tokens_before(range.start)
+    }
+
+    /// The number of tokens that start before byte `at`.
+    fn tokens_before(&self, at: usize) -> usize {
+        let bytes = self.text.bytes();
+        let at = at.min(bytes.len());
+        let entry = match self.index.partition_point(|&o| o as usize <= at) {
+            _ if matches!(self.encoder, Encoder::Bytes) => return at,
+            0 => return 0,
+            k => k - 1,
+        };
+        let from = self.index[entry] as usize;
+        let mut n = entry * INDEX_STRIDE;
+        match &self.encoder {
+            Encoder::Words { tokenizer, .. } => {
+                let _ = tokenizer.scan(
+                    bytes,
+                    from..bytes.len(),
+                    at - from + 256,
+                    &mut |start, _| {
+                        if start >= at {
+                            return ControlFlow::Break(());
+                        }
+                        n += 1;
+                        ControlFlow::Continue(())
+                    },
+                    &mut |_| {},
+                );
+            }
+            Encoder::Chars(encoder) => {
+                self.each_char_from(from, at - from, &mut |start, c| {
+                    if start >= at {
+                        return ControlFlow::Break(());
+                    }
+                    if encoder.id(c).is_some() {
+                        n += 1;
+                    }
+                    ControlFlow::Continue(())
+                });
+            }
+            Encoder::Bytes => {}
+        }
         n
     }
 

@@ -664,3 +664,39 @@ fn lines_of_words_are_framed_by_start_and_end_tokens() {
     assert_eq!(got, want);
     assert!(got.iter().flatten().all(|&id| (id as usize) < vocab.len()));
 }
+
+#[test]
+fn token_counts_of_byte_ranges_agree_with_a_full_decode() {
+    let mut rng = common::rng("count_range");
+    let text = random_text(&mut rng, 3000);
+    // Characters: a vocabulary that lacks some of them (those are skipped, not counted).
+    let vocab = Vocab::chars_of(&text[..text.len() / 3]);
+    let chars = Corpus::from_text(
+        CorpusText::Owned(text.as_bytes().to_vec()),
+        "chars",
+        VocabKind::Chars,
+        Some(vocab.clone()),
+    )
+    .unwrap();
+    assert!(chars.len() > 3 * INDEX_STRIDE);
+    let bytes = Corpus::from_string(text.clone(), VocabKind::Bytes).unwrap();
+    let bounds: Vec<usize> = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain([text.len()])
+        .collect();
+    for _ in 0..200 {
+        let mut ends = [
+            bounds[rng.random_range(0..bounds.len())],
+            bounds[rng.random_range(0..bounds.len())],
+        ];
+        ends.sort();
+        let (a, b) = (ends[0], ends[1]);
+        assert_eq!(
+            chars.count_range(a..b),
+            vocab.encode(&text[a..b]).0.len(),
+            "{a}..{b}"
+        );
+        assert_eq!(bytes.count_range(a..b), b - a);
+    }
+}
