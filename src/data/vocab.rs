@@ -122,7 +122,8 @@ impl Vocab {
     }
 
     /// The word vocabulary of `counts` (see [`WordOptions`]): `<unk>`, then the most frequent
-    /// words; with `line_tokens`, for lines mode (start/end tokens, no line-break token).
+    /// words, lower-cased if the counts were; with `line_tokens`, for lines mode (start/end
+    /// tokens, no line-break token).
     pub fn words_from_counts(
         counts: &WordCounts,
         options: &WordOptions,
