@@ -5,6 +5,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::vocab::Vocab;
+use crate::data::words::Joiner;
 use crate::engine::{Batch, Engine, Inputs, Targets};
 use crate::error::{Error, Result};
 use crate::model::{InputKind, OutputKind};
@@ -51,14 +52,40 @@ pub fn draw(p: &[f32], temperature: f32, top_k: usize, rng: &mut ChaCha8Rng) -> 
     w.last().map_or(0, |x| x.0 as u32)
 }
 
-/// Turns tokens into text as they come: characters at once, bytes once they form UTF-8.
+/// Turns tokens into text as they come: characters at once, bytes once they form UTF-8, words
+/// with the space a [`Joiner`] puts before them.
 struct TextStream<'a> {
     vocab: &'a Vocab,
     pending: Vec<u8>,
+    /// For a word vocabulary: where the text stands, so the next word gets its space.
+    words: Option<Joiner>,
 }
 
-impl TextStream<'_> {
+impl<'a> TextStream<'a> {
+    /// A stream that continues the text of `prime` (already shown).
+    fn new(vocab: &'a Vocab, prime: &[u32]) -> Self {
+        let words = vocab.word_list().map(|_| {
+            let mut joiner = Joiner::new();
+            let mut shown = String::new();
+            for &tok in prime {
+                vocab.decode_word(tok, &mut joiner, &mut shown);
+            }
+            joiner
+        });
+        TextStream {
+            vocab,
+            pending: Vec::new(),
+            words,
+        }
+    }
+
     fn push(&mut self, tok: u32, out: &mut dyn FnMut(&str)) {
+        if let Some(joiner) = &mut self.words {
+            let mut piece = String::new();
+            self.vocab.decode_word(tok, joiner, &mut piece);
+            out(&piece);
+            return;
+        }
         if self.vocab.chars().is_some()
             || self.vocab.line_tokens && tok >= self.vocab.base_len() as u32
         {
@@ -145,10 +172,7 @@ pub fn sample(
         step(engine, head, false)?;
     }
     let mut probs = step(engine, std::slice::from_ref(last), true)?;
-    let mut text = TextStream {
-        vocab,
-        pending: Vec::new(),
-    };
+    let mut text = TextStream::new(vocab, prime);
     let mut tokens = Vec::with_capacity(opts.length);
     for _ in 0..opts.length {
         let tok = draw(&probs, opts.temperature, opts.top_k, &mut rng);

@@ -44,7 +44,11 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
     let (mut engine, note) = create_engine(a.device.into(), &ckpt.config, &ckpt.params)?;
     eprintln!("{note}");
     let (mut prime, unknown) = vocab.encode(&a.prime);
-    if unknown > 0 {
+    if unknown > 0 && vocab.word_list().is_some() {
+        eprintln!(
+            "note: {unknown} words of the prime text are not in the vocabulary and are read as <unk>"
+        );
+    } else if unknown > 0 {
         eprintln!(
             "note: {unknown} characters of the prime text are not in the vocabulary and are skipped"
         );
@@ -98,13 +102,21 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         evaluate_lm(engine.as_mut(), &corpus, a.batch, a.seq_len)?
     };
     let loss = stats.mean();
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "loss": loss,
         "bits_per_token": loss / std::f64::consts::LN_2,
+        "perplexity": loss.exp(),
         "predictions": stats.count as u64,
         "tokens": corpus.len(),
-        "unknown_chars": corpus.unknown(),
     });
+    // Characters a character vocabulary lacks are skipped; words a word vocabulary lacks are
+    // tokens, read as <unk>.
+    let unknown = if corpus.vocab().word_list().is_some() {
+        "unknown_words"
+    } else {
+        "unknown_chars"
+    };
+    json[unknown] = corpus.unknown().into();
     println!("{json}");
     Ok(())
 }

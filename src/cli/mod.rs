@@ -54,12 +54,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train a character-level language model on a text corpus (the built-in one by default), or
-    /// a sequence-to-sequence model on a file of pairs (--pairs).
+    /// Train a language model on a text corpus (the built-in one by default) over characters,
+    /// bytes or words, or a sequence-to-sequence model on a file of pairs (--pairs).
     Train(Box<TrainArgs>),
     /// Generate text from a trained language model.
     Sample(SampleArgs),
-    /// Evaluate a language model on a corpus: prints {"loss", "bits_per_token", ...} as JSON.
+    /// Evaluate a language model on a corpus: prints {"loss", "bits_per_token", "perplexity",
+    /// ...} as JSON.
     Eval(EvalArgs),
     /// Predict y for every x of a JSON Lines file with a model trained with `train --pairs`.
     Predict(pairs::PredictArgs),
@@ -136,6 +137,9 @@ pub enum VocabArg {
     Chars,
     /// The 256 byte values (any file).
     Bytes,
+    /// Word tokens: <unk> and the most frequent words of the training part (see --max-vocab,
+    /// --min-count, --lowercase).
+    Words,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -199,6 +203,17 @@ pub struct TrainArgs {
     /// Token vocabulary [default: chars].
     #[arg(long, value_enum)]
     pub vocab: Option<VocabArg>,
+    /// With --vocab words: the most tokens in the vocabulary, <unk> (and the line-break token)
+    /// included; the start and end tokens of lines mode come on top [default: 10000].
+    #[arg(long)]
+    pub max_vocab: Option<usize>,
+    /// With --vocab words: leave out words seen fewer times in the training part (they read as
+    /// <unk>) [default: 1].
+    #[arg(long)]
+    pub min_count: Option<u64>,
+    /// With --vocab words: lower-case every token (the model's sample and eval do the same).
+    #[arg(long)]
+    pub lowercase: bool,
     /// How the corpus is cut into sequences [default: stream].
     #[arg(long, value_enum)]
     pub sequences: Option<SequencesArg>,
@@ -212,7 +227,7 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     /// Continue the run saved in this directory, exactly where it stopped (with --steps to
     /// extend it).
-    #[arg(long, conflicts_with_all = ["out", "init", "corpus", "vocab", "val_frac", "seed", "sequences"])]
+    #[arg(long, conflicts_with_all = ["out", "init", "corpus", "vocab", "val_frac", "seed", "sequences", "max_vocab", "min_count", "lowercase"])]
     pub resume: Option<PathBuf>,
     /// Start from the parameters of this checkpoint (directory or file) instead of a fresh init.
     #[arg(long)]
@@ -308,7 +323,7 @@ pub struct TrainArgs {
     /// What to do when the loss or gradient norm is not finite [default: reduce-lr].
     #[arg(long, value_enum)]
     pub on_nan: Option<OnNanArg>,
-    /// Characters to sample at the end of training; 0: none.
+    /// Tokens (characters, bytes or words) to sample at the end of training; 0: none.
     #[arg(long, default_value_t = 300)]
     pub sample: usize,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
@@ -322,16 +337,18 @@ pub struct SampleArgs {
     /// Checkpoint directory (or .safetensors file).
     #[arg(long)]
     pub model: PathBuf,
-    /// Characters to generate.
+    /// Tokens to generate (characters, bytes or words).
     #[arg(long, default_value_t = 500)]
     pub length: usize,
     /// Softmax temperature (> 0): lower is more conservative.
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f32,
-    /// Draw only from the k most likely characters (0: all).
+    /// Draw only from the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
-    /// Text to start from (default: a newline); characters outside the vocabulary are skipped.
+    /// Text to start from (default: a newline), cut into tokens as the model's corpus was;
+    /// characters outside a character vocabulary are skipped, words outside a word vocabulary
+    /// read as <unk>.
     #[arg(long, default_value = "\n")]
     pub prime: String,
     #[arg(long, default_value_t = 1)]
@@ -363,8 +380,15 @@ pub struct EvalArgs {
 pub fn run() -> anyhow::Result<u8> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Train(a) if pairs::wants_pairs(&a)? => pairs::train(*a),
-        Command::Train(a) => train::train(*a),
+        Command::Train(a) => {
+            // Word options without --vocab words are refused for pairs runs too.
+            train::word_options(&a)?;
+            if pairs::wants_pairs(&a)? {
+                pairs::train(*a)
+            } else {
+                train::train(*a)
+            }
+        }
         Command::Sample(a) => commands::sample(a).map(|()| 0),
         Command::Eval(a) => commands::eval(a).map(|()| 0),
         Command::Predict(a) => pairs::predict(a).map(|()| 0),

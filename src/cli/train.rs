@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use unroll::data::corpus::{Corpus, Tokens};
 use unroll::data::lines::{Lines, LinesSource};
 use unroll::data::lm::{StreamBatches, StreamEval, StreamSource};
-use unroll::data::vocab::VocabKind;
+use unroll::data::vocab::{Vocab, VocabKind, WordOptions};
 use unroll::data::{EvalSet, Sequences, TrainBatches};
 use unroll::engine::select::create_engine;
 use unroll::engine::{Dropout, Engine};
@@ -98,14 +98,20 @@ impl Split {
                 while at > 0 && at < bytes.len() && bytes[at - 1] != b'\n' {
                     at += 1;
                 }
-                let mut tokens = Vec::new();
-                corpus.encode_range(0..at, &mut tokens);
                 Split {
-                    train_tokens: tokens.len(),
+                    train_tokens: corpus.count_range(0..at),
                     train_bytes: at,
                     sequences,
                 }
             }
+        }
+    }
+
+    /// The byte where the training part ends: a token start, or the end of the text.
+    fn train_end(&self, corpus: &Corpus) -> usize {
+        match self.sequences {
+            Sequences::Stream => corpus.token_offset(self.train_tokens),
+            Sequences::Lines => self.train_bytes,
         }
     }
 
@@ -136,6 +142,78 @@ impl Split {
                 (Box::new(LinesSource::new(train)?), Box::new(val))
             }
         })
+    }
+}
+
+/// The word-vocabulary options of `--vocab words` (`None` for other vocabularies). The options
+/// are refused without `--vocab words`, and with `--init`, whose model brings its vocabulary.
+pub(super) fn word_options(a: &TrainArgs) -> anyhow::Result<Option<WordOptions>> {
+    let given: Vec<&str> = [
+        ("--max-vocab", a.max_vocab.is_some()),
+        ("--min-count", a.min_count.is_some()),
+        ("--lowercase", a.lowercase),
+    ]
+    .iter()
+    .filter(|g| g.1)
+    .map(|g| g.0)
+    .collect();
+    if a.vocab != Some(VocabArg::Words) {
+        if !given.is_empty() {
+            let verb = if given.len() == 1 { "applies" } else { "apply" };
+            usage!("{} {verb} only with --vocab words", given.join(", "));
+        }
+        return Ok(None);
+    }
+    if a.init.is_some() && !given.is_empty() {
+        usage!(
+            "{} cannot be used with --init: the run keeps the vocabulary of the --init model",
+            given.join(", ")
+        );
+    }
+    let options = WordOptions {
+        max_vocab: a.max_vocab.unwrap_or(WordOptions::default().max_vocab),
+        min_count: a.min_count.unwrap_or(WordOptions::default().min_count),
+        lowercase: a.lowercase,
+    };
+    options.validate()?;
+    Ok(Some(options))
+}
+
+/// The share of `<unk>` tokens in the training and validation parts of a word corpus, as a
+/// line for the run summary (`None` for other vocabularies).
+fn unknown_summary(corpus: &Corpus, train_tokens: usize) -> Option<String> {
+    let words = corpus.vocab().word_list()?;
+    let val_tokens = corpus.len() - train_tokens;
+    let in_train = corpus.unknown_in(0, train_tokens);
+    let in_val = corpus.unknown() - in_train;
+    let share = |n: usize, of: usize| 100.0 * n as f64 / of.max(1) as f64;
+    Some(format!(
+        "words: <unk> and {} words{}; <unk> is {:.2}% of the training tokens ({in_train}) and \
+         {:.2}% of the validation tokens ({in_val})",
+        words.len() - 1,
+        if corpus.vocab().lowercase() {
+            ", lower-cased"
+        } else {
+            ""
+        },
+        share(in_train, train_tokens),
+        share(in_val, val_tokens),
+    ))
+}
+
+/// The loss as the log shows it: nats and bits per token, and the perplexity for word models.
+fn loss_text(vocab: &Vocab) -> impl Fn(f64) -> String {
+    let words = vocab.word_list().is_some();
+    move |loss: f64| {
+        if words {
+            format!(
+                "{loss:.4} ({:.3} bits, perplexity {:.2})",
+                loss / LN2,
+                loss.exp()
+            )
+        } else {
+            format!("{loss:.4} ({:.3} bits)", loss / LN2)
+        }
     }
 }
 
@@ -425,6 +503,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     };
     let kind = match a.vocab {
         Some(VocabArg::Bytes) => VocabKind::Bytes,
+        Some(VocabArg::Words) => VocabKind::Words,
         _ => VocabKind::Chars,
     };
     let sequences = match a.sequences {
@@ -432,8 +511,26 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         _ => Sequences::Stream,
     };
     let vocab = init.as_ref().and_then(|c| c.vocab.clone());
-    let mut corpus = Corpus::open(a.corpus.as_deref(), kind, vocab.clone())?;
-    if sequences == Sequences::Lines && vocab.is_none() {
+    if let (Some(v), Some(_)) = (&vocab, a.vocab)
+        && v.kind() != kind
+    {
+        usage!(
+            "--vocab {} does not match the --init model, whose vocabulary is of {}",
+            format!("{kind:?}").to_lowercase(),
+            format!("{:?}", v.kind()).to_lowercase()
+        );
+    }
+    let mut corpus = match (&vocab, word_options(a)?) {
+        // A fresh word vocabulary: built from the training part only.
+        (None, Some(options)) => Corpus::open_words(
+            a.corpus.as_deref(),
+            &options,
+            sequences == Sequences::Lines,
+            |probe| Ok(Split::of(probe, sequences, val_frac).train_end(probe)),
+        )?,
+        _ => Corpus::open(a.corpus.as_deref(), kind, vocab.clone())?,
+    };
+    if sequences == Sequences::Lines && vocab.is_none() && kind != VocabKind::Words {
         // Line breaks separate the sequences: the vocabulary has line tokens instead.
         let lines_vocab = corpus.vocab().clone().for_lines();
         corpus = Corpus::open(a.corpus.as_deref(), kind, Some(lines_vocab))?;
@@ -441,7 +538,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     if sequences == Sequences::Lines && corpus.vocab().start_token().is_none() {
         usage!("--sequences lines needs a model trained in lines mode for --init");
     }
-    if corpus.unknown() > 0 && init.is_some() {
+    if corpus.unknown() > 0 && init.is_some() && corpus.vocab().kind() != VocabKind::Words {
         eprintln!(
             "note: {} characters of the corpus are not in the --init model's vocabulary and are skipped",
             corpus.unknown()
@@ -619,6 +716,9 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         s.corpus.vocab().len(),
         run.sequences
     );
+    if let Some(line) = unknown_summary(&s.corpus, split.train_tokens) {
+        eprintln!("{line}");
+    }
     eprintln!(
         "model: {} H={} layers={} ({} parameters), dropout {}; {:?} lr {} {:?}, clip {}, B={} T={}, {} steps",
         match s.config.cell {
@@ -647,7 +747,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         interrupt: Some(&signals.any),
     };
     let (mut train_source, val_set) = split.sources(&s.corpus, &run)?;
-    let bits = |loss: f64| format!("{loss:.4} ({:.3} bits)", loss / LN2);
+    let bits = loss_text(&vocab);
     if let Some(code) = run_reported(
         &mut trainer,
         train_source.as_mut(),

@@ -8,6 +8,9 @@ pub mod lm;
 pub mod pairs;
 pub mod tasks;
 pub mod vocab;
+pub mod words;
+
+mod marks;
 
 use serde::{Deserialize, Serialize};
 

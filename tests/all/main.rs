@@ -19,3 +19,5 @@ mod pairs_data;
 mod pytorch;
 mod shaders;
 mod training;
+mod words;
+mod words_cli;
