@@ -242,7 +242,7 @@ fn gated_layouts_stack_the_gates_and_the_forget_bias_can_start_at_one() {
 fn fast_f32_exp_is_accurate_to_a_few_ulps() {
     let mut worst = (0.0f32, 0.0f64);
     let mut x = -87.0f32;
-    while x <= 88.0 {
+    while x <= 87.9 {
         let got = unroll::engine::cpu::exp_f32(x) as f64;
         let want = (x as f64).exp();
         let err = (got - want).abs() / want;

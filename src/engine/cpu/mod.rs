@@ -68,11 +68,13 @@ pub trait Float:
     }
 }
 
-/// `e^x` in f32 for `x <= 88.7` (the softmax's max-subtracted logits are <= 0): `x = n ln 2 + r`
+/// `e^x` in f32 for `x <= 88` (the softmax's max-subtracted logits are <= 0): `x = n ln 2 + r`
 /// with n rounded to nearest and |r| <= ln(2)/2, `e^r` from Cephes' degree-6 polynomial, and
 /// `2^n` built in the exponent bits. Accurate to about one ulp down to x = -87.3 (where it
-/// flushes to the smallest normal); plain arithmetic, so a loop of it vectorises, where the
-/// library `expf` is a call per element and dominated the softmax of large vocabularies.
+/// flushes to the smallest normal); plain arithmetic and bit operations (no float-to-integer
+/// conversion, whose saturating Rust semantics do not vectorise), so a loop of it vectorises,
+/// where the library `expf` is a call per element and dominated the softmax of large
+/// vocabularies.
 #[inline]
 pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -80,7 +82,7 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.336_55, 88.722_83);
+    let x = x.clamp(-87.336_55, 88.0);
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
@@ -90,7 +92,10 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
-    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // n + 127 is an integer in 1..=254; added to 2^23 it fills the low mantissa bits, and
+    // shifting those into the exponent field gives 2^n.
+    const BIAS: f32 = 8_388_735.0; // 2^23 + 127
+    er * f32::from_bits((n + BIAS).to_bits() << 23)
 }
 
 /// `tanh` in f32 as `x * p(x^2) / q(x^2)` with x clamped to +-7.905 (where tanh rounds to 1):
