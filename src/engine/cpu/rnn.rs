@@ -12,10 +12,11 @@ use crate::model::Activation;
 const GATHER_BLOCK: usize = 16;
 
 /// One-hot input projection (a column gather, no matmul):
-/// `U[r, :] = W_ih[:, tok_r] + b_ih (+ b_hh)`; the gated cells leave b_hh to the recurrent
+/// `U[r, :] = W_ih[:, tok_r] + (b_ih + b_hh)`; the gated cells leave b_hh to the recurrent
 /// product (`b_hh = None`).
-/// Shapes: W_ih [GH, I] (PyTorch's layout, read in blocks of rows); `u` [N, GH]; `tokens` N
-/// ids < I.
+/// Shapes: W_ih [GH, I] (PyTorch's layout); `u` [N, GH]; `tokens` N ids < I. A vocabulary no
+/// larger than N is transposed once and its rows copied; a larger one is read in place, in
+/// blocks of rows of W_ih whose columns stay in cache while every token reads them.
 pub fn input_gather_onehot<F: Float>(
     tokens: &[u32],
     w_ih: ArrayView2<F>,
@@ -23,12 +24,25 @@ pub fn input_gather_onehot<F: Float>(
     b_hh: Option<&[F]>,
     mut u: ArrayViewMut2<F>,
 ) {
-    let gh = w_ih.nrows();
+    let (gh, vocab) = w_ih.dim();
+    let bias: Vec<F> = (0..gh)
+        .map(|j| b_ih[j] + b_hh.map_or(F::zero(), |b| b[j]))
+        .collect();
+    if vocab <= tokens.len() {
+        let w_t = w_ih.t().as_standard_layout().into_owned();
+        for (mut row, &tok) in u.outer_iter_mut().zip(tokens) {
+            Zip::from(&mut row)
+                .and(&w_t.row(tok as usize))
+                .and(&ndarray::ArrayView1::from(&bias[..]))
+                .for_each(|o, &w, &b| *o = w + b);
+        }
+        return;
+    }
     for j0 in (0..gh).step_by(GATHER_BLOCK) {
         let j1 = (j0 + GATHER_BLOCK).min(gh);
         for (r, &tok) in tokens.iter().enumerate() {
             for j in j0..j1 {
-                u[[r, j]] = w_ih[[j, tok as usize]] + b_ih[j] + b_hh.map_or(F::zero(), |b| b[j]);
+                u[[r, j]] = w_ih[[j, tok as usize]] + bias[j];
             }
         }
     }
@@ -105,9 +119,20 @@ pub fn rnn_step_backward<F: Float>(
 }
 
 /// One-hot input gradient (scatter-add): `dW_ih[:, tok_r] += dZ[r, :]`.
-/// Shapes: dW_ih [GH, I] (PyTorch's layout, written in blocks of rows), `dz` [N, GH].
+/// Shapes: dW_ih [GH, I] (PyTorch's layout), `dz` [N, GH]. As the gather: a vocabulary no
+/// larger than N gathers into a transposed array added once; a larger one is written in place
+/// in blocks of rows.
 pub fn input_grad_onehot<F: Float>(tokens: &[u32], dz: ArrayView2<F>, mut dw_ih: ArrayViewMut2<F>) {
-    let gh = dw_ih.nrows();
+    let (gh, vocab) = dw_ih.dim();
+    if vocab <= tokens.len() {
+        let mut dw_t = ndarray::Array2::<F>::zeros((vocab, gh));
+        for (row, &tok) in dz.outer_iter().zip(tokens) {
+            let mut dst = dw_t.row_mut(tok as usize);
+            dst += &row;
+        }
+        dw_ih += &dw_t.t();
+        return;
+    }
     for j0 in (0..gh).step_by(GATHER_BLOCK) {
         let j1 = (j0 + GATHER_BLOCK).min(gh);
         for (r, &tok) in tokens.iter().enumerate() {
