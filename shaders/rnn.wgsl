@@ -243,3 +243,89 @@ fn rnn_step_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(loc
         s_work[idx] = d;
     }
 }
+
+// ---- rnn_forward_rows / rnn_backward_rows --------------------------------------------------
+// The whole recurrence of a layer in ONE dispatch: batch rows are independent, so workgroup b
+// owns row b, keeps its state in workgroup memory and loops over all T steps (n = T here),
+// reading W_hh from global memory (cache) at every step. No other workgroup waits for it, so
+// no grid-wide barrier is needed. Wins over T dispatches of the step kernels where those are
+// latency-bound (small H); MAX_H = H sizes the two state buffers.
+
+override MAX_H: u32 = 128u;
+
+// The state of the previous and of the current step (ping-pong by step parity).
+var<workgroup> rows_h: array<f32, 2u * MAX_H>;
+
+// Forward over all T steps for row b = workgroup_id.x: s_{t+1} = f1(u_t + W_hh s_t) in place in
+// the layer's state buffer s_work [(T+1) * B, H] at dst_off, whose rows t*B + b hold s_t for
+// t = 0 (the initial state) and u_{t-1} (input projection plus biases) for t >= 1 on entry,
+// s_t on exit. W_hh [H, H] at w_off of s_params. The twin is T calls of rnn_step_forward.
+// Grid: (B, 1, 1) workgroups of WG threads.
+@compute @workgroup_size(WG)
+fn rnn_forward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let b = wid.x;
+    let h = args.hidden;
+    for (var j = lid.x; j < h; j += WG) {
+        rows_h[j] = s_work[args.dst_off + b * h + j];
+    }
+    workgroupBarrier();
+    for (var t = 0u; t < args.n; t++) {
+        let cur = (t % 2u) * MAX_H;
+        let nxt = MAX_H - cur;
+        let row = args.dst_off + ((t + 1u) * args.rows + b) * h;
+        for (var j = lid.x; j < h; j += WG) {
+            var acc = 0.0;
+            let w = args.w_off + j * h;
+            for (var k = 0u; k < h; k++) {
+                acc = fma(s_params[w + k], rows_h[cur + k], acc);
+            }
+            let z = s_work[row + j] + acc;
+            var s = tanh(z);
+            if (args.activation == 1u) {
+                s = max(z, 0.0);
+            }
+            s_work[row + j] = s;
+            rows_h[nxt + j] = s;
+        }
+        workgroupBarrier();
+    }
+}
+
+// BPTT over all T steps for row b = workgroup_id.x, from t = T-1 down to 0:
+// dz_t = (ds_t + W_hh^T dz_{t+1}) ⊙ f1'(s_t) (dz_T = 0), in place in s_work at dst_off, whose
+// rows t*B + b hold ds_t on entry and dz_t on exit; s_t at rows (t+1)*B + b of s_act at act_off.
+// The twin is T calls of rnn_step_backward. Grid: (B, 1, 1) workgroups of WG threads.
+@compute @workgroup_size(WG)
+fn rnn_backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let b = wid.x;
+    let h = args.hidden;
+    for (var j = lid.x; j < h; j += WG) {
+        rows_h[j] = 0.0;
+    }
+    workgroupBarrier();
+    for (var i = 0u; i < args.n; i++) {
+        let t = args.n - 1u - i;
+        let cur = (i % 2u) * MAX_H;
+        let nxt = MAX_H - cur;
+        let row = args.dst_off + (t * args.rows + b) * h;
+        let srow = args.act_off + ((t + 1u) * args.rows + b) * h;
+        for (var j = lid.x; j < h; j += WG) {
+            var acc = 0.0;
+            for (var k = 0u; k < h; k++) {
+                acc = fma(s_params[args.w_off + k * h + j], rows_h[cur + k], acc);
+            }
+            let s = s_act[srow + j];
+            var d = s_work[row + j] + acc;
+            if (args.activation == 1u) {
+                if (s <= 0.0) {
+                    d = 0.0;
+                }
+            } else {
+                d = d * (1.0 - s * s);
+            }
+            s_work[row + j] = d;
+            rows_h[nxt + j] = d;
+        }
+        workgroupBarrier();
+    }
+}

@@ -13,6 +13,24 @@ use unroll::bench::{
 use unroll::engine::gpu::GpuContext;
 
 /// Where `unroll bench` runs.
+/// `--recurrence`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RecurrenceArg {
+    Auto,
+    Steps,
+    Rows,
+}
+
+impl From<RecurrenceArg> for unroll::engine::Recurrence {
+    fn from(r: RecurrenceArg) -> Self {
+        match r {
+            RecurrenceArg::Auto => Self::Auto,
+            RecurrenceArg::Steps => Self::Steps,
+            RecurrenceArg::Rows => Self::Rows,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BenchDevice {
     /// A hardware GPU when there is one, else the CPU.
@@ -58,6 +76,11 @@ pub struct BenchArgs {
     /// baseline), as word-level models do.
     #[arg(long)]
     pub embed: Option<usize>,
+    /// GPU: how the tanh/relu recurrence is dispatched: `rows` (one dispatch per layer, a
+    /// workgroup per batch row), `steps` (one dispatch per time step), or `auto` (rows where
+    /// they fit the device).
+    #[arg(long, value_enum, default_value_t = RecurrenceArg::Auto)]
+    pub recurrence: RecurrenceArg,
     /// Untimed steps first.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
@@ -85,7 +108,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "python3")]
     pub python: String,
     /// CPU threads for the CPU engine's GEMMs and for PyTorch [default: the available cores,
-    /// or MATMUL_NUM_THREADS when set].
+    /// or RAYON_NUM_THREADS when set].
     #[arg(long)]
     pub threads: Option<usize>,
     /// Seed of the parameters and of the random tokens.
@@ -125,16 +148,18 @@ struct Row {
     round_ratios: Vec<f64>,
 }
 
-/// The number of threads the CPU engine's GEMMs use. matrixmultiply reads MATMUL_NUM_THREADS
-/// once, at its first threaded product, so it is set here, before any engine exists.
+/// The number of threads the CPU engine's GEMMs use. They run on rayon's global pool, which
+/// reads RAYON_NUM_THREADS once, when it is first used, so it is set here, before any engine
+/// exists.
 fn cpu_threads(asked: Option<usize>) -> anyhow::Result<usize> {
-    let env = std::env::var("MATMUL_NUM_THREADS").ok();
+    const VAR: &str = "RAYON_NUM_THREADS";
+    let env = std::env::var(VAR).ok();
     if let Some(v) = env.as_deref().filter(|v| !v.is_empty()) {
         let n: usize = v
             .parse()
-            .with_context(|| format!("MATMUL_NUM_THREADS={v:?} is not a number"))?;
+            .with_context(|| format!("{VAR}={v:?} is not a number"))?;
         if let Some(a) = asked.filter(|&a| a != n) {
-            bail!("--threads {a} contradicts MATMUL_NUM_THREADS={n}; give one of them");
+            bail!("--threads {a} contradicts {VAR}={n}; give one of them");
         }
         return Ok(n.max(1));
     }
@@ -144,7 +169,7 @@ fn cpu_threads(asked: Option<usize>) -> anyhow::Result<usize> {
     }
     // SAFETY: called at the start of the command, before this process starts any thread
     // (no engine, device or pool exists yet), so nothing reads the environment concurrently.
-    unsafe { std::env::set_var("MATMUL_NUM_THREADS", n.to_string()) };
+    unsafe { std::env::set_var(VAR, n.to_string()) };
     Ok(n)
 }
 
@@ -408,6 +433,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
             eprintln!("measuring {label} ...");
             let mut bench = StepBench::new(device, shape, a.seed)
                 .with_context(|| format!("setting up {label}"))?;
+            bench.engine.engine().set_recurrence(a.recurrence.into())?;
             let mut row: Option<Row> = None;
             for round in 0..a.rounds.max(1) {
                 let report = bench

@@ -256,6 +256,26 @@ pub trait Engine {
     /// chunk's logits again (one more output GEMM) before its gradients. Default
     /// [`DEFAULT_LOGIT_BUDGET`]; applies from the next shape the engine builds.
     fn set_logit_budget(&mut self, elements: usize) -> Result<()>;
+    /// How the tanh/relu recurrence is dispatched, for engines that have a choice (the GPU);
+    /// the others run their one way. Applies from the next shape the engine builds.
+    fn set_recurrence(&mut self, recurrence: Recurrence) -> Result<()> {
+        let _ = recurrence;
+        Ok(())
+    }
+}
+
+/// How the GPU engine runs the recurrence of a tanh/relu layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recurrence {
+    /// `Rows` where it fits the device (B workgroups, 2H values of workgroup memory each),
+    /// else `Steps`.
+    #[default]
+    Auto,
+    /// One dispatch per time step, all rows at once (a tiled product per step).
+    Steps,
+    /// One dispatch per layer and direction: a workgroup per batch row loops over all T steps
+    /// with its state in workgroup memory.
+    Rows,
 }
 
 /// The default logit budget: 2^26 values (256 MiB in f32 per logits array), so the usual

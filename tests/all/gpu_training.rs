@@ -6,7 +6,7 @@
 use rand_chacha::ChaCha8Rng;
 use unroll::engine::cpu::CpuEngine;
 use unroll::engine::gpu::{GpuContext, GpuEngine, list_adapters};
-use unroll::engine::{Batch, Dropout, Engine};
+use unroll::engine::{Batch, Dropout, Engine, Recurrence};
 use unroll::error::Error;
 use unroll::model::{Activation, Cell, InputKind, ModelConfig, OutputKind, ParamLayout};
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
@@ -399,5 +399,63 @@ fn a_lost_device_gives_an_error_not_a_panic() {
             assert!(msg.contains("the GPU device was lost"), "{msg}")
         }
         Ok(Err(other)) => panic!("expected a GPU error, got {other:?}"),
+    }
+}
+
+#[test]
+fn both_gpu_recurrence_kernels_match_cpu_over_whole_steps() {
+    // (activation, T, B, H, layers): one step and one row, H of one unit, H off every
+    // workgroup size, H above the workgroup size (each thread owns several units), two layers.
+    let shapes = [
+        (Activation::Tanh, 1, 1, 1, 1),
+        (Activation::Tanh, 5, 3, 33, 2),
+        (Activation::Relu, 4, 2, 17, 1),
+        (Activation::Tanh, 3, 2, 300, 1),
+    ];
+    for (act, steps, rows, h, layers) in shapes {
+        let cfg = common::config(
+            act,
+            InputKind::OneHot,
+            OutputKind::Softmax,
+            (6, h, 5, layers),
+        );
+        for recurrence in [Recurrence::Steps, Recurrence::Rows] {
+            let name = format!("{recurrence:?} {act:?} T={steps} B={rows} H={h} L={layers}");
+            let Some((mut cpu, mut gpu, mut rng)) = engines(&name, &cfg) else {
+                return;
+            };
+            gpu.set_recurrence(recurrence).unwrap();
+            // Weights in PyTorch's range 1/sqrt(H): with larger ones a wide tanh layer is
+            // chaotic and magnifies the engines' different f32 roundings step after step.
+            let len = ParamLayout::new(&cfg).unwrap().len();
+            let params = common::uniform(&mut rng, len, 1.0 / (h as f32).sqrt());
+            let state = common::uniform(&mut rng, rows * cfg.state_size_per_row(), 0.8);
+            cpu.set_params(&params).unwrap();
+            gpu.set_params(&params).unwrap();
+            for e in [&mut cpu as &mut dyn Engine, &mut gpu] {
+                e.set_state(rows, &state).unwrap();
+            }
+            let opt = OptimizerConfig::new(OptimizerKind::Sgd).with_clip(5.0);
+            for step in 0..2 {
+                let lens = lengths(steps, rows);
+                let batch = common::random_batch(&mut rng, &cfg, steps, rows, Some(&lens));
+                let (lc, lg) = forward_backward(&mut cpu, &mut gpu, &batch);
+                assert_close(&format!("{name} loss {step}"), &[lg], &[lc], RTOL, ATOL);
+                close(
+                    &format!("{name} gradients {step}"),
+                    &gpu.grads().unwrap(),
+                    &cpu.grads().unwrap(),
+                );
+                for e in [&mut cpu as &mut dyn Engine, &mut gpu] {
+                    e.optimizer_step(&opt, 0.05).unwrap();
+                    e.carry_state().unwrap();
+                }
+            }
+            close(
+                &format!("{name} state"),
+                &gpu.state().unwrap(),
+                &cpu.state().unwrap(),
+            );
+        }
     }
 }

@@ -271,7 +271,7 @@ fn softmax_over_fifty_thousand_classes_keeps_the_small_terms_on_the_gpu() {
 }
 
 #[test]
-fn ten_thousand_word_models_train_alike_on_both_engines() {
+fn ten_thousand_word_models_train_alike_on_the_gpu_and_the_cpu() {
     // (cell, H, layers, embedding, tied, logit budget): the plain one-hot model in one chunk and
     // in chunks of 2 rows; an embedding under a GRU; tied weights under a 2-layer LSTM in chunks.
     let v = 10_000;

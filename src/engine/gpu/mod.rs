@@ -37,7 +37,7 @@ pub mod shaders;
 use std::collections::HashMap;
 
 use crate::engine::cpu::dropout::MaskKey;
-use crate::engine::{Batch, Dropout, Engine, Inputs, LossStats, Targets};
+use crate::engine::{Batch, Dropout, Engine, Inputs, LossStats, Recurrence, Targets};
 use crate::error::{Error, Result};
 use crate::model::{Cell, InputKind, ModelConfig, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState};
@@ -134,6 +134,8 @@ pub struct GpuEngine {
     dropout: Option<Dropout>,
     /// The most logits the output layer holds at once.
     logit_budget: usize,
+    /// How the tanh/relu recurrence is dispatched.
+    recurrence: Recurrence,
     rows: usize,
     shapes: HashMap<(usize, usize), Shape>,
     /// Counts `use_shape` calls, to find the least recently used shape.
@@ -204,6 +206,7 @@ impl GpuEngine {
             h0,
             dropout: None,
             logit_budget: crate::engine::DEFAULT_LOGIT_BUDGET,
+            recurrence: Recurrence::Auto,
             rows: 1,
             shapes: HashMap::new(),
             use_tick: 0,
@@ -309,6 +312,17 @@ impl GpuEngine {
             }
         };
         let mut dropout_slots = Vec::new();
+        // The tanh/relu recurrence: one dispatch per layer (a workgroup per row) or one per step.
+        let rows_kernels = match self.recurrence {
+            Recurrence::Steps => false,
+            Recurrence::Auto | Recurrence::Rows => rnn::rows_kernels_fit(ctx, rows, h),
+        };
+        if self.recurrence == Recurrence::Rows && !rows_kernels && cfg.cell == Cell::Rnn {
+            return Err(Error::Config(format!(
+                "the rows-per-workgroup recurrence does not fit B={rows} rows of H={h} on {}",
+                ctx.info.name
+            )));
+        }
 
         // Forward: the embedding, then per layer the input projection over all N rows and the
         // T steps.
@@ -389,6 +403,21 @@ impl GpuEngine {
                     }),
                     false,
                 )?);
+            }
+            if !gated && rows_kernels {
+                fwd.push(rnn::rnn_forward_rows(
+                    ctx,
+                    Dims {
+                        hidden: h,
+                        n: steps,
+                        ..d
+                    },
+                    p,
+                    lo.weight_hh,
+                    at(&states[k], 0),
+                    act,
+                )?);
+                continue;
             }
             for t in 0..steps {
                 if !gated {
@@ -531,6 +560,23 @@ impl GpuEngine {
             // BPTT through the layer, leaving the gradients of the input-side and the
             // recurrent-side pre-activations [N, G*H] (one buffer for the tanh cell and LSTM).
             let (dz_ih, dz_hh) = match (cfg.cell, &da_ih, &da_hh, &dc) {
+                (Cell::Rnn, ..) if rows_kernels => {
+                    bwd.push(rnn::rnn_backward_rows(
+                        ctx,
+                        Dims {
+                            rows,
+                            hidden: h,
+                            inputs: ik,
+                            n: steps,
+                        },
+                        p,
+                        lo.weight_hh,
+                        at(&states[k], 0),
+                        at(&ds[cur], 0),
+                        act,
+                    )?);
+                    (&ds[cur], &ds[cur])
+                }
                 (Cell::Rnn, ..) => {
                     for t in (0..steps).rev() {
                         let next = (t + 1 < steps).then_some((t + 1) * rows * h);
@@ -763,6 +809,16 @@ impl GpuEngine {
             shape.last_used = self.use_tick;
         }
         self.current = Some((steps, rows));
+        Ok(())
+    }
+
+    /// Drops every shape's buffers and plans (after submitting recorded work), so that the next
+    /// batch builds its shape under new settings.
+    fn rebuild_shapes(&mut self) -> Result<()> {
+        self.flush()?;
+        self.shapes.clear();
+        self.current = None;
+        self.forward_done = false;
         Ok(())
     }
 
@@ -1059,11 +1115,16 @@ impl Engine for GpuEngine {
         }
         if elements != self.logit_budget {
             // The chunks are part of each shape's buffers and plans: build them again.
-            self.flush()?;
+            self.rebuild_shapes()?;
             self.logit_budget = elements;
-            self.shapes.clear();
-            self.current = None;
-            self.forward_done = false;
+        }
+        Ok(())
+    }
+
+    fn set_recurrence(&mut self, recurrence: Recurrence) -> Result<()> {
+        if recurrence != self.recurrence {
+            self.rebuild_shapes()?;
+            self.recurrence = recurrence;
         }
         Ok(())
     }

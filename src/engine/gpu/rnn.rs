@@ -48,6 +48,20 @@ pub static RNN_STEP_FORWARD: Kernel = Kernel {
     bindings: GATHER_BINDINGS,
 };
 
+/// `rnn_forward_rows`: bindings params, activations (unused), states.
+pub static RNN_FORWARD_ROWS: Kernel = Kernel {
+    shader: Shader::Rnn,
+    entry: "rnn_forward_rows",
+    bindings: GATHER_BINDINGS,
+};
+
+/// `rnn_backward_rows`: bindings params, states s_t, dZ (in place).
+pub static RNN_BACKWARD_ROWS: Kernel = Kernel {
+    shader: Shader::Rnn,
+    entry: "rnn_backward_rows",
+    bindings: GATHER_BINDINGS,
+};
+
 /// `rnn_step_backward`: bindings params, states s_t, dZ (in place).
 pub static RNN_STEP_BACKWARD: Kernel = Kernel {
     shader: Shader::Rnn,
@@ -335,5 +349,76 @@ pub fn rnn_step_backward(
         &[params, s_t.buffer, work],
         &args,
         grid_2d(ctx, "rnn_step_backward", d.rows, d.hidden, tile, tile)?,
+    ))
+}
+
+/// Whether the rows-per-workgroup kernels can run B rows of H units on this device: one
+/// workgroup per row, and the two state buffers of H values in workgroup memory.
+pub fn rows_kernels_fit(ctx: &GpuContext, rows: usize, hidden: usize) -> bool {
+    let limits = &ctx.limits;
+    rows <= limits.max_compute_workgroups_per_dimension as usize
+        && 2 * hidden * 4 <= limits.max_compute_workgroup_storage_size as usize
+}
+
+/// Threads per workgroup of the rows-per-workgroup kernels: enough for H units, at most the
+/// per-row size.
+fn rows_wg(ctx: &GpuContext, hidden: usize) -> u32 {
+    let want = hidden.next_power_of_two().clamp(32, 1 << 16) as u32;
+    ctx.tunables.row_wg.min(want)
+}
+
+/// The whole forward recurrence of a tanh/relu layer in ONE dispatch (twin: T calls of
+/// `rnn_step_forward`): `s_{t+1} = f1(u_t + s_t W_hh^T)` for t = 0..T, in place in the layer's
+/// state buffer `states` [(T+1) * B, H] (rows 0..B the initial state, the others holding u on
+/// entry). `d.n` is T here. W_hh [H, H] at `w_hh` in `params`.
+pub fn rnn_forward_rows(
+    ctx: &GpuContext,
+    d: Dims,
+    params: &wgpu::Buffer,
+    w_hh: usize,
+    states: Region<'_>,
+    act: Activation,
+) -> Result<Call> {
+    let wg = rows_wg(ctx, d.hidden);
+    let args = RnnArgs {
+        dst_off: offset32("offset", states.offset)?,
+        activation: activation_index(act),
+        ..base_args(d, w_hh)?
+    };
+    Ok(Call::new(
+        &RNN_FORWARD_ROWS,
+        vec![("WG", wg), ("MAX_H", offset32("hidden size", d.hidden)?)],
+        &[params, params, states.buffer],
+        &args,
+        [offset32("rows", d.rows)?, 1, 1],
+    ))
+}
+
+/// The whole BPTT of a tanh/relu layer in ONE dispatch (twin: T calls of `rnn_step_backward`):
+/// `dz_t = (ds_t + dz_{t+1} W_hh) ⊙ f1'(s_t)` for t = T-1 down to 0, in place in `work`
+/// [N, H] (ds on entry, dz on exit), s_t read from the layer's state buffer `states`
+/// [(T+1) * B, H]. `d.n` is T here.
+pub fn rnn_backward_rows(
+    ctx: &GpuContext,
+    d: Dims,
+    params: &wgpu::Buffer,
+    w_hh: usize,
+    states: Region<'_>,
+    work: Region<'_>,
+    act: Activation,
+) -> Result<Call> {
+    let wg = rows_wg(ctx, d.hidden);
+    let args = RnnArgs {
+        dst_off: offset32("offset", work.offset)?,
+        act_off: offset32("offset", states.offset)?,
+        activation: activation_index(act),
+        ..base_args(d, w_hh)?
+    };
+    Ok(Call::new(
+        &RNN_BACKWARD_ROWS,
+        vec![("WG", wg), ("MAX_H", offset32("hidden size", d.hidden)?)],
+        &[params, states.buffer, work.buffer],
+        &args,
+        [offset32("rows", d.rows)?, 1, 1],
     ))
 }
