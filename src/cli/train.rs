@@ -36,30 +36,45 @@ fn default_lr(kind: OptimizerKind) -> f32 {
     }
 }
 
-/// SIGINT and SIGTERM set a flag that the trainer checks after every step; a second signal ends
-/// the process at once (files on disk are only ever replaced by rename, so nothing is torn).
+/// SIGINT and SIGTERM set a flag that the trainer checks after every step. A signal that comes
+/// more than [`SIGNAL_GRACE`] after the first ends the process at once (files on disk are only
+/// ever replaced by rename, so nothing is torn); signals within it count as the first, because
+/// one interruption often arrives twice (`timeout` signals the command and then its whole
+/// process group, a terminal's Ctrl-C reaches every process of the group).
 pub(super) struct Signals {
     int: Arc<AtomicBool>,
     term: Arc<AtomicBool>,
     pub(super) any: Arc<AtomicBool>,
 }
 
+/// How long after the first signal a repeated one still counts as the same interruption.
+const SIGNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Signals {
     pub(super) fn install() -> anyhow::Result<Self> {
         use signal_hook::consts::{SIGINT, SIGTERM};
-        use signal_hook::flag;
         let s = Signals {
             int: Arc::new(AtomicBool::new(false)),
             term: Arc::new(AtomicBool::new(false)),
             any: Arc::new(AtomicBool::new(false)),
         };
-        // The conditional shutdowns are registered first so that they see the flag as it was
-        // before this signal set it: only a second signal exits at once.
-        flag::register_conditional_shutdown(SIGINT, 130, Arc::clone(&s.any))?;
-        flag::register_conditional_shutdown(SIGTERM, 143, Arc::clone(&s.any))?;
-        for (sig, f) in [(SIGINT, &s.int), (SIGTERM, &s.term)] {
-            flag::register(sig, Arc::clone(f))?;
-            flag::register(sig, Arc::clone(&s.any))?;
+        // Nanoseconds after `base` (plus one) of the first signal; 0 before it.
+        let first = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let base = std::time::Instant::now();
+        for (sig, own, code) in [(SIGINT, &s.int, 130), (SIGTERM, &s.term, 143)] {
+            let (own, any, first) = (Arc::clone(own), Arc::clone(&s.any), Arc::clone(&first));
+            let handler = move || {
+                let now = base.elapsed().as_nanos() as u64 + 1;
+                let _ = first.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+                let since = now.saturating_sub(first.load(Ordering::SeqCst));
+                if any.swap(true, Ordering::SeqCst) && since > SIGNAL_GRACE.as_nanos() as u64 {
+                    signal_hook::low_level::exit(code);
+                }
+                own.store(true, Ordering::SeqCst);
+            };
+            // SAFETY: the handler is async-signal-safe: it touches atomics only, reads the
+            // monotonic clock (clock_gettime) and exits through signal_hook's `_exit`.
+            unsafe { signal_hook::low_level::register(sig, handler) }?;
         }
         Ok(s)
     }

@@ -50,15 +50,29 @@ fn params(dir: &Path) -> Vec<u32> {
 /// Starts `unroll` with `args` for a million steps into `run` and returns once it has reported
 /// three times (so it is training).
 fn start_long_run(args: &[&str], run: &Path) -> std::process::Child {
-    let child = bin()
+    start_run_after(args, run, 3)
+}
+
+/// Starts a run of a million steps whose standard error goes to `run` + ".log", and returns
+/// once `metrics.jsonl` has `lines` lines (it is training; with 0 lines, once the state of step
+/// 0 is saved).
+fn start_run_after(args: &[&str], run: &Path, lines: usize) -> std::process::Child {
+    let log = std::fs::File::create(run.with_extension("log")).unwrap();
+    let mut child = bin()
         .args(args)
         .args(["--steps", "1000000", "--out", run.to_str().unwrap()])
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let metrics = run.join("metrics.jsonl");
     let start = Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 3 {
+    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < lines
+        || !run.join("state.safetensors").exists()
+    {
+        if let Some(status) = child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(run.with_extension("log")).unwrap_or_default();
+            panic!("the run ended before training ({status}): {log}");
+        }
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "training did not start"
@@ -660,32 +674,10 @@ fn gated_stacked_runs_with_dropout_resume_exactly_and_sample_and_eval() {
     }
 }
 
-#[test]
-fn a_second_signal_exits_at_once_and_leaves_a_loadable_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = corpus_file(dir.path(), 300, "two signals");
-    let run = dir.path().join("run");
-    let args = [
-        &SMALL[..],
-        &[
-            "--corpus",
-            &corpus,
-            "--log-every",
-            "1",
-            "--checkpoint-every",
-            "1",
-        ],
-    ]
-    .concat();
-    let mut child = start_long_run(&args, &run);
-    for _ in 0..2 {
-        interrupt(&child);
-    }
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
-    // Whatever the moment, the run on disk is complete and resumes.
-    let state = TrainState::load(&run).unwrap();
-    Checkpoint::load(&run).unwrap();
+/// The run in `run` loads, and resumes for one more step.
+fn assert_loadable_and_resumable(run: &Path) {
+    let state = TrainState::load(run).unwrap();
+    Checkpoint::load(run).unwrap();
     let total = (state.progress.step + 1).to_string();
     run_ok(&[
         "train",
@@ -698,6 +690,70 @@ fn a_second_signal_exits_at_once_and_leaves_a_loadable_run() {
         "--device",
         "cpu",
     ]);
+}
+
+#[test]
+fn signals_in_quick_succession_count_as_one_interruption_that_saves() {
+    // `timeout -s INT` signals the command and then its process group: two signals at once.
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 300, "two signals");
+    let run = dir.path().join("run");
+    let args = [&SMALL[..], &["--corpus", &corpus, "--log-every", "1"]].concat();
+    let mut child = start_long_run(&args, &run);
+    for _ in 0..2 {
+        interrupt(&child);
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let log = std::fs::read_to_string(run.with_extension("log")).unwrap();
+    assert!(log.contains("interrupted after step"), "{log}");
+    // The saved state is that of the last step run.
+    let state = TrainState::load(&run).unwrap();
+    let logged = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(logged.lines().last().unwrap()).unwrap();
+    assert_eq!(Some(state.progress.step), last["step"].as_u64());
+    assert_loadable_and_resumable(&run);
+}
+
+#[test]
+fn a_second_signal_after_the_grace_exits_at_once_and_leaves_a_loadable_run() {
+    // Steps of several seconds (a wide LSTM over long windows), so the second signal, 1.5 s
+    // after the first (sent once the state of step 0 is saved), finds step 1 still running.
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 3000, "slow steps");
+    let run = dir.path().join("run");
+    let args = [
+        "train",
+        "--corpus",
+        &corpus,
+        "--cell",
+        "lstm",
+        "--hidden",
+        "1024",
+        "--batch",
+        "64",
+        "--seq-len",
+        "128",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "1000",
+        "--sample",
+        "0",
+        "--device",
+        "cpu",
+    ];
+    let mut child = start_run_after(&args, &run, 0);
+    interrupt(&child);
+    std::thread::sleep(Duration::from_millis(1500));
+    interrupt(&child);
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let log = std::fs::read_to_string(run.with_extension("log")).unwrap();
+    assert!(
+        !log.contains("interrupted after step"),
+        "it saved instead: {log}"
+    );
+    // Whatever the moment, the run on disk (the initial state of step 0) is complete.
+    assert_loadable_and_resumable(&run);
 }
 
 #[test]
