@@ -1,5 +1,6 @@
 //! Every gradient of the CPU engine against central finite differences in f64.
 
+use rand::RngExt;
 use unroll::engine::cpu::CpuEngine;
 use unroll::engine::{Dropout, Engine};
 use unroll::model::{
@@ -34,6 +35,20 @@ pub fn check_gradients(
     logit_budget: Option<usize>,
     name: &str,
 ) {
+    check_gradients_of(cfg, (steps, rows), dropout, logit_budget, None, name)
+}
+
+/// [`check_gradients`] of every parameter, or with `per_tensor = Some(k)` of k random elements
+/// of each tensor plus the output-layer rows of the batch's target classes (for models too
+/// large to difference whole).
+pub fn check_gradients_of(
+    cfg: &ModelConfig,
+    (steps, rows): (usize, usize),
+    dropout: Option<Dropout>,
+    logit_budget: Option<usize>,
+    per_tensor: Option<usize>,
+    name: &str,
+) {
     let mut rng = common::rng(name);
     let layout = ParamLayout::new(cfg).unwrap();
     let params = common::uniform(&mut rng, layout.len(), 0.6);
@@ -57,9 +72,35 @@ pub fn check_gradients(
     let atol = 1e-9 * engine.loss().unwrap().mean().abs().max(1.0);
     let base: Vec<f64> = engine.params_native().to_vec();
     let eps = 1e-6;
+    let indices: Vec<usize> = match per_tensor {
+        None => (0..base.len()).collect(),
+        Some(k) => {
+            let mut picked: Vec<usize> = layout
+                .specs()
+                .iter()
+                .flat_map(|spec| {
+                    let r = spec.range();
+                    (0..k)
+                        .map(|_| rng.random_range(r.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            if let unroll::engine::Targets::Classes(y) = &batch.targets {
+                let h = cfg.hidden_size;
+                for &c in y {
+                    let row = layout.out_weight() + c as usize * h;
+                    picked.extend(row..row + h);
+                    picked.push(layout.out_bias() + c as usize);
+                }
+            }
+            picked.sort_unstable();
+            picked.dedup();
+            picked
+        }
+    };
     let mut numeric = vec![0.0; base.len()];
     let mut p = base.clone();
-    for i in 0..base.len() {
+    for &i in &indices {
         p[i] = base[i] + eps;
         engine.set_params_native(&p).unwrap();
         engine.forward().unwrap();
@@ -71,6 +112,8 @@ pub fn check_gradients(
         p[i] = base[i];
         numeric[i] = (plus - minus) / (2.0 * eps);
     }
+    let analytic: Vec<f64> = indices.iter().map(|&i| analytic[i]).collect();
+    let numeric: Vec<f64> = indices.iter().map(|&i| numeric[i]).collect();
     assert!(
         analytic.iter().any(|g| g.abs() > 1e-3),
         "{name}: gradients are all tiny"

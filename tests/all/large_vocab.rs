@@ -13,7 +13,7 @@ use unroll::model::{Cell, ModelConfig, OutputKind, ParamLayout};
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
 
 use crate::common::{self, assert_close, to_f64};
-use crate::gradcheck::check_gradients;
+use crate::gradcheck::{check_gradients, check_gradients_of};
 
 /// A language model over `v` tokens with an embedding of `embed` (tied when `tie`).
 fn word_model(
@@ -37,6 +37,21 @@ fn large_vocabulary_gradients_match_finite_differences_in_chunks() {
     // V = 2000 over N = 6 rows, the logits held two rows at a time (three chunks).
     let cfg = word_model(Cell::Rnn, 2000, 3, 1, None, false);
     check_gradients(&cfg, 3, 2, None, Some(2 * 2000), "large V, chunked");
+}
+
+#[test]
+fn ten_thousand_word_gradients_match_finite_differences_where_sampled() {
+    // V = 10,000 with an embedding and tied weights, the output layer in chunks of 2 rows: 40
+    // random elements of every tensor and every output row of a target class, in f64.
+    let cfg = word_model(Cell::Gru, 10_000, 4, 1, Some(4), true);
+    check_gradients_of(
+        &cfg,
+        (3, 2),
+        None,
+        Some(2 * 10_000),
+        Some(40),
+        "V=10000 sampled",
+    );
 }
 
 #[test]
