@@ -3,8 +3,9 @@
 //! B rows of one time step. The recurrent product `h_{t-1} W_hh^T + b_hh` of all three gates is
 //! one `matmul` before the forward step; `dA_hh W_hh` one after the backward step.
 
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{ArrayView2, ArrayViewMut2, Zip};
 
+use crate::engine::cpu::lstm::{blocks, blocks_mut};
 use crate::engine::cpu::{Float, sigmoid, tanh_via_sigmoid};
 
 /// Forward GRU step for all B rows, with `a_ih = x_t W_ih^T + b_ih` and
@@ -20,16 +21,25 @@ pub fn gru_step_forward<F: Float>(
     mut h_t: ArrayViewMut2<F>,
 ) {
     let h = h_t.ncols();
-    for (b, mut g) in gates.outer_iter_mut().enumerate() {
-        for j in 0..h {
-            let r = sigmoid(g[j] + a_hh[[b, j]]);
-            let z = sigmoid(g[h + j] + a_hh[[b, h + j]]);
-            let n = tanh_via_sigmoid(g[2 * h + j] + r * a_hh[[b, 2 * h + j]]);
-            g[j] = r;
-            g[h + j] = z;
-            g[2 * h + j] = n;
-            h_t[[b, j]] = (F::one() - z) * n + z * h_prev[[b, j]];
-        }
+    // Row by row, in passes over contiguous blocks of H (loops that vectorise).
+    for (b, g) in gates.outer_iter_mut().enumerate() {
+        let (mut r, mut z, mut n, _) = blocks_mut(g, h);
+        let (ar, az, an, _) = blocks(a_hh.row(b), h);
+        Zip::from(&mut r)
+            .and(&ar)
+            .for_each(|x, &a| *x = sigmoid(*x + a));
+        Zip::from(&mut z)
+            .and(&az)
+            .for_each(|x, &a| *x = sigmoid(*x + a));
+        Zip::from(&mut n)
+            .and(&r)
+            .and(&an)
+            .for_each(|x, &r, &a| *x = tanh_via_sigmoid(*x + r * a));
+        Zip::from(h_t.row_mut(b))
+            .and(&z)
+            .and(&n)
+            .and(&h_prev.row(b))
+            .for_each(|y, &z, &n, &hp| *y = (F::one() - z) * n + z * hp);
     }
 }
 
@@ -52,22 +62,43 @@ pub fn gru_step_backward<F: Float>(
 ) {
     let h = dh.ncols();
     let one = F::one();
-    for b in 0..dh.nrows() {
-        for j in 0..h {
-            let (r, z, n) = (gates[[b, j]], gates[[b, h + j]], gates[[b, 2 * h + j]]);
-            let d = dh[[b, j]];
-            let dan = d * (one - z) * (one - n * n);
-            let daz = d * (h_prev[[b, j]] - n) * z * (one - z);
-            let dar = dan * a_hh[[b, 2 * h + j]] * r * (one - r);
-            da_ih[[b, j]] = dar;
-            da_ih[[b, h + j]] = daz;
-            da_ih[[b, 2 * h + j]] = dan;
-            da_hh[[b, j]] = dar;
-            da_hh[[b, h + j]] = daz;
-            da_hh[[b, 2 * h + j]] = r * dan;
-            if let Some(dp) = dh_prev.as_mut() {
-                dp[[b, j]] += d * z;
-            }
+    for (b, (ih, hh)) in da_ih
+        .outer_iter_mut()
+        .zip(da_hh.outer_iter_mut())
+        .enumerate()
+    {
+        let (r, z, n, _) = blocks(gates.row(b), h);
+        let (_, _, a_n, _) = blocks(a_hh.row(b), h);
+        let (mut dar, mut daz, mut dan, _) = blocks_mut(ih, h);
+        let (mut hr, mut hz, mut hn, _) = blocks_mut(hh, h);
+        let d = dh.row(b);
+        Zip::from(&mut dan)
+            .and(&d)
+            .and(&z)
+            .and(&n)
+            .for_each(|x, &d, &z, &n| *x = d * (one - z) * (one - n * n));
+        Zip::from(&mut daz)
+            .and(&d)
+            .and(&h_prev.row(b))
+            .and(&n)
+            .and(&z)
+            .for_each(|x, &d, &hp, &n, &z| *x = d * (hp - n) * z * (one - z));
+        Zip::from(&mut dar)
+            .and(&dan)
+            .and(&a_n)
+            .and(&r)
+            .for_each(|x, &dn, &a, &r| *x = dn * a * r * (one - r));
+        hr.assign(&dar);
+        hz.assign(&daz);
+        Zip::from(&mut hn)
+            .and(&r)
+            .and(&dan)
+            .for_each(|x, &r, &dn| *x = r * dn);
+        if let Some(dp) = dh_prev.as_mut() {
+            Zip::from(dp.row_mut(b))
+                .and(&d)
+                .and(&z)
+                .for_each(|x, &d, &z| *x += d * z);
         }
     }
 }

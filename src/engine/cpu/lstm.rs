@@ -3,7 +3,7 @@
 //! all B rows of one time step. The recurrent product `h_{t-1} W_hh^T + b_hh` of all four gates
 //! is one `matmul` before the forward step; `da W_hh` one after the backward step.
 
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{Array1, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
 
 use crate::engine::cpu::{Float, sigmoid, tanh_via_sigmoid};
 
@@ -21,21 +21,65 @@ pub fn lstm_step_forward<F: Float>(
     mut h_t: ArrayViewMut2<F>,
 ) {
     let h = h_t.ncols();
-    for (b, mut g) in gates.outer_iter_mut().enumerate() {
-        for j in 0..h {
-            let i = sigmoid(g[j] + a_hh[[b, j]]);
-            let f = sigmoid(g[h + j] + a_hh[[b, h + j]]);
-            let gg = tanh_via_sigmoid(g[2 * h + j] + a_hh[[b, 2 * h + j]]);
-            let o = sigmoid(g[3 * h + j] + a_hh[[b, 3 * h + j]]);
-            g[j] = i;
-            g[h + j] = f;
-            g[2 * h + j] = gg;
-            g[3 * h + j] = o;
-            let c = f * c_prev[[b, j]] + i * gg;
-            c_t[[b, j]] = c;
-            h_t[[b, j]] = o * tanh_via_sigmoid(c);
-        }
+    // Row by row, in passes over contiguous blocks of H (loops that vectorise).
+    for (b, g) in gates.outer_iter_mut().enumerate() {
+        let (mut gi, mut gf, mut gg, mut go) = blocks_mut(g, h);
+        let (ai, af, ag, ao) = blocks(a_hh.row(b), h);
+        Zip::from(&mut gi)
+            .and(&ai)
+            .for_each(|x, &a| *x = sigmoid(*x + a));
+        Zip::from(&mut gf)
+            .and(&af)
+            .for_each(|x, &a| *x = sigmoid(*x + a));
+        Zip::from(&mut gg)
+            .and(&ag)
+            .for_each(|x, &a| *x = tanh_via_sigmoid(*x + a));
+        Zip::from(&mut go)
+            .and(&ao)
+            .for_each(|x, &a| *x = sigmoid(*x + a));
+        Zip::from(c_t.row_mut(b))
+            .and(&c_prev.row(b))
+            .and(&gi)
+            .and(&gf)
+            .and(&gg)
+            .for_each(|c, &cp, &i, &f, &g| *c = f * cp + i * g);
+        Zip::from(h_t.row_mut(b))
+            .and(&c_t.row(b))
+            .and(&go)
+            .for_each(|y, &c, &o| *y = o * tanh_via_sigmoid(c));
     }
+}
+
+/// The four gate blocks [H] of a row [4H] (for a GRU row [3H], the fourth is empty).
+pub(crate) fn blocks_mut<F>(
+    row: ArrayViewMut1<'_, F>,
+    h: usize,
+) -> (
+    ArrayViewMut1<'_, F>,
+    ArrayViewMut1<'_, F>,
+    ArrayViewMut1<'_, F>,
+    ArrayViewMut1<'_, F>,
+) {
+    let (a, rest) = row.split_at(Axis(0), h);
+    let (b, rest) = rest.split_at(Axis(0), h);
+    let (c, d) = rest.split_at(Axis(0), h);
+    (a, b, c, d)
+}
+
+/// Read-only [`blocks_mut`].
+pub(crate) fn blocks<F>(
+    row: ArrayView1<'_, F>,
+    h: usize,
+) -> (
+    ArrayView1<'_, F>,
+    ArrayView1<'_, F>,
+    ArrayView1<'_, F>,
+    ArrayView1<'_, F>,
+) {
+    let (a, rest) = row.split_at(Axis(0), h);
+    let (b, rest) = rest.split_at(Axis(0), h);
+    let (c, d) = rest.split_at(Axis(0), h);
+    (a, b, c, d)
 }
 
 /// BPTT LSTM step for all B rows. `dh` [B, H] is the whole gradient reaching h_t (from the
@@ -57,18 +101,42 @@ pub fn lstm_step_backward<F: Float>(
 ) {
     let h = dh.ncols();
     let one = F::one();
-    for b in 0..dh.nrows() {
-        for j in 0..h {
-            let (i, f) = (gates[[b, j]], gates[[b, h + j]]);
-            let (g, o) = (gates[[b, 2 * h + j]], gates[[b, 3 * h + j]]);
-            let tc = tanh_via_sigmoid(c_t[[b, j]]);
-            let d = dh[[b, j]];
-            let dct = dc[[b, j]] + d * o * (one - tc * tc);
-            da[[b, j]] = dct * g * i * (one - i);
-            da[[b, h + j]] = dct * c_prev[[b, j]] * f * (one - f);
-            da[[b, 2 * h + j]] = dct * i * (one - g * g);
-            da[[b, 3 * h + j]] = d * tc * o * (one - o);
-            dc[[b, j]] = dct * f;
-        }
+    let mut tc = Array1::<F>::zeros(h);
+    for (b, dab) in da.outer_iter_mut().enumerate() {
+        let (i, f, g, o) = blocks(gates.row(b), h);
+        let (mut da_i, mut da_f, mut da_g, mut da_o) = blocks_mut(dab, h);
+        let (d, mut dcb) = (dh.row(b), dc.row_mut(b));
+        Zip::from(&mut tc)
+            .and(&c_t.row(b))
+            .for_each(|t, &c| *t = tanh_via_sigmoid(c));
+        // dc becomes dc_t = dc + dh o (1 - tanh(c_t)^2).
+        Zip::from(&mut dcb)
+            .and(&d)
+            .and(&o)
+            .and(&tc)
+            .for_each(|dct, &d, &o, &t| *dct += d * o * (one - t * t));
+        Zip::from(&mut da_i)
+            .and(&dcb)
+            .and(&g)
+            .and(&i)
+            .for_each(|x, &dct, &g, &i| *x = dct * g * i * (one - i));
+        Zip::from(&mut da_f)
+            .and(&dcb)
+            .and(&c_prev.row(b))
+            .and(&f)
+            .for_each(|x, &dct, &cp, &f| *x = dct * cp * f * (one - f));
+        Zip::from(&mut da_g)
+            .and(&dcb)
+            .and(&i)
+            .and(&g)
+            .for_each(|x, &dct, &i, &g| *x = dct * i * (one - g * g));
+        Zip::from(&mut da_o)
+            .and(&d)
+            .and(&tc)
+            .and(&o)
+            .for_each(|x, &d, &t, &o| *x = d * t * o * (one - o));
+        Zip::from(&mut dcb)
+            .and(&f)
+            .for_each(|dct, &f| *dct = *dct * f);
     }
 }

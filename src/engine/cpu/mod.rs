@@ -63,8 +63,14 @@ pub trait Float:
     /// vectorisable polynomial in f32 ([`exp_f32`]).
     fn exp_in_place(x: &mut [Self]) {
         for v in x {
-            *v = v.exp();
+            *v = v.fast_exp();
         }
+    }
+    /// `e^x` for the gates and the softmax (`x <= 88`): the library function in f64, the
+    /// inline polynomial [`exp_f32`] in f32 (which vectorises in loops over contiguous rows).
+    #[inline]
+    fn fast_exp(self) -> Self {
+        self.exp()
     }
 }
 
@@ -141,10 +147,9 @@ impl Float for f32 {
             *v = tanh_f32(*v);
         }
     }
-    fn exp_in_place(x: &mut [Self]) {
-        for v in x {
-            *v = exp_f32(*v);
-        }
+    #[inline]
+    fn fast_exp(self) -> Self {
+        exp_f32(self)
     }
 }
 
@@ -164,13 +169,15 @@ impl Float for f64 {
 }
 
 /// The logistic function `1 / (1 + e^-x)` of the gates, written as the shaders write it.
+#[inline]
 pub fn sigmoid<F: Float>(x: F) -> F {
-    F::one() / (F::one() + (-x).exp())
+    F::one() / (F::one() + (-x).fast_exp())
 }
 
 /// `tanh(x)` of the gated cells written as `2 σ(2x) - 1`: the same function to rounding (an
 /// absolute error of a few ulps of 1 near 0), at the cost of one `exp`, where the library
 /// `tanh` costs several times more and dominated the gated cells' element-wise work.
+#[inline]
 pub fn tanh_via_sigmoid<F: Float>(x: F) -> F {
     let two = F::one() + F::one();
     two * sigmoid(two * x) - F::one()
