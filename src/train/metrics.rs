@@ -23,11 +23,29 @@ pub struct Record {
     pub val_accuracy: Option<f64>,
     /// Bits per token of the loss on this line (validation when present, else training).
     pub bits_per_token: f64,
+    /// `exp(loss)` of the same loss, for class (softmax) outputs: the perplexity per token
+    /// (per word for a word-level model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_per_sec: Option<f64>,
     pub lr: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_norm: Option<f32>,
+}
+
+impl Record {
+    /// A record at `step` of a loss in nats per token, with its bits per token and, for class
+    /// outputs (`perplexity`), its perplexity.
+    pub fn of_loss(step: u64, loss: f64, perplexity: bool, lr: f32) -> Self {
+        Record {
+            step,
+            bits_per_token: loss / std::f64::consts::LN_2,
+            perplexity: perplexity.then(|| loss.exp()),
+            lr,
+            ..Record::default()
+        }
+    }
 }
 
 /// The metrics of a run: appended to `metrics.jsonl`, kept in memory for the plot.

@@ -305,6 +305,8 @@ impl Trainer<'_> {
         mut on_event: impl FnMut(&Event),
     ) -> Result<Outcome> {
         let run = self.run;
+        // Class outputs report a perplexity beside the loss.
+        let classes = self.engine.config().output_kind == crate::model::OutputKind::Softmax;
         if !progress.position.is_null() {
             train.seek(&progress.position)?;
         }
@@ -346,13 +348,10 @@ impl Trainer<'_> {
                     lr,
                 });
                 metrics.push(Record {
-                    step,
                     train_loss: Some(loss),
-                    bits_per_token: loss / std::f64::consts::LN_2,
                     tokens_per_sec: Some(tokens_per_sec),
-                    lr,
                     grad_norm: Some(grad_norm),
-                    ..Record::default()
+                    ..Record::of_loss(step, loss, classes, lr)
                 })?;
                 clock = Instant::now();
                 tokens_since = 0;
@@ -376,12 +375,9 @@ impl Trainer<'_> {
                         accuracy,
                     });
                     metrics.push(Record {
-                        step,
                         val_loss: Some(loss),
                         val_accuracy: accuracy,
-                        bits_per_token: loss / std::f64::consts::LN_2,
-                        lr,
-                        ..Record::default()
+                        ..Record::of_loss(step, loss, classes, lr)
                     })?;
                     metrics.plot()?;
                 } else {

@@ -95,6 +95,17 @@ fn word_model_trains_samples_joined_words_and_evaluates_perplexity() {
     let log = String::from_utf8_lossy(&train.stderr);
     assert!(log.contains("<unk> is"), "{log}");
     assert!(log.contains("perplexity"), "{log}");
+    // metrics.jsonl carries the perplexity of each loss it records.
+    let metrics = std::fs::read_to_string(model.join("metrics.jsonl")).unwrap();
+    let mut checked = 0;
+    for line in metrics.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let loss = r["val_loss"].as_f64().or(r["train_loss"].as_f64()).unwrap();
+        let ppl = r["perplexity"].as_f64().unwrap();
+        assert!((ppl - loss.exp()).abs() <= 1e-9 * ppl, "{line}");
+        checked += 1;
+    }
+    assert!(checked >= 2, "{metrics}");
 
     // The vocabulary: <unk>, then the 11 most frequent of the corpus's 16 tokens.
     let ckpt = Checkpoint::load(&model).unwrap();
