@@ -9,7 +9,7 @@ use unroll::engine::gpu::buffers::at;
 use unroll::engine::gpu::{loss, reduce};
 use unroll::engine::{Batch, Engine, Targets};
 use unroll::error::Error;
-use unroll::model::{Cell, ModelConfig, OutputKind, ParamLayout};
+use unroll::model::{Activation, Cell, InputKind, ModelConfig, OutputKind, ParamLayout};
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
 
 use crate::common::{self, assert_close, to_f64};
@@ -363,6 +363,50 @@ fn ten_thousand_word_models_train_alike_on_the_gpu_and_the_cpu() {
             &format!("{name} state"),
             &to_f64(&gpu.state().unwrap()),
             &to_f64(&cpu.state().unwrap()),
+            1e-4,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn chunked_output_layers_of_every_kind_match_one_chunk_and_the_gpu() {
+    // Dense targets (identity, sigmoid) are sliced by chunk too; rows of unequal length.
+    for (input, output) in [
+        (InputKind::Dense, OutputKind::Identity),
+        (InputKind::OneHot, OutputKind::Sigmoid),
+        (InputKind::Dense, OutputKind::Softmax),
+    ] {
+        let cfg = common::config(Activation::Tanh, input, output, (4, 5, 37, 2));
+        let name = format!("chunked {output:?}");
+        let mut rng = common::rng(&name);
+        let params = common::uniform(&mut rng, ParamLayout::new(&cfg).unwrap().len(), 0.5);
+        let batch = common::random_batch(&mut rng, &cfg, 4, 3, Some(&[4, 1, 3]));
+        let mut whole = CpuEngine::<f32>::new(&cfg, &params).unwrap();
+        let (l1, g1) = step(&mut whole, &batch);
+        // 12 rows in chunks of 5 (the last of 2).
+        let mut chunked = CpuEngine::<f32>::new(&cfg, &params).unwrap();
+        chunked.set_logit_budget(5 * 37).unwrap();
+        let (l2, g2) = step(&mut chunked, &batch);
+        assert_close(&format!("{name} loss"), &[l2], &[l1], 1e-6, 0.0);
+        assert_close(
+            &format!("{name} gradients"),
+            &to_f64(&g2),
+            &to_f64(&g1),
+            1e-5,
+            1e-7,
+        );
+        let Some(ctx) = common::gpu(&name) else {
+            continue;
+        };
+        let mut gpu = GpuEngine::new(ctx, &cfg, &params).unwrap();
+        gpu.set_logit_budget(5 * 37).unwrap();
+        let (l3, g3) = step(&mut gpu, &batch);
+        assert_close(&format!("{name} gpu loss"), &[l3], &[l1], 1e-5, 1e-6);
+        assert_close(
+            &format!("{name} gpu gradients"),
+            &to_f64(&g3),
+            &to_f64(&g1),
             1e-4,
             1e-6,
         );
