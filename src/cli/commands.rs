@@ -71,7 +71,15 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
         seed: a.seed,
     };
     let mut stdout = std::io::stdout().lock();
-    write!(stdout, "{}", a.prime)?;
+    // Words are joined with their own spaces: the prime's trailing spaces (not its line
+    // breaks, which are tokens) would double the one before the first sampled word.
+    let shown = if vocab.word_list().is_some() {
+        a.prime
+            .trim_end_matches(|c: char| c.is_whitespace() && c != '\n')
+    } else {
+        &a.prime
+    };
+    write!(stdout, "{shown}")?;
     let mut failed = None;
     generate(engine.as_mut(), &vocab, &prime, &opts, &mut |piece| {
         if failed.is_none()

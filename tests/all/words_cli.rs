@@ -118,13 +118,14 @@ fn word_model_trains_samples_joined_words_and_evaluates_perplexity() {
     assert_eq!(ckpt.config.input_size, 12);
 
     // The sample is the prime, then words joined as the joiner writes them: tokenizing and
-    // joining it again changes nothing (<unk>, should it be drawn, is read as a word here).
+    // joining it again changes nothing (<unk>, should it be drawn, is read as a word here). The
+    // prime's trailing space does not double the joiner's.
     let out = ok(&[
         "sample",
         "--model",
         path_str(&model),
         "--prime",
-        "the cat",
+        "the cat ",
         "--length",
         "40",
         "--device",
