@@ -40,6 +40,11 @@ struct Args {
 
 @group(0) @binding(0) var<uniform> args: Args;
 
+// The thread's index in a 1-D grid linearised over (x, y) workgroups of WG threads.
+fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid.x;
+}
+
 // ---- input_gather_onehot ------------------------------------------------------------------
 
 @group(0) @binding(1) var<storage, read> g_tokens: array<u32>;
@@ -56,7 +61,7 @@ fn input_gather_onehot(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + lid.x;
+    let i = element(wid, nwg, lid);
     if (i >= args.n * args.hidden) {
         return;
     }
@@ -87,7 +92,7 @@ fn input_grad_onehot(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + lid.x;
+    let i = element(wid, nwg, lid);
     if (i >= args.inputs * args.hidden) {
         return;
     }
@@ -121,7 +126,7 @@ fn embed_gather(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + lid.x;
+    let i = element(wid, nwg, lid);
     if (i >= args.n * args.hidden) {
         return;
     }
@@ -140,7 +145,7 @@ fn embed_grad(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + lid.x;
+    let i = element(wid, nwg, lid);
     if (i >= args.inputs * args.hidden) {
         return;
     }

@@ -289,6 +289,13 @@ pub fn logit_chunk_rows(n: usize, v: usize, budget: usize) -> usize {
     (budget / v.max(1)).clamp(1, n.max(1))
 }
 
+/// The chunks of N rows, `rows` each (the last one shorter), as the output layer runs them.
+pub fn logit_chunks(n: usize, rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..n)
+        .step_by(rows.max(1))
+        .map(move |c| c..(c + rows).min(n))
+}
+
 /// The error of [`Engine::outputs`] when the output layer ran in chunks.
 pub fn outputs_not_kept(n: usize, v: usize, rows: usize) -> Error {
     Error::Shape(format!(

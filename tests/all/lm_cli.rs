@@ -82,6 +82,22 @@ fn start_run_after(args: &[&str], run: &Path, lines: usize) -> std::process::Chi
     child
 }
 
+/// Continues the run in `run` on the CPU to `steps` steps in all, without a sample.
+fn resume_to(run: &Path, steps: u64) {
+    let steps = steps.to_string();
+    run_ok(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--steps",
+        &steps,
+        "--sample",
+        "0",
+        "--device",
+        "cpu",
+    ]);
+}
+
 /// Sends SIGINT to `child`.
 fn interrupt(child: &std::process::Child) {
     let kill = Command::new("kill")
@@ -159,17 +175,7 @@ fn resume_continues_exactly() {
         assert_eq!(state.progress.step, 13);
         // The cosine schedule was set for 13 steps there; a resume keeps the schedule of the run,
         // so compare against a run whose schedule is also 13 long: extend both with --steps.
-        run_ok(&[
-            "train",
-            "--resume",
-            half.to_str().unwrap(),
-            "--steps",
-            "30",
-            "--sample",
-            "0",
-            "--device",
-            "cpu",
-        ]);
+        resume_to(&half, 30);
         run_ok(
             &[
                 &common[..],
@@ -177,17 +183,7 @@ fn resume_continues_exactly() {
             ]
             .concat(),
         );
-        run_ok(&[
-            "train",
-            "--resume",
-            whole.to_str().unwrap(),
-            "--steps",
-            "30",
-            "--sample",
-            "0",
-            "--device",
-            "cpu",
-        ]);
+        resume_to(&whole, 30);
         assert_eq!(params(&half), params(&whole), "{opt}: resumed runs agree");
         // And a straight run with a constant schedule equals one interrupted by a resume.
         let straight = [&SMALL[..], &["--corpus", &corpus, "--optimizer", opt]].concat();
@@ -205,17 +201,7 @@ fn resume_continues_exactly() {
             ]
             .concat(),
         );
-        run_ok(&[
-            "train",
-            "--resume",
-            half.to_str().unwrap(),
-            "--steps",
-            "20",
-            "--sample",
-            "0",
-            "--device",
-            "cpu",
-        ]);
+        resume_to(&half, 20);
         assert_eq!(
             params(&half),
             params(&whole),
@@ -255,23 +241,18 @@ fn ctrl_c_saves_and_resume_matches_an_uninterrupted_run() {
         TrainState::load(&run).unwrap().params
     );
     // Resume to a few steps past the interruption, and compare with a straight run that long.
-    let total = (stopped + 4).to_string();
-    run_ok(&[
-        "train",
-        "--resume",
-        run.to_str().unwrap(),
-        "--steps",
-        &total,
-        "--sample",
-        "0",
-        "--device",
-        "cpu",
-    ]);
+    let total = stopped + 4;
+    resume_to(&run, total);
     let straight = dir.path().join("straight");
     run_ok(
         &[
             &args[..],
-            &["--steps", &total, "--out", straight.to_str().unwrap()],
+            &[
+                "--steps",
+                &total.to_string(),
+                "--out",
+                straight.to_str().unwrap(),
+            ],
         ]
         .concat(),
     );
@@ -604,18 +585,7 @@ fn sigkill_while_checkpointing_always_leaves_a_loadable_resumable_run() {
         child.wait().unwrap();
         let state = TrainState::load(&run).unwrap_or_else(|e| panic!("attempt {attempt}: {e}"));
         Checkpoint::load(&run).unwrap_or_else(|e| panic!("attempt {attempt}: {e}"));
-        let total = (state.progress.step + 2).to_string();
-        run_ok(&[
-            "train",
-            "--resume",
-            run.to_str().unwrap(),
-            "--steps",
-            &total,
-            "--sample",
-            "0",
-            "--device",
-            "cpu",
-        ]);
+        resume_to(&run, state.progress.step + 2);
         assert_eq!(
             TrainState::load(&run).unwrap().progress.step,
             state.progress.step + 2
@@ -659,9 +629,7 @@ fn gated_stacked_runs_with_dropout_resume_exactly_and_sample_and_eval() {
         );
         assert_eq!(state.run.dropout, 0.3);
         let h = half.to_str().unwrap();
-        run_ok(&[
-            "train", "--resume", h, "--steps", "12", "--sample", "0", "--device", "cpu",
-        ]);
+        resume_to(Path::new(h), 12);
         assert_eq!(
             params(&half),
             params(&whole),
@@ -678,18 +646,7 @@ fn gated_stacked_runs_with_dropout_resume_exactly_and_sample_and_eval() {
 fn assert_loadable_and_resumable(run: &Path) {
     let state = TrainState::load(run).unwrap();
     Checkpoint::load(run).unwrap();
-    let total = (state.progress.step + 1).to_string();
-    run_ok(&[
-        "train",
-        "--resume",
-        run.to_str().unwrap(),
-        "--steps",
-        &total,
-        "--sample",
-        "0",
-        "--device",
-        "cpu",
-    ]);
+    resume_to(run, state.progress.step + 1);
 }
 
 #[test]
@@ -776,9 +733,7 @@ fn embedded_and_tied_models_resume_exactly_and_sample_and_eval() {
             run_ok(&[&model[..], &args].concat());
         }
         let h = half.to_str().unwrap();
-        run_ok(&[
-            "train", "--resume", h, "--steps", "10", "--sample", "0", "--device", "cpu",
-        ]);
+        resume_to(Path::new(h), 10);
         assert_eq!(
             params(&half),
             params(&whole),

@@ -22,7 +22,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
 
 use crate::engine::{
     Batch, DEFAULT_LOGIT_BUDGET, Dropout, Engine, Inputs, LossStats, Targets, logit_chunk_rows,
-    outputs_not_kept,
+    logit_chunks, outputs_not_kept,
 };
 use crate::error::{Error, Result};
 use crate::model::{Cell, ModelConfig, OutputKind, ParamLayout};
@@ -283,13 +283,6 @@ fn output_chunk<F: Float>(
     Ok((logits, dlogits, sum))
 }
 
-/// The chunks of N rows, `chunk` rows each (the last one shorter).
-fn chunks(n: usize, chunk: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    (0..n)
-        .step_by(chunk.max(1))
-        .map(move |c| c..(c + chunk).min(n))
-}
-
 /// The CPU engine in float type `F`.
 pub struct CpuEngine<F: Float = f32> {
     config: ModelConfig,
@@ -527,7 +520,7 @@ impl<F: Float> Engine for CpuEngine<F> {
             (Some((p, d)), sum)
         } else {
             let mut sum = 0.0;
-            for rows in chunks(n, chunk_rows) {
+            for rows in logit_chunks(n, chunk_rows) {
                 sum += output_chunk(cfg, &self.layout, &self.params, top, batch, rows, None)?.2;
             }
             (None, sum)
@@ -571,7 +564,7 @@ impl<F: Float> Engine for CpuEngine<F> {
         // dW_o += dlogits^T S, db_o += colsum(dlogits), dS = dlogits W_o.
         let (ow, ob) = (self.layout.out_weight(), self.layout.out_bias());
         let mut ds = Array2::<F>::zeros((n, h));
-        for rows in chunks(n, cache.chunk_rows) {
+        for rows in logit_chunks(n, cache.chunk_rows) {
             let recomputed;
             let dlogits = match &cache.kept {
                 Some((_, d)) => d.view(),

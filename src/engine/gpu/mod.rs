@@ -503,10 +503,7 @@ impl GpuEngine {
             Ok(())
         };
         let mut loss_slots = Vec::new();
-        let chunks: Vec<std::ops::Range<usize>> = (0..n)
-            .step_by(chunk)
-            .map(|c| c..(c + chunk).min(n))
-            .collect();
+        let chunks: Vec<std::ops::Range<usize>> = crate::engine::logit_chunks(n, chunk).collect();
         for r in &chunks {
             output_chunk(&mut fwd, &mut loss_slots, true, r.clone())?;
         }
