@@ -14,7 +14,8 @@
 #   env.txt       nvidia-smi, the adapters wgpu sees, PyTorch's version and device
 #   tests.log     GPU-vs-CPU agreement: every test whose name contains "gpu", UNROLL_REQUIRE_GPU=1
 #   bench.md      `unroll bench --device gpu --baseline pytorch --profile` over the DESIGN.md §5
-#                 sweep: unroll's tokens/s, PyTorch's, the ratio, per-call phases
+#                 sweep: unroll's tokens/s, PyTorch's, the ratio, per-call phases and each
+#                 phase's device time (timestamp queries)
 #   bench.json    the same as JSON
 #   words.md      a word-level model (V = 10,000, --embed 512) against PyTorch with nn.Embedding
 #   bench.log     the sweep's notes and errors

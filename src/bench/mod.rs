@@ -24,6 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::cpu::CpuEngine;
+use crate::engine::gpu::profile::StepPhase;
 use crate::engine::gpu::{GpuContext, GpuEngine};
 use crate::engine::{Batch, Engine, Inputs, Targets};
 use crate::error::{Error, Result};
@@ -434,6 +435,9 @@ impl StepBench {
         let mut profiles = Vec::new();
         if profile {
             profiles.push(self.profile(timing.repeats)?);
+            if let Some(p) = self.gpu_phase_profile(timing.repeats)? {
+                profiles.push(p);
+            }
             if self.engine.device() == DeviceKind::Cpu
                 && self.shape.cell == Cell::Rnn
                 && self.shape.layers == 1
@@ -503,24 +507,85 @@ impl StepBench {
                 "per engine call, wall clock, median over the repeats".to_string()
             }
             BenchEngine::Gpu(e) => {
-                let timestamps = e
-                    .context()
-                    .device
-                    .features()
-                    .contains(wgpu::Features::TIMESTAMP_QUERY);
                 format!(
                     "per engine call, each submitted and waited for on its own (wall clock, so \
-                     every phase includes one submit and one wait); {}",
-                    if timestamps {
-                        "the device has timestamp queries but the engine's recorder writes none"
+                     every phase includes one submit and one wait){}",
+                    if e.context().has_timestamps() {
+                        ""
                     } else {
-                        "timestamp queries are not enabled on the engine's device, so there is \
-                         no per-kernel device time"
+                        "; the device has no timestamp queries, so there is no per-kernel \
+                         device time"
                     }
                 )
             }
         };
         Profile::from_samples(&NAMES, &samples, method)
+    }
+}
+
+impl StepBench {
+    /// On a GPU with timestamp queries: the device time of each phase of the step (the
+    /// engine's kernels tagged by phase, timed per compute pass), median over `repeats` steps;
+    /// `None` on the CPU or without timestamp queries.
+    pub fn gpu_phase_profile(&mut self, repeats: usize) -> Result<Option<Profile>> {
+        let ok = match &mut self.engine {
+            BenchEngine::Gpu(e) if e.context().has_timestamps() => {
+                e.set_phase_profile(true)?;
+                e.take_phase_times()?;
+                true
+            }
+            _ => false,
+        };
+        if !ok {
+            return Ok(None);
+        }
+        let mut steps = Vec::with_capacity(repeats);
+        let mut walls = Vec::with_capacity(repeats);
+        for _ in 0..repeats.max(1) {
+            let t0 = Instant::now();
+            let step = self.step();
+            let times = match &mut self.engine {
+                BenchEngine::Gpu(e) => e.take_phase_times(),
+                BenchEngine::Cpu(_) => Ok(None),
+            };
+            walls.push(t0.elapsed().as_secs_f64() * 1e3);
+            match (step, times) {
+                (Ok(()), Ok(Some(t))) => steps.push(t),
+                (Err(e), _) | (_, Err(e)) => {
+                    self.stop_phase_profile()?;
+                    return Err(e);
+                }
+                (Ok(()), Ok(None)) => {}
+            }
+        }
+        self.stop_phase_profile()?;
+        let phases: Vec<StepPhase> = StepPhase::ALL
+            .into_iter()
+            .filter(|&p| steps.iter().any(|t| t.of(p) > 0.0))
+            .collect();
+        let names: Vec<&str> = phases.iter().map(|p| p.name()).collect();
+        let samples: Vec<Vec<f64>> = phases
+            .iter()
+            .map(|&p| steps.iter().map(|t| t.of(p) * 1e-6).collect())
+            .collect();
+        let device: Vec<f64> = steps.iter().map(|t| t.total() * 1e-6).collect();
+        let method = format!(
+            "device time per phase from GPU timestamp queries at the start and end of each \
+             phase's compute passes, median over {} steps; the phases add up to {:.3} ms of \
+             device time, against {:.3} ms per step on the wall clock in this mode (every submit \
+             waits for its timestamps; copies, clears and the gaps between passes are in no phase)",
+            steps.len(),
+            Spread::of(&device)?.median,
+            Spread::of(&walls)?.median,
+        );
+        Profile::from_samples(&names, &samples, method).map(Some)
+    }
+
+    fn stop_phase_profile(&mut self) -> Result<()> {
+        match &mut self.engine {
+            BenchEngine::Gpu(e) => e.set_phase_profile(false),
+            BenchEngine::Cpu(_) => Ok(()),
+        }
     }
 }
 

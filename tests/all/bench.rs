@@ -101,20 +101,45 @@ fn bench_on_the_cpu_prints_json_with_positive_throughput() {
 
 #[test]
 fn bench_on_the_gpu_prints_json_with_a_profile() {
-    if common::gpu("bench_on_the_gpu_prints_json_with_a_profile").is_none() {
+    let Some(ctx) = common::gpu("bench_on_the_gpu_prints_json_with_a_profile") else {
         return;
-    }
+    };
     let v = bench_json(&[&["--device", "gpu", "--profile", "--block", "2"], &TINY[..]].concat());
     let r = &v["results"][0];
     check_result(r, "gpu");
     assert_eq!(r["timing"]["block"], 2);
-    assert_eq!(r["profile"].as_array().unwrap().len(), 1, "{r}");
-    let phases = r["profile"][0]["phases"].as_array().unwrap();
+    // Per engine call, and with timestamp queries the device time per phase of the step.
+    let profiles = r["profile"].as_array().unwrap();
+    assert_eq!(profiles.len(), 1 + ctx.has_timestamps() as usize, "{r}");
+    let phases = profiles[0]["phases"].as_array().unwrap();
     assert_eq!(phases.len(), 5, "{r}");
     assert!(
         phases.iter().all(|p| p["ms"].as_f64().unwrap() >= 0.0),
         "{r}"
     );
+    if ctx.has_timestamps() {
+        let device = profiles[1]["phases"].as_array().unwrap();
+        let names: Vec<&str> = device.iter().map(|p| p["name"].as_str().unwrap()).collect();
+        // Every kernel of the step is in a named phase, and each phase took device time.
+        for want in [
+            "input projection",
+            "forward recurrence",
+            "output GEMM",
+            "output backward",
+            "backward recurrence",
+            "weight-gradient",
+            "optimizer",
+        ] {
+            assert!(names.iter().any(|n| n.starts_with(want)), "{want}: {r}");
+        }
+        assert!(!names.iter().any(|n| n.starts_with("other")), "{r}");
+        assert!(
+            device.iter().all(|p| p["ms"].as_f64().unwrap() > 0.0),
+            "{r}"
+        );
+        let method = profiles[1]["method"].as_str().unwrap();
+        assert!(method.contains("timestamp queries"), "{method}");
+    }
 }
 
 #[test]

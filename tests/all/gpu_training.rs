@@ -5,6 +5,7 @@
 
 use rand_chacha::ChaCha8Rng;
 use unroll::engine::cpu::CpuEngine;
+use unroll::engine::gpu::profile::StepPhase;
 use unroll::engine::gpu::{GpuContext, GpuEngine, list_adapters};
 use unroll::engine::{Batch, Dropout, Engine, Recurrence};
 use unroll::error::Error;
@@ -458,4 +459,72 @@ fn both_gpu_recurrence_kernels_match_cpu_over_whole_steps() {
             );
         }
     }
+}
+
+#[test]
+fn the_phase_profile_times_every_pass_and_changes_no_result() {
+    // Two embedded LSTM layers with the output layer in chunks, so every phase has kernels
+    // (the chunks' recomputation in the backward included).
+    let cfg = ModelConfig {
+        cell: Cell::Lstm,
+        embed: Some(4),
+        ..ModelConfig::language_model(7, 6, 2)
+    };
+    let name = "phase profile";
+    let Some((_, mut plain, mut rng)) = engines(name, &cfg) else {
+        return;
+    };
+    if !plain.context().has_timestamps() {
+        eprintln!("{name}: skipped, the adapter has no timestamp queries");
+        return;
+    }
+    let mut profiled =
+        GpuEngine::new(common::gpu(name).unwrap(), &cfg, &plain.params().unwrap()).unwrap();
+    let (steps, rows) = (3, 2);
+    let opt = OptimizerConfig::new(OptimizerKind::Adam).with_clip(1.0);
+    let batches: Vec<Batch> = (0..3)
+        .map(|_| common::random_batch(&mut rng, &cfg, steps, rows, None))
+        .collect();
+    profiled.set_phase_profile(true).unwrap();
+    for e in [&mut plain, &mut profiled] {
+        // Two rows of logits per chunk: three chunks.
+        e.set_logit_budget(2 * 7).unwrap();
+        e.reset_state(rows).unwrap();
+        for batch in &batches {
+            let before = e.submit_counts();
+            e.take_phase_times().unwrap();
+            e.upload_batch(batch).unwrap();
+            e.zero_grads().unwrap();
+            e.forward().unwrap();
+            e.backward().unwrap();
+            e.optimizer_step(&opt, 0.01).unwrap();
+            let times = e.take_phase_times().unwrap();
+            e.carry_state().unwrap();
+            let Some(times) = times else {
+                continue;
+            };
+            let passes = e.submit_counts().passes - before.passes;
+            assert_eq!(times.passes, passes, "every pass is timed");
+            for phase in StepPhase::ALL {
+                let ns = times.of(phase);
+                match phase {
+                    StepPhase::Other => assert_eq!(ns, 0.0, "an untagged kernel ran"),
+                    _ => assert!(ns > 0.0, "{phase:?}: no device time"),
+                }
+            }
+            assert!(times.total() > 0.0);
+        }
+    }
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    assert_eq!(
+        bits(profiled.params().unwrap()),
+        bits(plain.params().unwrap())
+    );
+    assert_eq!(
+        bits(profiled.state().unwrap()),
+        bits(plain.state().unwrap())
+    );
+    assert_eq!(plain.take_phase_times().unwrap(), None);
+    profiled.set_phase_profile(false).unwrap();
+    assert_eq!(profiled.take_phase_times().unwrap(), None);
 }

@@ -77,21 +77,32 @@ pub fn read<T: Pod>(
         });
     encoder.copy_buffer_to_buffer(buffer, offset as u64 * 4, &staging, 0, bytes);
     ctx.queue.submit([encoder.finish()]);
+    map_read(ctx, &staging, bytes, "reading back")
+}
+
+/// Maps the first `bytes` of a `MAP_READ` buffer once all submitted work is done, and copies
+/// them out as `T`s.
+pub fn map_read<T: Pod>(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    bytes: u64,
+    during: &str,
+) -> Result<Vec<T>> {
     let (tx, rx) = std::sync::mpsc::channel();
-    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+    buffer.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
         let _ = tx.send(r);
     });
     ctx.wait()?;
-    ctx.check("reading back")?;
+    ctx.check(during)?;
     rx.recv()
-        .map_err(|_| Error::Gpu("the read-back never completed".into()))?
-        .map_err(|e| Error::Gpu(format!("mapping the read-back buffer: {e}")))?;
-    let view = staging
-        .get_mapped_range(..)
-        .map_err(|e| Error::Gpu(format!("reading the mapped buffer: {e}")))?;
+        .map_err(|_| Error::Gpu(format!("{during}: the mapping never completed")))?
+        .map_err(|e| Error::Gpu(format!("{during}: mapping the buffer: {e}")))?;
+    let view = buffer
+        .get_mapped_range(0..bytes)
+        .map_err(|e| Error::Gpu(format!("{during}: reading the mapped buffer: {e}")))?;
     let out = bytemuck::pod_collect_to_vec::<u8, T>(&view);
     drop(view);
-    staging.unmap();
+    buffer.unmap();
     Ok(out)
 }
 

@@ -214,9 +214,12 @@ impl GpuContext {
     fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
         let info = summary(&adapter.get_info());
         let limits = adapter.limits();
+        // Timestamp queries, where the adapter has them, for `unroll bench --profile`; they cost
+        // nothing until a profile writes them.
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("unroll"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -268,6 +271,13 @@ impl GpuContext {
             )));
         }
         Err(Error::Gpu(format!("{during}: {all}")))
+    }
+
+    /// Whether the device writes timestamps at the start and end of compute passes.
+    pub fn has_timestamps(&self) -> bool {
+        self.device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
     /// Blocks until the device has finished all submitted work.

@@ -30,6 +30,7 @@ pub mod matmul;
 pub mod optim;
 pub mod pipelines;
 pub mod plan;
+pub mod profile;
 pub mod reduce;
 pub mod rnn;
 pub mod shaders;
@@ -48,6 +49,7 @@ use self::gru::GateStep;
 use self::matmul::{Biases, matmul, plain, transposed};
 use self::pipelines::Pipelines;
 use self::plan::{Call, Op, Plan, Recorder};
+use self::profile::{PhaseTimes, Profiler, StepPhase};
 use self::reduce::{LOSS_SLOT, NORM_SLOT, SCRATCH_LEN};
 use self::rnn::{Dims, TokenLayout, Weights};
 
@@ -191,7 +193,8 @@ impl GpuEngine {
                 NORM_SLOT,
             )?,
         )?);
-        let optim = Plan::build(&ctx, &mut pipes, "optimizer", calls)?;
+        let optim = Plan::build(&ctx, &mut pipes, "optimizer", calls)?
+            .in_phases(&[(0, StepPhase::Optimizer)]);
         let h0 = storage(&ctx, "h0", config.state_size_per_row())?;
         Ok(GpuEngine {
             ctx,
@@ -230,6 +233,27 @@ impl GpuEngine {
     /// (read-backs not counted).
     pub fn submit_counts(&self) -> plan::SubmitCounts {
         self.recorder.counts()
+    }
+
+    /// Starts or stops timing every submit's kernels per phase of the step with timestamp
+    /// queries (see [`profile`]); profiling waits for the device at every submit. An error when
+    /// the device has no timestamp queries.
+    pub fn set_phase_profile(&mut self, on: bool) -> Result<()> {
+        self.flush()?;
+        let profiler = if on {
+            Some(Profiler::new(&self.ctx)?)
+        } else {
+            None
+        };
+        self.recorder.set_profiler(profiler);
+        Ok(())
+    }
+
+    /// The device time per phase of the work submitted since the last call (everything
+    /// recorded is submitted first); `None` when not profiling.
+    pub fn take_phase_times(&mut self) -> Result<Option<PhaseTimes>> {
+        self.flush()?;
+        Ok(self.recorder.take_phase_times())
     }
 
     /// Submits everything recorded so far (without waiting).
@@ -327,6 +351,8 @@ impl GpuEngine {
         // Forward: the embedding, then per layer the input projection over all N rows and the
         // T steps.
         let mut fwd: Vec<Call> = Vec::new();
+        // (first dispatch, phase) of each phase, for the timestamp profile.
+        let mut fwd_marks = vec![(0, StepPhase::Input)];
         if let Some((off, e, x, _)) = &embed {
             fwd.push(rnn::embed_gather(
                 ctx,
@@ -351,6 +377,7 @@ impl GpuEngine {
                 inputs: ik,
                 n,
             };
+            fwd_marks.push((fwd.len(), StepPhase::Input));
             if k > 0 {
                 let key = MaskKey::new(self.dropout, k - 1);
                 dropout_slots.push(DropoutSlot {
@@ -404,6 +431,7 @@ impl GpuEngine {
                     false,
                 )?);
             }
+            fwd_marks.push((fwd.len(), StepPhase::ForwardRecurrence));
             if !gated && rows_kernels {
                 fwd.push(rnn::rnn_forward_rows(
                     ctx,
@@ -504,6 +532,7 @@ impl GpuEngine {
         };
         let mut loss_slots = Vec::new();
         let chunks: Vec<std::ops::Range<usize>> = crate::engine::logit_chunks(n, chunk).collect();
+        fwd_marks.push((fwd.len(), StepPhase::Output));
         for r in &chunks {
             output_chunk(&mut fwd, &mut loss_slots, true, r.clone())?;
         }
@@ -519,10 +548,13 @@ impl GpuEngine {
         // Backward: the output layer (dW_o += dlogits^T S, db_o += colsum(dlogits),
         // dS = dlogits W_o) chunk by chunk, then BPTT layer by layer, top down.
         let mut bwd: Vec<Call> = Vec::new();
+        let mut bwd_marks = Vec::new();
         for r in &chunks {
             if chunks.len() > 1 {
+                bwd_marks.push((bwd.len(), StepPhase::Output));
                 output_chunk(&mut bwd, &mut loss_slots, false, r.clone())?;
             }
+            bwd_marks.push((bwd.len(), StepPhase::OutputBackward));
             let m = r.len();
             bwd.extend(matmul(
                 ctx,
@@ -556,6 +588,7 @@ impl GpuEngine {
             let ik = cfg.layer_input_size(k);
             // BPTT through the layer, leaving the gradients of the input-side and the
             // recurrent-side pre-activations [N, G*H] (one buffer for the tanh cell and LSTM).
+            bwd_marks.push((bwd.len(), StepPhase::BackwardRecurrence));
             let (dz_ih, dz_hh) = match (cfg.cell, &da_ih, &da_hh, &dc) {
                 (Cell::Rnn, ..) if rows_kernels => {
                     bwd.push(rnn::rnn_backward_rows(
@@ -642,6 +675,7 @@ impl GpuEngine {
                 }
                 _ => return Err(Error::Config("gradient buffers missing".into())),
             };
+            bwd_marks.push((bwd.len(), StepPhase::WeightGradients));
             bwd.extend(matmul(
                 ctx,
                 (gh, h, n),
@@ -741,8 +775,8 @@ impl GpuEngine {
                 )?);
             }
         }
-        let forward = Plan::build(ctx, &mut self.pipes, "forward", fwd)?;
-        let backward = Plan::build(ctx, &mut self.pipes, "backward", bwd)?;
+        let forward = Plan::build(ctx, &mut self.pipes, "forward", fwd)?.in_phases(&fwd_marks);
+        let backward = Plan::build(ctx, &mut self.pipes, "backward", bwd)?.in_phases(&bwd_marks);
         Ok(Shape {
             steps,
             rows,

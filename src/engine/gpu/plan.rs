@@ -1,6 +1,7 @@
 //! Recording: kernel calls become dispatches with their bind groups and argument slots built
 //! once (a [`Plan`]), and a [`Recorder`] strings dispatches, copies and clears together and
-//! submits them as ONE command buffer, consecutive dispatches sharing ONE compute pass.
+//! submits them as ONE command buffer, consecutive dispatches sharing ONE compute pass (one per
+//! phase of the step while the timestamp profile of `profile.rs` runs).
 //!
 //! Arguments are small `#[repr(C)]` structs (mirrors of each shader's `Args`) stored in 256-byte
 //! slots of one uniform buffer per plan; a dispatch selects its slot with a dynamic offset, so
@@ -12,6 +13,7 @@ use bytemuck::Pod;
 
 use crate::engine::gpu::context::GpuContext;
 use crate::engine::gpu::pipelines::{ARGS_SLOT, Kernel, Pipelines};
+use crate::engine::gpu::profile::{PhaseTimes, Profiler, StepPhase};
 use crate::error::{Error, Result};
 
 /// One kernel launch, before its bind group and argument slot exist.
@@ -55,6 +57,8 @@ pub struct Dispatch {
     bind_group: wgpu::BindGroup,
     offset: u32,
     groups: [u32; 3],
+    /// The part of the step it belongs to, for the timestamp profile.
+    pub phase: StepPhase,
 }
 
 /// Workgroups for `threads` threads of a 1-D kernel with `wg` threads per workgroup, spread over
@@ -169,6 +173,7 @@ impl Plan {
                 bind_group,
                 offset: (i as u64 * slot) as u32,
                 groups: c.groups,
+                phase: StepPhase::Other,
             });
         }
         Ok(Plan {
@@ -176,6 +181,18 @@ impl Plan {
             slot,
             dispatches,
         })
+    }
+
+    /// Tags the dispatches with their phases: `marks` lists `(first dispatch, phase)` in
+    /// increasing order, and each phase runs to the next mark.
+    pub fn in_phases(mut self, marks: &[(usize, StepPhase)]) -> Self {
+        for (k, &(start, phase)) in marks.iter().enumerate() {
+            let end = marks.get(k + 1).map_or(self.dispatches.len(), |m| m.0);
+            for d in self.dispatches.iter_mut().take(end).skip(start) {
+                d.phase = phase;
+            }
+        }
+        self
     }
 
     /// Rewrites the arguments of dispatch `index`; the write lands before the next submit, so
@@ -222,6 +239,8 @@ pub struct SubmitCounts {
 pub struct Recorder {
     ops: Vec<Op>,
     counts: SubmitCounts,
+    /// With a profiler, every submit times its passes per phase and waits for the device.
+    profiler: Option<Profiler>,
 }
 
 impl Recorder {
@@ -246,13 +265,42 @@ impl Recorder {
         self.counts
     }
 
+    /// Starts (`Some`) or stops (`None`) timing the phases of every submit; returns the
+    /// profiler that was there.
+    pub fn set_profiler(&mut self, profiler: Option<Profiler>) -> Option<Profiler> {
+        std::mem::replace(&mut self.profiler, profiler)
+    }
+
+    /// The device time per phase since the last call (`None` when not profiling).
+    pub fn take_phase_times(&mut self) -> Option<PhaseTimes> {
+        self.profiler.as_mut().map(Profiler::take)
+    }
+
     /// Records everything into one command encoder (one compute pass per run of consecutive
-    /// dispatches) and submits it once. Does not wait for the device.
+    /// dispatches, and per phase when profiling) and submits it once. Does not wait for the
+    /// device, except to read the timestamps when profiling.
     pub fn submit(&mut self, ctx: &GpuContext) -> Result<()> {
         if self.ops.is_empty() {
             return Ok(());
         }
         let ops = std::mem::take(&mut self.ops);
+        let profiling = self.profiler.is_some();
+        // Where a pass ends: at any other command, and at a phase change when profiling.
+        let same_pass = |a: &Op, b: Option<&Op>| match (a, b) {
+            (Op::Dispatch(x), Some(Op::Dispatch(y))) => !profiling || x.phase == y.phase,
+            _ => false,
+        };
+        let passes = (0..ops.len())
+            .filter(|&i| {
+                matches!(ops[i], Op::Dispatch(_)) && (i == 0 || !same_pass(&ops[i - 1], ops.get(i)))
+            })
+            .count();
+        let queries = match self.profiler.as_mut() {
+            Some(p) => p.query_set(ctx, passes).cloned(),
+            None => None,
+        };
+        let capacity = self.profiler.as_ref().map_or(0, Profiler::capacity);
+        let mut timed: Vec<StepPhase> = Vec::new();
         let mut encoder = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -261,10 +309,28 @@ impl Recorder {
         let mut i = 0;
         while i < ops.len() {
             match &ops[i] {
-                Op::Dispatch(_) => {
+                Op::Dispatch(first) => {
+                    let slot = timed.len() as u32;
+                    let timestamp_writes = match &queries {
+                        Some(set) if timed.len() < capacity => {
+                            timed.push(first.phase);
+                            Some(wgpu::ComputePassTimestampWrites {
+                                query_set: set,
+                                beginning_of_pass_write_index: Some(2 * slot),
+                                end_of_pass_write_index: Some(2 * slot + 1),
+                            })
+                        }
+                        Some(_) => {
+                            if let Some(p) = self.profiler.as_mut() {
+                                p.untimed_passes += 1;
+                            }
+                            None
+                        }
+                        None => None,
+                    };
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some("unroll kernels"),
-                        timestamp_writes: None,
+                        timestamp_writes,
                     });
                     self.counts.passes += 1;
                     while let Some(Op::Dispatch(d)) = ops.get(i) {
@@ -273,6 +339,9 @@ impl Recorder {
                         pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
                         self.counts.dispatches += 1;
                         i += 1;
+                        if !same_pass(&ops[i - 1], ops.get(i)) {
+                            break;
+                        }
                     }
                 }
                 Op::Copy {
@@ -301,9 +370,16 @@ impl Recorder {
                 }
             }
         }
+        if let Some(p) = &self.profiler {
+            p.resolve(&mut encoder, timed.len());
+        }
         ctx.queue.submit([encoder.finish()]);
         self.counts.submits += 1;
-        ctx.check("recording the step")
+        ctx.check("recording the step")?;
+        match self.profiler.as_mut() {
+            Some(p) => p.collect(ctx, &timed),
+            None => Ok(()),
+        }
     }
 }
 
