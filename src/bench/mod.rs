@@ -246,6 +246,8 @@ pub struct StepReport {
     pub device: DeviceKind,
     /// The engine's own description (adapter or float type and threads).
     pub engine: String,
+    /// GPU: how the recurrent products ran ("rows", "wide" or "steps"; see `--recurrence`).
+    pub recurrence: Option<String>,
     pub shape: StepShape,
     pub timing: Timing,
     /// `B * T / median step time`.
@@ -455,9 +457,15 @@ impl StepBench {
         let engine = self.engine.engine();
         engine.grad_norm()?;
         let loss = engine.loss()?.mean();
+        let describe = engine.describe();
+        let recurrence = match &self.engine {
+            BenchEngine::Gpu(e) => e.recurrence_kernel().map(str::to_string),
+            BenchEngine::Cpu(_) => None,
+        };
         Ok(StepReport {
             device,
-            engine: engine.describe(),
+            engine: describe,
+            recurrence,
             shape: self.shape,
             timing,
             tokens_per_s: self.shape.tokens() as f64 / (step_ms.median * 1e-3),

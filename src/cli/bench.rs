@@ -18,6 +18,7 @@ use unroll::engine::gpu::GpuContext;
 pub enum RecurrenceArg {
     Auto,
     Steps,
+    Wide,
     Rows,
 }
 
@@ -26,6 +27,7 @@ impl From<RecurrenceArg> for unroll::engine::Recurrence {
         match r {
             RecurrenceArg::Auto => Self::Auto,
             RecurrenceArg::Steps => Self::Steps,
+            RecurrenceArg::Wide => Self::Wide,
             RecurrenceArg::Rows => Self::Rows,
         }
     }
@@ -76,9 +78,10 @@ pub struct BenchArgs {
     /// baseline), as word-level models do.
     #[arg(long)]
     pub embed: Option<usize>,
-    /// GPU: how the tanh/relu recurrence is dispatched: `rows` (one dispatch per layer, a
-    /// workgroup per batch row), `steps` (one dispatch per time step), or `auto` (rows where
-    /// they fit the device).
+    /// GPU: how the recurrent products are dispatched: `wide` (one dispatch per time step, 4
+    /// output columns per workgroup), `steps` (one dispatch per time step, tiled), `rows`
+    /// (tanh/relu: one dispatch per layer, a workgroup per batch row; gated cells run `wide`),
+    /// or `auto` (tanh/relu: rows below H = 512 where they fit, else wide; gated cells: wide).
     #[arg(long, value_enum, default_value_t = RecurrenceArg::Auto)]
     pub recurrence: RecurrenceArg,
     /// Untimed steps first.
@@ -287,8 +290,12 @@ fn print_table(rows: &[Row], with_torch: bool) {
     println!("|{}", "---|".repeat(head.len()));
     for r in rows {
         let (s, st) = (&r.report.shape, &r.report.step_ms);
+        let device = format!("{:?}", r.report.device).to_lowercase();
         let mut cells = vec![
-            format!("{:?}", r.report.device).to_lowercase(),
+            match &r.report.recurrence {
+                Some(k) => format!("{device} ({k})"),
+                None => device,
+            },
             cell_name(s.cell),
             s.hidden.to_string(),
             s.batch.to_string(),

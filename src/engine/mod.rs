@@ -256,7 +256,7 @@ pub trait Engine {
     /// chunk's logits again (one more output GEMM) before its gradients. Default
     /// [`DEFAULT_LOGIT_BUDGET`]; applies from the next shape the engine builds.
     fn set_logit_budget(&mut self, elements: usize) -> Result<()>;
-    /// How the tanh/relu recurrence is dispatched, for engines that have a choice (the GPU);
+    /// How the recurrent products are dispatched, for engines that have a choice (the GPU);
     /// the others run their one way. Applies from the next shape the engine builds.
     fn set_recurrence(&mut self, recurrence: Recurrence) -> Result<()> {
         let _ = recurrence;
@@ -264,19 +264,29 @@ pub trait Engine {
     }
 }
 
-/// How the GPU engine runs the recurrence of a tanh/relu layer.
+/// How the GPU engine runs the recurrent product of each time step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Recurrence {
-    /// `Rows` where it fits the device (B workgroups, 2H values of workgroup memory each),
-    /// else `Steps`.
+    /// tanh/relu: `Rows` below H = [`ROWS_BELOW_HIDDEN`] where it fits the device, else `Wide`;
+    /// gated cells: `Wide`.
     #[default]
     Auto,
-    /// One dispatch per time step, all rows at once (a tiled product per step).
+    /// One dispatch per time step, the product tiled over rows and columns (16x16 tiles for the
+    /// tanh cell, the GEMM's 64x64 tiles for a gated cell's gates).
     Steps,
-    /// One dispatch per layer and direction: a workgroup per batch row loops over all T steps
-    /// with its state in workgroup memory.
+    /// One dispatch per time step, spread over the output columns: each workgroup owns 4 of
+    /// them for all B rows, with their slice of W in workgroup memory.
+    Wide,
+    /// tanh/relu: one dispatch per layer and direction, a workgroup per batch row looping over
+    /// all T steps with its state in workgroup memory. Gated cells run `Wide`.
     Rows,
 }
+
+/// `Recurrence::Auto` runs the tanh/relu recurrence a workgroup per row below this H and
+/// `Wide` from it. DESIGN.md §3's forward recurrence on an H200: rows per workgroup 2.6 us per
+/// step against 5.6 for the wide kernel at H = 128 (B = 32), 27.8 against 16.5 at H = 512
+/// (B = 64), and the wide kernel ahead at H = 1024 and 2048 too.
+pub const ROWS_BELOW_HIDDEN: usize = 512;
 
 /// The default logit budget: 2^26 values (256 MiB in f32 per logits array), so the usual
 /// character and word models run the output layer in one chunk and only very large batches

@@ -87,6 +87,9 @@ fn check_result(r: &serde_json::Value, device: &str) {
     }
     let loss = r["loss"].as_f64().unwrap();
     assert!(loss.is_finite() && loss > 0.0, "loss {loss}");
+    // Which recurrence kernel ran: on the GPU only (a small tanh layer: a workgroup per row).
+    let kernel = if device == "gpu" { "rows" } else { "" };
+    assert_eq!(r["recurrence"].as_str().unwrap_or(""), kernel, "{r}");
 }
 
 #[test]
@@ -157,7 +160,11 @@ fn bench_on_both_devices_and_as_a_table() {
     assert!(text.contains("forward (recurrence"), "{text}");
     assert!(text.contains("backward recurrence (T steps)"), "{text}");
     if gpu {
-        assert!(text.contains("| gpu | rnn | 8 | 3 | 5 | 1 |"), "{text}");
+        // A small tanh layer runs a workgroup per row (auto).
+        assert!(
+            text.contains("| gpu (rows) | rnn | 8 | 3 | 5 | 1 |"),
+            "{text}"
+        );
     }
 }
 

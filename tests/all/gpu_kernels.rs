@@ -280,6 +280,174 @@ fn rnn_step_forward_and_backward_match_cpu() {
     }
 }
 
+/// `matmul_rows` (the per-step recurrent products, 4 columns per workgroup) against the CPU
+/// matmul for the store and accumulate epilogues, and against the cell steps for the fused
+/// tanh/relu epilogues, with W read both ways. Shapes: one row and one column; rows past one pass
+/// of the workgroup (32 rows with 256 threads); columns off the 4 per workgroup; and, with the
+/// staged slice forced shallow, depths in several slices.
+#[test]
+fn matmul_rows_matches_cpu_for_every_epilogue_and_awkward_shape() {
+    let Some((mut g, mut rng)) = Gpu::new("matmul_rows") else {
+        return;
+    };
+    let staged = g.ctx.tunables.matmul_rows_kc;
+    // (B, n, depth, deepest staged slice)
+    let shapes = [
+        (1, 1, 1, staged),
+        (3, 5, 7, staged),
+        (37, 33, 17, staged),
+        (70, 9, 50, 16),
+        (2, 6, 300, 8),
+        // Square, for the cell epilogues: one pass of rows and past it, one slice and several.
+        (1, 7, 7, staged),
+        (37, 33, 33, staged),
+        (5, 40, 40, 16),
+    ];
+    for (b, n, depth, kc) in shapes {
+        g.ctx.tunables.matmul_rows_kc = kc;
+        for trans_w in [false, true] {
+            let tag = format!("B={b} n={n} depth={depth} kc={kc} trans_w={trans_w}");
+            let w = common::uniform(&mut rng, n * depth, 0.8);
+            let w_cpu = if trans_w {
+                arr(&w, n, depth).t().to_owned()
+            } else {
+                arr(&w, depth, n)
+            };
+            // W and a bias vector in one parameter buffer, both at offsets.
+            let bias = common::uniform(&mut rng, n, 1.0);
+            let params = g.guarded(&[w.clone(), bias.clone()].concat());
+            let wop = |buf| {
+                let r = at(buf, GUARD);
+                if trans_w {
+                    matmul::transposed(r)
+                } else {
+                    matmul::plain(r)
+                }
+            };
+            let x = common::uniform(&mut rng, b * depth, 1.0);
+            let xb = g.guarded(&x);
+            for (name, with_bias, accumulate) in [
+                ("store", false, false),
+                ("store + bias", true, false),
+                ("accumulate", false, true),
+            ] {
+                let what = format!("{tag} {name}");
+                let c0 = common::uniform(&mut rng, b * n, 1.0);
+                let mut c = if accumulate {
+                    arr(&c0, b, n)
+                } else if with_bias {
+                    Array2::from_shape_fn((b, n), |(_, j)| bias[j])
+                } else {
+                    Array2::zeros((b, n))
+                };
+                cpu_matmul::matmul(
+                    arr(&x, b, depth).view(),
+                    w_cpu.view(),
+                    &mut c.view_mut(),
+                    accumulate || with_bias,
+                );
+                let out = if accumulate {
+                    g.guarded(&c0)
+                } else {
+                    g.poisoned(b * n)
+                };
+                let epilogue = if accumulate {
+                    matmul::RowsEpilogue::Accumulate
+                } else {
+                    matmul::RowsEpilogue::Store {
+                        bias: with_bias.then_some(GUARD + n * depth),
+                    }
+                };
+                let call = matmul::matmul_rows(
+                    &g.ctx,
+                    (b, n, depth),
+                    matmul::RowsInput::Separate(at(&xb, GUARD)),
+                    wop(&params),
+                    at(&out, GUARD),
+                    epilogue,
+                )
+                .unwrap();
+                g.run(vec![call]);
+                check(&what, &g.read_guarded(&out, b * n, &what), &flat(&c));
+            }
+            // The cell epilogues need a square W: H = n = depth.
+            if n != depth {
+                continue;
+            }
+            let h = n;
+            // W_hh [H, H] is the stored W either way: the forward reads it as s W_hh^T
+            // (trans_w), the BPTT as dz W_hh.
+            let w_hh = arr(&w, h, h);
+            for act in activations() {
+                let what = format!("{tag} {act:?} forward");
+                let u = common::uniform(&mut rng, b * h, 1.0);
+                let mut s_cpu = Array2::<f32>::zeros((b, h));
+                cpu_rnn::rnn_step_forward(
+                    Some(arr(&u, b, h).view()),
+                    arr(&x, b, h).view(),
+                    w_hh.view(),
+                    act,
+                    s_cpu.view_mut(),
+                );
+                if trans_w {
+                    // The forward reads s_{t-1} from the rows before s_t in the same buffer.
+                    let states = g.guarded(&[x.clone(), u.clone()].concat());
+                    let call = matmul::matmul_rows(
+                        &g.ctx,
+                        (b, h, h),
+                        matmul::RowsInput::InOutput(GUARD),
+                        wop(&params),
+                        at(&states, GUARD + b * h),
+                        matmul::RowsEpilogue::Activate(act),
+                    )
+                    .unwrap();
+                    g.run(vec![call]);
+                    let got = g.read_guarded(&states, 2 * b * h, &what);
+                    check(&format!("{what} keeps s_prev"), &got[..b * h], &x);
+                    check(&what, &got[b * h..], &flat(&s_cpu));
+                }
+                if !trans_w {
+                    let s_t = flat(&s_cpu);
+                    let act_buf = g.guarded(&s_t);
+                    for has_next in [false, true] {
+                        let what = format!("{tag} {act:?} backward has_next={has_next}");
+                        let ds = common::uniform(&mut rng, b * h, 1.0);
+                        let mut dz_cpu = arr(&ds, b, h);
+                        let dn = arr(&x, b, h);
+                        cpu_rnn::rnn_step_backward(
+                            None,
+                            has_next.then(|| dn.view()),
+                            w_hh.view(),
+                            arr(&s_t, b, h).view(),
+                            act,
+                            dz_cpu.view_mut(),
+                        );
+                        let work = g.guarded(&[ds, x.clone()].concat());
+                        let input = if has_next {
+                            matmul::RowsInput::InOutput(GUARD + b * h)
+                        } else {
+                            matmul::RowsInput::None
+                        };
+                        let call = matmul::matmul_rows(
+                            &g.ctx,
+                            (b, h, h),
+                            input,
+                            wop(&params),
+                            at(&work, GUARD),
+                            matmul::RowsEpilogue::Derivative(act, at(&act_buf, GUARD)),
+                        )
+                        .unwrap();
+                        g.run(vec![call]);
+                        let got = g.read_guarded(&work, 2 * b * h, &what);
+                        check(&what, &got[..b * h], &flat(&dz_cpu));
+                        check(&format!("{what} keeps dz_next"), &got[b * h..], &x);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn random_tokens(rng: &mut ChaCha8Rng, n: usize, vocab: usize) -> Vec<u32> {
     (0..n).map(|_| rng.random_range(0..vocab as u32)).collect()
 }

@@ -404,24 +404,36 @@ fn a_lost_device_gives_an_error_not_a_panic() {
 }
 
 #[test]
-fn both_gpu_recurrence_kernels_match_cpu_over_whole_steps() {
-    // (activation, T, B, H, layers): one step and one row, H of one unit, H off every
-    // workgroup size, H above the workgroup size (each thread owns several units), two layers.
+fn every_gpu_recurrence_kernel_matches_cpu_over_whole_steps() {
+    // (cell, activation, T, B, H, layers): one step and one row, H of one unit, H off every
+    // workgroup size, H above the workgroup size (each thread owns several units), two layers,
+    // rows past one pass of the wide kernel's workgroup (32), and the gated cells.
     let shapes = [
-        (Activation::Tanh, 1, 1, 1, 1),
-        (Activation::Tanh, 5, 3, 33, 2),
-        (Activation::Relu, 4, 2, 17, 1),
-        (Activation::Tanh, 3, 2, 300, 1),
+        (Cell::Rnn, Activation::Tanh, 1, 1, 1, 1),
+        (Cell::Rnn, Activation::Tanh, 5, 3, 33, 2),
+        (Cell::Rnn, Activation::Relu, 4, 2, 17, 1),
+        (Cell::Rnn, Activation::Tanh, 3, 2, 300, 1),
+        (Cell::Rnn, Activation::Tanh, 2, 35, 9, 1),
+        (Cell::Gru, Activation::Tanh, 3, 2, 13, 2),
+        (Cell::Lstm, Activation::Tanh, 3, 34, 6, 1),
     ];
-    for (act, steps, rows, h, layers) in shapes {
-        let cfg = common::config(
-            act,
-            InputKind::OneHot,
-            OutputKind::Softmax,
-            (6, h, 5, layers),
-        );
-        for recurrence in [Recurrence::Steps, Recurrence::Rows] {
-            let name = format!("{recurrence:?} {act:?} T={steps} B={rows} H={h} L={layers}");
+    for (cell, act, steps, rows, h, layers) in shapes {
+        let cfg = ModelConfig {
+            cell,
+            ..common::config(
+                act,
+                InputKind::OneHot,
+                OutputKind::Softmax,
+                (6, h, 5, layers),
+            )
+        };
+        let kernels: &[Recurrence] = match cell {
+            Cell::Rnn => &[Recurrence::Steps, Recurrence::Wide, Recurrence::Rows],
+            _ => &[Recurrence::Steps, Recurrence::Wide],
+        };
+        for &recurrence in kernels {
+            let name =
+                format!("{recurrence:?} {cell:?} {act:?} T={steps} B={rows} H={h} L={layers}");
             let Some((mut cpu, mut gpu, mut rng)) = engines(&name, &cfg) else {
                 return;
             };
@@ -527,4 +539,42 @@ fn the_phase_profile_times_every_pass_and_changes_no_result() {
     assert_eq!(plain.take_phase_times().unwrap(), None);
     profiled.set_phase_profile(false).unwrap();
     assert_eq!(profiled.take_phase_times().unwrap(), None);
+}
+
+#[test]
+fn auto_picks_the_recurrence_kernel_by_cell_and_size() {
+    if common::gpu("recurrence choice").is_none() {
+        return;
+    }
+    let mut rng = common::rng("recurrence choice");
+    let big = unroll::engine::ROWS_BELOW_HIDDEN;
+    // (cell, H, setting, expected kernel)
+    let cases = [
+        (Cell::Rnn, 8, Recurrence::Auto, "rows"),
+        (Cell::Rnn, big - 1, Recurrence::Auto, "rows"),
+        (Cell::Rnn, big, Recurrence::Auto, "wide"),
+        (Cell::Rnn, 8, Recurrence::Wide, "wide"),
+        (Cell::Rnn, 8, Recurrence::Steps, "steps"),
+        (Cell::Gru, 8, Recurrence::Auto, "wide"),
+        (Cell::Lstm, 8, Recurrence::Rows, "wide"),
+        (Cell::Lstm, 8, Recurrence::Steps, "steps"),
+    ];
+    for (cell, h, setting, want) in cases {
+        let cfg = ModelConfig {
+            cell,
+            ..ModelConfig::language_model(5, h, 1)
+        };
+        let params = vec![0.0; ParamLayout::new(&cfg).unwrap().len()];
+        let mut gpu = GpuEngine::new(GpuContext::open(true).unwrap(), &cfg, &params).unwrap();
+        assert_eq!(gpu.recurrence_kernel(), None);
+        gpu.set_recurrence(setting).unwrap();
+        gpu.reset_state(2).unwrap();
+        gpu.upload_batch(&common::random_batch(&mut rng, &cfg, 2, 2, None))
+            .unwrap();
+        assert_eq!(
+            gpu.recurrence_kernel(),
+            Some(want),
+            "{cell:?} H={h} {setting:?}"
+        );
+    }
 }

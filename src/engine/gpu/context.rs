@@ -129,6 +129,11 @@ pub struct Tunables {
     pub row_wg: u32,
     /// reduce.wgsl and optim.wgsl: threads per workgroup of the flat sums and the update.
     pub flat_wg: u32,
+    /// matmul.wgsl's `matmul_rows`: threads per workgroup (a multiple of 8).
+    pub matmul_rows_wg: u32,
+    /// matmul.wgsl's `matmul_rows`: the deepest slice of W staged in workgroup memory at once
+    /// (a multiple of 8; shallower products stage exactly their depth).
+    pub matmul_rows_kc: u32,
 }
 
 impl Tunables {
@@ -147,12 +152,18 @@ impl Tunables {
         } else {
             64
         };
+        // matmul_rows keeps 4 columns of W (kc deep) and 4 partial sums per thread in
+        // workgroup memory.
+        let floats = limits.max_compute_workgroup_storage_size as usize / 4;
+        let kc = (floats.saturating_sub(4 * flat as usize) / 4).min(2048) / 8 * 8;
         Tunables {
             matmul_wg,
             matmul_k: 16,
             rnn_tile,
             row_wg: 64,
             flat_wg: flat,
+            matmul_rows_wg: flat,
+            matmul_rows_kc: kc.max(8) as u32,
         }
     }
 }

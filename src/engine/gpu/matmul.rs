@@ -8,7 +8,8 @@ use crate::engine::gpu::context::GpuContext;
 use crate::engine::gpu::pipelines::{Access, Kernel};
 use crate::engine::gpu::plan::{Call, grid_2d, offset32};
 use crate::engine::gpu::shaders::Shader;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::model::Activation;
 
 /// `matmul`: bindings A (read), B (read), C (read-write), bias (read).
 pub static MATMUL: Kernel = Kernel {
@@ -130,4 +131,132 @@ pub fn matmul(
             ))
         })
         .collect()
+}
+
+/// `matmul_rows`: bindings W and bias (read), X or s (read), out (read-write).
+pub static MATMUL_ROWS: Kernel = Kernel {
+    shader: Shader::Matmul,
+    entry: "matmul_rows",
+    bindings: &[Access::Read, Access::Read, Access::ReadWrite],
+};
+
+/// Mirror of `RowsArgs` in matmul.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct RowsArgs {
+    pub rows: u32,
+    pub n: u32,
+    pub depth: u32,
+    pub x_off: u32,
+    pub w_off: u32,
+    pub out_off: u32,
+    pub bias_off: u32,
+    pub act_off: u32,
+    pub trans_w: u32,
+    pub x_in_out: u32,
+    pub has_x: u32,
+    pub has_bias: u32,
+    pub epilogue: u32,
+    pub activation: u32,
+    pub pad: [u32; 2],
+}
+
+/// Output columns per workgroup of `matmul_rows` (`UNITS` in matmul.wgsl).
+pub const ROWS_UNITS: usize = 4;
+
+/// Where `matmul_rows` reads its rows X from.
+#[derive(Clone, Copy, Debug)]
+pub enum RowsInput<'a> {
+    /// No product (it is zero): the last BPTT step.
+    None,
+    /// Rows `[B, depth]` in their own buffer.
+    Separate(Region<'a>),
+    /// Rows `[B, depth]` at this element offset of the output buffer (disjoint from the rows
+    /// written): the previous state of a tanh step, or the next step's dz in its BPTT.
+    InOutput(usize),
+}
+
+/// What `matmul_rows` does with each output element.
+#[derive(Clone, Copy, Debug)]
+pub enum RowsEpilogue<'a> {
+    /// `out = product`, or `out = bias + product` with the bias vector `[n]` at this offset of
+    /// W's buffer.
+    Store { bias: Option<usize> },
+    /// `out += product`.
+    Accumulate,
+    /// The tanh/relu cell's forward step in place: `out = f1(out + product)`.
+    Activate(Activation),
+    /// The tanh/relu cell's BPTT step in place: `out = (out + product) f1'(s)`, s `[B, n]`.
+    Derivative(Activation, Region<'a>),
+}
+
+/// `out[B, n] (op)= X[B, depth] op(W)` for few rows B, spread over the n output columns (4 per
+/// workgroup): the recurrent product of one time step. `op(W)` as for [`matmul`]'s B:
+/// `transposed(W)` for `X W^T` (W stored [n, depth]), `plain(W)` for `X W` (W stored
+/// [depth, n]). The CPU twins
+/// are `engine::cpu::matmul::matmul` and, for the cell epilogues, `rnn_step_forward` and
+/// `rnn_step_backward` of `engine::cpu::rnn`.
+pub fn matmul_rows(
+    ctx: &GpuContext,
+    (rows, n, depth): (usize, usize, usize),
+    x: RowsInput<'_>,
+    w: Operand<'_>,
+    out: Region<'_>,
+    epilogue: RowsEpilogue<'_>,
+) -> Result<Call> {
+    let t = ctx.tunables;
+    let (x_off, x_in_out, has_x, aux) = match x {
+        RowsInput::None => (0, 0, 0, None),
+        RowsInput::Separate(r) => (r.offset, 0, 1, Some(r.buffer)),
+        RowsInput::InOutput(off) => (off, 1, 1, None),
+    };
+    let (code, activation, bias, s) = match epilogue {
+        RowsEpilogue::Store { bias } => (0, Activation::Tanh, bias, None),
+        RowsEpilogue::Accumulate => (1, Activation::Tanh, None, None),
+        RowsEpilogue::Activate(a) => (2, a, None, None),
+        RowsEpilogue::Derivative(a, s) => (3, a, None, Some(s)),
+    };
+    let aux = match (aux, s) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Config(
+                "matmul_rows reads either separate rows or the activations, not both".into(),
+            ));
+        }
+        (Some(b), None) => b,
+        (None, Some(s)) => s.buffer,
+        (None, None) => w.at.buffer,
+    };
+    let args = RowsArgs {
+        rows: offset32("rows", rows)?,
+        n: offset32("columns", n)?,
+        depth: offset32("depth", depth)?,
+        x_off: offset32("offset", x_off)?,
+        w_off: offset32("offset", w.at.offset)?,
+        out_off: offset32("offset", out.offset)?,
+        bias_off: offset32("offset", bias.unwrap_or(0))?,
+        act_off: offset32("offset", s.map_or(0, |s| s.offset))?,
+        trans_w: w.transposed as u32,
+        x_in_out,
+        has_x,
+        has_bias: bias.is_some() as u32,
+        epilogue: code,
+        activation: crate::engine::gpu::rnn::activation_index(activation),
+        pad: [0; 2],
+    };
+    // Stage exactly the depth when it fits (one pipeline per depth), else slices of the most.
+    let kc = (depth.max(1).div_ceil(8) * 8).min(t.matmul_rows_kc as usize) as u32;
+    let groups = n.div_ceil(ROWS_UNITS).max(1);
+    let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    if groups > max {
+        return Err(Error::Shape(format!(
+            "matmul_rows over {n} columns needs {groups} workgroups, more than the device's {max}"
+        )));
+    }
+    Ok(Call::new(
+        &MATMUL_ROWS,
+        vec![("ROWS_WG", t.matmul_rows_wg), ("ROWS_KC", kc)],
+        &[w.at.buffer, aux, out.buffer],
+        &args,
+        [groups as u32, 1, 1],
+    ))
 }

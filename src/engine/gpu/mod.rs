@@ -46,7 +46,7 @@ use crate::train::optim::{OptimizerConfig, OptimizerState};
 use self::buffers::{at, read, storage, storage_with, write};
 pub use self::context::{AdapterSummary, GpuContext, list_adapters};
 use self::gru::GateStep;
-use self::matmul::{Biases, matmul, plain, transposed};
+use self::matmul::{Biases, RowsEpilogue, RowsInput, matmul, matmul_rows, plain, transposed};
 use self::pipelines::Pipelines;
 use self::plan::{Call, Op, Plan, Recorder};
 use self::profile::{PhaseTimes, Profiler, StepPhase};
@@ -83,6 +83,8 @@ struct Shape {
     dropout_slots: Vec<DropoutSlot>,
     /// When it was last made current (for eviction).
     last_used: u64,
+    /// How the recurrent products of this shape run: "rows", "wide" or "steps".
+    recurrence: &'static str,
 }
 
 /// A dropout dispatch inside a plan.
@@ -97,7 +99,9 @@ struct DropoutSlot {
 }
 
 /// `ds[t-1] += da_t W_hh` for step t of a gated layer: the recurrent part of the previous
-/// state's gradient, ONE matmul for all gates. Sizes (B, H, G*H).
+/// state's gradient, ONE product for all gates (spread over the columns when `wide`, else
+/// tiled). Sizes (B, H, G*H).
+#[allow(clippy::too_many_arguments)]
 fn recurrent_grad(
     ctx: &GpuContext,
     (rows, h, gh): (usize, usize, usize),
@@ -106,13 +110,26 @@ fn recurrent_grad(
     da: &wgpu::Buffer,
     ds: &wgpu::Buffer,
     t: usize,
+    wide: bool,
 ) -> Result<Vec<Call>> {
+    let (da_t, ds_prev) = (at(da, t * rows * gh), at(ds, (t - 1) * rows * h));
+    if wide {
+        let call = matmul_rows(
+            ctx,
+            (rows, h, gh),
+            RowsInput::Separate(da_t),
+            plain(at(p, lo.weight_hh)),
+            ds_prev,
+            RowsEpilogue::Accumulate,
+        )?;
+        return Ok(vec![call]);
+    }
     matmul(
         ctx,
         (rows, h, gh),
-        plain(at(da, t * rows * gh)),
+        plain(da_t),
         plain(at(p, lo.weight_hh)),
-        at(ds, (t - 1) * rows * h),
+        ds_prev,
         None,
         true,
     )
@@ -256,6 +273,12 @@ impl GpuEngine {
         Ok(self.recorder.take_phase_times())
     }
 
+    /// How the current batch shape's recurrent products run ("rows": one dispatch per layer and
+    /// direction; "wide" or "steps": one per time step), once a batch has been uploaded.
+    pub fn recurrence_kernel(&self) -> Option<&'static str> {
+        self.current_shape().ok().map(|s| s.recurrence)
+    }
+
     /// Submits everything recorded so far (without waiting).
     pub fn flush(&mut self) -> Result<()> {
         self.pending_reads_batch = false;
@@ -336,12 +359,18 @@ impl GpuEngine {
             }
         };
         let mut dropout_slots = Vec::new();
-        // The tanh/relu recurrence: one dispatch per layer (a workgroup per row) or one per step.
-        let rows_kernels = match self.recurrence {
-            Recurrence::Steps => false,
-            Recurrence::Auto | Recurrence::Rows => rnn::rows_kernels_fit(ctx, rows, h),
-        };
-        if self.recurrence == Recurrence::Rows && !rows_kernels && cfg.cell == Cell::Rnn {
+        // The tanh/relu recurrence: one dispatch per layer (a workgroup per row) or one per step;
+        // the per-step products spread over the output columns (wide) or tiled (steps).
+        let rows_kernels = !gated
+            && match self.recurrence {
+                Recurrence::Steps | Recurrence::Wide => false,
+                Recurrence::Auto => {
+                    h < crate::engine::ROWS_BELOW_HIDDEN && rnn::rows_kernels_fit(ctx, rows, h)
+                }
+                Recurrence::Rows => rnn::rows_kernels_fit(ctx, rows, h),
+            };
+        let wide = !rows_kernels && self.recurrence != Recurrence::Steps;
+        if self.recurrence == Recurrence::Rows && !rows_kernels && !gated {
             return Err(Error::Config(format!(
                 "the rows-per-workgroup recurrence does not fit B={rows} rows of H={h} on {}",
                 ctx.info.name
@@ -448,6 +477,17 @@ impl GpuEngine {
                 continue;
             }
             for t in 0..steps {
+                if !gated && wide {
+                    fwd.push(matmul_rows(
+                        ctx,
+                        (rows, h, h),
+                        RowsInput::InOutput(t * rows * h),
+                        transposed(at(p, lo.weight_hh)),
+                        at(&states[k], (t + 1) * rows * h),
+                        RowsEpilogue::Activate(act),
+                    )?);
+                    continue;
+                }
                 if !gated {
                     fwd.push(rnn::rnn_step_forward(
                         ctx,
@@ -461,19 +501,33 @@ impl GpuEngine {
                     continue;
                 }
                 // All gates' recurrent pre-activations in ONE product: h_{t-1} W_hh^T + b_hh.
-                fwd.extend(matmul(
-                    ctx,
-                    (rows, gh, h),
-                    plain(at(&states[k], t * rows * h)),
-                    transposed(at(p, lo.weight_hh)),
-                    at(&a_hh[k], t * rows * gh),
-                    Some(Biases {
-                        buffer: p,
-                        first: lo.bias_hh,
-                        second: None,
-                    }),
-                    false,
-                )?);
+                let (h_prev, a_t) = (at(&states[k], t * rows * h), at(&a_hh[k], t * rows * gh));
+                if wide {
+                    fwd.push(matmul_rows(
+                        ctx,
+                        (rows, gh, h),
+                        RowsInput::Separate(h_prev),
+                        transposed(at(p, lo.weight_hh)),
+                        a_t,
+                        RowsEpilogue::Store {
+                            bias: Some(lo.bias_hh),
+                        },
+                    )?);
+                } else {
+                    fwd.extend(matmul(
+                        ctx,
+                        (rows, gh, h),
+                        plain(h_prev),
+                        transposed(at(p, lo.weight_hh)),
+                        a_t,
+                        Some(Biases {
+                            buffer: p,
+                            first: lo.bias_hh,
+                            second: None,
+                        }),
+                        false,
+                    )?);
+                }
                 let step = GateStep {
                     rows,
                     hidden: h,
@@ -607,6 +661,24 @@ impl GpuEngine {
                     )?);
                     (&ds[cur], &ds[cur])
                 }
+                (Cell::Rnn, ..) if wide => {
+                    for t in (0..steps).rev() {
+                        let next = if t + 1 < steps {
+                            RowsInput::InOutput((t + 1) * rows * h)
+                        } else {
+                            RowsInput::None
+                        };
+                        bwd.push(matmul_rows(
+                            ctx,
+                            (rows, h, h),
+                            next,
+                            plain(at(p, lo.weight_hh)),
+                            at(&ds[cur], t * rows * h),
+                            RowsEpilogue::Derivative(act, at(&states[k], (t + 1) * rows * h)),
+                        )?);
+                    }
+                    (&ds[cur], &ds[cur])
+                }
                 (Cell::Rnn, ..) => {
                     for t in (0..steps).rev() {
                         let next = (t + 1 < steps).then_some((t + 1) * rows * h);
@@ -668,6 +740,7 @@ impl GpuEngine {
                                 da_rec,
                                 &ds[cur],
                                 t,
+                                wide,
                             )?);
                         }
                     }
@@ -792,6 +865,11 @@ impl GpuEngine {
             loss_slots,
             dropout_slots,
             last_used: 0,
+            recurrence: match (rows_kernels, wide) {
+                (true, _) => "rows",
+                (false, true) => "wide",
+                (false, false) => "steps",
+            },
         })
     }
 

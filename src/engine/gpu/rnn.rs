@@ -147,7 +147,7 @@ pub fn token_buffer(tokens: &[u32], vocab: usize) -> Vec<u32> {
     out
 }
 
-fn activation_index(act: Activation) -> u32 {
+pub(crate) fn activation_index(act: Activation) -> u32 {
     match act {
         Activation::Tanh => 0,
         Activation::Relu => 1,
