@@ -18,13 +18,15 @@
 #                 phase's device time (timestamp queries)
 #   bench.json    the same as JSON
 #   words.md      a word-level model (V = 10,000, --embed 512) against PyTorch with nn.Embedding
+#   recurrence.md the recurrence kernels (rows, wide, steps) on the same shapes, one after another
 #   bench.log     the sweep's notes and errors
 #   matmul.md     the WGSL matmul's TFLOP/s at 4096^3 and 8192x512x512
 #   kernels.log   criterion: the step's kernels on the GPU (FLOP / element throughput)
 # and exits non-zero if the agreement tests fail (the benchmarks still run first).
 # For a dry run on a small or software adapter, GPU_BENCH_ARGS adds options to the sweep
 # (e.g. "--hidden 16 --batch 4 --seq-len 8"), GPU_MATMUL_ARGS to the matmul (e.g.
-# "--matmul-shape 64x64x64"), GPU_WORDS_ARGS replaces the word-level run's shape, GPU_KERNELS_FILTER replaces the criterion filter ("gpu"), and
+# "--matmul-shape 64x64x64"), GPU_WORDS_ARGS replaces the word-level run's shape, GPU_RECURRENCE_ARGS the recurrence
+# comparison's, GPU_KERNELS_FILTER replaces the criterion filter ("gpu"), and
 # GPU_BENCH_ALLOW_SOFTWARE=1 lets it run on a software adapter (otherwise it stops, exit 3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -132,6 +134,17 @@ timeout 90 "$KIT/unroll" bench --device gpu --baseline pytorch --repeats 10 \
   ${GPU_WORDS_ARGS:-$WORDS} >"$OUT/words.md" 2>>"$OUT/bench.log"
 echo "exit $?"
 cat "$OUT/words.md"
+
+echo "== recurrence kernels side by side (rows / wide / steps) at H = 128 and 512"
+for h in 128 512; do
+  for r in rows wide steps; do
+    # shellcheck disable=SC2086
+    timeout 30 "$KIT/unroll" bench --device gpu --recurrence "$r" --repeats 10 --hidden "$h" \
+      ${GPU_RECURRENCE_ARGS:---cell rnn,lstm --batch 64 --seq-len 128} \
+      2>>"$OUT/bench.log" | grep '^| gpu' >>"$OUT/recurrence.md"
+  done
+done
+cat "$OUT/recurrence.md"
 
 echo "== WGSL matmul TFLOP/s"
 # shellcheck disable=SC2086
