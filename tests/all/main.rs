@@ -13,6 +13,7 @@ mod large_vocab;
 mod lines;
 mod lm_cli;
 mod lm_data;
+mod packed;
 mod padding;
 mod pairs_cli;
 mod pairs_data;

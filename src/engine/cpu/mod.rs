@@ -15,6 +15,7 @@ pub mod loss;
 pub mod lstm;
 pub mod matmul;
 pub mod optim;
+pub mod packed;
 pub mod reduce;
 pub mod rnn;
 
@@ -810,17 +811,12 @@ fn layer_forward<F: Float>(
     let lo = layout.layer(k);
     let input = cfg.layer_input_size(k);
     let w_ih = view(p, lo.weight_ih, gh, input);
-    // W_hh in column-major order (a transposed copy, once per forward): the step products
-    // `h_{t-1} W_hh^T` then read W_hh^T row by row, which the GEMM packs several times faster
-    // than the strided columns of the row-major W_hh.
-    let w_hh_cm = view(p, lo.weight_hh, gh, h)
-        .t()
-        .as_standard_layout()
-        .into_owned();
-    let w_hh = w_hh_cm.t();
+    let gated = cfg.cell != Cell::Rnn;
+    // Every step's product h_{t-1} W_hh^T, with W_hh^T packed (or copied row-major) once for
+    // all T steps.
+    let step_w = packed::StepWeight::new(view(p, lo.weight_hh, gh, h).reversed_axes());
     let b_ih = &p[lo.bias_ih..lo.bias_ih + gh];
     let b_hh = &p[lo.bias_hh..lo.bias_hh + gh];
-    let gated = cfg.cell != Cell::Rnn;
     let mut states = Array2::<F>::zeros(((t_len + 1) * b, h));
     states.slice_mut(s![0..b, ..]).assign(h0);
     // Input projection over all N rows at once: the tanh cell writes it where its states go
@@ -852,7 +848,7 @@ fn layer_forward<F: Float>(
         let h_prev = prev.slice(s![t * b.., ..]);
         let h_t = cur.slice_mut(s![0..b, ..]);
         if !gated {
-            rnn::rnn_step_forward(None, h_prev.view(), w_hh, cfg.activation, h_t);
+            rnn::rnn_step_forward_with(None, h_prev.view(), &step_w, cfg.activation, h_t);
             continue;
         }
         // All gates' recurrent pre-activations in one product: a_hh = h_{t-1} W_hh^T + b_hh.
@@ -860,7 +856,7 @@ fn layer_forward<F: Float>(
         for mut row in a_hh_t.outer_iter_mut() {
             row.assign(&ndarray::ArrayView1::from(b_hh));
         }
-        matmul(h_prev.view(), w_hh.t(), &mut a_hh_t, true);
+        step_w.product(h_prev.view(), &mut a_hh_t);
         let gates_t = gates.slice_mut(s![rows, ..]);
         match cells.as_mut() {
             Some(c) => {
@@ -898,6 +894,8 @@ fn layer_backward<F: Float>(
 ) -> (Array2<F>, Option<Array2<F>>) {
     let n = ds.nrows();
     let t_len = n / b;
+    // dh_{t-1} += dz_t W_hh at every step, W_hh packed once.
+    let step_w = packed::StepWeight::new(w_hh);
     if cfg.cell == Cell::Rnn {
         // In place: ds becomes dz.
         for t in (0..t_len).rev() {
@@ -905,7 +903,14 @@ fn layer_backward<F: Float>(
             let mut dz_t = cur.slice_move(s![t * b.., ..]);
             let dz_next = (t + 1 < t_len).then(|| next.slice(s![0..b, ..]));
             let s_t = lc.states.slice(s![(t + 1) * b..(t + 2) * b, ..]);
-            rnn::rnn_step_backward(None, dz_next, w_hh, s_t, cfg.activation, dz_t.view_mut());
+            rnn::rnn_step_backward_with(
+                None,
+                dz_next,
+                &step_w,
+                s_t,
+                cfg.activation,
+                dz_t.view_mut(),
+            );
         }
         return (ds, None);
     }
@@ -947,7 +952,7 @@ fn layer_backward<F: Float>(
         };
         // The recurrent part of the previous state's gradient: dh_{t-1} += da_hh W_hh.
         if let Some(dp) = dh_prev.as_mut() {
-            matmul(da_rec, w_hh, dp, true);
+            step_w.product(da_rec, dp);
         }
     }
     let da_hh = lc.cells.is_none().then_some(da_hh);

@@ -5,6 +5,7 @@ use ndarray::{ArrayView2, ArrayViewMut2, Zip};
 
 use crate::engine::cpu::Float;
 use crate::engine::cpu::matmul::matmul;
+use crate::engine::cpu::packed::StepWeight;
 use crate::model::Activation;
 
 /// Rows of W_ih that the one-hot gather and its gradient walk together: their columns of a
@@ -74,12 +75,23 @@ pub fn rnn_step_forward<F: Float>(
     s_prev: ArrayView2<F>,
     w_hh: ArrayView2<F>,
     act: Activation,
+    s_t: ArrayViewMut2<F>,
+) {
+    rnn_step_forward_with(u_t, s_prev, &StepWeight::view(w_hh.t()), act, s_t);
+}
+
+/// [`rnn_step_forward`] with W_hh^T held for the time loop (packed once for all T steps).
+pub fn rnn_step_forward_with<F: Float>(
+    u_t: Option<ArrayView2<F>>,
+    s_prev: ArrayView2<F>,
+    w_hh_t: &StepWeight<'_, F>,
+    act: Activation,
     mut s_t: ArrayViewMut2<F>,
 ) {
     if let Some(u_t) = u_t {
         s_t.assign(&u_t);
     }
-    matmul(s_prev, w_hh.t(), &mut s_t, true);
+    w_hh_t.product(s_prev, &mut s_t);
     match (act, s_t.as_slice_mut()) {
         (Activation::Tanh, Some(z)) => F::tanh_in_place(z),
         (Activation::Tanh, None) => s_t.mapv_inplace(|z| z.tanh()),
@@ -97,13 +109,25 @@ pub fn rnn_step_backward<F: Float>(
     w_hh: ArrayView2<F>,
     s_t: ArrayView2<F>,
     act: Activation,
+    dz_t: ArrayViewMut2<F>,
+) {
+    rnn_step_backward_with(ds_t, dz_next, &StepWeight::view(w_hh), s_t, act, dz_t);
+}
+
+/// [`rnn_step_backward`] with W_hh held for the time loop (packed once for all T steps).
+pub fn rnn_step_backward_with<F: Float>(
+    ds_t: Option<ArrayView2<F>>,
+    dz_next: Option<ArrayView2<F>>,
+    w_hh: &StepWeight<'_, F>,
+    s_t: ArrayView2<F>,
+    act: Activation,
     mut dz_t: ArrayViewMut2<F>,
 ) {
     if let Some(ds) = ds_t {
         dz_t.assign(&ds);
     }
     if let Some(dz_next) = dz_next {
-        matmul(dz_next, w_hh, &mut dz_t, true);
+        w_hh.product(dz_next, &mut dz_t);
     }
     let one = F::one();
     match act {
