@@ -174,3 +174,45 @@ fn gated_layers_with_packed_weights_match_the_f64_engine_over_whole_steps() {
         );
     }
 }
+
+#[test]
+fn repeated_training_steps_allocate_no_new_step_arrays() {
+    use unroll::engine::Engine;
+    use unroll::engine::cpu::CpuEngine;
+    use unroll::model::{Cell, ModelConfig, ParamLayout};
+    use unroll::train::optim::{OptimizerConfig, OptimizerKind};
+    // Every cell, two layers (the input of the upper one through dropout), an embedding.
+    for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
+        let cfg = ModelConfig {
+            cell,
+            embed: Some(3),
+            ..ModelConfig::language_model(7, 6, 2)
+        };
+        let mut rng = common::rng(&format!("step allocations {cell:?}"));
+        let params = common::uniform(&mut rng, ParamLayout::new(&cfg).unwrap().len(), 0.3);
+        let mut e = CpuEngine::<f32>::new(&cfg, &params).unwrap();
+        e.set_dropout(Some(unroll::engine::Dropout { p: 0.3, seed: 1 }))
+            .unwrap();
+        e.reset_state(2).unwrap();
+        let opt = OptimizerConfig::new(OptimizerKind::Sgd);
+        let mut after = Vec::new();
+        for _ in 0..4 {
+            let batch = common::random_batch(&mut rng, &cfg, 3, 2, None);
+            e.upload_batch(&batch).unwrap();
+            e.zero_grads().unwrap();
+            e.forward().unwrap();
+            e.backward().unwrap();
+            e.optimizer_step(&opt, 0.1).unwrap();
+            e.carry_state().unwrap();
+            after.push(e.step_allocations());
+        }
+        assert!(
+            after[0] > 0,
+            "{cell:?}: the first step allocates its arrays"
+        );
+        assert_eq!(
+            after[1], after[3],
+            "{cell:?}: later steps allocated {after:?}"
+        );
+    }
+}

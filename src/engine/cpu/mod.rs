@@ -16,6 +16,7 @@ pub mod lstm;
 pub mod matmul;
 pub mod optim;
 pub mod packed;
+pub mod pool;
 pub mod reduce;
 pub mod rnn;
 
@@ -303,8 +304,46 @@ pub struct CpuEngine<F: Float = f32> {
     logit_budget: usize,
     /// Output arrays of an earlier forward, for the next one to fill.
     spare: Option<(Array2<F>, Array2<F>)>,
+    /// The other arrays of earlier steps, for the next ones.
+    pool: pool::Pool<F>,
     batch: Option<PreparedBatch<F>>,
     cache: Option<Cache<F>>,
+}
+
+impl<F: Float> CpuEngine<F> {
+    /// How many step arrays (activations, gradients) the engine has allocated so far; once the
+    /// batch shape repeats, steps take them from earlier steps instead.
+    pub fn step_allocations(&self) -> u64 {
+        self.pool.allocated()
+    }
+
+    /// Hands the last forward's arrays on: its output arrays to the next forward (when they
+    /// fit), the others to the pool.
+    fn recycle_cache(&mut self) {
+        let Some(cache) = self.cache.take() else {
+            return;
+        };
+        if let Some(kept) = cache.kept {
+            self.spare = Some(kept);
+        }
+        for lc in cache.layers {
+            for a in [
+                Some(lc.states),
+                lc.cells,
+                Some(lc.gates),
+                Some(lc.a_hh),
+                lc.input,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                self.pool.give(a);
+            }
+        }
+        if let Some(x) = cache.embedded {
+            self.pool.give(x);
+        }
+    }
 }
 
 fn view<F: Float>(buf: &[F], offset: usize, rows: usize, cols: usize) -> ArrayView2<'_, F> {
@@ -341,6 +380,7 @@ impl<F: Float> CpuEngine<F> {
             dropout: None,
             logit_budget: DEFAULT_LOGIT_BUDGET,
             spare: None,
+            pool: pool::Pool::default(),
             batch: None,
             cache: None,
         };
@@ -448,18 +488,17 @@ impl<F: Float> Engine for CpuEngine<F> {
             mask: batch.mask.clone(),
             count: batch.count(),
         });
-        // The last forward's output arrays serve the next one (when they fit).
-        if let Some(kept) = self.cache.take().and_then(|c| c.kept) {
-            self.spare = Some(kept);
-        }
+        self.recycle_cache();
         Ok(())
     }
 
     fn forward(&mut self) -> Result<()> {
+        self.recycle_cache();
         let batch = self
             .batch
             .as_ref()
             .ok_or_else(|| Error::Config("forward called before upload_batch".into()))?;
+        let pool = &mut self.pool;
         let cfg = &self.config;
         let (t_len, b, h) = (batch.steps, batch.rows, cfg.hidden_size);
         let n = t_len * b;
@@ -469,7 +508,7 @@ impl<F: Float> Engine for CpuEngine<F> {
         // With an embedding, layer 0 reads the embedded tokens [N, E].
         let embedded = match (self.layout.embed(), cfg.embed, &batch.tokens) {
             (Some(off), Some(e), Some(tokens)) => {
-                let mut x = Array2::<F>::zeros((n, e));
+                let mut x = pool.zeros((n, e));
                 rnn::embed_gather(
                     tokens,
                     view(&self.params, off, cfg.input_size, e),
@@ -484,7 +523,7 @@ impl<F: Float> Engine for CpuEngine<F> {
             // The input of layer k > 0: the states of layer k-1, through dropout when it is on.
             let mask = k.checked_sub(1).and_then(|j| masks.get(j));
             let input = mask.filter(|m| !m.is_identity()).map(|&m| {
-                let mut x = Array2::<F>::zeros((n, h));
+                let mut x = pool.zeros((n, h));
                 let below = layers[k - 1].states.slice(s![b.., ..]);
                 dropout::dropout_forward(below, m, x.view_mut());
                 x
@@ -497,12 +536,12 @@ impl<F: Float> Engine for CpuEngine<F> {
             let c0 = self.c0.get(k);
             let layer = layer_forward(
                 cfg,
-                &self.layout,
-                &self.params,
+                (&self.layout, &self.params),
                 k,
                 batch,
                 below,
                 (&self.h0[k], c0),
+                pool,
             );
             layers.push(LayerCache { input, ..layer });
         }
@@ -511,10 +550,7 @@ impl<F: Float> Engine for CpuEngine<F> {
         let v = cfg.output_size;
         let top = layers[cfg.layers - 1].states.slice(s![b.., ..]);
         let chunk_rows = logit_chunk_rows(n, v, self.logit_budget);
-        let reuse = self
-            .spare
-            .take()
-            .or_else(|| self.cache.take().and_then(|c| c.kept));
+        let reuse = self.spare.take();
         let (kept, sum) = if chunk_rows >= n {
             let (p, d, sum) =
                 output_chunk(cfg, &self.layout, &self.params, top, batch, 0..n, reuse)?;
@@ -560,11 +596,12 @@ impl<F: Float> Engine for CpuEngine<F> {
         let gh = cfg.cell.gates() * h;
         let p = &self.params;
         let g = &mut self.grads;
+        let pool = &mut self.pool;
         let top = cache.layers[cfg.layers - 1].states.slice(s![b.., ..]);
         // Output layer, chunk by chunk (the kept gradient, or each chunk computed again):
         // dW_o += dlogits^T S, db_o += colsum(dlogits), dS = dlogits W_o.
         let (ow, ob) = (self.layout.out_weight(), self.layout.out_bias());
-        let mut ds = Array2::<F>::zeros((n, h));
+        let mut ds = pool.zeros((n, h));
         for rows in logit_chunks(n, cache.chunk_rows) {
             let recomputed;
             let dlogits = match &cache.kept {
@@ -591,8 +628,9 @@ impl<F: Float> Engine for CpuEngine<F> {
             let lc = &cache.layers[k];
             // BPTT through the layer: the gradients of the input-side and recurrent-side
             // pre-activations, [N, G*H] each (the same array for the tanh cell and the LSTM).
-            let (da_ih, da_hh) = layer_backward(cfg, view(p, lo.weight_hh, gh, h), lc, b, ds);
-            let da_hh = da_hh.as_ref().unwrap_or(&da_ih);
+            let (da_ih, da_hh_own) =
+                layer_backward(cfg, view(p, lo.weight_hh, gh, h), lc, b, ds, pool);
+            let da_hh = da_hh_own.as_ref().unwrap_or(&da_ih);
             // Weight gradients over all N rows at once.
             matmul(
                 da_hh.t(),
@@ -623,7 +661,7 @@ impl<F: Float> Engine for CpuEngine<F> {
             // The gradient of the layer's input: passed down, or into the embedding.
             let embedded = k == 0 && cache.embedded.is_some();
             if k > 0 || embedded {
-                let mut dx = Array2::<F>::zeros((n, input));
+                let mut dx = pool.zeros((n, input));
                 matmul(
                     da_ih.view(),
                     view(p, lo.weight_ih, gh, input),
@@ -635,9 +673,16 @@ impl<F: Float> Engine for CpuEngine<F> {
                         dropout::dropout_backward(cache.masks[k - 1], dx.view_mut());
                     }
                     ds = dx;
-                } else if let (Some(off), Some(tokens)) = (self.layout.embed(), &batch.tokens) {
-                    rnn::embed_grad(tokens, dx.view(), view_mut(g, off, cfg.input_size, input));
+                } else {
+                    if let (Some(off), Some(tokens)) = (self.layout.embed(), &batch.tokens) {
+                        rnn::embed_grad(tokens, dx.view(), view_mut(g, off, cfg.input_size, input));
+                    }
+                    pool.give(dx);
                 }
+            }
+            pool.give(da_ih);
+            if let Some(a) = da_hh_own {
+                pool.give(a);
             }
         }
         Ok(())
@@ -798,12 +843,12 @@ impl<F: Float> Engine for CpuEngine<F> {
 /// input of layer k > 0 ([N, H]); layer 0 reads the batch. `init` is (h0, c0), [B, H] each.
 fn layer_forward<F: Float>(
     cfg: &ModelConfig,
-    layout: &ParamLayout,
-    p: &[F],
+    (layout, p): (&ParamLayout, &[F]),
     k: usize,
     batch: &PreparedBatch<F>,
     below: Option<ArrayView2<F>>,
     (h0, c0): (&Array2<F>, Option<&Array2<F>>),
+    pool: &mut pool::Pool<F>,
 ) -> LayerCache<F> {
     let (t_len, b, h) = (batch.steps, batch.rows, cfg.hidden_size);
     let n = t_len * b;
@@ -814,14 +859,17 @@ fn layer_forward<F: Float>(
     let gated = cfg.cell != Cell::Rnn;
     // Every step's product h_{t-1} W_hh^T, with W_hh^T packed (or copied row-major) once for
     // all T steps.
-    let step_w = packed::StepWeight::new(view(p, lo.weight_hh, gh, h).reversed_axes());
+    let step_w = packed::StepWeight::reusing(
+        view(p, lo.weight_hh, gh, h).reversed_axes(),
+        pool.pack_buffer(),
+    );
     let b_ih = &p[lo.bias_ih..lo.bias_ih + gh];
     let b_hh = &p[lo.bias_hh..lo.bias_hh + gh];
-    let mut states = Array2::<F>::zeros(((t_len + 1) * b, h));
+    let mut states = pool.zeros(((t_len + 1) * b, h));
     states.slice_mut(s![0..b, ..]).assign(h0);
     // Input projection over all N rows at once: the tanh cell writes it where its states go
     // (with both biases), a gated cell into its gate array (b_hh joins the recurrent product).
-    let mut gates = Array2::<F>::zeros(if gated { (n, gh) } else { (0, 0) });
+    let mut gates = pool.zeros(if gated { (n, gh) } else { (0, 0) });
     {
         let (u, second) = if gated {
             (gates.view_mut(), None)
@@ -835,9 +883,9 @@ fn layer_forward<F: Float>(
             (None, None, None) => {}
         }
     }
-    let mut a_hh = Array2::<F>::zeros(if gated { (n, gh) } else { (0, 0) });
+    let mut a_hh = pool.zeros(if gated { (n, gh) } else { (0, 0) });
     let mut cells = c0.map(|c0| {
-        let mut c = Array2::<F>::zeros(((t_len + 1) * b, h));
+        let mut c = pool.zeros(((t_len + 1) * b, h));
         c.slice_mut(s![0..b, ..]).assign(c0);
         c
     });
@@ -872,6 +920,7 @@ fn layer_forward<F: Float>(
             None => gru::gru_step_forward(gates_t, a_hh_t.view(), h_prev.view(), h_t),
         }
     }
+    pool.give_pack(step_w.into_buffer());
     LayerCache {
         states,
         cells,
@@ -891,11 +940,12 @@ fn layer_backward<F: Float>(
     lc: &LayerCache<F>,
     b: usize,
     mut ds: Array2<F>,
+    pool: &mut pool::Pool<F>,
 ) -> (Array2<F>, Option<Array2<F>>) {
     let n = ds.nrows();
     let t_len = n / b;
     // dh_{t-1} += dz_t W_hh at every step, W_hh packed once.
-    let step_w = packed::StepWeight::new(w_hh);
+    let step_w = packed::StepWeight::reusing(w_hh, pool.pack_buffer());
     if cfg.cell == Cell::Rnn {
         // In place: ds becomes dz.
         for t in (0..t_len).rev() {
@@ -912,12 +962,13 @@ fn layer_backward<F: Float>(
                 dz_t.view_mut(),
             );
         }
+        pool.give_pack(step_w.into_buffer());
         return (ds, None);
     }
     let gh = lc.gates.ncols();
-    let mut da_ih = Array2::<F>::zeros((n, gh));
-    let mut da_hh = Array2::<F>::zeros(if lc.cells.is_some() { (0, 0) } else { (n, gh) });
-    let mut dc = Array2::<F>::zeros((b, cfg.hidden_size));
+    let mut da_ih = pool.zeros((n, gh));
+    let mut da_hh = pool.zeros(if lc.cells.is_some() { (0, 0) } else { (n, gh) });
+    let mut dc = pool.zeros((b, cfg.hidden_size));
     for t in (0..t_len).rev() {
         let rows = t * b..(t + 1) * b;
         let (before, cur) = ds.view_mut().split_at(Axis(0), t * b);
@@ -955,6 +1006,9 @@ fn layer_backward<F: Float>(
             step_w.product(da_rec, dp);
         }
     }
+    pool.give_pack(step_w.into_buffer());
+    pool.give(dc);
+    pool.give(ds);
     let da_hh = lc.cells.is_none().then_some(da_hh);
     (da_ih, da_hh)
 }

@@ -104,8 +104,22 @@ impl<'a, F: Float> StepWeight<'a, F> {
     /// op(W) [k, n] (any strides): packed for the processor's best kernel when it is larger
     /// than [`PACK_MIN`] (f32), else a row-major copy unless it is row-major already.
     pub fn new(w: ArrayView2<'a, F>) -> Self {
+        Self::reusing(w, Vec::new())
+    }
+
+    /// [`new`](StepWeight::new), packing into `buffer` (a buffer of an earlier
+    /// [`StepWeight::into_buffer`]) instead of a new allocation.
+    pub fn reusing(w: ArrayView2<'a, F>, buffer: Vec<f32>) -> Self {
         let big = w.len() > PACK_MIN;
-        Self::with_kernel(w, Kernel::detect().filter(|_| big))
+        Self::build(w, Kernel::detect().filter(|_| big), buffer)
+    }
+
+    /// The packing buffer, for the next [`StepWeight::reusing`] (empty when nothing was packed).
+    pub fn into_buffer(self) -> Vec<f32> {
+        match self.held {
+            Held::Panels(p) => p.data,
+            _ => Vec::new(),
+        }
     }
 
     /// op(W) packed for `kernel` when the processor runs it and F is f32; else as [`new`]
@@ -113,9 +127,13 @@ impl<'a, F: Float> StepWeight<'a, F> {
     ///
     /// [`new`]: StepWeight::new
     pub fn with_kernel(w: ArrayView2<'a, F>, kernel: Option<Kernel>) -> Self {
+        Self::build(w, kernel, Vec::new())
+    }
+
+    fn build(w: ArrayView2<'a, F>, kernel: Option<Kernel>, buffer: Vec<f32>) -> Self {
         let kernel = kernel.filter(|k| k.supported());
         let held = match (kernel, as_f32(w)) {
-            (Some(kernel), Some(w32)) => Held::Panels(pack(w32, kernel)),
+            (Some(kernel), Some(w32)) => Held::Panels(pack(w32, kernel, buffer)),
             _ if w.is_standard_layout() => Held::View(w),
             _ => Held::Copy(w.as_standard_layout().into_owned()),
         };
@@ -190,10 +208,12 @@ fn as_f32_mut<F: Float>(v: ArrayViewMut2<'_, F>) -> Option<ArrayViewMut2<'_, f32
     })
 }
 
-fn pack(w: ArrayView2<'_, f32>, kernel: Kernel) -> Panels {
+fn pack(w: ArrayView2<'_, f32>, kernel: Kernel, mut data: Vec<f32>) -> Panels {
     let (k, n) = w.dim();
     let count = n.div_ceil(NR);
-    let mut data = vec![0.0f32; count * k * NR];
+    // Zero-filled: the last panel's columns past n stay zero.
+    data.clear();
+    data.resize(count * k * NR, 0.0);
     // Blocks of 32 depths: the strided side of the copy stays within a few cache lines.
     for (p, panel) in data.chunks_exact_mut((k * NR).max(1)).enumerate() {
         let cols = w.slice(ndarray::s![.., p * NR..(p * NR + NR).min(n)]);
