@@ -508,7 +508,7 @@ impl<F: Float> Engine for CpuEngine<F> {
         // With an embedding, layer 0 reads the embedded tokens [N, E].
         let embedded = match (self.layout.embed(), cfg.embed, &batch.tokens) {
             (Some(off), Some(e), Some(tokens)) => {
-                let mut x = pool.zeros((n, e));
+                let mut x = pool.overwritten((n, e));
                 rnn::embed_gather(
                     tokens,
                     view(&self.params, off, cfg.input_size, e),
@@ -523,7 +523,7 @@ impl<F: Float> Engine for CpuEngine<F> {
             // The input of layer k > 0: the states of layer k-1, through dropout when it is on.
             let mask = k.checked_sub(1).and_then(|j| masks.get(j));
             let input = mask.filter(|m| !m.is_identity()).map(|&m| {
-                let mut x = pool.zeros((n, h));
+                let mut x = pool.overwritten((n, h));
                 let below = layers[k - 1].states.slice(s![b.., ..]);
                 dropout::dropout_forward(below, m, x.view_mut());
                 x
@@ -601,7 +601,8 @@ impl<F: Float> Engine for CpuEngine<F> {
         // Output layer, chunk by chunk (the kept gradient, or each chunk computed again):
         // dW_o += dlogits^T S, db_o += colsum(dlogits), dS = dlogits W_o.
         let (ow, ob) = (self.layout.out_weight(), self.layout.out_bias());
-        let mut ds = pool.zeros((n, h));
+        // Written whole by the chunks' `dS = dlogits W_o` (not accumulated).
+        let mut ds = pool.overwritten((n, h));
         for rows in logit_chunks(n, cache.chunk_rows) {
             let recomputed;
             let dlogits = match &cache.kept {
@@ -661,7 +662,7 @@ impl<F: Float> Engine for CpuEngine<F> {
             // The gradient of the layer's input: passed down, or into the embedding.
             let embedded = k == 0 && cache.embedded.is_some();
             if k > 0 || embedded {
-                let mut dx = pool.zeros((n, input));
+                let mut dx = pool.overwritten((n, input));
                 matmul(
                     da_ih.view(),
                     view(p, lo.weight_ih, gh, input),
@@ -865,13 +866,15 @@ fn layer_forward<F: Float>(
     );
     let b_ih = &p[lo.bias_ih..lo.bias_ih + gh];
     let b_hh = &p[lo.bias_hh..lo.bias_hh + gh];
-    let mut states = pool.zeros(((t_len + 1) * b, h));
+    // Overwritten whole: rows 0..B by h0, the others by the input projection (tanh) or the
+    // steps; likewise the gates (the input projection), a_hh (bias + product) and the memories.
+    let mut states = pool.overwritten(((t_len + 1) * b, h));
     states.slice_mut(s![0..b, ..]).assign(h0);
     // Input projection over all N rows at once: the tanh cell writes it where its states go
     // (with both biases), a gated cell into its gate array (b_hh joins the recurrent product).
-    let mut gates = pool.zeros(if gated { (n, gh) } else { (0, 0) });
+    let mut gates = pool.overwritten(if gated { (n, gh) } else { (0, 0) });
     {
-        let (u, second) = if gated {
+        let (mut u, second) = if gated {
             (gates.view_mut(), None)
         } else {
             (states.slice_mut(s![b.., ..]), Some(b_hh))
@@ -880,12 +883,12 @@ fn layer_forward<F: Float>(
             (None, Some(tokens), _) => rnn::input_gather_onehot(tokens, w_ih, b_ih, second, u),
             (None, _, Some(x)) => rnn::input_projection_dense(x.view(), w_ih, b_ih, second, u),
             (Some(x), _, _) => rnn::input_projection_dense(x, w_ih, b_ih, second, u),
-            (None, None, None) => {}
+            (None, None, None) => u.fill(F::zero()),
         }
     }
-    let mut a_hh = pool.zeros(if gated { (n, gh) } else { (0, 0) });
+    let mut a_hh = pool.overwritten(if gated { (n, gh) } else { (0, 0) });
     let mut cells = c0.map(|c0| {
-        let mut c = pool.zeros(((t_len + 1) * b, h));
+        let mut c = pool.overwritten(((t_len + 1) * b, h));
         c.slice_mut(s![0..b, ..]).assign(c0);
         c
     });
@@ -966,8 +969,9 @@ fn layer_backward<F: Float>(
         return (ds, None);
     }
     let gh = lc.gates.ncols();
-    let mut da_ih = pool.zeros((n, gh));
-    let mut da_hh = pool.zeros(if lc.cells.is_some() { (0, 0) } else { (n, gh) });
+    // Both written whole by the step kernels, row block by row block.
+    let mut da_ih = pool.overwritten((n, gh));
+    let mut da_hh = pool.overwritten(if lc.cells.is_some() { (0, 0) } else { (n, gh) });
     let mut dc = pool.zeros((b, cfg.hidden_size));
     for t in (0..t_len).rev() {
         let rows = t * b..(t + 1) * b;

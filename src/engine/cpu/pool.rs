@@ -31,7 +31,17 @@ impl<F> Default for Pool<F> {
 
 impl<F: Float> Pool<F> {
     /// A zero-filled `[rows, cols]` array, on a recycled buffer of that length when there is one.
-    pub fn zeros(&mut self, (rows, cols): (usize, usize)) -> Array2<F> {
+    pub fn zeros(&mut self, shape: (usize, usize)) -> Array2<F> {
+        self.take(shape, true)
+    }
+
+    /// A `[rows, cols]` array for the caller to overwrite entirely: a recycled buffer keeps the
+    /// values of an earlier step (no zero-fill), a new one is zero.
+    pub fn overwritten(&mut self, shape: (usize, usize)) -> Array2<F> {
+        self.take(shape, false)
+    }
+
+    fn take(&mut self, (rows, cols): (usize, usize), zero: bool) -> Array2<F> {
         let len = rows * cols;
         if len == 0 {
             return Array2::zeros((rows, cols));
@@ -39,7 +49,9 @@ impl<F: Float> Pool<F> {
         let data = match self.free.iter().rposition(|v| v.len() == len) {
             Some(i) => {
                 let mut v = self.free.remove(i);
-                v.fill(F::zero());
+                if zero {
+                    v.fill(F::zero());
+                }
                 v
             }
             None => {
