@@ -22,7 +22,8 @@
 #   bench.log     the sweep's notes and errors
 #   matmul.md     the WGSL matmul's TFLOP/s at 4096^3 and 8192x512x512
 #   kernels.log   criterion: the step's kernels on the GPU (FLOP / element throughput)
-# and exits non-zero if the agreement tests fail (the benchmarks still run first).
+# and exits non-zero if the agreement tests fail (the benchmarks still run first). The stages'
+# timeouts add up to 540 s, so the whole run fits one 600 s call of a lent device.
 # For a dry run on a small or software adapter, GPU_BENCH_ARGS adds options to the sweep
 # (e.g. "--hidden 16 --batch 4 --seq-len 8"), GPU_MATMUL_ARGS to the matmul (e.g.
 # "--matmul-shape 64x64x64"), GPU_WORDS_ARGS replaces the word-level run's shape, GPU_RECURRENCE_ARGS the recurrence
@@ -115,13 +116,13 @@ fi
 cat "$OUT/env.txt"
 
 echo "== GPU-vs-CPU agreement tests"
-UNROLL_REQUIRE_GPU=1 timeout 120 "$KIT/tests" gpu --test-threads 1 >"$OUT/tests.log" 2>&1
+UNROLL_REQUIRE_GPU=1 timeout 100 "$KIT/tests" gpu --test-threads 1 >"$OUT/tests.log" 2>&1
 TESTS=$?
 tail -n 5 "$OUT/tests.log"
 
 echo "== unroll bench --device gpu --baseline pytorch (DESIGN.md §5 sweep)"
 # shellcheck disable=SC2086
-timeout 240 "$KIT/unroll" bench --device gpu --baseline pytorch --profile ${GPU_BENCH_ARGS:-} \
+timeout 200 "$KIT/unroll" bench --device gpu --baseline pytorch --profile ${GPU_BENCH_ARGS:-} \
   --json-out "$OUT/bench.json" >"$OUT/bench.md" 2>"$OUT/bench.log"
 echo "exit $?"
 cat "$OUT/bench.md"
@@ -130,7 +131,7 @@ grep -v -e '^measuring' -e 'UserWarning' -e '_conversion_method' "$OUT/bench.log
 echo "== word-level models: V = 10,000 with an embedding, against nn.Embedding + PyTorch"
 WORDS="--cell rnn,lstm --hidden 512 --embed 512 --vocab-size 10000 --batch 64 --seq-len 35"
 # shellcheck disable=SC2086
-timeout 90 "$KIT/unroll" bench --device gpu --baseline pytorch --repeats 10 \
+timeout 60 "$KIT/unroll" bench --device gpu --baseline pytorch --repeats 10 \
   ${GPU_WORDS_ARGS:-$WORDS} >"$OUT/words.md" 2>>"$OUT/bench.log"
 echo "exit $?"
 cat "$OUT/words.md"
@@ -139,7 +140,7 @@ echo "== recurrence kernels side by side (rows / wide / steps) at H = 128 and 51
 for h in 128 512; do
   for r in rows wide steps; do
     # shellcheck disable=SC2086
-    timeout 30 "$KIT/unroll" bench --device gpu --recurrence "$r" --repeats 10 --hidden "$h" \
+    timeout 15 "$KIT/unroll" bench --device gpu --recurrence "$r" --repeats 10 --hidden "$h" \
       ${GPU_RECURRENCE_ARGS:---cell rnn,lstm --batch 64 --seq-len 128} \
       2>>"$OUT/bench.log" | grep '^| gpu' >>"$OUT/recurrence.md"
   done
@@ -148,12 +149,12 @@ cat "$OUT/recurrence.md"
 
 echo "== WGSL matmul TFLOP/s"
 # shellcheck disable=SC2086
-timeout 60 "$KIT/unroll" bench --matmul ${GPU_MATMUL_ARGS:-} >"$OUT/matmul.md" 2>&1
+timeout 45 "$KIT/unroll" bench --matmul ${GPU_MATMUL_ARGS:-} >"$OUT/matmul.md" 2>&1
 echo "exit $?"
 cat "$OUT/matmul.md"
 
 echo "== criterion: the step's kernels on the GPU"
-timeout 60 "$KIT/kernels" --bench "${GPU_KERNELS_FILTER:-gpu}" >"$OUT/kernels.log" 2>&1
+timeout 45 "$KIT/kernels" --bench "${GPU_KERNELS_FILTER:-gpu}" >"$OUT/kernels.log" 2>&1
 echo "exit $?"
 grep -E '^gpu/|thrpt' "$OUT/kernels.log" | head -n 60
 
