@@ -14,7 +14,6 @@
 //! GEMM alone.
 
 pub mod matmul;
-pub mod phases;
 pub mod pytorch;
 
 use std::time::Instant;
@@ -437,19 +436,8 @@ impl StepBench {
         let mut profiles = Vec::new();
         if profile {
             profiles.push(self.profile(timing.repeats)?);
-            if let Some(p) = self.gpu_phase_profile(timing.repeats)? {
+            if let Some(p) = self.phase_profile(timing.repeats)? {
                 profiles.push(p);
-            }
-            if self.engine.device() == DeviceKind::Cpu
-                && self.shape.cell == Cell::Rnn
-                && self.shape.layers == 1
-                && self.shape.embed.is_none()
-            {
-                profiles.push(phases::cpu_kernel_phases(
-                    &self.shape,
-                    timing.repeats,
-                    self.next as u64,
-                )?);
             }
         }
         // A diverged step would make the numbers meaningless: the norm read-back says so.
@@ -529,44 +517,37 @@ impl StepBench {
         };
         Profile::from_samples(&NAMES, &samples, method)
     }
-}
-
-impl StepBench {
-    /// On a GPU with timestamp queries: the device time of each phase of the step (the
-    /// engine's kernels tagged by phase, timed per compute pass), median over `repeats` steps;
-    /// `None` on the CPU or without timestamp queries.
-    pub fn gpu_phase_profile(&mut self, repeats: usize) -> Result<Option<Profile>> {
-        let ok = match &mut self.engine {
-            BenchEngine::Gpu(e) if e.context().has_timestamps() => {
-                e.set_phase_profile(true)?;
-                e.take_phase_times()?;
-                true
-            }
-            _ => false,
-        };
-        if !ok {
+    /// The time of each phase of the step inside the engine, median over `repeats` steps:
+    /// device time on a GPU with timestamp queries (its kernels tagged by phase, timed per
+    /// compute pass), the wall clock around the same parts of the CPU engine's calls. `None` on
+    /// a GPU without timestamp queries.
+    pub fn phase_profile(&mut self, repeats: usize) -> Result<Option<Profile>> {
+        if let BenchEngine::Gpu(e) = &self.engine
+            && !e.context().has_timestamps()
+        {
             return Ok(None);
         }
+        let engine = self.engine.engine();
+        engine.set_phase_profile(true)?;
+        engine.take_phase_times()?;
         let mut steps = Vec::with_capacity(repeats);
         let mut walls = Vec::with_capacity(repeats);
         for _ in 0..repeats.max(1) {
             let t0 = Instant::now();
-            let step = self.step();
-            let times = match &mut self.engine {
-                BenchEngine::Gpu(e) => e.take_phase_times(),
-                BenchEngine::Cpu(_) => Ok(None),
-            };
+            let times = self
+                .step()
+                .and_then(|()| self.engine.engine().take_phase_times());
             walls.push(t0.elapsed().as_secs_f64() * 1e3);
-            match (step, times) {
-                (Ok(()), Ok(Some(t))) => steps.push(t),
-                (Err(e), _) | (_, Err(e)) => {
-                    self.stop_phase_profile()?;
+            match times {
+                Ok(Some(t)) => steps.push(t),
+                Ok(None) => {}
+                Err(e) => {
+                    self.engine.engine().set_phase_profile(false)?;
                     return Err(e);
                 }
-                (Ok(()), Ok(None)) => {}
             }
         }
-        self.stop_phase_profile()?;
+        self.engine.engine().set_phase_profile(false)?;
         let phases: Vec<StepPhase> = StepPhase::ALL
             .into_iter()
             .filter(|&p| steps.iter().any(|t| t.of(p) > 0.0))
@@ -576,24 +557,25 @@ impl StepBench {
             .iter()
             .map(|&p| steps.iter().map(|t| t.of(p) * 1e-6).collect())
             .collect();
-        let device: Vec<f64> = steps.iter().map(|t| t.total() * 1e-6).collect();
-        let method = format!(
-            "device time per phase from GPU timestamp queries at the start and end of each \
-             phase's compute passes, median over {} steps; the phases add up to {:.3} ms of \
-             device time, against {:.3} ms per step on the wall clock in this mode (every submit \
-             waits for its timestamps; copies, clears and the gaps between passes are in no phase)",
-            steps.len(),
-            Spread::of(&device)?.median,
-            Spread::of(&walls)?.median,
-        );
+        let sum: Vec<f64> = steps.iter().map(|t| t.total() * 1e-6).collect();
+        let (sum, wall) = (Spread::of(&sum)?.median, Spread::of(&walls)?.median);
+        let method = match self.engine.device() {
+            DeviceKind::Gpu => format!(
+                "device time per phase from GPU timestamp queries at the start and end of each \
+                 phase's compute passes, median over {} steps; the phases add up to {sum:.3} ms \
+                 of device time, against {wall:.3} ms per step on the wall clock in this mode \
+                 (every submit waits for its timestamps; copies, clears and the gaps between \
+                 passes are in no phase)",
+                steps.len(),
+            ),
+            DeviceKind::Cpu => format!(
+                "wall clock per phase inside the engine's calls, median over {} steps; the \
+                 phases add up to {sum:.3} ms against {wall:.3} ms per step (the batch \
+                 upload, zeroing the gradients and the state carry are in no phase)",
+                steps.len(),
+            ),
+        };
         Profile::from_samples(&names, &samples, method).map(Some)
-    }
-
-    fn stop_phase_profile(&mut self) -> Result<()> {
-        match &mut self.engine {
-            BenchEngine::Gpu(e) => e.set_phase_profile(false),
-            BenchEngine::Cpu(_) => Ok(()),
-        }
     }
 }
 

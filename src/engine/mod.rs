@@ -12,6 +12,7 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod profile;
 pub mod select;
 
 use crate::error::{Error, Result};
@@ -262,6 +263,14 @@ pub trait Engine {
         let _ = recurrence;
         Ok(())
     }
+    /// Starts (`true`) or stops timing each [`profile::StepPhase`] of the calls that follow:
+    /// device time from timestamp queries on the GPU (an error where the device has none, and
+    /// every submit then waits for its timestamps), the wall clock inside the calls on the CPU.
+    /// Results are the same with and without it.
+    fn set_phase_profile(&mut self, on: bool) -> Result<()>;
+    /// The time per phase since the last call (everything recorded is run first); `None` when
+    /// not profiling.
+    fn take_phase_times(&mut self) -> Result<Option<profile::PhaseTimes>>;
 }
 
 /// How the GPU engine runs the recurrent product of each time step.

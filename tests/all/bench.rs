@@ -5,6 +5,7 @@
 use std::process::{Command, Output};
 
 use unroll::bench::{DeviceKind, Spread, StepBench, StepShape, Timing, parse_cell};
+use unroll::engine::profile::StepPhase;
 use unroll::model::Cell;
 
 use crate::common;
@@ -269,17 +270,32 @@ fn spread_has_the_median_and_nearest_rank_percentiles() {
 
 #[test]
 fn the_library_measures_a_step_without_the_command_line() {
-    let shape = StepShape::new(Cell::Rnn, 7, 6, 2, 4);
-    let mut bench = StepBench::new(DeviceKind::Cpu, shape, 3).unwrap();
-    let timing = Timing {
-        warmup: 1,
-        repeats: 2,
-        block: 2,
-    };
-    let r = bench.measure(timing, true).unwrap();
-    assert!(r.tokens_per_s > 0.0);
-    assert_eq!(r.step_ms.samples, 2);
-    assert_eq!(r.profile.len(), 2);
-    assert_eq!(r.profile[0].phases.len(), 5);
-    assert_eq!(r.profile[1].phases.len(), 6);
+    for cell in [Cell::Rnn, Cell::Lstm] {
+        let shape = StepShape::new(cell, 7, 6, 2, 4);
+        let mut bench = StepBench::new(DeviceKind::Cpu, shape, 3).unwrap();
+        let timing = Timing {
+            warmup: 1,
+            repeats: 2,
+            block: 2,
+        };
+        let r = bench.measure(timing, true).unwrap();
+        assert!(r.tokens_per_s > 0.0);
+        assert_eq!(r.step_ms.samples, 2);
+        // Per engine call, then per phase inside the engine: every phase of the step timed.
+        assert_eq!(r.profile.len(), 2);
+        assert_eq!(r.profile[0].phases.len(), 5);
+        let names: Vec<&str> = r.profile[1]
+            .phases
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        let want: Vec<&str> = StepPhase::ALL
+            .iter()
+            .filter(|&&p| p != StepPhase::Other)
+            .map(|p| p.name())
+            .collect();
+        assert_eq!(names, want, "{cell:?}");
+        assert!(r.profile[1].phases.iter().all(|p| p.ms > 0.0), "{r:?}");
+        assert!(r.profile[1].method.contains("wall clock"), "{r:?}");
+    }
 }

@@ -22,6 +22,7 @@ pub mod rnn;
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
 
+use crate::engine::profile::{self, PhaseClock, PhaseTimes, StepPhase};
 use crate::engine::{
     Batch, DEFAULT_LOGIT_BUDGET, Dropout, Engine, Inputs, LossStats, Targets, logit_chunk_rows,
     logit_chunks, outputs_not_kept,
@@ -306,6 +307,8 @@ pub struct CpuEngine<F: Float = f32> {
     spare: Option<(Array2<F>, Array2<F>)>,
     /// The other arrays of earlier steps, for the next ones.
     pool: pool::Pool<F>,
+    /// With a phase profile: the time per phase of the step.
+    clock: Option<PhaseClock>,
     batch: Option<PreparedBatch<F>>,
     cache: Option<Cache<F>>,
 }
@@ -315,6 +318,27 @@ impl<F: Float> CpuEngine<F> {
     /// batch shape repeats, steps take them from earlier steps instead.
     pub fn step_allocations(&self) -> u64 {
         self.pool.allocated()
+    }
+
+    /// The norm, clipping and update of `optimizer_step`.
+    fn update(&mut self, config: &OptimizerConfig, lr: f32) {
+        let norm = reduce::sum_of_squares(&self.grads).sqrt();
+        self.last_norm = norm;
+        self.opt_step += 1;
+        if !norm.is_finite() {
+            // As on the GPU: the update is skipped and `grad_norm` reports the divergence.
+            return;
+        }
+        optim::optimizer_update(
+            config,
+            lr as f64,
+            self.opt_step,
+            clip_scale(norm, config.clip),
+            &mut self.params,
+            &self.grads,
+            &mut self.moments_m,
+            &mut self.moments_v,
+        );
     }
 
     /// Hands the last forward's arrays on: its output arrays to the next forward (when they
@@ -381,6 +405,7 @@ impl<F: Float> CpuEngine<F> {
             logit_budget: DEFAULT_LOGIT_BUDGET,
             spare: None,
             pool: pool::Pool::default(),
+            clock: None,
             batch: None,
             cache: None,
         };
@@ -499,6 +524,8 @@ impl<F: Float> Engine for CpuEngine<F> {
             .as_ref()
             .ok_or_else(|| Error::Config("forward called before upload_batch".into()))?;
         let pool = &mut self.pool;
+        let clock = &mut self.clock;
+        profile::enter(clock, StepPhase::Input);
         let cfg = &self.config;
         let (t_len, b, h) = (batch.steps, batch.rows, cfg.hidden_size);
         let n = t_len * b;
@@ -521,6 +548,7 @@ impl<F: Float> Engine for CpuEngine<F> {
         let mut layers: Vec<LayerCache<F>> = Vec::with_capacity(cfg.layers);
         for k in 0..cfg.layers {
             // The input of layer k > 0: the states of layer k-1, through dropout when it is on.
+            profile::enter(clock, StepPhase::Input);
             let mask = k.checked_sub(1).and_then(|j| masks.get(j));
             let input = mask.filter(|m| !m.is_identity()).map(|&m| {
                 let mut x = pool.overwritten((n, h));
@@ -541,12 +569,13 @@ impl<F: Float> Engine for CpuEngine<F> {
                 batch,
                 below,
                 (&self.h0[k], c0),
-                pool,
+                (pool, clock),
             );
             layers.push(LayerCache { input, ..layer });
         }
         // The output layer over all N rows, in chunks when the logits exceed the budget: the
         // projection, then the fused output nonlinearity + loss + gradient.
+        profile::enter(clock, StepPhase::Output);
         let v = cfg.output_size;
         let top = layers[cfg.layers - 1].states.slice(s![b.., ..]);
         let chunk_rows = logit_chunk_rows(n, v, self.logit_budget);
@@ -573,6 +602,7 @@ impl<F: Float> Engine for CpuEngine<F> {
                 count: batch.count,
             },
         });
+        profile::stop(&mut self.clock);
         Ok(())
     }
 
@@ -597,6 +627,8 @@ impl<F: Float> Engine for CpuEngine<F> {
         let p = &self.params;
         let g = &mut self.grads;
         let pool = &mut self.pool;
+        let clock = &mut self.clock;
+        profile::enter(clock, StepPhase::OutputBackward);
         let top = cache.layers[cfg.layers - 1].states.slice(s![b.., ..]);
         // Output layer, chunk by chunk (the kept gradient, or each chunk computed again):
         // dW_o += dlogits^T S, db_o += colsum(dlogits), dS = dlogits W_o.
@@ -608,8 +640,10 @@ impl<F: Float> Engine for CpuEngine<F> {
             let dlogits = match &cache.kept {
                 Some((_, d)) => d.view(),
                 None => {
+                    profile::enter(clock, StepPhase::Output);
                     recomputed =
                         output_chunk(cfg, &self.layout, p, top, batch, rows.clone(), None)?.1;
+                    profile::enter(clock, StepPhase::OutputBackward);
                     recomputed.view()
                 }
             };
@@ -629,8 +663,10 @@ impl<F: Float> Engine for CpuEngine<F> {
             let lc = &cache.layers[k];
             // BPTT through the layer: the gradients of the input-side and recurrent-side
             // pre-activations, [N, G*H] each (the same array for the tanh cell and the LSTM).
+            profile::enter(clock, StepPhase::BackwardRecurrence);
             let (da_ih, da_hh_own) =
                 layer_backward(cfg, view(p, lo.weight_hh, gh, h), lc, b, ds, pool);
+            profile::enter(clock, StepPhase::WeightGradients);
             let da_hh = da_hh_own.as_ref().unwrap_or(&da_ih);
             // Weight gradients over all N rows at once.
             matmul(
@@ -686,6 +722,7 @@ impl<F: Float> Engine for CpuEngine<F> {
                 pool.give(a);
             }
         }
+        profile::stop(clock);
         Ok(())
     }
 
@@ -695,24 +732,19 @@ impl<F: Float> Engine for CpuEngine<F> {
 
     fn optimizer_step(&mut self, config: &OptimizerConfig, lr: f32) -> Result<()> {
         config.validate()?;
-        let norm = reduce::sum_of_squares(&self.grads).sqrt();
-        self.last_norm = norm;
-        self.opt_step += 1;
-        if !norm.is_finite() {
-            // As on the GPU: the update is skipped and `grad_norm` reports the divergence.
-            return Ok(());
-        }
-        optim::optimizer_update(
-            config,
-            lr as f64,
-            self.opt_step,
-            clip_scale(norm, config.clip),
-            &mut self.params,
-            &self.grads,
-            &mut self.moments_m,
-            &mut self.moments_v,
-        );
+        profile::enter(&mut self.clock, StepPhase::Optimizer);
+        self.update(config, lr);
+        profile::stop(&mut self.clock);
         Ok(())
+    }
+
+    fn set_phase_profile(&mut self, on: bool) -> Result<()> {
+        self.clock = on.then(PhaseClock::default);
+        Ok(())
+    }
+
+    fn take_phase_times(&mut self) -> Result<Option<PhaseTimes>> {
+        Ok(self.clock.as_mut().map(PhaseClock::take))
     }
 
     fn grad_norm(&mut self) -> Result<f32> {
@@ -849,7 +881,7 @@ fn layer_forward<F: Float>(
     batch: &PreparedBatch<F>,
     below: Option<ArrayView2<F>>,
     (h0, c0): (&Array2<F>, Option<&Array2<F>>),
-    pool: &mut pool::Pool<F>,
+    (pool, clock): (&mut pool::Pool<F>, &mut Option<PhaseClock>),
 ) -> LayerCache<F> {
     let (t_len, b, h) = (batch.steps, batch.rows, cfg.hidden_size);
     let n = t_len * b;
@@ -893,6 +925,7 @@ fn layer_forward<F: Float>(
         c
     });
     // The recurrence, one time step at a time.
+    profile::enter(clock, StepPhase::ForwardRecurrence);
     for t in 0..t_len {
         let rows = t * b..(t + 1) * b;
         let (prev, mut cur) = states.view_mut().split_at(Axis(0), (t + 1) * b);

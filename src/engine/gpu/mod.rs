@@ -252,27 +252,6 @@ impl GpuEngine {
         self.recorder.counts()
     }
 
-    /// Starts or stops timing every submit's kernels per phase of the step with timestamp
-    /// queries (see [`profile`]); profiling waits for the device at every submit. An error when
-    /// the device has no timestamp queries.
-    pub fn set_phase_profile(&mut self, on: bool) -> Result<()> {
-        self.flush()?;
-        let profiler = if on {
-            Some(Profiler::new(&self.ctx)?)
-        } else {
-            None
-        };
-        self.recorder.set_profiler(profiler);
-        Ok(())
-    }
-
-    /// The device time per phase of the work submitted since the last call (everything
-    /// recorded is submitted first); `None` when not profiling.
-    pub fn take_phase_times(&mut self) -> Result<Option<PhaseTimes>> {
-        self.flush()?;
-        Ok(self.recorder.take_phase_times())
-    }
-
     /// How the current batch shape's recurrent products run ("rows": one dispatch per layer and
     /// direction; "wide" or "steps": one per time step), once a batch has been uploaded.
     pub fn recurrence_kernel(&self) -> Option<&'static str> {
@@ -1228,6 +1207,22 @@ impl Engine for GpuEngine {
             self.logit_budget = elements;
         }
         Ok(())
+    }
+
+    fn set_phase_profile(&mut self, on: bool) -> Result<()> {
+        self.flush()?;
+        let profiler = if on {
+            Some(Profiler::new(&self.ctx)?)
+        } else {
+            None
+        };
+        self.recorder.set_profiler(profiler);
+        Ok(())
+    }
+
+    fn take_phase_times(&mut self) -> Result<Option<PhaseTimes>> {
+        self.flush()?;
+        Ok(self.recorder.take_phase_times())
     }
 
     fn set_recurrence(&mut self, recurrence: Recurrence) -> Result<()> {

@@ -8,88 +8,11 @@
 //! device at every submit; the device times it reports are unaffected by that wait, but copies,
 //! clears and the gaps between passes are in no phase.
 
+pub use crate::engine::profile::{PhaseTimes, StepPhase};
+
 use crate::engine::gpu::buffers::map_read;
 use crate::engine::gpu::context::GpuContext;
 use crate::error::{Error, Result};
-
-/// The parts of a training step, in the order the engine runs them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum StepPhase {
-    /// Embedding, dropout between layers and the input projection over all T*B rows.
-    Input,
-    /// The T recurrent steps of every layer, forward.
-    ForwardRecurrence,
-    /// Output GEMM, fused softmax/loss and the loss sum (and, when the output layer runs in
-    /// chunks, its recomputation in the backward).
-    Output,
-    /// dW_o, db_o and dS = dlogits W_o.
-    OutputBackward,
-    /// BPTT through the T steps of every layer.
-    BackwardRecurrence,
-    /// dW_hh, the bias gradients, dW_ih and the gradient into the layer below or the embedding.
-    WeightGradients,
-    /// Gradient norm, clipping and the parameter update.
-    Optimizer,
-    /// Anything not tagged (one-off work).
-    #[default]
-    Other,
-}
-
-impl StepPhase {
-    /// Every phase, in step order.
-    pub const ALL: [StepPhase; 8] = [
-        StepPhase::Input,
-        StepPhase::ForwardRecurrence,
-        StepPhase::Output,
-        StepPhase::OutputBackward,
-        StepPhase::BackwardRecurrence,
-        StepPhase::WeightGradients,
-        StepPhase::Optimizer,
-        StepPhase::Other,
-    ];
-
-    /// The phase's name in profiles (the CPU profile's names where the phases correspond).
-    pub fn name(self) -> &'static str {
-        match self {
-            StepPhase::Input => "input projection (embedding, dropout, W_ih x)",
-            StepPhase::ForwardRecurrence => "forward recurrence (T steps)",
-            StepPhase::Output => "output GEMM + softmax cross-entropy",
-            StepPhase::OutputBackward => "output backward GEMMs (dW_o, db_o, dS)",
-            StepPhase::BackwardRecurrence => "backward recurrence (T steps)",
-            StepPhase::WeightGradients => "weight-gradient GEMMs (dW_hh, biases, dW_ih)",
-            StepPhase::Optimizer => "optimizer (norm + clip + SGD)",
-            StepPhase::Other => "other kernels",
-        }
-    }
-
-    fn index(self) -> usize {
-        StepPhase::ALL
-            .iter()
-            .position(|&p| p == self)
-            .unwrap_or(StepPhase::ALL.len() - 1)
-    }
-}
-
-/// Device time per phase, summed over the submits since the last [`Profiler::take`].
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PhaseTimes {
-    /// Nanoseconds per phase, indexed like [`StepPhase::ALL`].
-    pub ns: [f64; StepPhase::ALL.len()],
-    /// Compute passes timed.
-    pub passes: u64,
-}
-
-impl PhaseTimes {
-    /// The nanoseconds of `phase`.
-    pub fn of(&self, phase: StepPhase) -> f64 {
-        self.ns[phase.index()]
-    }
-
-    /// The sum over every phase.
-    pub fn total(&self) -> f64 {
-        self.ns.iter().sum()
-    }
-}
 
 /// The most queries one submit writes (two per pass); passes beyond it stay untimed and are
 /// reported as such. wgpu allows 4096 queries per set.
@@ -188,7 +111,7 @@ impl Profiler {
         for (phase, pair) in phases.iter().zip(ticks.chunks_exact(2)) {
             // A counter that wrapped or was reset between the two writes gives no time.
             let ns = pair[1].saturating_sub(pair[0]) as f64 * period;
-            self.times.ns[phase.index()] += ns;
+            self.times.add(*phase, ns);
             self.times.passes += 1;
         }
         Ok(())
