@@ -558,6 +558,11 @@ impl StepBench {
             .map(|&p| steps.iter().map(|t| t.of(p) * 1e-6).collect())
             .collect();
         let sum: Vec<f64> = steps.iter().map(|t| t.total() * 1e-6).collect();
+        let untimed: u64 = steps.iter().map(|t| t.untimed_passes).sum();
+        let untimed = match untimed {
+            0 => String::new(),
+            u => format!("; {u} compute passes found no free timestamp query and are in no phase"),
+        };
         let (sum, wall) = (Spread::of(&sum)?.median, Spread::of(&walls)?.median);
         let method = match self.engine.device() {
             DeviceKind::Gpu => format!(
@@ -565,7 +570,7 @@ impl StepBench {
                  phase's compute passes, median over {} steps; the phases add up to {sum:.3} ms \
                  of device time, against {wall:.3} ms per step on the wall clock in this mode \
                  (every submit waits for its timestamps; copies, clears and the gaps between \
-                 passes are in no phase)",
+                 passes are in no phase){untimed}",
                 steps.len(),
             ),
             DeviceKind::Cpu => format!(

@@ -70,6 +70,9 @@ pub struct PhaseTimes {
     pub ns: [f64; StepPhase::ALL.len()],
     /// GPU: compute passes timed (0 on the CPU).
     pub passes: u64,
+    /// GPU: compute passes left untimed (more in one submit than a query set holds); their
+    /// time is in no phase.
+    pub untimed_passes: u64,
 }
 
 impl PhaseTimes {

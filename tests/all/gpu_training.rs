@@ -578,3 +578,50 @@ fn auto_picks_the_recurrence_kernel_by_cell_and_size() {
         );
     }
 }
+
+#[test]
+fn passes_beyond_the_query_set_are_counted_as_untimed() {
+    use unroll::engine::gpu::buffers::{at, storage};
+    use unroll::engine::gpu::matmul::{RowsEpilogue, RowsInput, matmul_rows, plain};
+    use unroll::engine::gpu::pipelines::Pipelines;
+    use unroll::engine::gpu::plan::{Plan, Recorder};
+    use unroll::engine::gpu::profile::Profiler;
+    let Some(ctx) = common::gpu("untimed passes") else {
+        return;
+    };
+    if !ctx.has_timestamps() {
+        return;
+    }
+    // 2100 one-element products whose phase alternates: 2100 passes, 2048 of them timed.
+    let (x, w, out) = (
+        storage(&ctx, "x", 1).unwrap(),
+        storage(&ctx, "w", 1).unwrap(),
+        storage(&ctx, "out", 1).unwrap(),
+    );
+    let calls = (0..2100)
+        .map(|_| {
+            matmul_rows(
+                &ctx,
+                (1, 1, 1),
+                RowsInput::Separate(at(&x, 0)),
+                plain(at(&w, 0)),
+                at(&out, 0),
+                RowsEpilogue::Accumulate,
+            )
+            .unwrap()
+        })
+        .collect();
+    let marks: Vec<(usize, StepPhase)> = (0..2100).map(|i| (i, StepPhase::ALL[i % 2])).collect();
+    let mut pipes = Pipelines::default();
+    let plan = Plan::build(&ctx, &mut pipes, "passes", calls)
+        .unwrap()
+        .in_phases(&marks);
+    let mut rec = Recorder::default();
+    rec.set_profiler(Some(Profiler::new(&ctx).unwrap()));
+    rec.record(&plan);
+    rec.submit(&ctx).unwrap();
+    let times = rec.take_phase_times().unwrap();
+    assert_eq!(rec.counts().passes, 2100);
+    assert_eq!((times.passes, times.untimed_passes), (2048, 52));
+    assert!(times.of(StepPhase::ALL[0]) > 0.0 && times.of(StepPhase::ALL[1]) > 0.0);
+}

@@ -322,7 +322,7 @@ impl Recorder {
                         }
                         Some(_) => {
                             if let Some(p) = self.profiler.as_mut() {
-                                p.untimed_passes += 1;
+                                p.untimed();
                             }
                             None
                         }

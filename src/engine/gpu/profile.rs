@@ -22,8 +22,6 @@ const MAX_QUERIES: u32 = 4096;
 pub struct Profiler {
     queries: Option<(wgpu::QuerySet, wgpu::Buffer, wgpu::Buffer, u32)>,
     times: PhaseTimes,
-    /// Passes that found no free query (more than [`MAX_QUERIES`] / 2 in one submit).
-    pub untimed_passes: u64,
 }
 
 impl Profiler {
@@ -39,7 +37,6 @@ impl Profiler {
         Ok(Profiler {
             queries: None,
             times: PhaseTimes::default(),
-            untimed_passes: 0,
         })
     }
 
@@ -76,6 +73,11 @@ impl Profiler {
             self.queries = Some((set, resolve, readback, want));
         }
         self.queries.as_ref().map(|q| &q.0)
+    }
+
+    /// Counts a pass that found no free query (more than [`MAX_QUERIES`] / 2 in one submit).
+    pub fn untimed(&mut self) {
+        self.times.untimed_passes += 1;
     }
 
     /// How many passes the query set can time.
