@@ -44,18 +44,9 @@ pub enum Kernel {
 impl Kernel {
     /// The best kernel this processor runs, if any.
     pub fn detect() -> Option<Kernel> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Some(Kernel::Avx512);
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Some(Kernel::Avx2);
-            }
-        }
-        None
+        [Kernel::Avx512, Kernel::Avx2]
+            .into_iter()
+            .find(|k| k.supported())
     }
 
     /// Whether this processor runs `self`.

@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::model::{Cell, InputKind, ModelConfig, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState};
 
-use self::buffers::{at, read, storage, storage_with, write};
+use self::buffers::{Region, at, read, storage, storage_with, write};
 pub use self::context::{AdapterSummary, GpuContext, list_adapters};
 use self::gru::GateStep;
 use self::matmul::{Biases, RowsEpilogue, RowsInput, matmul, matmul_rows, plain, transposed};
@@ -98,41 +98,30 @@ struct DropoutSlot {
     boundary: usize,
 }
 
-/// `ds[t-1] += da_t W_hh` for step t of a gated layer: the recurrent part of the previous
-/// state's gradient, ONE product for all gates (spread over the columns when `wide`, else
-/// tiled). Sizes (B, H, G*H).
-#[allow(clippy::too_many_arguments)]
-fn recurrent_grad(
+/// A gated layer's per-step product `out = x op(W) + b` (`bias`, with W's buffer) or
+/// `out += x op(W)` (`bias` None): spread over the output columns when `wide`
+/// ([`matmul_rows`]), else the tiled [`matmul`]. Sizes (B, n, depth).
+fn step_product(
     ctx: &GpuContext,
-    (rows, h, gh): (usize, usize, usize),
-    p: &wgpu::Buffer,
-    lo: crate::model::LayerOffsets,
-    da: &wgpu::Buffer,
-    ds: &wgpu::Buffer,
-    t: usize,
     wide: bool,
+    dims: (usize, usize, usize),
+    (x, w, out): (Region<'_>, matmul::Operand<'_>, Region<'_>),
+    bias: Option<usize>,
 ) -> Result<Vec<Call>> {
-    let (da_t, ds_prev) = (at(da, t * rows * gh), at(ds, (t - 1) * rows * h));
     if wide {
-        let call = matmul_rows(
-            ctx,
-            (rows, h, gh),
-            RowsInput::Separate(da_t),
-            plain(at(p, lo.weight_hh)),
-            ds_prev,
-            RowsEpilogue::Accumulate,
-        )?;
+        let epilogue = match bias {
+            Some(b) => RowsEpilogue::Store { bias: Some(b) },
+            None => RowsEpilogue::Accumulate,
+        };
+        let call = matmul_rows(ctx, dims, RowsInput::Separate(x), w, out, epilogue)?;
         return Ok(vec![call]);
     }
-    matmul(
-        ctx,
-        (rows, h, gh),
-        plain(da_t),
-        plain(at(p, lo.weight_hh)),
-        ds_prev,
-        None,
-        true,
-    )
+    let biases = bias.map(|first| Biases {
+        buffer: w.at.buffer,
+        first,
+        second: None,
+    });
+    matmul(ctx, dims, plain(x), w, out, biases, bias.is_none())
 }
 
 /// The GPU engine.
@@ -480,33 +469,17 @@ impl GpuEngine {
                     continue;
                 }
                 // All gates' recurrent pre-activations in ONE product: h_{t-1} W_hh^T + b_hh.
-                let (h_prev, a_t) = (at(&states[k], t * rows * h), at(&a_hh[k], t * rows * gh));
-                if wide {
-                    fwd.push(matmul_rows(
-                        ctx,
-                        (rows, gh, h),
-                        RowsInput::Separate(h_prev),
+                fwd.extend(step_product(
+                    ctx,
+                    wide,
+                    (rows, gh, h),
+                    (
+                        at(&states[k], t * rows * h),
                         transposed(at(p, lo.weight_hh)),
-                        a_t,
-                        RowsEpilogue::Store {
-                            bias: Some(lo.bias_hh),
-                        },
-                    )?);
-                } else {
-                    fwd.extend(matmul(
-                        ctx,
-                        (rows, gh, h),
-                        plain(h_prev),
-                        transposed(at(p, lo.weight_hh)),
-                        a_t,
-                        Some(Biases {
-                            buffer: p,
-                            first: lo.bias_hh,
-                            second: None,
-                        }),
-                        false,
-                    )?);
-                }
+                        at(&a_hh[k], t * rows * gh),
+                    ),
+                    Some(lo.bias_hh),
+                )?);
                 let step = GateStep {
                     rows,
                     hidden: h,
@@ -711,15 +684,17 @@ impl GpuEngine {
                             )?,
                         });
                         if t > 0 {
-                            bwd.extend(recurrent_grad(
+                            // ds[t-1] += da_t W_hh: ONE product for all gates.
+                            bwd.extend(step_product(
                                 ctx,
-                                (rows, h, gh),
-                                p,
-                                lo,
-                                da_rec,
-                                &ds[cur],
-                                t,
                                 wide,
+                                (rows, h, gh),
+                                (
+                                    at(da_rec, t * rows * gh),
+                                    plain(at(p, lo.weight_hh)),
+                                    at(&ds[cur], (t - 1) * rows * h),
+                                ),
+                                None,
                             )?);
                         }
                     }

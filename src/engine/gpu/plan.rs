@@ -290,13 +290,17 @@ impl Recorder {
             (Op::Dispatch(x), Some(Op::Dispatch(y))) => !profiling || x.phase == y.phase,
             _ => false,
         };
-        let passes = (0..ops.len())
-            .filter(|&i| {
-                matches!(ops[i], Op::Dispatch(_)) && (i == 0 || !same_pass(&ops[i - 1], ops.get(i)))
-            })
-            .count();
+        // The query set for this submit's passes (counted only when profiling).
         let queries = match self.profiler.as_mut() {
-            Some(p) => p.query_set(ctx, passes).cloned(),
+            Some(p) => {
+                let passes = (0..ops.len())
+                    .filter(|&i| {
+                        matches!(ops[i], Op::Dispatch(_))
+                            && (i == 0 || !same_pass(&ops[i - 1], ops.get(i)))
+                    })
+                    .count();
+                p.query_set(ctx, passes).cloned()
+            }
             None => None,
         };
         let capacity = self.profiler.as_ref().map_or(0, Profiler::capacity);
