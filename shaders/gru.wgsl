@@ -25,6 +25,12 @@ struct Args {
     prev_grad_off: u32,
     // Backward: 1 when t > 0 (dh_{t-1} receives the direct part dh ⊙ z).
     has_prev: u32,
+    // The fused kernels: W_hh and b_hh in the parameters, and the product's rows (h_{t-1}
+    // forward, da_hh_{t+1} backward; none when has_x = 0).
+    w_off: u32,
+    bias_off: u32,
+    x_off: u32,
+    has_x: u32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -38,6 +44,37 @@ fn sigmoid(x: f32) -> f32 {
 
 fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;
+}
+
+// One unit's forward step: the gates (r, z, n) from a_ih and a_hh, then h_t.
+struct Unit {
+    gates: vec3<f32>,
+    h: f32,
+}
+
+fn unit_forward(a_ih: vec3<f32>, a_hh: vec3<f32>, h_prev: f32) -> Unit {
+    let r = sigmoid(a_ih.x + a_hh.x);
+    let z = sigmoid(a_ih.y + a_hh.y);
+    let n = tanh(a_ih.z + r * a_hh.z);
+    return Unit(vec3<f32>(r, z, n), (1.0 - z) * n + z * h_prev);
+}
+
+// One unit's BPTT step from the gates, a_hh_n, h_{t-1} and the whole dh_t: da_ih, da_hh (as
+// `gru_step_backward` says) and the direct part of dh_{t-1}, dh ⊙ z.
+struct UnitGrad {
+    da_ih: vec3<f32>,
+    da_hh: vec3<f32>,
+    d_prev: f32,
+}
+
+fn unit_backward(gates: vec3<f32>, a_hh_n: f32, h_prev: f32, d: f32) -> UnitGrad {
+    let r = gates.x;
+    let z = gates.y;
+    let n = gates.z;
+    let dan = d * (1.0 - z) * (1.0 - n * n);
+    let daz = d * (h_prev - n) * z * (1.0 - z);
+    let dar = dan * a_hh_n * r * (1.0 - r);
+    return UnitGrad(vec3<f32>(dar, daz, dan), vec3<f32>(dar, daz, r * dan), d * z);
 }
 
 // ---- gru_step_forward ---------------------------------------------------------------------
@@ -65,13 +102,15 @@ fn gru_step_forward(
     let j = i % h;
     let g = args.gates_off + b * 3u * h + j;
     let a = args.ahh_off + b * 3u * h + j;
-    let r = sigmoid(f_gates[g] + f_ahh[a]);
-    let z = sigmoid(f_gates[g + h] + f_ahh[a + h]);
-    let n = tanh(f_gates[g + 2u * h] + r * f_ahh[a + 2u * h]);
-    f_gates[g] = r;
-    f_gates[g + h] = z;
-    f_gates[g + 2u * h] = n;
-    f_states[args.dst_off + i] = (1.0 - z) * n + z * f_states[args.src_off + i];
+    let unit = unit_forward(
+        vec3<f32>(f_gates[g], f_gates[g + h], f_gates[g + 2u * h]),
+        vec3<f32>(f_ahh[a], f_ahh[a + h], f_ahh[a + 2u * h]),
+        f_states[args.src_off + i],
+    );
+    f_gates[g] = unit.gates.x;
+    f_gates[g + h] = unit.gates.y;
+    f_gates[g + 2u * h] = unit.gates.z;
+    f_states[args.dst_off + i] = unit.h;
 }
 
 // ---- gru_step_backward --------------------------------------------------------------------
@@ -104,21 +143,119 @@ fn gru_step_backward(
     let j = i % h;
     let g = args.gates_off + b * 3u * h + j;
     let a = args.ahh_off + b * 3u * h + j;
-    let r = b_gates[g];
-    let z = b_gates[g + h];
-    let n = b_gates[g + 2u * h];
+    let gates = vec3<f32>(b_gates[g], b_gates[g + h], b_gates[g + 2u * h]);
     let d = b_ds[args.grad_off + i];
-    let dan = d * (1.0 - z) * (1.0 - n * n);
-    let daz = d * (b_states[args.src_off + i] - n) * z * (1.0 - z);
-    let dar = dan * b_ahh[a + 2u * h] * r * (1.0 - r);
-    b_da_ih[g] = dar;
-    b_da_ih[g + h] = daz;
-    b_da_ih[g + 2u * h] = dan;
-    b_da_hh[a] = dar;
-    b_da_hh[a + h] = daz;
-    b_da_hh[a + 2u * h] = r * dan;
+    let grad = unit_backward(gates, b_ahh[a + 2u * h], b_states[args.src_off + i], d);
+    b_da_ih[g] = grad.da_ih.x;
+    b_da_ih[g + h] = grad.da_ih.y;
+    b_da_ih[g + 2u * h] = grad.da_ih.z;
+    b_da_hh[a] = grad.da_hh.x;
+    b_da_hh[a + h] = grad.da_hh.y;
+    b_da_hh[a + 2u * h] = grad.da_hh.z;
     if (args.has_prev == 1u) {
         let p = args.prev_grad_off + i;
-        b_ds[p] = b_ds[p] + d * z;
+        b_ds[p] = b_ds[p] + grad.d_prev;
+    }
+}
+
+// ---- gru_step_forward_rows, gru_step_backward_rows: a whole step in one dispatch -----------
+//
+// The same steps with their recurrent product fused in (rows.wgsl): a workgroup owns
+// units = ROWS_COLS / 3 hidden units forward (their columns of all three gates) and
+// units = ROWS_COLS backward, for all B rows, so a time step is ONE dispatch each way.
+// s_w (binding 1, rows.wgsl) is the parameters; s_io (binding 2) holds the product's rows and
+// is written by the step: the states forward (h_{t-1} read, h_t written), da_hh backward
+// (da_hh_{t+1} read, da_hh_t written).
+
+@group(0) @binding(3) var<storage, read_write> sf_gates: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sf_ahh: array<f32>;
+
+// Forward GRU step t, a_hh = b_hh + h_{t-1} W_hh^T (written to its rows, for the BPTT) with a_ih
+// in the gate rows on entry: as `gru_step_forward`.
+// Grid: (ceil(H / units), 1, 1) workgroups of ROWS_WG threads.
+@compute @workgroup_size(ROWS_WG)
+fn gru_step_forward_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let h = args.hidden;
+    let p = gates_forward(args.rows, h, 3u, args.src_off, args.w_off);
+    let units = p.units;
+    let j0 = wid.x * units;
+    let lane = lid.x % LANES;
+    let slot = lid.x / LANES;
+    for (var b0 = 0u; b0 < args.rows; b0 += ROWS_WG / LANES) {
+        rows_product(p, j0, b0, lid.x);
+        let b = b0 + slot;
+        let j = j0 + lane;
+        if (lane < units && b < args.rows && j < h) {
+            let g = args.gates_off + b * 3u * h + j;
+            let a = args.ahh_off + b * 3u * h + j;
+            let bi = args.bias_off + j;
+            let a_hh = vec3<f32>(
+                s_w[bi] + rows_sum(slot, lane),
+                s_w[bi + h] + rows_sum(slot, units + lane),
+                s_w[bi + 2u * h] + rows_sum(slot, 2u * units + lane),
+            );
+            sf_ahh[a] = a_hh.x;
+            sf_ahh[a + h] = a_hh.y;
+            sf_ahh[a + 2u * h] = a_hh.z;
+            let idx = b * h + j;
+            let unit = unit_forward(
+                vec3<f32>(sf_gates[g], sf_gates[g + h], sf_gates[g + 2u * h]),
+                a_hh,
+                s_io[args.src_off + idx],
+            );
+            sf_gates[g] = unit.gates.x;
+            sf_gates[g + h] = unit.gates.y;
+            sf_gates[g + 2u * h] = unit.gates.z;
+            s_io[args.dst_off + idx] = unit.h;
+        }
+        // `partial` is written again by the next row pass.
+        workgroupBarrier();
+    }
+}
+
+@group(0) @binding(3) var<storage, read> sb_gates: array<f32>;
+@group(0) @binding(4) var<storage, read> sb_ahh: array<f32>;
+@group(0) @binding(5) var<storage, read> sb_states: array<f32>;
+@group(0) @binding(6) var<storage, read_write> sb_ds: array<f32>;
+@group(0) @binding(7) var<storage, read_write> sb_da_ih: array<f32>;
+
+// BPTT GRU step t with dh = ds_t + da_hh_{t+1} W_hh: as `gru_step_backward`, da_hh_t written into
+// binding 2. Grid: (ceil(H / units), 1, 1) workgroups of ROWS_WG threads.
+@compute @workgroup_size(ROWS_WG)
+fn gru_step_backward_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let h = args.hidden;
+    let j0 = wid.x * ROWS_COLS;
+    let p = gates_backward(args.rows, h, 3u, args.x_off, args.has_x, args.w_off);
+    let lane = lid.x % LANES;
+    let slot = lid.x / LANES;
+    for (var b0 = 0u; b0 < args.rows; b0 += ROWS_WG / LANES) {
+        rows_product(p, j0, b0, lid.x);
+        let b = b0 + slot;
+        let j = j0 + lane;
+        if (lane < ROWS_COLS && b < args.rows && j < h) {
+            let idx = b * h + j;
+            let g = args.gates_off + b * 3u * h + j;
+            let a = args.ahh_off + b * 3u * h + j;
+            let gates = vec3<f32>(sb_gates[g], sb_gates[g + h], sb_gates[g + 2u * h]);
+            let d = rows_sum(slot, lane) + sb_ds[args.grad_off + idx];
+            let grad = unit_backward(gates, sb_ahh[a + 2u * h], sb_states[args.src_off + idx], d);
+            sb_da_ih[g] = grad.da_ih.x;
+            sb_da_ih[g + h] = grad.da_ih.y;
+            sb_da_ih[g + 2u * h] = grad.da_ih.z;
+            s_io[a] = grad.da_hh.x;
+            s_io[a + h] = grad.da_hh.y;
+            s_io[a + 2u * h] = grad.da_hh.z;
+            if (args.has_prev == 1u) {
+                let q = args.prev_grad_off + idx;
+                sb_ds[q] = sb_ds[q] + grad.d_prev;
+            }
+        }
+        workgroupBarrier();
     }
 }

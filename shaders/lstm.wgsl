@@ -25,6 +25,12 @@ struct Args {
     _pad0: u32,
     // Backward: 1 when dc holds the gradient from step t+1 (t < T-1); 0 reads it as zero.
     has_next: u32,
+    // The fused kernels: W_hh and b_hh in the parameters, and the product's rows (h_{t-1}
+    // forward, da_{t+1} backward; none when has_x = 0).
+    w_off: u32,
+    bias_off: u32,
+    x_off: u32,
+    has_x: u32,
     _pad1: u32,
     _pad2: u32,
     _pad3: u32,
@@ -38,6 +44,45 @@ fn sigmoid(x: f32) -> f32 {
 
 fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;
+}
+
+// One unit's forward step: the gates (i, f, g, o) from their pre-activations a, then c_t and h_t.
+struct Cell {
+    gates: vec4<f32>,
+    c: f32,
+    h: f32,
+}
+
+fn cell_forward(a: vec4<f32>, c_prev: f32) -> Cell {
+    let i = sigmoid(a.x);
+    let f = sigmoid(a.y);
+    let g = tanh(a.z);
+    let o = sigmoid(a.w);
+    let c = f * c_prev + i * g;
+    return Cell(vec4<f32>(i, f, g, o), c, o * tanh(c));
+}
+
+// One unit's BPTT step: da (for i, f, g, o) and the gradient reaching c_{t-1}, from the gates,
+// c_{t-1}, c_t, the whole dh_t and the dc_t arriving from step t+1.
+struct CellGrad {
+    da: vec4<f32>,
+    dc: f32,
+}
+
+fn cell_backward(gates: vec4<f32>, c_prev: f32, c: f32, d: f32, dc: f32) -> CellGrad {
+    let i = gates.x;
+    let f = gates.y;
+    let g = gates.z;
+    let o = gates.w;
+    let tc = tanh(c);
+    let dct = dc + d * o * (1.0 - tc * tc);
+    let da = vec4<f32>(
+        dct * g * i * (1.0 - i),
+        dct * c_prev * f * (1.0 - f),
+        dct * i * (1.0 - g * g),
+        d * tc * o * (1.0 - o),
+    );
+    return CellGrad(da, dct * f);
 }
 
 // ---- lstm_step_forward --------------------------------------------------------------------
@@ -66,17 +111,19 @@ fn lstm_step_forward(
     let j = idx % h;
     let gi = args.gates_off + b * 4u * h + j;
     let ai = args.ahh_off + b * 4u * h + j;
-    let i = sigmoid(f_gates[gi] + f_ahh[ai]);
-    let f = sigmoid(f_gates[gi + h] + f_ahh[ai + h]);
-    let g = tanh(f_gates[gi + 2u * h] + f_ahh[ai + 2u * h]);
-    let o = sigmoid(f_gates[gi + 3u * h] + f_ahh[ai + 3u * h]);
-    f_gates[gi] = i;
-    f_gates[gi + h] = f;
-    f_gates[gi + 2u * h] = g;
-    f_gates[gi + 3u * h] = o;
-    let c = f * f_cells[args.src_off + idx] + i * g;
-    f_cells[args.dst_off + idx] = c;
-    f_states[args.dst_off + idx] = o * tanh(c);
+    let a = vec4<f32>(
+        f_gates[gi] + f_ahh[ai],
+        f_gates[gi + h] + f_ahh[ai + h],
+        f_gates[gi + 2u * h] + f_ahh[ai + 2u * h],
+        f_gates[gi + 3u * h] + f_ahh[ai + 3u * h],
+    );
+    let cell = cell_forward(a, f_cells[args.src_off + idx]);
+    f_gates[gi] = cell.gates.x;
+    f_gates[gi + h] = cell.gates.y;
+    f_gates[gi + 2u * h] = cell.gates.z;
+    f_gates[gi + 3u * h] = cell.gates.w;
+    f_cells[args.dst_off + idx] = cell.c;
+    f_states[args.dst_off + idx] = cell.h;
 }
 
 // ---- lstm_step_backward -------------------------------------------------------------------
@@ -107,20 +154,110 @@ fn lstm_step_backward(
     let b = idx / h;
     let j = idx % h;
     let gi = args.gates_off + b * 4u * h + j;
-    let i = b_gates[gi];
-    let f = b_gates[gi + h];
-    let g = b_gates[gi + 2u * h];
-    let o = b_gates[gi + 3u * h];
-    let tc = tanh(b_cells[args.dst_off + idx]);
-    let d = b_ds[args.grad_off + idx];
+    let gates = vec4<f32>(b_gates[gi], b_gates[gi + h], b_gates[gi + 2u * h], b_gates[gi + 3u * h]);
     var dc = 0.0;
     if (args.has_next == 1u) {
         dc = b_dc[idx];
     }
-    let dct = dc + d * o * (1.0 - tc * tc);
-    b_da[gi] = dct * g * i * (1.0 - i);
-    b_da[gi + h] = dct * b_cells[args.src_off + idx] * f * (1.0 - f);
-    b_da[gi + 2u * h] = dct * i * (1.0 - g * g);
-    b_da[gi + 3u * h] = d * tc * o * (1.0 - o);
-    b_dc[idx] = dct * f;
+    let d = b_ds[args.grad_off + idx];
+    let grad = cell_backward(gates, b_cells[args.src_off + idx], b_cells[args.dst_off + idx], d, dc);
+    b_da[gi] = grad.da.x;
+    b_da[gi + h] = grad.da.y;
+    b_da[gi + 2u * h] = grad.da.z;
+    b_da[gi + 3u * h] = grad.da.w;
+    b_dc[idx] = grad.dc;
+}
+
+// ---- lstm_step_forward_rows, lstm_step_backward_rows: a whole step in one dispatch ---------
+//
+// The same steps with their recurrent product fused in (rows.wgsl): a workgroup owns
+// units = ROWS_COLS / 4 hidden units forward (their columns of all four gates) and
+// units = ROWS_COLS backward, for all B rows, so a time step is ONE dispatch each way.
+// s_w (binding 1, rows.wgsl) is the parameters; s_io (binding 2) holds the product's rows and
+// is written by the step: the states forward (h_{t-1} read, h_t written), da backward
+// (da_{t+1} read, da_t written).
+
+@group(0) @binding(3) var<storage, read_write> sf_gates: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sf_cells: array<f32>;
+
+// Forward LSTM step t, a = a_ih + (b_hh + h_{t-1} W_hh^T) with a_ih in the gate rows on entry:
+// as `lstm_step_forward`. Grid: (ceil(H / units), 1, 1) workgroups of ROWS_WG threads.
+@compute @workgroup_size(ROWS_WG)
+fn lstm_step_forward_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let h = args.hidden;
+    let p = gates_forward(args.rows, h, 4u, args.src_off, args.w_off);
+    let units = p.units;
+    let j0 = wid.x * units;
+    let lane = lid.x % LANES;
+    let slot = lid.x / LANES;
+    for (var b0 = 0u; b0 < args.rows; b0 += ROWS_WG / LANES) {
+        rows_product(p, j0, b0, lid.x);
+        let b = b0 + slot;
+        let j = j0 + lane;
+        if (lane < units && b < args.rows && j < h) {
+            let gi = args.gates_off + b * 4u * h + j;
+            let bi = args.bias_off + j;
+            let a = vec4<f32>(
+                sf_gates[gi] + (s_w[bi] + rows_sum(slot, lane)),
+                sf_gates[gi + h] + (s_w[bi + h] + rows_sum(slot, units + lane)),
+                sf_gates[gi + 2u * h] + (s_w[bi + 2u * h] + rows_sum(slot, 2u * units + lane)),
+                sf_gates[gi + 3u * h] + (s_w[bi + 3u * h] + rows_sum(slot, 3u * units + lane)),
+            );
+            let idx = b * h + j;
+            let cell = cell_forward(a, sf_cells[args.src_off + idx]);
+            sf_gates[gi] = cell.gates.x;
+            sf_gates[gi + h] = cell.gates.y;
+            sf_gates[gi + 2u * h] = cell.gates.z;
+            sf_gates[gi + 3u * h] = cell.gates.w;
+            sf_cells[args.dst_off + idx] = cell.c;
+            s_io[args.dst_off + idx] = cell.h;
+        }
+        // `partial` is written again by the next row pass.
+        workgroupBarrier();
+    }
+}
+
+@group(0) @binding(3) var<storage, read> sb_gates: array<f32>;
+@group(0) @binding(4) var<storage, read> sb_cells: array<f32>;
+@group(0) @binding(5) var<storage, read> sb_ds: array<f32>;
+@group(0) @binding(6) var<storage, read_write> sb_dc: array<f32>;
+
+// BPTT LSTM step t with dh = ds_t + da_{t+1} W_hh (ds_t, from the outputs or the layer above,
+// is only read): as `lstm_step_backward`, da_t written into binding 2.
+// Grid: (ceil(H / units), 1, 1) workgroups of ROWS_WG threads.
+@compute @workgroup_size(ROWS_WG)
+fn lstm_step_backward_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let h = args.hidden;
+    let j0 = wid.x * ROWS_COLS;
+    let p = gates_backward(args.rows, h, 4u, args.x_off, args.has_x, args.w_off);
+    let lane = lid.x % LANES;
+    let slot = lid.x / LANES;
+    for (var b0 = 0u; b0 < args.rows; b0 += ROWS_WG / LANES) {
+        rows_product(p, j0, b0, lid.x);
+        let b = b0 + slot;
+        let j = j0 + lane;
+        if (lane < ROWS_COLS && b < args.rows && j < h) {
+            let idx = b * h + j;
+            let gi = args.gates_off + b * 4u * h + j;
+            let gates = vec4<f32>(sb_gates[gi], sb_gates[gi + h], sb_gates[gi + 2u * h], sb_gates[gi + 3u * h]);
+            var dc = 0.0;
+            if (args.has_next == 1u) {
+                dc = sb_dc[idx];
+            }
+            let d = rows_sum(slot, lane) + sb_ds[args.grad_off + idx];
+            let grad = cell_backward(gates, sb_cells[args.src_off + idx], sb_cells[args.dst_off + idx], d, dc);
+            s_io[gi] = grad.da.x;
+            s_io[gi + h] = grad.da.y;
+            s_io[gi + 2u * h] = grad.da.z;
+            s_io[gi + 3u * h] = grad.da.w;
+            sb_dc[idx] = grad.dc;
+        }
+        workgroupBarrier();
+    }
 }

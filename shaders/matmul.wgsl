@@ -140,156 +140,78 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     }
 }
 
-// ---- matmul_rows: products with few rows, spread over the output columns -------------------
+// ---- matmul_rows: the tanh/relu cell's step, spread over the output columns ---------------
 //
-// out[b, j] (op)= sum_k X[b, k] W'[k, j] for b < rows (a batch of B rows), j < n, k < depth:
-// the recurrent products of one time step, where B is small and the 64x64 tiles of `matmul`
-// would leave most of the device idle. Each workgroup owns UNITS = 4 output columns for all B
-// rows and stages their slice of W (ROWS_KC deep at a time) in workgroup memory; LANES = 8
-// threads share each row's depth, and their partial sums are added in a fixed order. As for
-// `matmul`'s B: W' = W^T with W stored [n, depth] (trans_w = 1; the forward's s W_hh^T) or
+// One time step of the tanh/relu recurrence for all B rows, its product out[b, j] += sum_k
+// X[b, k] W'[k, j] (b < rows, j < n, k < depth) spread over the columns: each workgroup owns
+// ROWS_COLS of them for all B rows (rows.wgsl's `rows_product`), where the 64x64 tiles of
+// `matmul` would leave most of the device idle. X and out are rows of the same buffer, s_io. As
+// for `matmul`'s B: W' = W^T with W stored [n, depth] (trans_w = 1; the forward's s W_hh^T) or
 // W' = W stored [depth, n] (trans_w = 0; the BPTT's dz W_hh).
 //
-// Epilogues, fused: 0 store (plus the bias vector at bias_off when has_bias = 1, the twin's
-// order: bias + product); 1 accumulate (out += product); 2 the cell's forward in place,
-// out = f1(out + product); 3 the cell's BPTT in place, out = (out + product) f1'(s) with s [B, n]
-// at act_off of r_aux. f1 = tanh (activation 0) or relu (1). With has_x = 0 the product is
-// zero (the last BPTT step has no dz_{t+1}).
-//
-// Tunables: ROWS_WG threads per workgroup (a multiple of LANES), ROWS_KC the depth of the
-// staged W slice (chosen from the device's workgroup memory).
-
-override ROWS_WG: u32 = 256u;
-override ROWS_KC: u32 = 512u;
-
-const UNITS: u32 = 4u;
-const LANES: u32 = 8u;
+// Epilogues: the forward in place, out = f1(out + product) (derivative = 0), or the BPTT in
+// place, out = (out + product) f1'(s) with s [B, n] at act_off of r_act (derivative = 1).
+// f1 = tanh (activation 0) or relu (1). With has_x = 0 the product is zero (the last BPTT step
+// has no dz_{t+1}).
 
 struct RowsArgs {
     rows: u32,
     n: u32,
     depth: u32,
-    // Element offsets: X (in r_aux, or in r_out when x_in_out = 1), W and the bias (in r_w),
-    // the output (in r_out), s (in r_aux, epilogue 3).
+    // Element offsets: X and the output (in s_io), W (in s_w), s (in r_act).
     x_off: u32,
-    w_off: u32,
     out_off: u32,
-    bias_off: u32,
+    w_off: u32,
     act_off: u32,
     trans_w: u32,
-    x_in_out: u32,
     has_x: u32,
-    has_bias: u32,
-    epilogue: u32,
+    derivative: u32,
     activation: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> rargs: RowsArgs;
-@group(0) @binding(1) var<storage, read> r_w: array<f32>;
-@group(0) @binding(2) var<storage, read> r_aux: array<f32>;
-@group(0) @binding(3) var<storage, read_write> r_out: array<f32>;
+@group(0) @binding(3) var<storage, read> r_act: array<f32>;
 
-var<workgroup> w_slice: array<f32, UNITS * ROWS_KC>;
-var<workgroup> partial: array<f32, UNITS * ROWS_WG>;
-
-fn rows_x(i: u32) -> f32 {
-    if (rargs.x_in_out == 1u) {
-        return r_out[i];
-    }
-    return r_aux[i];
-}
-
-// Grid: (ceil(n / UNITS), 1, 1) workgroups of ROWS_WG threads.
+// Grid: (ceil(n / ROWS_COLS), 1, 1) workgroups of ROWS_WG threads.
 @compute @workgroup_size(ROWS_WG)
 fn matmul_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let n = rargs.n;
-    let depth = rargs.depth;
-    let j0 = wid.x * UNITS;
+    let j0 = wid.x * ROWS_COLS;
+    var col_stride = 1u;
+    var depth_stride = n;
+    if (rargs.trans_w == 1u) {
+        col_stride = rargs.depth;
+        depth_stride = 1u;
+    }
+    let p = RowsProduct(
+        rargs.rows, rargs.depth, rargs.x_off, rargs.has_x, rargs.w_off,
+        ROWS_COLS, n, 0u, col_stride, depth_stride,
+    );
     let lane = lid.x % LANES;
     let slot = lid.x / LANES;
-    let per_pass = ROWS_WG / LANES;
-    var chunks = (depth + ROWS_KC - 1u) / ROWS_KC;
-    if (rargs.has_x == 0u) {
-        chunks = 0u;
-    }
-    for (var b0 = 0u; b0 < rargs.rows; b0 += per_pass) {
+    for (var b0 = 0u; b0 < rargs.rows; b0 += ROWS_WG / LANES) {
+        rows_product(p, j0, b0, lid.x);
         let b = b0 + slot;
-        var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-        for (var c = 0u; c < chunks; c++) {
-            let k0 = c * ROWS_KC;
-            let kn = min(ROWS_KC, depth - k0);
-            // One slice serves every row pass when the depth fits in one.
-            if (chunks > 1u || b0 == 0u) {
-                workgroupBarrier();
-                for (var i = lid.x; i < UNITS * kn; i += ROWS_WG) {
-                    let u = i / kn;
-                    let kk = i % kn;
-                    let j = j0 + u;
-                    var w = 0.0;
-                    if (j < n) {
-                        if (rargs.trans_w == 1u) {
-                            w = r_w[rargs.w_off + j * depth + k0 + kk];
-                        } else {
-                            w = r_w[rargs.w_off + (k0 + kk) * n + j];
-                        }
-                    }
-                    w_slice[u * ROWS_KC + kk] = w;
-                }
-                workgroupBarrier();
-            }
-            if (b < rargs.rows) {
-                let row = rargs.x_off + b * depth + k0;
-                for (var kk = lane; kk < kn; kk += LANES) {
-                    let x = rows_x(row + kk);
-                    for (var u = 0u; u < UNITS; u++) {
-                        acc[u] = fma(w_slice[u * ROWS_KC + kk], x, acc[u]);
-                    }
-                }
-            }
-        }
-        for (var u = 0u; u < UNITS; u++) {
-            partial[lid.x * UNITS + u] = acc[u];
-        }
-        workgroupBarrier();
         let j = j0 + lane;
-        if (lane < UNITS && b < rargs.rows && j < n) {
-            var sum = 0.0;
-            for (var l = 0u; l < LANES; l++) {
-                sum += partial[(slot * LANES + l) * UNITS + lane];
-            }
+        if (lane < ROWS_COLS && b < rargs.rows && j < n) {
             let idx = rargs.out_off + b * n + j;
-            switch rargs.epilogue {
-                case 1u: {
-                    r_out[idx] = sum + r_out[idx];
-                }
-                case 2u: {
-                    let z = r_out[idx] + sum;
-                    if (rargs.activation == 1u) {
-                        r_out[idx] = max(z, 0.0);
-                    } else {
-                        r_out[idx] = tanh(z);
+            let z = s_io[idx] + rows_sum(slot, lane);
+            if (rargs.derivative == 1u) {
+                let s = r_act[rargs.act_off + b * n + j];
+                var d = z;
+                if (rargs.activation == 1u) {
+                    if (s <= 0.0) {
+                        d = 0.0;
                     }
+                } else {
+                    d = d * (1.0 - s * s);
                 }
-                case 3u: {
-                    let s = r_aux[rargs.act_off + b * n + j];
-                    var d = r_out[idx] + sum;
-                    if (rargs.activation == 1u) {
-                        if (s <= 0.0) {
-                            d = 0.0;
-                        }
-                    } else {
-                        d = d * (1.0 - s * s);
-                    }
-                    r_out[idx] = d;
-                }
-                default: {
-                    if (rargs.has_bias == 1u) {
-                        sum = r_w[rargs.bias_off + j] + sum;
-                    }
-                    r_out[idx] = sum;
-                }
+                s_io[idx] = d;
+            } else if (rargs.activation == 1u) {
+                s_io[idx] = max(z, 0.0);
+            } else {
+                s_io[idx] = tanh(z);
             }
         }
         // `partial` is written again by the next row pass.

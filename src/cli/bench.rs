@@ -78,10 +78,11 @@ pub struct BenchArgs {
     /// baseline), as word-level models do.
     #[arg(long)]
     pub embed: Option<usize>,
-    /// GPU: how the recurrent products are dispatched: `wide` (one dispatch per time step, 4
-    /// output columns per workgroup), `steps` (one dispatch per time step, tiled), `rows`
-    /// (tanh/relu: one dispatch per layer, a workgroup per batch row; gated cells run `wide`),
-    /// or `auto` (tanh/relu: rows below H = 512 where they fit, else wide; gated cells: wide).
+    /// GPU: how the recurrent products are dispatched: `wide` (one dispatch per time step, a
+    /// few output columns per workgroup; a gated step's gate work fused in), `steps` (one tiled
+    /// product per time step, and a gate kernel for gated cells), `rows` (tanh/relu: one
+    /// dispatch per layer, a workgroup per batch row; gated cells run `wide`), or `auto`
+    /// (tanh/relu: rows below H = 512 where they fit, else wide; gated cells: wide).
     #[arg(long, value_enum, default_value_t = RecurrenceArg::Auto)]
     pub recurrence: RecurrenceArg,
     /// Untimed steps first.

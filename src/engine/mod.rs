@@ -281,10 +281,11 @@ pub enum Recurrence {
     #[default]
     Auto,
     /// One dispatch per time step, the product tiled over rows and columns (16x16 tiles for the
-    /// tanh cell, the GEMM's 64x64 tiles for a gated cell's gates).
+    /// tanh cell, the GEMM's 64x64 tiles for a gated cell's gates, followed by its gate kernel).
     Steps,
-    /// One dispatch per time step, spread over the output columns: each workgroup owns 4 of
-    /// them for all B rows, with their slice of W in workgroup memory.
+    /// One dispatch per time step, spread over the output columns: each workgroup owns a few of
+    /// them for all B rows, with their slice of W in workgroup memory. A gated step is this one
+    /// dispatch, the gate work of the workgroup's units fused after the product.
     Wide,
     /// tanh/relu: one dispatch per layer and direction, a workgroup per batch row looping over
     /// all T steps with its state in workgroup memory. Gated cells run `Wide`.

@@ -6,12 +6,12 @@
 use ndarray::{Array2, ArrayView2};
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
+use unroll::engine::cpu::{gru as cpu_gru, lstm as cpu_lstm, reduce as cpu_reduce, rnn as cpu_rnn};
 use unroll::engine::cpu::{loss as cpu_loss, matmul as cpu_matmul, optim as cpu_optim};
-use unroll::engine::cpu::{reduce as cpu_reduce, rnn as cpu_rnn};
 use unroll::engine::gpu::buffers::{self, at};
 use unroll::engine::gpu::pipelines::Pipelines;
 use unroll::engine::gpu::plan::{Call, run_now};
-use unroll::engine::gpu::{GpuContext, loss, matmul, optim, reduce, rnn};
+use unroll::engine::gpu::{GpuContext, gru, loss, lstm, matmul, optim, reduce, rnn};
 use unroll::model::{Activation, OutputKind};
 use unroll::train::optim::{OptimizerConfig, OptimizerKind, clip_scale};
 
@@ -57,6 +57,23 @@ impl Gpu {
     /// A guarded buffer of `n` poisoned elements.
     fn poisoned(&self, n: usize) -> wgpu::Buffer {
         self.guarded(&vec![POISON; n])
+    }
+
+    /// A buffer with `data` at element 0 and poison after it, for kernels that address whole
+    /// buffers.
+    fn tailed(&self, data: &[f32]) -> wgpu::Buffer {
+        let mut all = data.to_vec();
+        all.extend(std::iter::repeat_n(POISON, GUARD));
+        self.upload(&all)
+    }
+
+    /// The `n` elements of a [`Gpu::tailed`] buffer, after checking its tail.
+    fn read_tailed(&self, buf: &wgpu::Buffer, n: usize, what: &str) -> Vec<f32> {
+        let all: Vec<f32> = buffers::read(&self.ctx, buf, 0, n + GUARD).unwrap();
+        for (i, &x) in all.iter().enumerate().skip(n) {
+            assert_eq!(x, POISON, "{what}: tail element {i} was overwritten");
+        }
+        all[..n].to_vec()
     }
 
     fn run(&mut self, calls: Vec<Call>) {
@@ -280,169 +297,94 @@ fn rnn_step_forward_and_backward_match_cpu() {
     }
 }
 
-/// `matmul_rows` (the per-step recurrent products, 4 columns per workgroup) against the CPU
-/// matmul for the store and accumulate epilogues, and against the cell steps for the fused
-/// tanh/relu epilogues, with W read both ways. Shapes: one row and one column; rows past one pass
-/// of the workgroup (32 rows with 256 threads); columns off the 4 per workgroup; and, with the
-/// staged slice forced shallow, depths in several slices.
+/// `matmul_rows` (the tanh/relu step spread over the output columns, 4 per workgroup) against
+/// the CPU cell steps, forward (s_{t-1} W_hh^T, W read transposed) and BPTT (dz_{t+1} W_hh, with
+/// and without a next step). Shapes: one row and one unit; rows past one pass of the workgroup
+/// (32 rows with 256 threads); H off the 4 columns per workgroup; and, with the staged slice
+/// forced shallow, depths in several slices. The rows read must come back unchanged and the
+/// guards around the rows written must survive.
 #[test]
-fn matmul_rows_matches_cpu_for_every_epilogue_and_awkward_shape() {
+fn matmul_rows_matches_the_cpu_cell_steps_for_awkward_shapes() {
     let Some((mut g, mut rng)) = Gpu::new("matmul_rows") else {
         return;
     };
-    let staged = g.ctx.tunables.matmul_rows_kc;
-    // (B, n, depth, deepest staged slice)
+    let staged = g.ctx.tunables.rows_product_kc;
+    // (B, H, deepest staged slice)
     let shapes = [
-        (1, 1, 1, staged),
-        (3, 5, 7, staged),
-        (37, 33, 17, staged),
-        (70, 9, 50, 16),
-        (2, 6, 300, 8),
-        // Square, for the cell epilogues: one pass of rows and past it, one slice and several.
-        (1, 7, 7, staged),
-        (37, 33, 33, staged),
-        (5, 40, 40, 16),
+        (1, 1, staged),
+        (1, 7, staged),
+        (37, 33, staged),
+        (5, 40, 16),
+        (70, 9, 8),
+        (2, 300, 8),
     ];
-    for (b, n, depth, kc) in shapes {
-        g.ctx.tunables.matmul_rows_kc = kc;
-        for trans_w in [false, true] {
-            let tag = format!("B={b} n={n} depth={depth} kc={kc} trans_w={trans_w}");
-            let w = common::uniform(&mut rng, n * depth, 0.8);
-            let w_cpu = if trans_w {
-                arr(&w, n, depth).t().to_owned()
-            } else {
-                arr(&w, depth, n)
-            };
-            // W and a bias vector in one parameter buffer, both at offsets.
-            let bias = common::uniform(&mut rng, n, 1.0);
-            let params = g.guarded(&[w.clone(), bias.clone()].concat());
-            let wop = |buf| {
-                let r = at(buf, GUARD);
-                if trans_w {
-                    matmul::transposed(r)
-                } else {
-                    matmul::plain(r)
-                }
-            };
-            let x = common::uniform(&mut rng, b * depth, 1.0);
-            let xb = g.guarded(&x);
-            for (name, with_bias, accumulate) in [
-                ("store", false, false),
-                ("store + bias", true, false),
-                ("accumulate", false, true),
-            ] {
-                let what = format!("{tag} {name}");
-                let c0 = common::uniform(&mut rng, b * n, 1.0);
-                let mut c = if accumulate {
-                    arr(&c0, b, n)
-                } else if with_bias {
-                    Array2::from_shape_fn((b, n), |(_, j)| bias[j])
-                } else {
-                    Array2::zeros((b, n))
-                };
-                cpu_matmul::matmul(
-                    arr(&x, b, depth).view(),
-                    w_cpu.view(),
-                    &mut c.view_mut(),
-                    accumulate || with_bias,
+    for (b, h, kc) in shapes {
+        g.ctx.tunables.rows_product_kc = kc;
+        let tag = format!("B={b} H={h} kc={kc}");
+        let w = common::uniform(&mut rng, h * h, 0.8);
+        // W_hh [H, H] behind other parameters: the forward reads it as s W_hh^T (transposed),
+        // the BPTT as dz W_hh (plain).
+        let params = g.guarded(&[common::uniform(&mut rng, 5, 1.0), w.clone()].concat());
+        let w_at = at(&params, GUARD + 5);
+        let w_hh = arr(&w, h, h);
+        let x = common::uniform(&mut rng, b * h, 1.0);
+        for act in activations() {
+            let what = format!("{tag} {act:?} forward");
+            let u = common::uniform(&mut rng, b * h, 1.0);
+            let mut s_cpu = Array2::<f32>::zeros((b, h));
+            cpu_rnn::rnn_step_forward(
+                Some(arr(&u, b, h).view()),
+                arr(&x, b, h).view(),
+                w_hh.view(),
+                act,
+                s_cpu.view_mut(),
+            );
+            // s_{t-1} in the rows before s_t (which holds u_t) in the same buffer.
+            let states = g.guarded(&[x.clone(), u.clone()].concat());
+            let call = matmul::matmul_rows(
+                &g.ctx,
+                (b, h, h),
+                Some(GUARD),
+                matmul::transposed(w_at),
+                at(&states, GUARD + b * h),
+                matmul::RowsEpilogue::Activate(act),
+            )
+            .unwrap();
+            g.run(vec![call]);
+            let got = g.read_guarded(&states, 2 * b * h, &what);
+            check(&format!("{what} keeps s_prev"), &got[..b * h], &x);
+            check(&what, &got[b * h..], &flat(&s_cpu));
+
+            let s_t = flat(&s_cpu);
+            let act_buf = g.guarded(&s_t);
+            for has_next in [false, true] {
+                let what = format!("{tag} {act:?} backward has_next={has_next}");
+                let ds = common::uniform(&mut rng, b * h, 1.0);
+                let mut dz_cpu = arr(&ds, b, h);
+                let dn = arr(&x, b, h);
+                cpu_rnn::rnn_step_backward(
+                    None,
+                    has_next.then(|| dn.view()),
+                    w_hh.view(),
+                    arr(&s_t, b, h).view(),
+                    act,
+                    dz_cpu.view_mut(),
                 );
-                let out = if accumulate {
-                    g.guarded(&c0)
-                } else {
-                    g.poisoned(b * n)
-                };
-                let epilogue = if accumulate {
-                    matmul::RowsEpilogue::Accumulate
-                } else {
-                    matmul::RowsEpilogue::Store {
-                        bias: with_bias.then_some(GUARD + n * depth),
-                    }
-                };
+                // [ds_t; dz_{t+1}] in one buffer.
+                let work = g.guarded(&[ds, x.clone()].concat());
                 let call = matmul::matmul_rows(
                     &g.ctx,
-                    (b, n, depth),
-                    matmul::RowsInput::Separate(at(&xb, GUARD)),
-                    wop(&params),
-                    at(&out, GUARD),
-                    epilogue,
+                    (b, h, h),
+                    has_next.then_some(GUARD + b * h),
+                    matmul::plain(w_at),
+                    at(&work, GUARD),
+                    matmul::RowsEpilogue::Derivative(act, at(&act_buf, GUARD)),
                 )
                 .unwrap();
                 g.run(vec![call]);
-                check(&what, &g.read_guarded(&out, b * n, &what), &flat(&c));
-            }
-            // The cell epilogues need a square W: H = n = depth.
-            if n != depth {
-                continue;
-            }
-            let h = n;
-            // W_hh [H, H] is the stored W either way: the forward reads it as s W_hh^T
-            // (trans_w), the BPTT as dz W_hh.
-            let w_hh = arr(&w, h, h);
-            for act in activations() {
-                let what = format!("{tag} {act:?} forward");
-                let u = common::uniform(&mut rng, b * h, 1.0);
-                let mut s_cpu = Array2::<f32>::zeros((b, h));
-                cpu_rnn::rnn_step_forward(
-                    Some(arr(&u, b, h).view()),
-                    arr(&x, b, h).view(),
-                    w_hh.view(),
-                    act,
-                    s_cpu.view_mut(),
-                );
-                if trans_w {
-                    // The forward reads s_{t-1} from the rows before s_t in the same buffer.
-                    let states = g.guarded(&[x.clone(), u.clone()].concat());
-                    let call = matmul::matmul_rows(
-                        &g.ctx,
-                        (b, h, h),
-                        matmul::RowsInput::InOutput(GUARD),
-                        wop(&params),
-                        at(&states, GUARD + b * h),
-                        matmul::RowsEpilogue::Activate(act),
-                    )
-                    .unwrap();
-                    g.run(vec![call]);
-                    let got = g.read_guarded(&states, 2 * b * h, &what);
-                    check(&format!("{what} keeps s_prev"), &got[..b * h], &x);
-                    check(&what, &got[b * h..], &flat(&s_cpu));
-                }
-                if !trans_w {
-                    let s_t = flat(&s_cpu);
-                    let act_buf = g.guarded(&s_t);
-                    for has_next in [false, true] {
-                        let what = format!("{tag} {act:?} backward has_next={has_next}");
-                        let ds = common::uniform(&mut rng, b * h, 1.0);
-                        let mut dz_cpu = arr(&ds, b, h);
-                        let dn = arr(&x, b, h);
-                        cpu_rnn::rnn_step_backward(
-                            None,
-                            has_next.then(|| dn.view()),
-                            w_hh.view(),
-                            arr(&s_t, b, h).view(),
-                            act,
-                            dz_cpu.view_mut(),
-                        );
-                        let work = g.guarded(&[ds, x.clone()].concat());
-                        let input = if has_next {
-                            matmul::RowsInput::InOutput(GUARD + b * h)
-                        } else {
-                            matmul::RowsInput::None
-                        };
-                        let call = matmul::matmul_rows(
-                            &g.ctx,
-                            (b, h, h),
-                            input,
-                            wop(&params),
-                            at(&work, GUARD),
-                            matmul::RowsEpilogue::Derivative(act, at(&act_buf, GUARD)),
-                        )
-                        .unwrap();
-                        g.run(vec![call]);
-                        let got = g.read_guarded(&work, 2 * b * h, &what);
-                        check(&what, &got[..b * h], &flat(&dz_cpu));
-                        check(&format!("{what} keeps dz_next"), &got[b * h..], &x);
-                    }
-                }
+                let got = g.read_guarded(&work, 2 * b * h, &what);
+                check(&what, &got[..b * h], &flat(&dz_cpu));
+                check(&format!("{what} keeps dz_next"), &got[b * h..], &x);
             }
         }
     }
@@ -814,4 +756,241 @@ fn optimizer_updates_match_cpu_with_clipping_and_weight_decay() {
             check(&format!("{what} v"), &read(&v_buf), &v);
         }
     }
+}
+
+/// The fused gated steps (`gru_step_*_rows`, `lstm_step_*_rows`: the recurrent product and the
+/// gate work in one dispatch) against their CPU twins, the CPU matmul followed by the CPU step.
+/// Step t of T = 2 reads and writes only its rows: the other rows of every buffer must come back
+/// as they went in (poison where they were poisoned). Backward runs the last step (no product,
+/// no carried dc, the GRU's dh_{t-1} written) and the first (product and dc, no dh_{t-1}).
+/// Shapes: one row and one unit; H off the units per workgroup; rows past one pass of 32; and,
+/// with the staged slice forced shallow, depths in several slices.
+#[test]
+fn fused_gated_steps_match_the_cpu_product_and_step() {
+    let Some((mut g, mut rng)) = Gpu::new("fused_gated_steps") else {
+        return;
+    };
+    let staged = g.ctx.tunables.rows_product_kc;
+    let steps = 2;
+    // (B, H, deepest staged slice)
+    let shapes = [
+        (1, 1, staged),
+        (3, 5, staged),
+        (37, 13, staged),
+        (34, 9, 8),
+        (2, 20, 16),
+    ];
+    for (b, h, kc) in shapes {
+        g.ctx.tunables.rows_product_kc = kc;
+        for lstm in [false, true] {
+            let gates_n = if lstm { 4 } else { 3 };
+            let gh = gates_n * h;
+            let n = steps * b;
+            let tag = format!("{} B={b} H={h} kc={kc}", if lstm { "LSTM" } else { "GRU" });
+            let w = common::uniform(&mut rng, gh * h, 0.6);
+            let bias = common::uniform(&mut rng, gh, 0.5);
+            let params = g.guarded(&[w.clone(), bias.clone()].concat());
+            let recurrent = gru::Recurrent {
+                params: &params,
+                weight: GUARD,
+                bias: GUARD + gh * h,
+            };
+            let w_hh = arr(&w, gh, h);
+            let step = |t| gru::GateStep {
+                rows: b,
+                hidden: h,
+                gates: gates_n,
+                t,
+            };
+            let rows_of =
+                |v: &[f32], t: usize, width: usize| v[t * b * width..(t + 1) * b * width].to_vec();
+
+            // Forward, step t = 1: h_{t-1} (and c_{t-1}) are states' rows 1, a_ih gates' rows 1.
+            let t = 1;
+            let states0 = [
+                common::uniform(&mut rng, 2 * b * h, 1.0),
+                vec![POISON; b * h],
+            ]
+            .concat();
+            let cells0 = [
+                common::uniform(&mut rng, 2 * b * h, 1.0),
+                vec![POISON; b * h],
+            ]
+            .concat();
+            let gates0 = common::uniform(&mut rng, n * gh, 1.0);
+            let h_prev = arr(&rows_of(&states0, t, h), b, h);
+            let mut a_hh = Array2::from_shape_fn((b, gh), |(_, j)| bias[j]);
+            cpu_matmul::matmul(h_prev.view(), w_hh.t(), &mut a_hh.view_mut(), true);
+            let mut gates_cpu = arr(&rows_of(&gates0, t, gh), b, gh);
+            let mut h_cpu = Array2::<f32>::zeros((b, h));
+            let mut c_cpu = Array2::<f32>::zeros((b, h));
+            if lstm {
+                cpu_lstm::lstm_step_forward(
+                    gates_cpu.view_mut(),
+                    a_hh.view(),
+                    arr(&rows_of(&cells0, t, h), b, h).view(),
+                    c_cpu.view_mut(),
+                    h_cpu.view_mut(),
+                );
+            } else {
+                cpu_gru::gru_step_forward(
+                    gates_cpu.view_mut(),
+                    a_hh.view(),
+                    h_prev.view(),
+                    h_cpu.view_mut(),
+                );
+            }
+            let states = g.tailed(&states0);
+            let gates = g.tailed(&gates0);
+            let cells = g.tailed(&cells0);
+            let a_hh_buf = g.tailed(&vec![POISON; n * gh]);
+            let call = if lstm {
+                lstm::lstm_step_forward_rows(&g.ctx, step(t), recurrent, &gates, (&cells, &states))
+            } else {
+                gru::gru_step_forward_rows(&g.ctx, step(t), recurrent, (&gates, &a_hh_buf, &states))
+            };
+            g.run(vec![call.unwrap()]);
+            let what = format!("{tag} forward");
+            check(
+                &format!("{what} states"),
+                &g.read_tailed(&states, 3 * b * h, &what),
+                &keep_rows(&states0, t + 1, b * h, &h_cpu),
+            );
+            check(
+                &format!("{what} gates"),
+                &g.read_tailed(&gates, n * gh, &what),
+                &keep_rows(&gates0, t, b * gh, &gates_cpu),
+            );
+            if lstm {
+                check(
+                    &format!("{what} cells"),
+                    &g.read_tailed(&cells, 3 * b * h, &what),
+                    &keep_rows(&cells0, t + 1, b * h, &c_cpu),
+                );
+            } else {
+                check(
+                    &format!("{what} a_hh"),
+                    &g.read_tailed(&a_hh_buf, n * gh, &what),
+                    &keep_rows(&vec![POISON; n * gh], t, b * gh, &a_hh),
+                );
+            }
+
+            // Backward: the last step, then the first.
+            for t in [1, 0] {
+                let last = t + 1 == steps;
+                let what = format!("{tag} backward t={t}");
+                let gates0 = common::uniform(&mut rng, n * gh, 1.0);
+                let cells0 = common::uniform(&mut rng, 3 * b * h, 1.0);
+                let states0 = common::uniform(&mut rng, 3 * b * h, 1.0);
+                let a_hh0 = common::uniform(&mut rng, n * gh, 1.0);
+                let ds0 = common::uniform(&mut rng, n * h, 1.0);
+                let dc0 = common::uniform(&mut rng, b * h, 1.0);
+                // da (LSTM) / da_hh (GRU): step t+1's rows are the product's input, step t's
+                // are written.
+                let mut da0 = common::uniform(&mut rng, n * gh, 1.0);
+                da0[t * b * gh..(t + 1) * b * gh].fill(POISON);
+                let mut dh = arr(&rows_of(&ds0, t, h), b, h);
+                if !last {
+                    let next = arr(&rows_of(&da0, t + 1, gh), b, gh);
+                    cpu_matmul::matmul(next.view(), w_hh.view(), &mut dh.view_mut(), true);
+                }
+                let gates_t = arr(&rows_of(&gates0, t, gh), b, gh);
+                let mut da_cpu = Array2::<f32>::zeros((b, gh));
+                let mut dc_cpu = if last {
+                    Array2::zeros((b, h))
+                } else {
+                    arr(&dc0, b, h)
+                };
+                let mut da_ih_cpu = Array2::<f32>::zeros((b, gh));
+                let mut ds_cpu = arr(&ds0, n, h);
+                if lstm {
+                    cpu_lstm::lstm_step_backward(
+                        gates_t.view(),
+                        arr(&rows_of(&cells0, t, h), b, h).view(),
+                        arr(&rows_of(&cells0, t + 1, h), b, h).view(),
+                        dh.view(),
+                        dc_cpu.view_mut(),
+                        da_cpu.view_mut(),
+                    );
+                } else {
+                    let prev =
+                        (t > 0).then(|| ds_cpu.slice_mut(ndarray::s![(t - 1) * b..t * b, ..]));
+                    cpu_gru::gru_step_backward(
+                        gates_t.view(),
+                        arr(&rows_of(&a_hh0, t, gh), b, gh).view(),
+                        arr(&rows_of(&states0, t, h), b, h).view(),
+                        dh.view(),
+                        da_ih_cpu.view_mut(),
+                        da_cpu.view_mut(),
+                        prev,
+                    );
+                }
+                let gates = g.tailed(&gates0);
+                let ds = g.tailed(&ds0);
+                let dc = g.tailed(&dc0);
+                let da = g.tailed(&da0);
+                let da_ih = g.tailed(&vec![POISON; n * gh]);
+                let cells = g.tailed(&cells0);
+                let states = g.tailed(&states0);
+                let a_hh_buf = g.tailed(&a_hh0);
+                let call = if lstm {
+                    lstm::lstm_step_backward_rows(
+                        &g.ctx,
+                        step(t),
+                        recurrent,
+                        (&gates, &cells),
+                        (&ds, &dc, &da),
+                        last,
+                    )
+                } else {
+                    gru::gru_step_backward_rows(
+                        &g.ctx,
+                        step(t),
+                        recurrent,
+                        gru::GruGrads {
+                            gates: &gates,
+                            a_hh: &a_hh_buf,
+                            states: &states,
+                            ds: &ds,
+                            da_ih: &da_ih,
+                            da_hh: &da,
+                        },
+                        last,
+                    )
+                };
+                g.run(vec![call.unwrap()]);
+                check(
+                    &format!("{what} da"),
+                    &g.read_tailed(&da, n * gh, &what),
+                    &keep_rows(&da0, t, b * gh, &da_cpu),
+                );
+                check(
+                    &format!("{what} ds"),
+                    &g.read_tailed(&ds, n * h, &what),
+                    &flat(&ds_cpu),
+                );
+                if lstm {
+                    check(
+                        &format!("{what} dc"),
+                        &g.read_tailed(&dc, b * h, &what),
+                        &flat(&dc_cpu),
+                    );
+                } else {
+                    check(
+                        &format!("{what} da_ih"),
+                        &g.read_tailed(&da_ih, n * gh, &what),
+                        &keep_rows(&vec![POISON; n * gh], t, b * gh, &da_ih_cpu),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `v` with its `t`-th block of `len` elements replaced by `new` (a step's rows, or for the
+/// states [(T+1) * B, H] the rows written by step t - 1).
+fn keep_rows(v: &[f32], t: usize, len: usize, new: &Array2<f32>) -> Vec<f32> {
+    let mut out = v.to_vec();
+    out[t * len..(t + 1) * len].copy_from_slice(&flat(new));
+    out
 }

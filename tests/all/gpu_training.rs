@@ -582,7 +582,7 @@ fn auto_picks_the_recurrence_kernel_by_cell_and_size() {
 #[test]
 fn passes_beyond_the_query_set_are_counted_as_untimed() {
     use unroll::engine::gpu::buffers::{at, storage};
-    use unroll::engine::gpu::matmul::{RowsEpilogue, RowsInput, matmul_rows, plain};
+    use unroll::engine::gpu::matmul::{RowsEpilogue, matmul_rows, plain};
     use unroll::engine::gpu::pipelines::Pipelines;
     use unroll::engine::gpu::plan::{Plan, Recorder};
     use unroll::engine::gpu::profile::Profiler;
@@ -592,21 +592,20 @@ fn passes_beyond_the_query_set_are_counted_as_untimed() {
     if !ctx.has_timestamps() {
         return;
     }
-    // 2100 one-element products whose phase alternates: 2100 passes, 2048 of them timed.
-    let (x, w, out) = (
-        storage(&ctx, "x", 1).unwrap(),
+    // 2100 one-unit tanh steps whose phase alternates: 2100 passes, 2048 of them timed.
+    let (w, states) = (
         storage(&ctx, "w", 1).unwrap(),
-        storage(&ctx, "out", 1).unwrap(),
+        storage(&ctx, "states", 2).unwrap(),
     );
     let calls = (0..2100)
         .map(|_| {
             matmul_rows(
                 &ctx,
                 (1, 1, 1),
-                RowsInput::Separate(at(&x, 0)),
+                Some(0),
                 plain(at(&w, 0)),
-                at(&out, 0),
-                RowsEpilogue::Accumulate,
+                at(&states, 1),
+                RowsEpilogue::Activate(Activation::Tanh),
             )
             .unwrap()
         })

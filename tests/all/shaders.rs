@@ -43,7 +43,25 @@ fn every_shader_file_is_known_to_the_engine() {
         .filter(|n| n.ends_with(".wgsl"))
         .collect();
     on_disk.sort();
-    let mut known: Vec<String> = Shader::ALL.iter().map(|s| s.file().to_string()).collect();
+    let mut known: Vec<String> = Shader::ALL
+        .iter()
+        .flat_map(|s| s.files().iter().map(|f| f.to_string()))
+        .collect();
     known.sort();
+    known.dedup();
     assert_eq!(on_disk, known);
+}
+
+#[test]
+fn every_shader_source_is_its_files_in_order() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    for shader in Shader::ALL {
+        let files = shader.files();
+        assert_eq!(files.last(), Some(&shader.file()), "{shader:?}");
+        let joined: String = files
+            .iter()
+            .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+            .collect();
+        assert!(joined == shader.source(), "{shader:?} is not {files:?}");
+    }
 }

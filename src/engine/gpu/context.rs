@@ -129,11 +129,13 @@ pub struct Tunables {
     pub row_wg: u32,
     /// reduce.wgsl and optim.wgsl: threads per workgroup of the flat sums and the update.
     pub flat_wg: u32,
-    /// matmul.wgsl's `matmul_rows`: threads per workgroup (a multiple of 8).
-    pub matmul_rows_wg: u32,
-    /// matmul.wgsl's `matmul_rows`: the deepest slice of W staged in workgroup memory at once
-    /// (a multiple of 8; shallower products stage exactly their depth).
-    pub matmul_rows_kc: u32,
+    /// rows.wgsl's per-step products (`matmul_rows`, the fused gated steps): threads per
+    /// workgroup (a multiple of 8).
+    pub rows_product_wg: u32,
+    /// rows.wgsl's per-step products: the deepest slice of W staged in workgroup memory at once
+    /// (a multiple of 8; shallower products stage exactly their depth, and fewer are staged
+    /// where more columns per workgroup must fit beside the partial sums).
+    pub rows_product_kc: u32,
 }
 
 impl Tunables {
@@ -152,8 +154,9 @@ impl Tunables {
         } else {
             64
         };
-        // matmul_rows keeps 4 columns of W (kc deep) and 4 partial sums per thread in
-        // workgroup memory.
+        // The per-step products keep their columns of W (kc deep) and a partial sum per column
+        // and thread in workgroup memory; this cap fits 4 columns (`rows_launch` lowers it for
+        // more).
         let floats = limits.max_compute_workgroup_storage_size as usize / 4;
         let kc = (floats.saturating_sub(4 * flat as usize) / 4).min(2048) / 8 * 8;
         Tunables {
@@ -162,8 +165,8 @@ impl Tunables {
             rnn_tile,
             row_wg: 64,
             flat_wg: flat,
-            matmul_rows_wg: flat,
-            matmul_rows_kc: kc.max(8) as u32,
+            rows_product_wg: flat,
+            rows_product_kc: kc.max(8) as u32,
         }
     }
 }

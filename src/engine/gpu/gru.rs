@@ -1,9 +1,12 @@
 //! Launchers of `shaders/gru.wgsl`: the GRU's fused forward step and BPTT step for all B rows of
-//! one time step. The recurrent products around them are `matmul` calls (see the GPU engine).
+//! one time step, either around separate recurrent products (`matmul` calls, see the GPU engine)
+//! or with the product fused in (`*_rows`, one dispatch per step). The step arguments shared with
+//! the LSTM's kernels live here too.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::engine::gpu::context::GpuContext;
+use crate::engine::gpu::matmul::{ROWS_MAX_COLS, ROWS_UNITS, rows_launch};
 use crate::engine::gpu::pipelines::{Access, Kernel};
 use crate::engine::gpu::plan::{Call, grid_1d, offset32};
 use crate::engine::gpu::shaders::Shader;
@@ -30,6 +33,33 @@ pub static GRU_STEP_BACKWARD: Kernel = Kernel {
     ],
 };
 
+/// `gru_step_forward_rows`: bindings W_hh and b_hh, states, gates, a_hh.
+pub static GRU_STEP_FORWARD_ROWS: Kernel = Kernel {
+    shader: Shader::Gru,
+    entry: "gru_step_forward_rows",
+    bindings: &[
+        Access::Read,
+        Access::ReadWrite,
+        Access::ReadWrite,
+        Access::ReadWrite,
+    ],
+};
+
+/// `gru_step_backward_rows`: bindings W_hh, da_hh, gates, a_hh, states, ds, da_ih.
+pub static GRU_STEP_BACKWARD_ROWS: Kernel = Kernel {
+    shader: Shader::Gru,
+    entry: "gru_step_backward_rows",
+    bindings: &[
+        Access::Read,
+        Access::ReadWrite,
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::ReadWrite,
+        Access::ReadWrite,
+    ],
+};
+
 /// Mirror of `Args` in gru.wgsl and lstm.wgsl (`flag` is `has_prev` / `has_next`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -43,6 +73,10 @@ pub struct GateArgs {
     pub grad_off: u32,
     pub prev_grad_off: u32,
     pub flag: u32,
+    pub w_off: u32,
+    pub bias_off: u32,
+    pub x_off: u32,
+    pub has_x: u32,
     pub pad: [u32; 3],
 }
 
@@ -71,14 +105,57 @@ impl GateStep {
             grad_off: offset32("offset", t * b * h)?,
             prev_grad_off: offset32("offset", t.saturating_sub(1) * b * h)?,
             flag: flag as u32,
-            pad: [0; 3],
+            ..GateArgs::default()
         })
+    }
+
+    /// A fused step (rows.wgsl's product in front of the gate work): forward, the product
+    /// `h_{t-1} W_hh^T` with each workgroup owning its units of every gate; backward, `da_{t+1}
+    /// W_hh` (none at the last step, `last`) with each workgroup owning [`ROWS_UNITS`] units.
+    /// `buffers` start with the parameters.
+    pub fn rows_call(
+        &self,
+        ctx: &GpuContext,
+        kernel: &'static Kernel,
+        w: Recurrent,
+        (forward, last, flag): (bool, bool, bool),
+        buffers: &[&wgpu::Buffer],
+    ) -> Result<Call> {
+        let (b, h, g) = (self.rows, self.hidden, self.gates);
+        let mut args = self.args(flag)?;
+        args.w_off = offset32("offset", w.weight)?;
+        args.bias_off = offset32("offset", w.bias)?;
+        let (cols, units, depth) = if forward {
+            args.has_x = 1;
+            args.x_off = args.src_off;
+            let units = ROWS_MAX_COLS / g;
+            (units * g, units, h)
+        } else {
+            args.has_x = (!last) as u32;
+            args.x_off = if last {
+                0
+            } else {
+                offset32("offset", (self.t + 1) * b * g * h)?
+            };
+            (ROWS_UNITS, ROWS_UNITS, g * h)
+        };
+        let (overrides, groups) = rows_launch(ctx, cols, units, h, depth)?;
+        Ok(Call::new(kernel, overrides, buffers, &args, groups))
     }
 
     /// The grid: one thread per (b, j).
     pub fn grid(&self, ctx: &GpuContext) -> Result<[u32; 3]> {
         grid_1d(ctx, self.rows * self.hidden, ctx.tunables.row_wg)
     }
+}
+
+/// The recurrent weights of a fused step: W_hh [G*H, H] and b_hh [G*H] at these element offsets
+/// of the parameter buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Recurrent<'a> {
+    pub params: &'a wgpu::Buffer,
+    pub weight: usize,
+    pub bias: usize,
 }
 
 /// Forward GRU step t (twin: `gru_step_forward`): `gates` [N, 3H] holds a_ih at step t's rows
@@ -128,4 +205,43 @@ pub fn gru_step_backward(ctx: &GpuContext, step: GateStep, b: GruGrads<'_>) -> R
         &step.args(step.t > 0)?,
         step.grid(ctx)?,
     ))
+}
+
+/// Forward GRU step t with its recurrent product fused in (twins: `matmul` for
+/// `a_hh = h_{t-1} W_hh^T + b_hh`, then `gru_step_forward`): ONE dispatch. `gates` [N, 3H] holds
+/// a_ih at step t's rows and receives (r, z, n); a_hh [N, 3H] is written (the BPTT reads it);
+/// `states` [(T+1) * B, H] (h_{t-1} read, h_t written).
+pub fn gru_step_forward_rows(
+    ctx: &GpuContext,
+    step: GateStep,
+    w: Recurrent<'_>,
+    (gates, a_hh, states): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+) -> Result<Call> {
+    step.rows_call(
+        ctx,
+        &GRU_STEP_FORWARD_ROWS,
+        w,
+        (true, false, false),
+        &[w.params, states, gates, a_hh],
+    )
+}
+
+/// BPTT GRU step t with its recurrent product fused in (twins: `matmul` for
+/// `dh_t += da_hh_{t+1} W_hh`, then `gru_step_backward`): ONE dispatch. dh_t is the product
+/// (none at t = T-1, `last`) plus `ds` at step t's rows, which is only read; da_ih and da_hh are
+/// written at step t's rows and dh ⊙ z is added into ds at step t-1's rows when t > 0.
+pub fn gru_step_backward_rows(
+    ctx: &GpuContext,
+    step: GateStep,
+    w: Recurrent<'_>,
+    b: GruGrads<'_>,
+    last: bool,
+) -> Result<Call> {
+    step.rows_call(
+        ctx,
+        &GRU_STEP_BACKWARD_ROWS,
+        w,
+        (false, last, step.t > 0),
+        &[w.params, b.da_hh, b.gates, b.a_hh, b.states, b.ds, b.da_ih],
+    )
 }

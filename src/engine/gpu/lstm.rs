@@ -1,8 +1,9 @@
 //! Launchers of `shaders/lstm.wgsl`: the LSTM's fused forward step and BPTT step for all B rows
-//! of one time step. The recurrent products around them are `matmul` calls (see the GPU engine).
+//! of one time step, either around separate recurrent products (`matmul` calls, see the GPU
+//! engine) or with the product fused in (`*_rows`, one dispatch per step).
 
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::gru::GateStep;
+use crate::engine::gpu::gru::{GateStep, Recurrent};
 use crate::engine::gpu::pipelines::{Access, Kernel};
 use crate::engine::gpu::plan::Call;
 use crate::engine::gpu::shaders::Shader;
@@ -29,6 +30,32 @@ pub static LSTM_STEP_BACKWARD: Kernel = Kernel {
         Access::Read,
         Access::Read,
         Access::ReadWrite,
+        Access::ReadWrite,
+    ],
+};
+
+/// `lstm_step_forward_rows`: bindings W_hh and b_hh, states, gates, cells.
+pub static LSTM_STEP_FORWARD_ROWS: Kernel = Kernel {
+    shader: Shader::Lstm,
+    entry: "lstm_step_forward_rows",
+    bindings: &[
+        Access::Read,
+        Access::ReadWrite,
+        Access::ReadWrite,
+        Access::ReadWrite,
+    ],
+};
+
+/// `lstm_step_backward_rows`: bindings W_hh, da, gates, cells, ds, dc.
+pub static LSTM_STEP_BACKWARD_ROWS: Kernel = Kernel {
+    shader: Shader::Lstm,
+    entry: "lstm_step_backward_rows",
+    bindings: &[
+        Access::Read,
+        Access::ReadWrite,
+        Access::Read,
+        Access::Read,
+        Access::Read,
         Access::ReadWrite,
     ],
 };
@@ -71,4 +98,45 @@ pub fn lstm_step_backward(
         &step.args(!last)?,
         step.grid(ctx)?,
     ))
+}
+
+/// Forward LSTM step t with its recurrent product fused in (twins: `matmul` for
+/// `a_hh = h_{t-1} W_hh^T + b_hh`, then `lstm_step_forward`): ONE dispatch, no a_hh array.
+/// `gates` [N, 4H] holds a_ih at step t's rows and receives (i, f, g, o); `cells` and `states`
+/// [(T+1) * B, H] (c_{t-1}, h_{t-1} read, c_t and h_t written).
+pub fn lstm_step_forward_rows(
+    ctx: &GpuContext,
+    step: GateStep,
+    w: Recurrent<'_>,
+    gates: &wgpu::Buffer,
+    (cells, states): (&wgpu::Buffer, &wgpu::Buffer),
+) -> Result<Call> {
+    step.rows_call(
+        ctx,
+        &LSTM_STEP_FORWARD_ROWS,
+        w,
+        (true, false, false),
+        &[w.params, states, gates, cells],
+    )
+}
+
+/// BPTT LSTM step t with its recurrent product fused in (twins: `matmul` for
+/// `dh_t += da_{t+1} W_hh`, then `lstm_step_backward`): ONE dispatch. dh_t is the product (none
+/// at t = T-1, `last`, where `dc` is read as zero) plus `ds` at step t's rows, which is only
+/// read; `dc` [B, H] is carried and da is written at step t's rows of `da` [N, 4H].
+pub fn lstm_step_backward_rows(
+    ctx: &GpuContext,
+    step: GateStep,
+    w: Recurrent<'_>,
+    (gates, cells): (&wgpu::Buffer, &wgpu::Buffer),
+    (ds, dc, da): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+    last: bool,
+) -> Result<Call> {
+    step.rows_call(
+        ctx,
+        &LSTM_STEP_BACKWARD_ROWS,
+        w,
+        (false, last, !last),
+        &[w.params, da, gates, cells, ds, dc],
+    )
 }

@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::engine::gpu::buffers::Region;
 use crate::engine::gpu::context::GpuContext;
 use crate::engine::gpu::pipelines::{Access, Kernel};
-use crate::engine::gpu::plan::{Call, grid_2d, offset32};
+use crate::engine::gpu::plan::{Call, Constants, grid_2d, offset32};
 use crate::engine::gpu::shaders::Shader;
 use crate::error::{Error, Result};
 use crate::model::Activation;
@@ -133,11 +133,11 @@ pub fn matmul(
         .collect()
 }
 
-/// `matmul_rows`: bindings W and bias (read), X or s (read), out (read-write).
+/// `matmul_rows`: bindings W (read), the rows X and the output (read-write), s (read).
 pub static MATMUL_ROWS: Kernel = Kernel {
     shader: Shader::Matmul,
     entry: "matmul_rows",
-    bindings: &[Access::Read, Access::Read, Access::ReadWrite],
+    bindings: &[Access::Read, Access::ReadWrite, Access::Read],
 };
 
 /// Mirror of `RowsArgs` in matmul.wgsl.
@@ -148,115 +148,110 @@ pub struct RowsArgs {
     pub n: u32,
     pub depth: u32,
     pub x_off: u32,
-    pub w_off: u32,
     pub out_off: u32,
-    pub bias_off: u32,
+    pub w_off: u32,
     pub act_off: u32,
     pub trans_w: u32,
-    pub x_in_out: u32,
     pub has_x: u32,
-    pub has_bias: u32,
-    pub epilogue: u32,
+    pub derivative: u32,
     pub activation: u32,
-    pub pad: [u32; 2],
+    pub pad: u32,
 }
 
-/// Output columns per workgroup of `matmul_rows` (`UNITS` in matmul.wgsl).
+/// Output columns per workgroup of `matmul_rows` (`ROWS_COLS` in rows.wgsl).
 pub const ROWS_UNITS: usize = 4;
 
-/// Where `matmul_rows` reads its rows X from.
-#[derive(Clone, Copy, Debug)]
-pub enum RowsInput<'a> {
-    /// No product (it is zero): the last BPTT step.
-    None,
-    /// Rows `[B, depth]` in their own buffer.
-    Separate(Region<'a>),
-    /// Rows `[B, depth]` at this element offset of the output buffer (disjoint from the rows
-    /// written): the previous state of a tanh step, or the next step's dz in its BPTT.
-    InOutput(usize),
-}
+/// The most columns per workgroup of rows.wgsl (`MAX_COLS`, at most its `LANES`).
+pub const ROWS_MAX_COLS: usize = 8;
 
 /// What `matmul_rows` does with each output element.
 #[derive(Clone, Copy, Debug)]
 pub enum RowsEpilogue<'a> {
-    /// `out = product`, or `out = bias + product` with the bias vector `[n]` at this offset of
-    /// W's buffer.
-    Store { bias: Option<usize> },
-    /// `out += product`.
-    Accumulate,
     /// The tanh/relu cell's forward step in place: `out = f1(out + product)`.
     Activate(Activation),
     /// The tanh/relu cell's BPTT step in place: `out = (out + product) f1'(s)`, s `[B, n]`.
     Derivative(Activation, Region<'a>),
 }
 
-/// `out[B, n] (op)= X[B, depth] op(W)` for few rows B, spread over the n output columns (4 per
-/// workgroup): the recurrent product of one time step. `op(W)` as for [`matmul`]'s B:
+/// One time step of the tanh/relu recurrence, `out[B, n] = f(out + X[B, depth] op(W))` for few
+/// rows B, spread over the n output columns (4 per workgroup). X is at element `x` of the
+/// output's buffer, disjoint from the rows written (the previous state forward, the next step's
+/// dz in BPTT); `None` is a zero product (the last BPTT step). `op(W)` as for [`matmul`]'s B:
 /// `transposed(W)` for `X W^T` (W stored [n, depth]), `plain(W)` for `X W` (W stored
-/// [depth, n]). The CPU twins
-/// are `engine::cpu::matmul::matmul` and, for the cell epilogues, `rnn_step_forward` and
-/// `rnn_step_backward` of `engine::cpu::rnn`.
+/// [depth, n]). The CPU twins are `rnn_step_forward` and `rnn_step_backward` of
+/// `engine::cpu::rnn`.
 pub fn matmul_rows(
     ctx: &GpuContext,
     (rows, n, depth): (usize, usize, usize),
-    x: RowsInput<'_>,
+    x: Option<usize>,
     w: Operand<'_>,
     out: Region<'_>,
     epilogue: RowsEpilogue<'_>,
 ) -> Result<Call> {
-    let t = ctx.tunables;
-    let (x_off, x_in_out, has_x, aux) = match x {
-        RowsInput::None => (0, 0, 0, None),
-        RowsInput::Separate(r) => (r.offset, 0, 1, Some(r.buffer)),
-        RowsInput::InOutput(off) => (off, 1, 1, None),
-    };
-    let (code, activation, bias, s) = match epilogue {
-        RowsEpilogue::Store { bias } => (0, Activation::Tanh, bias, None),
-        RowsEpilogue::Accumulate => (1, Activation::Tanh, None, None),
-        RowsEpilogue::Activate(a) => (2, a, None, None),
-        RowsEpilogue::Derivative(a, s) => (3, a, None, Some(s)),
-    };
-    let aux = match (aux, s) {
-        (Some(_), Some(_)) => {
-            return Err(Error::Config(
-                "matmul_rows reads either separate rows or the activations, not both".into(),
-            ));
-        }
-        (Some(b), None) => b,
-        (None, Some(s)) => s.buffer,
-        (None, None) => w.at.buffer,
+    let (derivative, activation, act) = match epilogue {
+        RowsEpilogue::Activate(a) => (0, a, None),
+        RowsEpilogue::Derivative(a, s) => (1, a, Some(s)),
     };
     let args = RowsArgs {
         rows: offset32("rows", rows)?,
         n: offset32("columns", n)?,
         depth: offset32("depth", depth)?,
-        x_off: offset32("offset", x_off)?,
-        w_off: offset32("offset", w.at.offset)?,
+        x_off: offset32("offset", x.unwrap_or(0))?,
         out_off: offset32("offset", out.offset)?,
-        bias_off: offset32("offset", bias.unwrap_or(0))?,
-        act_off: offset32("offset", s.map_or(0, |s| s.offset))?,
+        w_off: offset32("offset", w.at.offset)?,
+        act_off: offset32("offset", act.map_or(0, |s| s.offset))?,
         trans_w: w.transposed as u32,
-        x_in_out,
-        has_x,
-        has_bias: bias.is_some() as u32,
-        epilogue: code,
+        has_x: x.is_some() as u32,
+        derivative,
         activation: crate::engine::gpu::rnn::activation_index(activation),
-        pad: [0; 2],
+        pad: 0,
     };
-    // Stage exactly the depth when it fits (one pipeline per depth), else slices of the most.
-    let kc = (depth.max(1).div_ceil(8) * 8).min(t.matmul_rows_kc as usize) as u32;
-    let groups = n.div_ceil(ROWS_UNITS).max(1);
+    let (overrides, groups) = rows_launch(ctx, ROWS_UNITS, ROWS_UNITS, n, depth)?;
+    // Without s, W's buffer fills the binding (read only, never read).
+    let s = act.map_or(w.at.buffer, |s| s.buffer);
+    Ok(Call::new(
+        &MATMUL_ROWS,
+        overrides,
+        &[w.at.buffer, out.buffer, s],
+        &args,
+        groups,
+    ))
+}
+
+/// Override constants and grid of a kernel built on rows.wgsl's `rows_product`: `cols` columns
+/// per workgroup (at most [`ROWS_MAX_COLS`]), `units` of the `n` units per workgroup, over
+/// `depth`. The staged slice is exactly the depth when it fits (one pipeline per depth), else
+/// the deepest that fits the workgroup memory beside the partial sums, at most the tunable.
+pub fn rows_launch(
+    ctx: &GpuContext,
+    cols: usize,
+    units: usize,
+    n: usize,
+    depth: usize,
+) -> Result<(Constants, [u32; 3])> {
+    let t = ctx.tunables;
+    let wg = t.rows_product_wg as usize;
+    let floats = ctx.limits.max_compute_workgroup_storage_size as usize / 4;
+    let fit = floats.saturating_sub(cols * wg) / cols.max(1) / 8 * 8;
+    let kc = (depth.max(1).div_ceil(8) * 8)
+        .min(t.rows_product_kc as usize)
+        .min(fit);
+    if cols == 0 || cols > ROWS_MAX_COLS || kc == 0 {
+        return Err(Error::Shape(format!(
+            "a per-step product of {cols} columns per workgroup does not fit this device"
+        )));
+    }
+    let groups = n.div_ceil(units.max(1)).max(1);
     let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
     if groups > max {
         return Err(Error::Shape(format!(
-            "matmul_rows over {n} columns needs {groups} workgroups, more than the device's {max}"
+            "a per-step product over {n} units needs {groups} workgroups, more than the device's {max}"
         )));
     }
-    Ok(Call::new(
-        &MATMUL_ROWS,
-        vec![("ROWS_WG", t.matmul_rows_wg), ("ROWS_KC", kc)],
-        &[w.at.buffer, aux, out.buffer],
-        &args,
-        [groups as u32, 1, 1],
-    ))
+    let overrides = vec![
+        ("ROWS_WG", t.rows_product_wg),
+        ("ROWS_KC", kc as u32),
+        ("ROWS_COLS", cols as u32),
+    ];
+    Ok((overrides, [groups as u32, 1, 1]))
 }

@@ -7,9 +7,10 @@
 //! and their gradient, and builds three plans: forward (dropout of the layer below, input
 //! projection over all N rows, T steps, output GEMM, fused loss, loss sum), backward (output
 //! GEMMs, T BPTT steps, the weight gradients and the gradient of the layer below per layer) and
-//! the optimizer (norm, update). A tanh step is one kernel; a gated step is one matmul for the
-//! recurrent pre-activations of all gates and one fused gate kernel, forward and backward. Engine calls append to a recorder;
-//! `optimizer_step` submits the whole step as one command buffer with one compute pass, and
+//! the optimizer (norm, update). A tanh step is one kernel (or the whole time loop one, the rows
+//! kernels); a gated step is one kernel too, its recurrent product for all gates fused into the
+//! gate work (wide), or one matmul and one gate kernel (steps), forward and backward. Engine
+//! calls append to a recorder; `optimizer_step` submits the whole step as one command buffer with one compute pass, and
 //! only read-backs wait for the device. The initial states live in their own buffer, so a
 //! carried state never leaves the device.
 //!
@@ -43,10 +44,10 @@ use crate::error::{Error, Result};
 use crate::model::{Cell, InputKind, ModelConfig, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState};
 
-use self::buffers::{Region, at, read, storage, storage_with, write};
+use self::buffers::{at, read, storage, storage_with, write};
 pub use self::context::{AdapterSummary, GpuContext, list_adapters};
-use self::gru::GateStep;
-use self::matmul::{Biases, RowsEpilogue, RowsInput, matmul, matmul_rows, plain, transposed};
+use self::gru::{GateStep, Recurrent};
+use self::matmul::{Biases, RowsEpilogue, matmul, matmul_rows, plain, transposed};
 use self::pipelines::Pipelines;
 use self::plan::{Call, Op, Plan, Recorder};
 use self::profile::{PhaseTimes, Profiler, StepPhase};
@@ -96,32 +97,6 @@ struct DropoutSlot {
     offsets: (usize, usize),
     /// The mask after this layer.
     boundary: usize,
-}
-
-/// A gated layer's per-step product `out = x op(W) + b` (`bias`, with W's buffer) or
-/// `out += x op(W)` (`bias` None): spread over the output columns when `wide`
-/// ([`matmul_rows`]), else the tiled [`matmul`]. Sizes (B, n, depth).
-fn step_product(
-    ctx: &GpuContext,
-    wide: bool,
-    dims: (usize, usize, usize),
-    (x, w, out): (Region<'_>, matmul::Operand<'_>, Region<'_>),
-    bias: Option<usize>,
-) -> Result<Vec<Call>> {
-    if wide {
-        let epilogue = match bias {
-            Some(b) => RowsEpilogue::Store { bias: Some(b) },
-            None => RowsEpilogue::Accumulate,
-        };
-        let call = matmul_rows(ctx, dims, RowsInput::Separate(x), w, out, epilogue)?;
-        return Ok(vec![call]);
-    }
-    let biases = bias.map(|first| Biases {
-        buffer: w.at.buffer,
-        first,
-        second: None,
-    });
-    matmul(ctx, dims, plain(x), w, out, biases, bias.is_none())
 }
 
 /// The GPU engine.
@@ -267,6 +242,25 @@ impl GpuEngine {
         let gh = cfg.cell.gates() * h;
         let gated = cfg.cell != Cell::Rnn;
         let n = steps * rows;
+        // The tanh/relu recurrence: one dispatch per layer (a workgroup per row) or one per step;
+        // the per-step products spread over the output columns (wide; a gated step's product
+        // fused into its gate kernel) or tiled (steps).
+        let rows_kernels = !gated
+            && match self.recurrence {
+                Recurrence::Steps | Recurrence::Wide => false,
+                Recurrence::Auto => {
+                    h < crate::engine::ROWS_BELOW_HIDDEN && rnn::rows_kernels_fit(ctx, rows, h)
+                }
+                Recurrence::Rows => rnn::rows_kernels_fit(ctx, rows, h),
+            };
+        let wide = !rows_kernels && self.recurrence != Recurrence::Steps;
+        if self.recurrence == Recurrence::Rows && !rows_kernels && !gated {
+            return Err(Error::Config(format!(
+                "the rows-per-workgroup recurrence does not fit B={rows} rows of H={h} on {}",
+                ctx.info.name
+            )));
+        }
+
         let inputs = match cfg.input_kind {
             InputKind::OneHot => storage(ctx, "tokens", TokenLayout::new(n, i0).len())?,
             InputKind::Dense => storage(ctx, "inputs", n * i0)?,
@@ -287,7 +281,9 @@ impl GpuEngine {
         let states = per_layer("states", (steps + 1) * rows * h, true)?;
         let cells = per_layer("cells", (steps + 1) * rows * h, cfg.cell == Cell::Lstm)?;
         let gates = per_layer("gates", n * gh, gated)?;
-        let a_hh = per_layer("a_hh", n * gh, gated)?;
+        // a_hh: the recurrent pre-activations, kept when the product is its own dispatch or the
+        // GRU's BPTT reads them.
+        let a_hh = per_layer("a_hh", n * gh, cfg.cell == Cell::Gru || (gated && !wide))?;
         // The input of layer k > 0 after dropout (an unscaled copy when dropout is off).
         let dropped = per_layer("dropped", n * h, cfg.layers > 1)?;
         let da_ih = gated.then(|| storage(ctx, "da_ih", n * gh)).transpose()?;
@@ -327,24 +323,6 @@ impl GpuEngine {
             }
         };
         let mut dropout_slots = Vec::new();
-        // The tanh/relu recurrence: one dispatch per layer (a workgroup per row) or one per step;
-        // the per-step products spread over the output columns (wide) or tiled (steps).
-        let rows_kernels = !gated
-            && match self.recurrence {
-                Recurrence::Steps | Recurrence::Wide => false,
-                Recurrence::Auto => {
-                    h < crate::engine::ROWS_BELOW_HIDDEN && rnn::rows_kernels_fit(ctx, rows, h)
-                }
-                Recurrence::Rows => rnn::rows_kernels_fit(ctx, rows, h),
-            };
-        let wide = !rows_kernels && self.recurrence != Recurrence::Steps;
-        if self.recurrence == Recurrence::Rows && !rows_kernels && !gated {
-            return Err(Error::Config(format!(
-                "the rows-per-workgroup recurrence does not fit B={rows} rows of H={h} on {}",
-                ctx.info.name
-            )));
-        }
-
         // Forward: the embedding, then per layer the input projection over all N rows and the
         // T steps.
         let mut fwd: Vec<Call> = Vec::new();
@@ -444,12 +422,17 @@ impl GpuEngine {
                 )?);
                 continue;
             }
+            let recurrent = Recurrent {
+                params: p,
+                weight: lo.weight_hh,
+                bias: lo.bias_hh,
+            };
             for t in 0..steps {
                 if !gated && wide {
                     fwd.push(matmul_rows(
                         ctx,
                         (rows, h, h),
-                        RowsInput::InOutput(t * rows * h),
+                        Some(t * rows * h),
                         transposed(at(p, lo.weight_hh)),
                         at(&states[k], (t + 1) * rows * h),
                         RowsEpilogue::Activate(act),
@@ -468,24 +451,45 @@ impl GpuEngine {
                     )?);
                     continue;
                 }
-                // All gates' recurrent pre-activations in ONE product: h_{t-1} W_hh^T + b_hh.
-                fwd.extend(step_product(
-                    ctx,
-                    wide,
-                    (rows, gh, h),
-                    (
-                        at(&states[k], t * rows * h),
-                        transposed(at(p, lo.weight_hh)),
-                        at(&a_hh[k], t * rows * gh),
-                    ),
-                    Some(lo.bias_hh),
-                )?);
                 let step = GateStep {
                     rows,
                     hidden: h,
                     gates: cfg.cell.gates(),
                     t,
                 };
+                if wide {
+                    // The recurrent product fused into the gate kernel: ONE dispatch per step.
+                    fwd.push(match cfg.cell {
+                        Cell::Lstm => lstm::lstm_step_forward_rows(
+                            ctx,
+                            step,
+                            recurrent,
+                            &gates[k],
+                            (&cells[k], &states[k]),
+                        )?,
+                        _ => gru::gru_step_forward_rows(
+                            ctx,
+                            step,
+                            recurrent,
+                            (&gates[k], &a_hh[k], &states[k]),
+                        )?,
+                    });
+                    continue;
+                }
+                // All gates' recurrent pre-activations in ONE product: h_{t-1} W_hh^T + b_hh.
+                fwd.extend(matmul(
+                    ctx,
+                    (rows, gh, h),
+                    plain(at(&states[k], t * rows * h)),
+                    transposed(at(p, lo.weight_hh)),
+                    at(&a_hh[k], t * rows * gh),
+                    Some(Biases {
+                        buffer: p,
+                        first: lo.bias_hh,
+                        second: None,
+                    }),
+                    false,
+                )?);
                 fwd.push(match cfg.cell {
                     Cell::Lstm => lstm::lstm_step_forward(
                         ctx,
@@ -615,11 +619,7 @@ impl GpuEngine {
                 }
                 (Cell::Rnn, ..) if wide => {
                     for t in (0..steps).rev() {
-                        let next = if t + 1 < steps {
-                            RowsInput::InOutput((t + 1) * rows * h)
-                        } else {
-                            RowsInput::None
-                        };
+                        let next = (t + 1 < steps).then_some((t + 1) * rows * h);
                         bwd.push(matmul_rows(
                             ctx,
                             (rows, h, h),
@@ -655,6 +655,20 @@ impl GpuEngine {
                 (_, Some(da_ih), da_hh, dc) => {
                     // GRU: da_hh differs from da_ih; LSTM: one gradient for both sides.
                     let da_rec = da_hh.as_ref().unwrap_or(da_ih);
+                    let recurrent = Recurrent {
+                        params: p,
+                        weight: lo.weight_hh,
+                        bias: lo.bias_hh,
+                    };
+                    // The GRU's buffers (an LSTM in the wide form has no a_hh).
+                    let gru_grads = dc.is_none().then(|| gru::GruGrads {
+                        gates: &gates[k],
+                        a_hh: &a_hh[k],
+                        states: &states[k],
+                        ds: &ds[cur],
+                        da_ih,
+                        da_hh: da_rec,
+                    });
                     for t in (0..steps).rev() {
                         let step = GateStep {
                             rows,
@@ -662,39 +676,45 @@ impl GpuEngine {
                             gates: cfg.cell.gates(),
                             t,
                         };
-                        bwd.push(match dc {
-                            Some(dc) => lstm::lstm_step_backward(
+                        let last = t + 1 == steps;
+                        // wide: dh_t += da_{t+1} W_hh fused into the gate kernel, ONE dispatch.
+                        bwd.push(match (dc, gru_grads, wide) {
+                            (Some(dc), _, true) => lstm::lstm_step_backward_rows(
+                                ctx,
+                                step,
+                                recurrent,
+                                (&gates[k], &cells[k]),
+                                (&ds[cur], dc, da_ih),
+                                last,
+                            )?,
+                            (Some(dc), _, false) => lstm::lstm_step_backward(
                                 ctx,
                                 step,
                                 (&gates[k], &cells[k]),
                                 (&ds[cur], dc, da_ih),
-                                t + 1 == steps,
+                                last,
                             )?,
-                            None => gru::gru_step_backward(
-                                ctx,
-                                step,
-                                gru::GruGrads {
-                                    gates: &gates[k],
-                                    a_hh: &a_hh[k],
-                                    states: &states[k],
-                                    ds: &ds[cur],
-                                    da_ih,
-                                    da_hh: da_rec,
-                                },
-                            )?,
+                            (None, Some(b), true) => {
+                                gru::gru_step_backward_rows(ctx, step, recurrent, b, last)?
+                            }
+                            (None, Some(b), false) => gru::gru_step_backward(ctx, step, b)?,
+                            (None, None, _) => {
+                                return Err(Error::Config("gradient buffers missing".into()));
+                            }
                         });
+                        if wide {
+                            continue;
+                        }
                         if t > 0 {
                             // ds[t-1] += da_t W_hh: ONE product for all gates.
-                            bwd.extend(step_product(
+                            bwd.extend(matmul(
                                 ctx,
-                                wide,
                                 (rows, h, gh),
-                                (
-                                    at(da_rec, t * rows * gh),
-                                    plain(at(p, lo.weight_hh)),
-                                    at(&ds[cur], (t - 1) * rows * h),
-                                ),
+                                plain(at(da_rec, t * rows * gh)),
+                                plain(at(p, lo.weight_hh)),
+                                at(&ds[cur], (t - 1) * rows * h),
                                 None,
+                                true,
                             )?);
                         }
                     }

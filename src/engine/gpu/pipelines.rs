@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use crate::engine::gpu::context::GpuContext;
+use crate::engine::gpu::plan::Constants;
 use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 
@@ -28,7 +29,7 @@ pub struct Kernel {
 /// Bytes of one arguments slot (every `Args` struct of the shaders fits in it).
 pub const ARGS_SLOT: u64 = 256;
 
-type PipelineKey = (&'static str, Shader, Vec<(&'static str, u32)>);
+type PipelineKey = (&'static str, Shader, Constants);
 
 /// The pipeline cache.
 #[derive(Default)]

@@ -16,12 +16,15 @@ use crate::engine::gpu::pipelines::{ARGS_SLOT, Kernel, Pipelines};
 use crate::engine::gpu::profile::{PhaseTimes, Profiler, StepPhase};
 use crate::error::{Error, Result};
 
+/// WGSL override constants by name.
+pub type Constants = Vec<(&'static str, u32)>;
+
 /// One kernel launch, before its bind group and argument slot exist.
 #[derive(Debug)]
 pub struct Call {
     pub kernel: &'static Kernel,
     /// WGSL override constants.
-    pub constants: Vec<(&'static str, u32)>,
+    pub constants: Constants,
     /// The storage buffers, bound whole at bindings 1, 2, ...
     pub buffers: Vec<wgpu::Buffer>,
     /// The `Args` struct's bytes.
@@ -34,7 +37,7 @@ impl Call {
     /// A call of `kernel` with `args`.
     pub fn new<A: Pod>(
         kernel: &'static Kernel,
-        constants: Vec<(&'static str, u32)>,
+        constants: Constants,
         buffers: &[&wgpu::Buffer],
         args: &A,
         groups: [u32; 3],

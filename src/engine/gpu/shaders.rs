@@ -1,4 +1,6 @@
 //! The WGSL sources, one file per kernel family under `shaders/`, compiled into the binary.
+//! The families with per-step products (matmul, GRU, LSTM) are compiled with `rows.wgsl`, the
+//! product they share, in front (WGSL has no includes).
 
 /// A kernel family: one self-contained WGSL file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,13 +50,37 @@ impl Shader {
         }
     }
 
-    /// The WGSL source.
+    /// The files under `shaders/` its source is made of, in order: `rows.wgsl` in front of the
+    /// families that use it, then [`Shader::file`].
+    pub fn files(self) -> &'static [&'static str] {
+        match self {
+            Shader::Matmul => &["rows.wgsl", "matmul.wgsl"],
+            Shader::Gru => &["rows.wgsl", "gru.wgsl"],
+            Shader::Lstm => &["rows.wgsl", "lstm.wgsl"],
+            Shader::Rnn => &["rnn.wgsl"],
+            Shader::Dropout => &["dropout.wgsl"],
+            Shader::Loss => &["loss.wgsl"],
+            Shader::Reduce => &["reduce.wgsl"],
+            Shader::Optim => &["optim.wgsl"],
+        }
+    }
+
+    /// The WGSL source (with `rows.wgsl` in front where the family uses it).
     pub fn source(self) -> &'static str {
         match self {
-            Shader::Matmul => include_str!("../../../shaders/matmul.wgsl"),
+            Shader::Matmul => concat!(
+                include_str!("../../../shaders/rows.wgsl"),
+                include_str!("../../../shaders/matmul.wgsl")
+            ),
             Shader::Rnn => include_str!("../../../shaders/rnn.wgsl"),
-            Shader::Gru => include_str!("../../../shaders/gru.wgsl"),
-            Shader::Lstm => include_str!("../../../shaders/lstm.wgsl"),
+            Shader::Gru => concat!(
+                include_str!("../../../shaders/rows.wgsl"),
+                include_str!("../../../shaders/gru.wgsl")
+            ),
+            Shader::Lstm => concat!(
+                include_str!("../../../shaders/rows.wgsl"),
+                include_str!("../../../shaders/lstm.wgsl")
+            ),
             Shader::Dropout => include_str!("../../../shaders/dropout.wgsl"),
             Shader::Loss => include_str!("../../../shaders/loss.wgsl"),
             Shader::Reduce => include_str!("../../../shaders/reduce.wgsl"),
