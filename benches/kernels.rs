@@ -1,7 +1,8 @@
 //! Criterion benches of the kernels of one char-LM training step, on the CPU twins
 //! (`engine::cpu::*`) and, where wgpu finds an adapter, on the WGSL kernels through their
-//! launchers: the GEMMs of the step, the fused recurrent step forward and backward, the fused
-//! softmax cross-entropy, the gradient norm and the SGD update.
+//! launchers: the GEMMs of the step, the fused recurrent step forward and backward, the CPU's
+//! packed products of a gated step (every SIMD kernel the processor runs), the fused softmax
+//! cross-entropy, the gradient norm and the SGD update.
 //!
 //! Shapes: V = 65, B = 32, T = 64, H = 128 and 512 (the CPU anchors of DESIGN.md §5).
 //! Throughput: GEMMs and recurrent steps count FLOP (`2 m n k`; criterion prints them as
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::{Array2, ArrayView2};
+use unroll::engine::cpu::packed::{Kernel, StepWeight};
 use unroll::engine::cpu::{loss as cpu_loss, matmul as cpu_matmul, optim as cpu_optim};
 use unroll::engine::cpu::{reduce as cpu_reduce, rnn as cpu_rnn};
 use unroll::engine::gpu::buffers::{at, storage_with};
@@ -95,6 +97,23 @@ fn cpu_kernels(c: &mut Criterion) {
                 bench
                     .iter(|| cpu_matmul::matmul(op(&a, ta), op(&b, tb), &mut out.view_mut(), false))
             });
+        }
+        // A gated step's products with op(W) packed once (`engine::cpu::packed`), on every SIMD
+        // kernel this processor runs: h W_hh^T [B, H] x [H, 4H] and da W_hh [B, 4H] x [4H, H].
+        for (name, (k, n)) in [("h W_hh^T", (h, 4 * h)), ("da W_hh", (4 * h, h))] {
+            let (x, w) = (array(B, k, 11, 1.0), array(k, n, 12, 0.1));
+            let mut out = Array2::<f32>::zeros((B, n));
+            g.throughput(Throughput::Elements((2 * B * n * k) as u64));
+            for kernel in [Kernel::Avx512, Kernel::Avx2] {
+                if !kernel.supported() {
+                    continue;
+                }
+                let packed = StepWeight::with_kernel(w.view(), Some(kernel));
+                let id = BenchmarkId::new(format!("packed LSTM step flop {kernel:?}"), name);
+                g.bench_function(id, |bench| {
+                    bench.iter(|| packed.product(x.view(), &mut out.view_mut()))
+                });
+            }
         }
         let w_hh = array(h, h, 3, 1.0 / (h as f32).sqrt());
         let (u, prev) = (array(B, h, 4, 1.0), array(B, h, 5, 1.0));

@@ -141,7 +141,7 @@ for h in 128 512; do
   for r in rows wide steps; do
     # shellcheck disable=SC2086
     timeout 15 "$KIT/unroll" bench --device gpu --recurrence "$r" --repeats 10 --hidden "$h" \
-      ${GPU_RECURRENCE_ARGS:---cell rnn,lstm --batch 64 --seq-len 128} \
+      ${GPU_RECURRENCE_ARGS:---cell rnn,gru,lstm --batch 64 --seq-len 128} \
       2>>"$OUT/bench.log" | grep '^| gpu' >>"$OUT/recurrence.md"
   done
 done

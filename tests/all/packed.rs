@@ -1,8 +1,8 @@
 //! The CPU engine's step products with W packed once for the time loop
 //! (`engine::cpu::packed`): every SIMD kernel this processor runs against `matmul` on fresh
-//! random inputs, with awkward shapes (one row, rows off the kernel's 8 or 4, columns off the
-//! 32 of a panel, depth 1), strided and transposed operands, and the threaded split; and the
-//! same bits whatever the number of threads.
+//! random inputs, with awkward shapes (one row, rows off the kernel's 8 or 6, columns off the
+//! 48 or 16 of a panel, depth 1), strided and transposed operands, and the threaded split; and
+//! the same bits whatever the number of threads.
 
 use ndarray::{Array2, ArrayView2, s};
 use unroll::engine::cpu::matmul::matmul;
@@ -24,11 +24,13 @@ fn packed_step_products_match_matmul_for_every_kernel_and_awkward_shape() {
     if kernels.is_empty() {
         eprintln!("packed products: no SIMD kernel on this processor; the fallback is matmul");
     }
-    // (m, k, n): one row; rows off 8 and 4; columns off 32; depth 1; and a product large
-    // enough to be split between threads.
+    // (m, k, n): one row; rows off 8 and 6; columns off 48 and 16; depth 1; and a product
+    // large enough to be split between threads.
     let shapes = [
         (1, 1, 1),
         (1, 7, 40),
+        (7, 3, 49),
+        (6, 9, 97),
         (9, 5, 33),
         (13, 64, 31),
         (33, 17, 70),
