@@ -18,6 +18,7 @@ mod padding;
 mod pairs_cli;
 mod pairs_data;
 mod pytorch;
+mod row_split;
 mod shaders;
 mod training;
 mod words;
