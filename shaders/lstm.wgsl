@@ -1,12 +1,16 @@
 // lstm.wgsl: the LSTM cell's fused gate nonlinearities and cell update (torch.nn.LSTM, gates
 // i, f, g, o stacked in that order), the twin of `src/engine/cpu/lstm.rs`.
 //
-// One time step of all B rows. The recurrent pre-activations of all four gates,
+// One time step of all B rows, in two forms. `lstm_step_forward` / `lstm_step_backward` (the
+// `steps` recurrence): the recurrent pre-activations of all four gates,
 // a_hh = h_{t-1} W_hh^T + b_hh [B, 4H], come from ONE matmul dispatch before the forward step;
-// `dh_{t-1} += da W_hh` is ONE matmul dispatch after the backward step. The input-side
-// pre-activations a_ih = x_t W_ih^T + b_ih of all T steps are computed before the time loop.
+// `dh_{t-1} += da W_hh` is ONE matmul dispatch after the backward step. `*_rows` (the `wide`
+// recurrence, below): the product is fused in, so a step is ONE dispatch. Both forms share the
+// unit's math (`cell_forward`, `cell_backward`). The input-side pre-activations
+// a_ih = x_t W_ih^T + b_ih of all T steps are computed before the time loop.
 //
-// Tunables (override constants): WG, the workgroup size (one thread per (b, j) element).
+// Tunables (override constants): WG, the workgroup size of the element-wise form (one thread
+// per (b, j) element); the fused form's are rows.wgsl's.
 
 override WG: u32 = 64u;
 

@@ -111,33 +111,36 @@ impl GateStep {
 
     /// A fused step (rows.wgsl's product in front of the gate work): forward, the product
     /// `h_{t-1} W_hh^T` with each workgroup owning its units of every gate; backward, `da_{t+1}
-    /// W_hh` (none at the last step, `last`) with each workgroup owning [`ROWS_UNITS`] units.
-    /// `buffers` start with the parameters.
+    /// W_hh` (none at the last step) with each workgroup owning [`ROWS_UNITS`] units. `flag` is
+    /// the kernel's flag argument; `buffers` start with the parameters.
     pub fn rows_call(
         &self,
         ctx: &GpuContext,
-        kernel: &'static Kernel,
+        (kernel, pass): (&'static Kernel, Pass),
         w: Recurrent,
-        (forward, last, flag): (bool, bool, bool),
+        flag: bool,
         buffers: &[&wgpu::Buffer],
     ) -> Result<Call> {
         let (b, h, g) = (self.rows, self.hidden, self.gates);
         let mut args = self.args(flag)?;
         args.w_off = offset32("offset", w.weight)?;
         args.bias_off = offset32("offset", w.bias)?;
-        let (cols, units, depth) = if forward {
-            args.has_x = 1;
-            args.x_off = args.src_off;
-            let units = ROWS_MAX_COLS / g;
-            (units * g, units, h)
-        } else {
-            args.has_x = (!last) as u32;
-            args.x_off = if last {
-                0
-            } else {
-                offset32("offset", (self.t + 1) * b * g * h)?
-            };
-            (ROWS_UNITS, ROWS_UNITS, g * h)
+        let (cols, units, depth) = match pass {
+            Pass::Forward => {
+                args.has_x = 1;
+                args.x_off = args.src_off;
+                let units = ROWS_MAX_COLS / g;
+                (units * g, units, h)
+            }
+            Pass::Backward { last } => {
+                args.has_x = (!last) as u32;
+                args.x_off = if last {
+                    0
+                } else {
+                    offset32("offset", (self.t + 1) * b * g * h)?
+                };
+                (ROWS_UNITS, ROWS_UNITS, g * h)
+            }
         };
         let (overrides, groups) = rows_launch(ctx, cols, units, h, depth)?;
         Ok(Call::new(kernel, overrides, buffers, &args, groups))
@@ -147,6 +150,16 @@ impl GateStep {
     pub fn grid(&self, ctx: &GpuContext) -> Result<[u32; 3]> {
         grid_1d(ctx, self.rows * self.hidden, ctx.tunables.row_wg)
     }
+}
+
+/// Which way a fused step goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Forward,
+    /// BPTT; `last`: step T-1, which gets no gradient from a next step.
+    Backward {
+        last: bool,
+    },
 }
 
 /// The recurrent weights of a fused step: W_hh [G*H, H] and b_hh [G*H] at these element offsets
@@ -219,9 +232,9 @@ pub fn gru_step_forward_rows(
 ) -> Result<Call> {
     step.rows_call(
         ctx,
-        &GRU_STEP_FORWARD_ROWS,
+        (&GRU_STEP_FORWARD_ROWS, Pass::Forward),
         w,
-        (true, false, false),
+        false,
         &[w.params, states, gates, a_hh],
     )
 }
@@ -239,9 +252,9 @@ pub fn gru_step_backward_rows(
 ) -> Result<Call> {
     step.rows_call(
         ctx,
-        &GRU_STEP_BACKWARD_ROWS,
+        (&GRU_STEP_BACKWARD_ROWS, Pass::Backward { last }),
         w,
-        (false, last, step.t > 0),
+        step.t > 0,
         &[w.params, b.da_hh, b.gates, b.a_hh, b.states, b.ds, b.da_ih],
     )
 }

@@ -3,7 +3,7 @@
 //! engine) or with the product fused in (`*_rows`, one dispatch per step).
 
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::gru::{GateStep, Recurrent};
+use crate::engine::gpu::gru::{GateStep, Pass, Recurrent};
 use crate::engine::gpu::pipelines::{Access, Kernel};
 use crate::engine::gpu::plan::Call;
 use crate::engine::gpu::shaders::Shader;
@@ -113,9 +113,9 @@ pub fn lstm_step_forward_rows(
 ) -> Result<Call> {
     step.rows_call(
         ctx,
-        &LSTM_STEP_FORWARD_ROWS,
+        (&LSTM_STEP_FORWARD_ROWS, Pass::Forward),
         w,
-        (true, false, false),
+        false,
         &[w.params, states, gates, cells],
     )
 }
@@ -134,9 +134,9 @@ pub fn lstm_step_backward_rows(
 ) -> Result<Call> {
     step.rows_call(
         ctx,
-        &LSTM_STEP_BACKWARD_ROWS,
+        (&LSTM_STEP_BACKWARD_ROWS, Pass::Backward { last }),
         w,
-        (false, last, !last),
+        !last,
         &[w.params, da, gates, cells, ds, dc],
     )
 }
