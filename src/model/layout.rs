@@ -42,16 +42,16 @@ pub struct LayerOffsets {
     pub weight_ih: usize,
     /// `weight_hh_l{k}`: [G*H, H]
     pub weight_hh: usize,
-    /// `bias_ih_l{k}`: [G*H]
+    /// `bias_ih_l{k}`: `[G*H]`
     pub bias_ih: usize,
-    /// `bias_hh_l{k}`: [G*H]
+    /// `bias_hh_l{k}`: `[G*H]`
     pub bias_hh: usize,
 }
 
 /// The layout of all parameters of a model in one flat buffer, in a fixed order:
 /// `embed.weight` [I, E] when the model has an embedding; for each layer k:
 /// `weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k}`; then `out.weight` [V, H]
-/// (absent with tied weights, where the output layer uses `embed.weight`), `out.bias` [V].
+/// (absent with tied weights, where the output layer uses `embed.weight`), `out.bias` `[V]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamLayout {
     specs: Vec<ParamSpec>,
@@ -148,7 +148,7 @@ impl ParamLayout {
         self.out_weight
     }
 
-    /// Offset of `out.bias` [V].
+    /// Offset of `out.bias` `[V]`.
     pub fn out_bias(&self) -> usize {
         self.out_bias
     }

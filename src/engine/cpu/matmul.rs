@@ -17,6 +17,18 @@ pub fn matmul<F: Float>(
     c: &mut ArrayViewMut2<F>,
     accumulate: bool,
 ) {
+    matmul_threads(a, b, c, accumulate, true)
+}
+
+/// [`matmul`] on the calling thread alone (`parallel = false`), for callers that already
+/// share the work between threads, or on rayon's pool.
+pub fn matmul_threads<F: Float>(
+    a: ArrayView2<F>,
+    b: ArrayView2<F>,
+    c: &mut ArrayViewMut2<F>,
+    accumulate: bool,
+    parallel: bool,
+) {
     let ((m, k), (k2, n)) = (a.dim(), b.dim());
     assert!(
         k == k2 && c.dim() == (m, n),
@@ -58,7 +70,11 @@ pub fn matmul<F: Float>(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            if parallel {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
 }

@@ -1164,10 +1164,13 @@ fn layer_forward<F: Float>(
     let gated = cfg.cell != Cell::Rnn;
     // Every step's product h_{t-1} W_hh^T, with W_hh^T packed (or copied row-major) once for
     // all T steps.
+    // With the rows split between threads, each product runs on its own thread.
+    let parts = row_parts(b);
     let step_w = packed::StepWeight::reusing(
         view(p, lo.weight_hh, gh, h).reversed_axes(),
         pool.pack_buffer(),
-    );
+    )
+    .parallel(parts == 1);
     let b_ih = &p[lo.bias_ih..lo.bias_ih + gh];
     let b_hh = &p[lo.bias_hh..lo.bias_hh + gh];
     // Overwritten whole: rows 0..B by h0, the others by the input projection (tanh) or the
@@ -1198,7 +1201,6 @@ fn layer_forward<F: Float>(
     });
     // The recurrence, one time step at a time.
     profile::enter(clock, StepPhase::ForwardRecurrence);
-    let parts = row_parts(b);
     if !gated {
         TanhRows(per_step_mut(&mut states, b)).run_split(parts, &|mut r: TanhRows<'_, F>| {
             for t in 0..r.0.len_of(Axis(0)) - 1 {
@@ -1241,9 +1243,10 @@ fn layer_backward<F: Float>(
     pool: &mut pool::Pool<F>,
 ) -> (Array2<F>, Option<Array2<F>>) {
     let n = ds.nrows();
-    // dh_{t-1} += dz_t W_hh at every step, W_hh packed once.
-    let step_w = packed::StepWeight::reusing(w_hh, pool.pack_buffer());
+    // dh_{t-1} += dz_t W_hh at every step, W_hh packed once; with the rows split between
+    // threads, each product runs on its own thread.
     let parts = row_parts(b);
+    let step_w = packed::StepWeight::reusing(w_hh, pool.pack_buffer()).parallel(parts == 1);
     if cfg.cell == Cell::Rnn {
         // In place: ds becomes dz.
         let rows = TanhGradRows {

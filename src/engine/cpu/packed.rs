@@ -8,7 +8,7 @@
 //! 8 rows x 48 columns of C in 24 AVX-512 registers (6 rows x 16 columns in 12 AVX2 registers),
 //! per depth step one broadcast of X per row and three (two) loads of W, each panel read once
 //! per block of rows; threads take disjoint panels. The kernel is picked at run time from the processor's features; in f64, or on a
-//! processor with neither, the product goes through [`matmul`] (on a row-major copy of op(W),
+//! processor with neither, the product goes through [`matmul`](crate::engine::cpu::matmul::matmul) (on a row-major copy of op(W),
 //! which the GEMM reads several times faster than a strided transposed view).
 //!
 //! Every element is summed in depth order with fused multiply-adds, so the result does not
@@ -17,7 +17,7 @@
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 
 use crate::engine::cpu::Float;
-use crate::engine::cpu::matmul::matmul;
+use crate::engine::cpu::matmul::matmul_threads;
 
 /// Columns per block (and panel) of the AVX-512 kernel: 8 rows x 3 zmm of accumulators, 24 FMAs
 /// per 3 loads of W and 8 broadcasts of X (measured on [32, 512] x [512, 2048] and its BPTT
@@ -33,7 +33,7 @@ const AVX2_COLS: usize = 16;
 /// panels to another thread costs more than it saves.
 const PARALLEL_MIN: usize = 1 << 22;
 
-/// op(W) of at most this many values (1 MiB of f32) stays with [`matmul`]: it fits a core's L2
+/// op(W) of at most this many values (1 MiB of f32) stays with [`matmul`](crate::engine::cpu::matmul::matmul): it fits a core's L2
 /// cache, where the GEMM is as fast as the kernel here (measured on two AVX-512 cores: equal at
 /// [32, 512] x [512, 512], the GEMM ahead at [32, 128] x [128, 128], the kernel 1.4-2x ahead at
 /// [32, 512] x [512, 2048] and [32, 2048] x [2048, 512]).
@@ -95,15 +95,17 @@ struct Panels {
 enum Held<'a, F> {
     /// Packed for a SIMD kernel (f32).
     Panels(Panels),
-    /// The caller's view, for [`matmul`].
+    /// The caller's view, for [`matmul`](crate::engine::cpu::matmul::matmul).
     View(ArrayView2<'a, F>),
-    /// A row-major copy, for [`matmul`].
+    /// A row-major copy, for [`matmul`](crate::engine::cpu::matmul::matmul).
     Copy(Array2<F>),
 }
 
 /// The W of a time loop's products, packed for the SIMD kernel when there is one.
 pub struct StepWeight<'a, F: Float> {
     held: Held<'a, F>,
+    /// Whether a product may share its work between threads.
+    parallel: bool,
 }
 
 impl<'a, F: Float> StepWeight<'a, F> {
@@ -143,17 +145,28 @@ impl<'a, F: Float> StepWeight<'a, F> {
             _ if w.is_standard_layout() => Held::View(w),
             _ => Held::Copy(w.as_standard_layout().into_owned()),
         };
-        StepWeight { held }
-    }
-
-    /// op(W) as it is, for [`matmul`]: no kernel, no copy (the CPU twins of the GPU kernels).
-    pub fn view(w: ArrayView2<'a, F>) -> Self {
         StepWeight {
-            held: Held::View(w),
+            held,
+            parallel: true,
         }
     }
 
-    /// The kernel the products run on (`None`: [`matmul`]).
+    /// op(W) as it is, for [`matmul`](crate::engine::cpu::matmul::matmul): no kernel, no copy (the CPU twins of the GPU kernels).
+    pub fn view(w: ArrayView2<'a, F>) -> Self {
+        StepWeight {
+            held: Held::View(w),
+            parallel: true,
+        }
+    }
+
+    /// Whether the products may share their work between threads (the default) or run on the
+    /// calling thread alone (for callers that already run one product per thread).
+    pub fn parallel(mut self, on: bool) -> Self {
+        self.parallel = on;
+        self
+    }
+
+    /// The kernel the products run on (`None`: [`matmul`](crate::engine::cpu::matmul::matmul)).
     pub fn kernel(&self) -> Option<Kernel> {
         match &self.held {
             Held::Panels(p) => Some(p.kernel),
@@ -161,11 +174,11 @@ impl<'a, F: Float> StepWeight<'a, F> {
         }
     }
 
-    /// `c += x op(W)`: x [m, k], c [m, n]; mismatched shapes panic as [`matmul`]'s do.
+    /// `c += x op(W)`: x [m, k], c [m, n]; mismatched shapes panic as [`matmul`](crate::engine::cpu::matmul::matmul)'s do.
     pub fn product(&self, x: ArrayView2<F>, c: &mut ArrayViewMut2<F>) {
         let p = match &self.held {
-            Held::View(w) => return matmul(x, *w, c, true),
-            Held::Copy(w) => return matmul(x, w.view(), c, true),
+            Held::View(w) => return matmul_threads(x, *w, c, true, self.parallel),
+            Held::Copy(w) => return matmul_threads(x, w.view(), c, true, self.parallel),
             Held::Panels(p) => p,
         };
         let (m, k) = x.dim();
@@ -183,7 +196,7 @@ impl<'a, F: Float> StepWeight<'a, F> {
         if m == 0 {
             return;
         }
-        let parts = if m * k * p.n >= PARALLEL_MIN {
+        let parts = if self.parallel && m * k * p.n >= PARALLEL_MIN {
             rayon::current_num_threads().min(p.n.div_ceil(p.kernel.panel_width()))
         } else {
             1

@@ -5,7 +5,7 @@ use ndarray::ArrayView2;
 
 use crate::engine::cpu::Float;
 
-/// `out[j] += sum_r a[r, j]`. Shapes: a [N, C], out [C].
+/// `out[j] += sum_r a[r, j]`. Shapes: a [N, C], out `[C]`.
 pub fn column_sums_accumulate<F: Float>(a: ArrayView2<F>, out: &mut [F]) {
     for row in a.outer_iter() {
         for (o, &v) in out.iter_mut().zip(row.iter()) {

@@ -162,7 +162,7 @@ pub enum Pass {
     },
 }
 
-/// The recurrent weights of a fused step: W_hh [G*H, H] and b_hh [G*H] at these element offsets
+/// The recurrent weights of a fused step: W_hh [G*H, H] and b_hh `[G*H]` at these element offsets
 /// of the parameter buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct Recurrent<'a> {

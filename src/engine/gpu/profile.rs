@@ -40,7 +40,7 @@ impl Profiler {
         })
     }
 
-    /// The query set for `passes` passes (at most [`MAX_QUERIES`] / 2 of them), growing it when
+    /// The query set for `passes` passes (at most `MAX_QUERIES` / 2 of them), growing it when
     /// a submit needs more than any before.
     pub fn query_set(&mut self, ctx: &GpuContext, passes: usize) -> Option<&wgpu::QuerySet> {
         let want = (passes as u64 * 2).min(MAX_QUERIES as u64) as u32;
@@ -75,7 +75,7 @@ impl Profiler {
         self.queries.as_ref().map(|q| &q.0)
     }
 
-    /// Counts a pass that found no free query (more than [`MAX_QUERIES`] / 2 in one submit).
+    /// Counts a pass that found no free query (more than `MAX_QUERIES` / 2 in one submit).
     pub fn untimed(&mut self) {
         self.times.untimed_passes += 1;
     }
