@@ -982,7 +982,10 @@ impl<F: Float> RowBlock for GatedRows<'_, F> {
         let (s0, s1) = self.states.split_at(Axis(1), r);
         let (g0, g1) = self.gates.split_at(Axis(1), r);
         let (a0, a1) = self.a_hh.split_at(Axis(1), r);
-        let (c0, c1) = split_opt_mut(self.cells, r);
+        let (c0, c1) = match self.cells.map(|c| c.split_at(Axis(1), r)) {
+            Some((c0, c1)) => (Some(c0), Some(c1)),
+            None => (None, None),
+        };
         (
             GatedRows {
                 states: s0,
@@ -1031,17 +1034,28 @@ impl<F: Float> GatedRows<'_, F> {
 }
 
 /// A gated layer's BPTT arrays for a block of batch rows, per time step: the forward's gates
-/// and a_hh (GRU; empty for the LSTM) [T, B', G*H], states and memories [T+1, B', H]; the state
-/// gradient ds [T, B', H], da_ih and the GRU's da_hh [T, B', G*H], the LSTM's dc [B', H].
+/// [T, B', G*H], the state gradient ds [T, B', H], da_ih [T, B', G*H], and the cell's own.
 struct GatedGradRows<'a, F: Float> {
     gates: ndarray::ArrayView3<'a, F>,
-    a_hh: ndarray::ArrayView3<'a, F>,
-    states: ndarray::ArrayView3<'a, F>,
-    cells: Option<ndarray::ArrayView3<'a, F>>,
     ds: ndarray::ArrayViewMut3<'a, F>,
     da_ih: ndarray::ArrayViewMut3<'a, F>,
-    da_hh: Option<ndarray::ArrayViewMut3<'a, F>>,
-    dc: ArrayViewMut2<'a, F>,
+    cell: CellGrad<'a, F>,
+}
+
+/// What the BPTT of one kind of gated cell reads and writes besides [`GatedGradRows`]'s arrays.
+enum CellGrad<'a, F: Float> {
+    /// The memories [T+1, B', H] and the gradient carried to c_{t-1} [B', H]; da_ih is also the
+    /// recurrent side's gradient.
+    Lstm {
+        cells: ndarray::ArrayView3<'a, F>,
+        dc: ArrayViewMut2<'a, F>,
+    },
+    /// a_hh [T, B', 3H], the states [T+1, B', H] and da_hh [T, B', 3H].
+    Gru {
+        a_hh: ndarray::ArrayView3<'a, F>,
+        states: ndarray::ArrayView3<'a, F>,
+        da_hh: ndarray::ArrayViewMut3<'a, F>,
+    },
 }
 
 impl<F: Float> RowBlock for GatedGradRows<'_, F> {
@@ -1051,52 +1065,53 @@ impl<F: Float> RowBlock for GatedGradRows<'_, F> {
 
     fn split_at(self, r: usize) -> (Self, Self) {
         let (g0, g1) = self.gates.split_at(Axis(1), r);
-        let (a0, a1) = self.a_hh.split_at(Axis(1), r);
-        let (s0, s1) = self.states.split_at(Axis(1), r);
-        let (c0, c1) = match self.cells.map(|c| c.split_at(Axis(1), r)) {
-            Some((c0, c1)) => (Some(c0), Some(c1)),
-            None => (None, None),
-        };
         let (d0, d1) = self.ds.split_at(Axis(1), r);
         let (i0, i1) = self.da_ih.split_at(Axis(1), r);
-        let (h0, h1) = split_opt_mut(self.da_hh, r);
-        let (e0, e1) = self.dc.split_at(Axis(0), r);
+        let (cell0, cell1) = match self.cell {
+            CellGrad::Lstm { cells, dc } => {
+                let (c0, c1) = cells.split_at(Axis(1), r);
+                let (e0, e1) = dc.split_at(Axis(0), r);
+                (
+                    CellGrad::Lstm { cells: c0, dc: e0 },
+                    CellGrad::Lstm { cells: c1, dc: e1 },
+                )
+            }
+            CellGrad::Gru {
+                a_hh,
+                states,
+                da_hh,
+            } => {
+                let (a0, a1) = a_hh.split_at(Axis(1), r);
+                let (s0, s1) = states.split_at(Axis(1), r);
+                let (h0, h1) = da_hh.split_at(Axis(1), r);
+                (
+                    CellGrad::Gru {
+                        a_hh: a0,
+                        states: s0,
+                        da_hh: h0,
+                    },
+                    CellGrad::Gru {
+                        a_hh: a1,
+                        states: s1,
+                        da_hh: h1,
+                    },
+                )
+            }
+        };
         (
             GatedGradRows {
                 gates: g0,
-                a_hh: a0,
-                states: s0,
-                cells: c0,
                 ds: d0,
                 da_ih: i0,
-                da_hh: h0,
-                dc: e0,
+                cell: cell0,
             },
             GatedGradRows {
                 gates: g1,
-                a_hh: a1,
-                states: s1,
-                cells: c1,
                 ds: d1,
                 da_ih: i1,
-                da_hh: h1,
-                dc: e1,
+                cell: cell1,
             },
         )
-    }
-}
-
-/// Two optional per-step views.
-type OptPair<'a, F> = (
-    Option<ndarray::ArrayViewMut3<'a, F>>,
-    Option<ndarray::ArrayViewMut3<'a, F>>,
-);
-
-/// An optional per-step view split along its rows.
-fn split_opt_mut<F: Float>(a: Option<ndarray::ArrayViewMut3<'_, F>>, r: usize) -> OptPair<'_, F> {
-    match a.map(|a| a.split_at(Axis(1), r)) {
-        Some((x, y)) => (Some(x), Some(y)),
-        None => (None, None),
     }
 }
 
@@ -1109,23 +1124,27 @@ impl<F: Float> GatedGradRows<'_, F> {
             let mut dh_prev = (t > 0).then(|| before.index_axis_move(Axis(0), t - 1));
             let gates_t = self.gates.index_axis(Axis(0), t);
             let da_ih_t = self.da_ih.index_axis_mut(Axis(0), t);
-            let da_rec = match (&self.cells, self.da_hh.as_mut()) {
-                (Some(c), _) => {
+            let da_rec = match &mut self.cell {
+                CellGrad::Lstm { cells, dc } => {
                     lstm::lstm_step_backward(
                         gates_t,
-                        c.index_axis(Axis(0), t),
-                        c.index_axis(Axis(0), t + 1),
+                        cells.index_axis(Axis(0), t),
+                        cells.index_axis(Axis(0), t + 1),
                         dh,
-                        self.dc.view_mut(),
+                        dc.view_mut(),
                         da_ih_t,
                     );
                     self.da_ih.index_axis(Axis(0), t)
                 }
-                (None, Some(da_hh)) => {
+                CellGrad::Gru {
+                    a_hh,
+                    states,
+                    da_hh,
+                } => {
                     gru::gru_step_backward(
                         gates_t,
-                        self.a_hh.index_axis(Axis(0), t),
-                        self.states.index_axis(Axis(0), t),
+                        a_hh.index_axis(Axis(0), t),
+                        states.index_axis(Axis(0), t),
                         dh,
                         da_ih_t,
                         da_hh.index_axis_mut(Axis(0), t),
@@ -1133,7 +1152,6 @@ impl<F: Float> GatedGradRows<'_, F> {
                     );
                     da_hh.index_axis(Axis(0), t)
                 }
-                (None, None) => return,
             };
             // The recurrent part of the previous state's gradient: dh_{t-1} += da_hh W_hh.
             if let Some(dp) = dh_prev.as_mut() {
@@ -1277,16 +1295,27 @@ fn layer_backward<F: Float>(
     // Both written whole by the step kernels, row block by row block.
     let mut da_ih = pool.overwritten((n, gh));
     let mut da_hh = pool.overwritten(if lc.cells.is_some() { (0, 0) } else { (n, gh) });
-    let mut dc = pool.zeros((b, cfg.hidden_size));
+    let mut dc = pool.zeros(if lc.cells.is_some() {
+        (b, cfg.hidden_size)
+    } else {
+        (0, 0)
+    });
+    let cell = match &lc.cells {
+        Some(c) => CellGrad::Lstm {
+            cells: per_step(c.view(), b),
+            dc: dc.view_mut(),
+        },
+        None => CellGrad::Gru {
+            a_hh: per_step(lc.a_hh.view(), b),
+            states: per_step(lc.states.view(), b),
+            da_hh: per_step_mut(&mut da_hh, b),
+        },
+    };
     let rows = GatedGradRows {
         gates: per_step(lc.gates.view(), b),
-        a_hh: per_step(lc.a_hh.view(), b),
-        states: per_step(lc.states.view(), b),
-        cells: lc.cells.as_ref().map(|c| per_step(c.view(), b)),
         ds: per_step_mut(&mut ds, b),
         da_ih: per_step_mut(&mut da_ih, b),
-        da_hh: lc.cells.is_none().then(|| per_step_mut(&mut da_hh, b)),
-        dc: dc.view_mut(),
+        cell,
     };
     rows.run_split(parts, &|r| r.backward(&step_w));
     pool.give_pack(step_w.into_buffer());
