@@ -4,7 +4,7 @@
 //! packed products of a gated step (every SIMD kernel the processor runs), the fused softmax
 //! cross-entropy, the gradient norm and the SGD update.
 //!
-//! Shapes: V = 65, B = 32, T = 64, H = 128 and 512 (the CPU anchors of DESIGN.md §5).
+//! Shapes: V = 65, B = 32, T = 64, H = 128 and 512 (the CPU anchors of docs/ARCHITECTURE.md, Tuning numbers).
 //! Throughput: GEMMs and recurrent steps count FLOP (`2 m n k`; criterion prints them as
 //! "elem/s", read GFLOP/s for Gelem/s); the loss counts logits, the optimizer and the norm
 //! count parameters. GPU kernels run as 16 dispatches in one compute pass per submit (as in a

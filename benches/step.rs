@@ -1,6 +1,6 @@
 //! Criterion benches of whole char-LM training steps (`unroll::bench::StepBench`: upload,
 //! forward, BPTT, SGD with clip 5, state carry), throughput in tokens (B * T per step). The
-//! CPU runs the anchors of DESIGN.md §5 (B=32, T=64, H=128 and 512); the GPU, when wgpu finds
+//! CPU runs the anchors of docs/ARCHITECTURE.md, Tuning numbers (B=32, T=64, H=128 and 512); the GPU, when wgpu finds
 //! an adapter, the tanh-RNN rows of the GPU anchors (only H=128 on a software rasteriser).
 //! Every sample's steps are recorded back to back and the device is waited for once at the
 //! end, before the clock is read.

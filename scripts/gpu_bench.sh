@@ -13,9 +13,10 @@
 # The run stage writes everything to $OUT (default ./gpu-bench-out):
 #   env.txt       nvidia-smi, the adapters wgpu sees, PyTorch's version and device
 #   tests.log     GPU-vs-CPU agreement: every test whose name contains "gpu", UNROLL_REQUIRE_GPU=1
-#   bench.md      `unroll bench --device gpu --baseline pytorch --profile` over the DESIGN.md §5
-#                 sweep: unroll's tokens/s, PyTorch's, the ratio, per-call phases and each
-#                 phase's device time (timestamp queries)
+#   bench.md      `unroll bench --device gpu --baseline pytorch --profile` over the GPU
+#                 anchors' sweep (docs/ARCHITECTURE.md, Tuning numbers): unroll's tokens/s,
+#                 PyTorch's, the ratio, per-call phases and each phase's device time (timestamp
+#                 queries)
 #   bench.json    the same as JSON
 #   words.md      a word-level model (V = 10,000, --embed 512) against PyTorch with nn.Embedding
 #   recurrence.md the recurrence kernels (rows, wide, steps) on the same shapes, one after another
@@ -120,7 +121,7 @@ UNROLL_REQUIRE_GPU=1 timeout 100 "$KIT/tests" gpu --test-threads 1 >"$OUT/tests.
 TESTS=$?
 tail -n 5 "$OUT/tests.log"
 
-echo "== unroll bench --device gpu --baseline pytorch (DESIGN.md §5 sweep)"
+echo "== unroll bench --device gpu --baseline pytorch (the GPU anchors' sweep)"
 # shellcheck disable=SC2086
 timeout 200 "$KIT/unroll" bench --device gpu --baseline pytorch --profile ${GPU_BENCH_ARGS:-} \
   --json-out "$OUT/bench.json" >"$OUT/bench.md" 2>"$OUT/bench.log"

@@ -14,7 +14,7 @@ use crate::engine::gpu::pipelines::Pipelines;
 use crate::engine::gpu::plan::{Plan, Recorder};
 use crate::error::{Error, Result};
 
-/// The shapes of DESIGN.md §3 (the tiled kernel reached 22.6 and 20.4 TFLOP/s on an H200):
+/// The shapes measured on an H200 (docs/ARCHITECTURE.md, Tuning numbers; the tiled kernel reached 22.6 and 20.4 TFLOP/s on an H200):
 /// `(m, n, k)`.
 pub const DEFAULT_SHAPES: [(usize, usize, usize); 2] = [(4096, 4096, 4096), (8192, 512, 512)];
 

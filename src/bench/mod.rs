@@ -587,7 +587,7 @@ impl StepBench {
 /// One engine call of the profile.
 type EngineCall<'a> = dyn FnMut(&mut dyn Engine) -> Result<()> + 'a;
 
-/// The configurations of DESIGN.md §5 (PyTorch + cuDNN anchors on an H200) for the GPU:
+/// The GPU anchors (PyTorch + cuDNN on an H200; docs/ARCHITECTURE.md, Tuning numbers):
 /// `(cell name, H, B, T)`.
 pub const GPU_SWEEP: [(&str, usize, usize, usize); 8] = [
     ("rnn", 128, 32, 64),
@@ -600,7 +600,7 @@ pub const GPU_SWEEP: [(&str, usize, usize, usize); 8] = [
     ("lstm", 2048, 64, 128),
 ];
 
-/// The CPU anchors of DESIGN.md §5: `(cell name, H, B, T)`.
+/// The CPU anchors (docs/ARCHITECTURE.md, Tuning numbers): `(cell name, H, B, T)`.
 pub const CPU_SWEEP: [(&str, usize, usize, usize); 6] = [
     ("rnn", 128, 32, 64),
     ("rnn", 512, 32, 64),
@@ -611,7 +611,7 @@ pub const CPU_SWEEP: [(&str, usize, usize, usize); 6] = [
 ];
 
 /// The default sweep of `device` for the cells in `cells` (all cells this build has when
-/// empty), in the order of DESIGN.md §5.
+/// empty), in the order of the anchors' tables.
 pub fn default_sweep(device: DeviceKind, cells: &[Cell], vocab: usize) -> Vec<StepShape> {
     let table: &[(&str, usize, usize, usize)] = match device {
         DeviceKind::Cpu => &CPU_SWEEP,
