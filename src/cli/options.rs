@@ -373,7 +373,9 @@ mod tests {
 
     #[test]
     fn resume_refuses_what_the_run_keeps() {
-        let args = ["unroll", "train", "--resume", "d", "--embed", "8", "--steps", "5"];
+        let args = [
+            "unroll", "train", "--resume", "d", "--embed", "8", "--steps", "5",
+        ];
         let a = TrainArgs {
             given: given(&args).expect("parses"),
             ..Default::default()
