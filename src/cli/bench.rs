@@ -5,14 +5,15 @@
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use unroll::bench::pytorch::{self, TorchReport};
+use unroll::bench::pytorch::{self, TorchInfo, TorchReport};
 use unroll::bench::{
     DeviceKind, StepBench, StepReport, StepShape, Timing, cell_name, default_sweep, matmul,
     parse_cell,
 };
 use unroll::engine::gpu::GpuContext;
 
-/// Where `unroll bench` runs.
+use super::options::with_default;
+
 /// `--recurrence`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RecurrenceArg {
@@ -50,22 +51,78 @@ pub enum Baseline {
     Pytorch,
 }
 
+/// The one configuration measured when --hidden, --batch, --seq-len or --quick is given: H, B
+/// and T, each when not given.
+const ONE_HIDDEN: usize = 128;
+const ONE_BATCH: usize = 32;
+const ONE_SEQ_LEN: usize = 64;
+/// Steps per timed sample on the GPU (and per submission of --matmul).
+const GPU_BLOCK: usize = 10;
+/// Steps per timed sample on the CPU, whose engine is synchronous.
+const CPU_BLOCK: usize = 1;
+
+/// What the help says of the defaults of `unroll bench` that are not a single value, after
+/// each option's own text.
+fn defaults() -> Vec<(&'static str, String)> {
+    let shapes: Vec<String> = matmul::DEFAULT_SHAPES
+        .iter()
+        .map(|(m, n, k)| format!("{m}x{n}x{k}"))
+        .collect();
+    vec![
+        ("cell", "[default: every cell of this build]".into()),
+        ("batch", format!("(one configuration; default {ONE_BATCH})")),
+        (
+            "seq_len",
+            format!("(one configuration; default {ONE_SEQ_LEN})"),
+        ),
+        (
+            "block",
+            format!(
+                "[default: {GPU_BLOCK} on the GPU, {CPU_BLOCK} on the CPU, whose engine is \
+                 synchronous]"
+            ),
+        ),
+        (
+            "quick",
+            format!("(H={ONE_HIDDEN}, B={ONE_BATCH}, T={ONE_SEQ_LEN})"),
+        ),
+        (
+            "threads",
+            "[default: the available cores, or RAYON_NUM_THREADS when set]".into(),
+        ),
+        ("matmul_shape", format!("[default: {}]", shapes.join(","))),
+    ]
+}
+
+/// The `unroll bench` command with its defaults written into the help.
+pub fn with_defaults(c: clap::Command) -> clap::Command {
+    let defaults = defaults();
+    c.mut_args(|a| {
+        let default = defaults
+            .iter()
+            .find(|(id, _)| a.get_id() == *id)
+            .map(|(_, d)| d.as_str());
+        with_default(a, default)
+    })
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Engines to measure, comma-separated (e.g. cpu,gpu).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
     pub device: Vec<BenchDevice>,
-    /// Recurrent cells, comma-separated [default: every cell of this build].
+    /// Recurrent cells, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub cell: Vec<String>,
     /// State size H: with --batch/--seq-len, one configuration instead of the default sweep
-    /// (DESIGN.md §5: the GPU anchors, or B=32 T=64 H=128 and 512 on the CPU).
+    /// (docs/ARCHITECTURE.md, "Tuning numbers": the GPU anchors, or B=32 T=64 H=128 and 512 on
+    /// the CPU).
     #[arg(long)]
     pub hidden: Option<usize>,
-    /// Streams per batch, B (one configuration; default 32).
+    /// Streams per batch, B.
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Time steps per batch, T (one configuration; default 64).
+    /// Time steps per batch, T.
     #[arg(long)]
     pub seq_len: Option<usize>,
     /// Stacked recurrent layers.
@@ -91,11 +148,10 @@ pub struct BenchArgs {
     /// Timed samples.
     #[arg(long, default_value_t = 20)]
     pub repeats: usize,
-    /// Steps per timed sample, waited for once and divided [default: 10 on the GPU, 1 on the
-    /// CPU, whose engine is synchronous].
+    /// Steps per timed sample, waited for once and divided.
     #[arg(long)]
     pub block: Option<usize>,
-    /// One small configuration (H=128, B=32, T=64) with few repeats: a smoke run.
+    /// A smoke run: few repeats of one small configuration.
     #[arg(long)]
     pub quick: bool,
     /// Measure unroll and the baseline this many times, alternating, and pool the samples of
@@ -111,8 +167,7 @@ pub struct BenchArgs {
     /// Python interpreter for the PyTorch baseline.
     #[arg(long, default_value = "python3")]
     pub python: String,
-    /// CPU threads for the CPU engine's GEMMs and for PyTorch [default: the available cores,
-    /// or RAYON_NUM_THREADS when set].
+    /// CPU threads for the CPU engine's GEMMs and for PyTorch.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Seed of the parameters and of the random tokens.
@@ -121,7 +176,7 @@ pub struct BenchArgs {
     /// Time the WGSL matmul alone instead of training steps (GPU), in TFLOP/s.
     #[arg(long)]
     pub matmul: bool,
-    /// GEMM shapes for --matmul, MxNxK, comma-separated [default: 4096x4096x4096,8192x512x512].
+    /// GEMM shapes for --matmul, MxNxK, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub matmul_shape: Vec<String>,
     /// Print JSON instead of a table.
@@ -217,9 +272,9 @@ fn shapes(a: &BenchArgs, device: DeviceKind) -> anyhow::Result<Vec<StepShape>> {
                 StepShape::new(
                     cell,
                     a.vocab_size,
-                    a.hidden.unwrap_or(128),
-                    a.batch.unwrap_or(32),
-                    a.seq_len.unwrap_or(64),
+                    a.hidden.unwrap_or(ONE_HIDDEN),
+                    a.batch.unwrap_or(ONE_BATCH),
+                    a.seq_len.unwrap_or(ONE_SEQ_LEN),
                 )
             })
             .collect()
@@ -236,8 +291,8 @@ fn shapes(a: &BenchArgs, device: DeviceKind) -> anyhow::Result<Vec<StepShape>> {
 
 fn timing(a: &BenchArgs, device: DeviceKind) -> Timing {
     let block = a.block.unwrap_or(match device {
-        DeviceKind::Cpu => 1,
-        DeviceKind::Gpu => 10,
+        DeviceKind::Cpu => CPU_BLOCK,
+        DeviceKind::Gpu => GPU_BLOCK,
     });
     if a.quick {
         Timing {
@@ -357,7 +412,7 @@ fn run_matmul(a: &BenchArgs) -> anyhow::Result<u8> {
     };
     let ctx = GpuContext::open(true).context("--matmul needs a GPU adapter")?;
     eprintln!("adapter: {}", ctx.info);
-    let per_submit = a.block.unwrap_or(10);
+    let per_submit = a.block.unwrap_or(GPU_BLOCK);
     let reports = shapes
         .into_iter()
         .map(|s| matmul::measure(&ctx, s, per_submit, a.repeats))
@@ -395,15 +450,9 @@ fn cpu_pressure() -> Option<f64> {
         .ok()
 }
 
-pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
-    let threads = cpu_threads(a.threads)?;
-    let load_before = load_average();
-    let pressure_before = cpu_pressure();
-    if a.matmul {
-        return run_matmul(&a);
-    }
-    let mut notes: Vec<String> = Vec::new();
-    let torch = match a.baseline {
+/// The PyTorch baseline when --baseline asks for it and it runs (else a note says why not).
+fn probe_baseline(a: &BenchArgs, notes: &mut Vec<String>) -> Option<TorchInfo> {
+    match a.baseline {
         None => None,
         Some(Baseline::Pytorch) => match pytorch::probe(&a.python) {
             Ok(info) => {
@@ -421,139 +470,222 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
                 None
             }
         },
-    };
+    }
+}
+
+/// What one configuration is measured with.
+struct Measure<'a> {
+    a: &'a BenchArgs,
+    device: DeviceKind,
+    timing: Timing,
+    torch: Option<&'a TorchInfo>,
+    threads: usize,
+}
+
+impl Measure<'_> {
+    /// The baseline's measurement of `shape` in round `round` (`None` when it does not run).
+    fn torch_round(
+        &self,
+        shape: &StepShape,
+        label: &str,
+        round: usize,
+        notes: &mut Vec<String>,
+    ) -> Option<TorchReport> {
+        let (a, device) = (self.a, self.device);
+        match (self.torch, device) {
+            (Some(info), DeviceKind::Gpu) if !info.cuda => {
+                if round == 0 {
+                    notes.push(format!(
+                        "{label}: no PyTorch baseline, torch sees no CUDA device"
+                    ));
+                }
+                None
+            }
+            (Some(_), _) => {
+                match pytorch::run(&a.python, device, shape, self.timing, self.threads, a.seed) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        notes.push(format!("{label}: {e}"));
+                        None
+                    }
+                }
+            }
+            (None, _) => None,
+        }
+    }
+
+    /// Measures `shape` for every round, alternating with the baseline.
+    fn shape(&self, shape: StepShape, notes: &mut Vec<String>) -> anyhow::Result<Option<Row>> {
+        let (a, device) = (self.a, self.device);
+        let label = format!(
+            "{:?} {} H={} B={} T={} L={} V={}{}",
+            device,
+            cell_name(shape.cell),
+            shape.hidden,
+            shape.batch,
+            shape.seq_len,
+            shape.layers,
+            shape.vocab,
+            shape.embed.map_or(String::new(), |e| format!(" E={e}"))
+        );
+        eprintln!("measuring {label} ...");
+        let mut bench =
+            StepBench::new(device, shape, a.seed).with_context(|| format!("setting up {label}"))?;
+        bench.engine.engine().set_recurrence(a.recurrence.into())?;
+        let mut row: Option<Row> = None;
+        for round in 0..a.rounds.max(1) {
+            let report = bench
+                .measure(self.timing, a.profile && round == 0)
+                .with_context(|| format!("measuring {label}"))?;
+            let torch = self.torch_round(&shape, &label, round, notes);
+            row = Some(match row.take() {
+                None => Row::new(report, torch),
+                Some(mut r) => {
+                    r.add(report, torch)?;
+                    r
+                }
+            });
+        }
+        Ok(row)
+    }
+}
+
+impl Row {
+    fn new(report: StepReport, torch: Option<TorchReport>) -> Self {
+        let ratio = torch.as_ref().map(|t| report.tokens_per_s / t.tokens_per_s);
+        Row {
+            report,
+            torch,
+            round_ratios: ratio.into_iter().collect(),
+        }
+    }
+
+    /// Pools a later round's samples into this row.
+    fn add(&mut self, report: StepReport, torch: Option<TorchReport>) -> anyhow::Result<()> {
+        let ratio = torch.as_ref().map(|t| report.tokens_per_s / t.tokens_per_s);
+        self.report.merge(report)?;
+        self.torch = match (self.torch.take(), torch) {
+            (Some(mut all), Some(t)) => {
+                all.merge(t)?;
+                Some(all)
+            }
+            (all, t) => all.or(t),
+        };
+        self.round_ratios.extend(ratio);
+        Ok(())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.report).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("pytorch".into(), json!(self.torch));
+            obj.insert(
+                "ratio".into(),
+                json!(
+                    self.torch
+                        .as_ref()
+                        .map(|t| self.report.tokens_per_s / t.tokens_per_s)
+                ),
+            );
+            obj.insert("round_ratios".into(), json!(self.round_ratios));
+        }
+        v
+    }
+}
+
+/// The machine a bench ran on, and how busy it was before and after.
+struct Machine {
+    cpu: String,
+    cores: usize,
+    threads: usize,
+    load: (Option<f64>, Option<f64>),
+    pressure: (Option<f64>, Option<f64>),
+}
+
+impl Machine {
+    /// The machine now, with the load and pressure `before` measured at the start.
+    fn after(threads: usize, before: (Option<f64>, Option<f64>)) -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_string())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads,
+            load: (before.0, load_average()),
+            pressure: (before.1, cpu_pressure()),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "cpu": self.cpu,
+            "cores": self.cores,
+            "threads": self.threads,
+            "load_before": self.load.0,
+            "load_after": self.load.1,
+            "cpu_pressure_before": self.pressure.0,
+            "cpu_pressure_after": self.pressure.1,
+        })
+    }
+
+    fn print(&self) {
+        let load = |l: Option<f64>| l.map_or("?".to_string(), |v| format!("{v:.2}"));
+        println!(
+            "machine: {}, {} cores; CPU threads: {}; load average {} before, {} \
+             after; CPU pressure (some, avg10) {}% before, {}% after",
+            self.cpu,
+            self.cores,
+            self.threads,
+            load(self.load.0),
+            load(self.load.1),
+            load(self.pressure.0),
+            load(self.pressure.1)
+        );
+    }
+}
+
+pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
+    let threads = cpu_threads(a.threads)?;
+    let before = (load_average(), cpu_pressure());
+    if a.matmul {
+        return run_matmul(&a);
+    }
+    let mut notes: Vec<String> = Vec::new();
+    let torch = probe_baseline(&a, &mut notes);
     let mut rows = Vec::new();
     for (device, note) in devices(&a.device) {
         notes.extend(note);
-        let timing = timing(&a, device);
+        let measure = Measure {
+            a: &a,
+            device,
+            timing: timing(&a, device),
+            torch: torch.as_ref(),
+            threads,
+        };
         for shape in shapes(&a, device)? {
-            let label = format!(
-                "{:?} {} H={} B={} T={} L={} V={}{}",
-                device,
-                cell_name(shape.cell),
-                shape.hidden,
-                shape.batch,
-                shape.seq_len,
-                shape.layers,
-                shape.vocab,
-                shape.embed.map_or(String::new(), |e| format!(" E={e}"))
-            );
-            eprintln!("measuring {label} ...");
-            let mut bench = StepBench::new(device, shape, a.seed)
-                .with_context(|| format!("setting up {label}"))?;
-            bench.engine.engine().set_recurrence(a.recurrence.into())?;
-            let mut row: Option<Row> = None;
-            for round in 0..a.rounds.max(1) {
-                let report = bench
-                    .measure(timing, a.profile && round == 0)
-                    .with_context(|| format!("measuring {label}"))?;
-                let torch_report = match (&torch, device) {
-                    (Some(info), DeviceKind::Gpu) if !info.cuda => {
-                        if round == 0 {
-                            notes.push(format!(
-                                "{label}: no PyTorch baseline, torch sees no CUDA device"
-                            ));
-                        }
-                        None
-                    }
-                    (Some(_), _) => {
-                        match pytorch::run(&a.python, device, &shape, timing, threads, a.seed) {
-                            Ok(t) => Some(t),
-                            Err(e) => {
-                                notes.push(format!("{label}: {e}"));
-                                None
-                            }
-                        }
-                    }
-                    (None, _) => None,
-                };
-                let ratio = torch_report
-                    .as_ref()
-                    .map(|t| report.tokens_per_s / t.tokens_per_s);
-                row = Some(match row.take() {
-                    None => Row {
-                        report,
-                        torch: torch_report,
-                        round_ratios: ratio.into_iter().collect(),
-                    },
-                    Some(mut r) => {
-                        r.report.merge(report)?;
-                        r.torch = match (r.torch.take(), torch_report) {
-                            (Some(mut all), Some(t)) => {
-                                all.merge(t)?;
-                                Some(all)
-                            }
-                            (all, t) => all.or(t),
-                        };
-                        r.round_ratios.extend(ratio);
-                        r
-                    }
-                });
-            }
-            rows.extend(row);
+            rows.extend(measure.shape(shape, &mut notes)?);
         }
     }
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let load_after = load_average();
-    let pressure_after = cpu_pressure();
-    let load = |l: Option<f64>| l.map_or("?".to_string(), |v| format!("{v:.2}"));
+    let machine = Machine::after(threads, before);
     for n in &notes {
         eprintln!("note: {n}");
     }
-    {
-        let results: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                let mut v = serde_json::to_value(&r.report).unwrap_or_default();
-                if let Some(obj) = v.as_object_mut() {
-                    obj.insert("pytorch".into(), json!(r.torch));
-                    obj.insert(
-                        "ratio".into(),
-                        json!(
-                            r.torch
-                                .as_ref()
-                                .map(|t| r.report.tokens_per_s / t.tokens_per_s)
-                        ),
-                    );
-                    obj.insert("round_ratios".into(), json!(r.round_ratios));
-                }
-                v
-            })
-            .collect();
-        let out = json!({
-            "machine": {
-                "cpu": cpu,
-                "cores": cores,
-                "threads": threads,
-                "load_before": load_before,
-                "load_after": load_after,
-                "cpu_pressure_before": pressure_before,
-                "cpu_pressure_after": pressure_after,
-            },
-            "pytorch": torch.as_ref().map(|t| &t.torch),
-            "results": results,
-            "notes": notes,
-        });
-        emit_json(&a, &out)?;
-    }
+    let out = json!({
+        "machine": machine.json(),
+        "pytorch": torch.as_ref().map(|t| &t.torch),
+        "results": rows.iter().map(Row::json).collect::<Vec<_>>(),
+        "notes": notes,
+    });
+    emit_json(&a, &out)?;
     if !a.json {
-        println!(
-            "machine: {cpu}, {cores} cores; CPU threads: {threads}; load average {} before, {} \
-             after; CPU pressure (some, avg10) {}% before, {}% after",
-            load(load_before),
-            load(load_after),
-            load(pressure_before),
-            load(pressure_after)
-        );
+        machine.print();
         if let Some(r) = rows.iter().find(|r| r.report.device == DeviceKind::Gpu) {
             println!("gpu: {}", r.report.engine);
         }

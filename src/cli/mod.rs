@@ -10,7 +10,10 @@ macro_rules! usage {
 
 mod bench;
 mod commands;
+mod options;
 mod pairs;
+mod run;
+mod settings;
 mod train;
 
 /// An error in how the command was called (exit status 2), as opposed to one met while running
@@ -110,7 +113,7 @@ impl From<ActivationArg> for Activation {
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OptimizerArg {
     Sgd,
     Momentum,
@@ -194,40 +197,40 @@ impl From<CellArg> for Cell {
 
 /// Options of `unroll train`. Those that define the model, the data or the optimizer are
 /// optional here so that a resume can tell which ones were given (and refuse a change); their
-/// defaults are in the help text and applied in `train.rs`.
+/// defaults are the constants of `options.rs` (which also write them into the help) and are
+/// applied by `settings.rs`.
 #[derive(Args, Debug, Default)]
 pub struct TrainArgs {
     /// UTF-8 text file to train on (any file with --vocab bytes); default: the built-in corpus.
     #[arg(long)]
     pub corpus: Option<PathBuf>,
-    /// Token vocabulary [default: chars].
+    /// Token vocabulary.
     #[arg(long, value_enum)]
     pub vocab: Option<VocabArg>,
     /// With --vocab words: the most tokens in the vocabulary, <unk> (and the line-break token)
-    /// included; the start and end tokens of lines mode come on top [default: 10000].
+    /// included; the start and end tokens of lines mode come on top.
     #[arg(long)]
     pub max_vocab: Option<usize>,
     /// With --vocab words: leave out words seen fewer times in the training part (they read as
-    /// <unk>) [default: 1].
+    /// <unk>).
     #[arg(long)]
     pub min_count: Option<u64>,
     /// With --vocab words: lower-case every token (the model's sample and eval do the same).
     #[arg(long)]
     pub lowercase: bool,
-    /// How the corpus is cut into sequences [default: stream].
+    /// How the corpus is cut into sequences.
     #[arg(long, value_enum)]
     pub sequences: Option<SequencesArg>,
-    /// Fraction of the corpus, taken from its end, held out for validation [default: 0.05]; with
-    /// --pairs, the fraction of the pairs, drawn with --seed [default: 0.1].
+    /// Fraction of the corpus, taken from its end, held out for validation.
     #[arg(long)]
     pub val_frac: Option<f64>,
     /// Output directory: model.safetensors, best.safetensors, state.safetensors, metrics.jsonl,
-    /// loss.svg [default: runs/latest].
+    /// loss.svg.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run saved in this directory, exactly where it stopped (with --steps to
     /// extend it).
-    #[arg(long, conflicts_with_all = ["out", "init", "corpus", "vocab", "val_frac", "seed", "sequences", "max_vocab", "min_count", "lowercase"])]
+    #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Start from the parameters of this checkpoint (directory or file) instead of a fresh init.
     #[arg(long)]
@@ -235,17 +238,17 @@ pub struct TrainArgs {
     /// Overwrite an output directory that holds another run.
     #[arg(long)]
     pub force: bool,
-    /// Recurrent cell [default: rnn].
+    /// Recurrent cell.
     #[arg(long, value_enum)]
     pub cell: Option<CellArg>,
-    /// State size H of every layer [default: 128].
+    /// State size H of every layer.
     #[arg(long)]
     pub hidden: Option<usize>,
-    /// Stacked recurrent layers [default: 1].
+    /// Stacked recurrent layers.
     #[arg(long)]
     pub layers: Option<usize>,
     /// Dropout probability on the outputs of every layer but the last, in training only (as
-    /// PyTorch's `dropout=`) [default: 0].
+    /// PyTorch's `dropout=`).
     #[arg(long)]
     pub dropout: Option<f32>,
     /// LSTM: initialise the forget-gate bias to 1 (bias_ih's f block 1, bias_hh's 0), as
@@ -260,76 +263,79 @@ pub struct TrainArgs {
     /// --embed equal to --hidden.
     #[arg(long)]
     pub tie_weights: bool,
-    /// State nonlinearity f1 [default: tanh].
+    /// State nonlinearity f1.
     #[arg(long, value_enum)]
     pub activation: Option<ActivationArg>,
-    /// Streams per batch, B (pairs per batch with --pairs) [default: 32].
+    /// Streams per batch, B (pairs per batch with --pairs).
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Time steps per window, T: the truncation length of BPTT [default: 64].
+    /// Time steps per window, T: the truncation length of BPTT.
     #[arg(long)]
     pub seq_len: Option<usize>,
-    /// Optimizer steps in all; 0 writes the initial model [default: 1500].
+    /// Optimizer steps in all; 0 writes the initial model.
     #[arg(long, conflicts_with = "epochs")]
     pub steps: Option<u64>,
     /// Passes over the training split, instead of --steps.
     #[arg(long)]
     pub epochs: Option<f64>,
-    /// Optimizer [default: adam].
+    /// Optimizer.
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerArg>,
-    /// Learning rate [default: 2e-3 for adam and rmsprop, 0.05 momentum, 0.5 sgd, 0.1 adagrad].
+    /// Learning rate.
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Learning-rate schedule [default: constant].
+    /// Learning-rate schedule.
     #[arg(long, value_enum)]
     pub lr_schedule: Option<ScheduleArg>,
-    /// Decay factor of the step and plateau schedules [default: 0.5].
+    /// Decay factor of the step and plateau schedules.
     #[arg(long)]
     pub lr_decay: Option<f32>,
-    /// Steps between decays of the step schedule [default: 1000].
+    /// Steps between decays of the step schedule.
     #[arg(long)]
     pub lr_decay_every: Option<u64>,
-    /// Floor of the cosine and plateau schedules [default: 0].
+    /// Floor of the cosine and plateau schedules.
     #[arg(long)]
     pub lr_min: Option<f32>,
-    /// Evaluations without improvement before the plateau schedule decays [default: 2].
+    /// Evaluations without improvement before the plateau schedule decays.
     #[arg(long)]
     pub patience: Option<u32>,
-    /// Momentum factor of the momentum optimizer [default: 0.9].
+    /// Momentum factor of the momentum optimizer.
     #[arg(long)]
     pub momentum: Option<f32>,
-    /// L2 weight decay [default: 0].
+    /// L2 weight decay.
     #[arg(long)]
     pub weight_decay: Option<f32>,
-    /// Clip gradients to this global L2 norm; 0 disables clipping [default: 5].
+    /// Clip gradients to this global L2 norm; 0 disables clipping.
     #[arg(long)]
     pub clip: Option<f32>,
     /// Seed of the initialisation (and with --pairs of the validation split and the batch
-    /// order) [default: 1].
+    /// order).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Evaluate on the validation split, save best.safetensors and redraw loss.svg every this
-    /// many steps; 0: only at the end [default: 250].
+    /// many steps; 0: only at the end.
     #[arg(long)]
     pub eval_every: Option<u64>,
     /// Save model.safetensors and the training state every this many steps (besides every
-    /// evaluation); 0: only then [default: 0].
+    /// evaluation); 0: only then.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
-    /// Report the training loss every this many steps [default: 50].
+    /// Report the training loss every this many steps.
     #[arg(long)]
     pub log_every: Option<u64>,
-    /// What to do when the loss or gradient norm is not finite [default: reduce-lr].
+    /// What to do when the loss or gradient norm is not finite.
     #[arg(long, value_enum)]
     pub on_nan: Option<OnNanArg>,
     /// Tokens (characters, bytes or words) to sample at the end of training; 0: none.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = options::SAMPLE)]
     pub sample: usize,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
     #[command(flatten)]
     pub pairs: pairs::PairsArgs,
+    /// Which of the options above were given on the command line.
+    #[arg(skip)]
+    pub given: options::Given,
 }
 
 #[derive(Args, Debug)]
@@ -375,10 +381,9 @@ pub struct EvalArgs {
     pub device: DeviceArg,
 }
 
-/// Parses the arguments and runs the command.
 /// Parses the arguments and runs the command; returns the process exit status.
 pub fn run() -> anyhow::Result<u8> {
-    let cli = Cli::parse();
+    let cli = options::parse();
     match cli.command {
         Command::Train(a) => {
             // Word options without --vocab words are refused for pairs runs too.

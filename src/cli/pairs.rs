@@ -1,5 +1,5 @@
 //! Sequence-to-sequence transduction on the command line: `unroll train --pairs` (fresh or
-//! resumed, through the training driver of `train.rs`), `unroll predict` and `unroll example`.
+//! resumed, through the run driver of `run.rs`), `unroll predict` and `unroll example`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,17 +8,16 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use unroll::data::pairs::{Expect, PairBatches, PairEval, Pairs, PairsFormat, StepKind};
 use unroll::data::tasks::{Task, TaskOptions, generate};
-use unroll::engine::Engine;
 use unroll::engine::select::create_engine;
 use unroll::model::{Checkpoint, ModelConfig};
-use unroll::train::metrics::Metrics;
-use unroll::train::state::{Progress, RunSpec, TrainState};
-use unroll::train::trainer::{Trainer, argmax, count_correct, evaluate_with};
+use unroll::train::state::TrainState;
+use unroll::train::trainer::{argmax, count_correct, evaluate_with};
 
-use super::train::{
-    Signals, fixed_on_resume, fresh_engine, fresh_model, fresh_out, load_resumed, on_nan,
-    optimization, resumed_engine, run_reported,
+use super::run::{
+    Driver, Signals, check_fresh_out, fresh_engine, load_resumed, refuse_kept_on_resume,
+    resumed_engine,
 };
+use super::settings::{Settings, fresh_model};
 use super::{DeviceArg, TrainArgs};
 
 /// What the x steps hold.
@@ -46,7 +45,7 @@ pub enum OutputArg {
 pub struct PairsArgs {
     /// Train on pairs of sequences, one JSON object {"x": [...], "y": [...]} per line, instead
     /// of a corpus (see the README); needs --input and --output.
-    #[arg(long, conflicts_with_all = ["corpus", "vocab", "resume"])]
+    #[arg(long, conflicts_with_all = ["corpus", "vocab"])]
     pub pairs: Option<PathBuf>,
     /// With --pairs: what the x steps hold.
     #[arg(long, value_enum)]
@@ -54,24 +53,12 @@ pub struct PairsArgs {
     /// With --pairs: what the y steps hold.
     #[arg(long, value_enum)]
     pub output: Option<OutputArg>,
-    /// With --input class: the number of input classes [default: the largest id in x, plus 1].
+    /// With --input class: the number of input classes.
     #[arg(long)]
     pub input_classes: Option<usize>,
-    /// With --output class: the number of output classes [default: the largest id in y, plus 1].
+    /// With --output class: the number of output classes.
     #[arg(long)]
     pub output_classes: Option<usize>,
-}
-
-impl PairsArgs {
-    fn given(&self) -> Vec<&'static str> {
-        let given = [
-            ("--input", self.input.is_some()),
-            ("--output", self.output.is_some()),
-            ("--input-classes", self.input_classes.is_some()),
-            ("--output-classes", self.output_classes.is_some()),
-        ];
-        given.iter().filter(|g| g.1).map(|g| g.0).collect()
-    }
 }
 
 /// Whether `unroll train` is a run on pairs: `--pairs`, or `--resume` of a run that has no
@@ -82,16 +69,12 @@ pub fn wants_pairs(a: &TrainArgs) -> anyhow::Result<bool> {
     }
     if let Some(dir) = &a.resume {
         // Contradicting options are refused before the saved run is read.
-        let fixed = fixed_on_resume(a);
-        if !fixed.is_empty() {
-            usage!(
-                "{} cannot be changed when resuming: the run keeps the settings it was started with",
-                fixed.join(", ")
-            );
-        }
+        refuse_kept_on_resume(a)?;
         return Ok(TrainState::load(dir)?.vocab.is_none());
     }
-    let given = a.pairs.given();
+    let given = a
+        .given
+        .flags(&["input", "output", "input_classes", "output_classes"]);
     if !given.is_empty() {
         usage!("{} apply only with --pairs FILE", given.join(", "));
     }
@@ -100,12 +83,8 @@ pub fn wants_pairs(a: &TrainArgs) -> anyhow::Result<bool> {
 
 /// Everything a pairs run needs, fresh or resumed.
 struct Setup {
-    out: PathBuf,
     data: Pairs,
-    run: RunSpec,
-    progress: Progress,
-    engine: Box<dyn Engine>,
-    resumed: bool,
+    driver: Driver,
 }
 
 fn expect_classes(kind: StepKind, classes: Option<usize>, option: &str) -> anyhow::Result<Expect> {
@@ -119,10 +98,9 @@ fn expect_classes(kind: StepKind, classes: Option<usize>, option: &str) -> anyho
     }
 }
 
-fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
-    let out = fresh_out(a)?;
-    let p = &a.pairs;
-    let (Some(input), Some(output)) = (p.input, p.output) else {
+/// The kinds of the x and y steps of fresh options.
+fn step_kinds(a: &TrainArgs) -> anyhow::Result<(StepKind, StepKind)> {
+    let (Some(input), Some(output)) = (a.pairs.input, a.pairs.output) else {
         usage!(
             "--pairs needs --input real|class (what the x steps hold) and --output \
              real|class|binary (what the y steps hold)"
@@ -137,10 +115,15 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
         OutputArg::Class => StepKind::Class,
         OutputArg::Binary => StepKind::Binary,
     };
-    let val_frac = a.val_frac.unwrap_or(0.1);
-    if !(0.0..1.0).contains(&val_frac) {
-        usage!("--val-frac {val_frac} must be in [0, 1)");
-    }
+    Ok((input, output))
+}
+
+fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
+    let s = Settings::of(a);
+    check_fresh_out(a, &s.out)?;
+    let (input, output) = step_kinds(a)?;
+    s.check_val_frac()?;
+    let p = &a.pairs;
     let data = Pairs::read(
         path,
         expect_classes(input, p.input_classes, "--input-classes")?,
@@ -150,47 +133,23 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
             "--output-classes",
         )?),
     )?;
-    let seed = a.seed.unwrap_or(1);
-    let batch = a.batch.unwrap_or(32);
-    let (train, _) = data.split(val_frac, seed);
-    let (opt, lr, steps, schedule) = optimization(a, train.len().div_ceil(batch.max(1)) as u64)?;
-    let mut config = data.format()?.model_config(
-        a.hidden.unwrap_or(128),
-        a.layers.unwrap_or(1),
-        a.activation.unwrap_or(super::ActivationArg::Tanh).into(),
-    )?;
+    let (train, _) = data.split(s.val_frac, s.seed);
+    let optimization = s.optimization(train.len().div_ceil(s.batch.max(1)) as u64)?;
+    let m = &s.model;
+    let mut config = data
+        .format()?
+        .model_config(m.hidden, m.layers, m.activation)?;
     let init = match &a.init {
         Some(p) => Some(Checkpoint::load(p)?),
         None => None,
     };
     let checkpoint = init.as_ref().zip(a.init.as_deref());
-    let (params, dropout) = fresh_model(a, &mut config, checkpoint, seed)?;
-    let run = RunSpec {
-        steps,
-        batch,
-        seq_len: 0,
-        optimizer: opt,
-        lr,
-        schedule,
-        eval_every: a.eval_every.unwrap_or(250),
-        checkpoint_every: a.checkpoint_every.unwrap_or(0),
-        log_every: a.log_every.unwrap_or(50),
-        seed,
-        corpus: Some(path.display().to_string()),
-        corpus_tokens: data.len(),
-        val_frac,
-        sequences: Default::default(),
-        on_nan: on_nan(a),
-        dropout,
-    };
-    let engine = fresh_engine(a, &config, &params, batch, &out)?;
+    let params = fresh_model(&s, &a.given, &mut config, checkpoint)?;
+    let run = s.run_spec(optimization, Some(path.display().to_string()), data.len());
+    let engine = fresh_engine(a, &config, &params, s.batch, &s.out)?;
     Ok(Setup {
-        out,
         data,
-        run,
-        progress: Progress::start(),
-        engine,
-        resumed: false,
+        driver: Driver::fresh(s.out, run, engine),
     })
 }
 
@@ -209,13 +168,6 @@ fn read_for(path: &Path, config: &ModelConfig, with_y: bool) -> anyhow::Result<P
 }
 
 fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
-    let given = [fixed_on_resume(a), a.pairs.given()].concat();
-    if !given.is_empty() {
-        usage!(
-            "{} cannot be changed when resuming: the run keeps the settings it was started with",
-            given.join(", ")
-        );
-    }
     let (state, run) = load_resumed(a, dir)?;
     let path = PathBuf::from(
         run.corpus
@@ -234,12 +186,8 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
     }
     let engine = resumed_engine(a, &state, dir, &run)?;
     Ok(Setup {
-        out: dir.to_path_buf(),
         data,
-        run,
-        progress: state.progress,
-        engine,
-        resumed: true,
+        driver: Driver::resumed(dir, run, state.progress, engine),
     })
 }
 
@@ -257,32 +205,32 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         usage!("--seq-len does not apply to --pairs: every batch is as long as its longest pair");
     }
     let signals = Signals::install()?;
-    let mut s = match (&a.resume, &a.pairs.pairs) {
+    let Setup { data, mut driver } = match (&a.resume, &a.pairs.pairs) {
         (Some(dir), _) => resume_setup(&a, dir)?,
         (None, Some(path)) => fresh_setup(&a, path)?,
         (None, None) => usage!("--pairs FILE is required"),
     };
-    let run = s.run.clone();
-    let (train_idx, val_idx) = s.data.split(run.val_frac, run.seed);
-    let format = s.data.format()?;
+    let run = driver.run.clone();
+    let (train_idx, val_idx) = data.split(run.val_frac, run.seed);
+    let format = data.format()?;
     eprintln!(
         "pairs: {}, {} pairs of {} steps in all ({} train, {} validation); x: {}, y: {}",
         run.corpus.as_deref().unwrap_or_default(),
-        s.data.len(),
-        s.data.steps(),
+        data.len(),
+        data.steps(),
         train_idx.len(),
         val_idx.len(),
         describe(format.input.kind, format.input.size),
         describe(format.output.kind, format.output.size),
     );
-    let config = s.engine.config().clone();
+    let config = driver.engine.config().clone();
     eprintln!(
         "model: rnn {:?} H={} layers={} ({} parameters), {:?} output; {:?} lr {} {:?}, clip {}, \
          B={}, {} steps",
         config.activation,
         config.hidden_size,
         config.layers,
-        s.engine.layout().len(),
+        driver.engine.layout().len(),
         config.output_kind,
         run.optimizer.kind,
         run.lr,
@@ -291,31 +239,16 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         run.batch,
         run.steps
     );
-    let mut metrics = Metrics::open(&s.out, s.resumed.then_some(s.progress.step))?;
-    let mut source = PairBatches::new(&s.data, train_idx, run.batch, run.seed)?;
-    let val = PairEval::new(&s.data, val_idx, run.batch)?;
-    let mut trainer = Trainer {
-        engine: s.engine.as_mut(),
-        vocab: None,
-        run: &run,
-        out: &s.out,
-        interrupt: Some(&signals.any),
-    };
+    let mut metrics = driver.metrics()?;
+    let mut source = PairBatches::new(&data, train_idx, run.batch, run.seed)?;
+    let val = PairEval::new(&data, val_idx, run.batch)?;
     let plain = |loss: f64| format!("{loss:.4}");
-    if let Some(code) = run_reported(
-        &mut trainer,
-        &mut source,
-        &val,
-        s.progress.clone(),
-        &mut metrics,
-        &plain,
-        &signals,
-    )? {
+    if let Some(code) = driver.train(None, &mut source, &val, &mut metrics, &plain, &signals)? {
         return Ok(code);
     }
     eprintln!(
         "predict with: unroll predict --model {} --inputs FILE",
-        s.out.display()
+        driver.out.display()
     );
     Ok(0)
 }

@@ -300,132 +300,231 @@ impl Trainer<'_> {
         &mut self,
         train: &mut dyn TrainBatches,
         val: &dyn EvalSet,
-        mut progress: Progress,
+        progress: Progress,
         metrics: &mut Metrics,
-        mut on_event: impl FnMut(&Event),
+        on_event: impl FnMut(&Event),
     ) -> Result<Outcome> {
-        let run = self.run;
-        // Class outputs report a perplexity beside the loss.
-        let classes = self.engine.config().output_kind == crate::model::OutputKind::Softmax;
+        let steps = self.run.steps;
+        let mut pass = Pass::start(self, train, val, progress, metrics, on_event)?;
+        let took_steps = pass.progress.step < steps;
+        if pass.progress.step == 0 {
+            // The initial state: what `--steps 0` asks for, and where a run that diverges
+            // before its first checkpoint goes back to.
+            pass.progress.position = pass.train.position();
+            pass.trainer.save(&pass.progress)?;
+            pass.saved_at = Some(0);
+        }
+        while pass.progress.step < steps {
+            if let Some(outcome) = pass.step()? {
+                return Ok(outcome);
+            }
+        }
+        pass.finish(took_steps)
+    }
+}
+
+/// One call of [`Trainer::run`]: the trainer with its data, metrics and listener, and what the
+/// loop carries from step to step.
+struct Pass<'p, 't, F: FnMut(&Event)> {
+    trainer: &'p mut Trainer<'t>,
+    train: &'p mut dyn TrainBatches,
+    val: &'p dyn EvalSet,
+    metrics: &'p mut Metrics,
+    on_event: F,
+    progress: Progress,
+    /// Class outputs report a perplexity beside the loss.
+    classes: bool,
+    /// Throughput: tokens trained on since `clock`.
+    clock: Instant,
+    tokens_since: usize,
+    /// The step whose state was last saved by the loop.
+    saved_at: Option<u64>,
+}
+
+impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
+    /// The pass from `progress`, with the batches of `train` positioned there.
+    fn start(
+        trainer: &'p mut Trainer<'t>,
+        train: &'p mut dyn TrainBatches,
+        val: &'p dyn EvalSet,
+        progress: Progress,
+        metrics: &'p mut Metrics,
+        on_event: F,
+    ) -> Result<Self> {
+        let classes = trainer.engine.config().output_kind == OutputKind::Softmax;
         if !progress.position.is_null() {
             train.seek(&progress.position)?;
         }
-        let mut clock = Instant::now();
-        let mut tokens_since = 0usize;
-        let mut saved_at = None;
-        let took_steps = progress.step < run.steps;
-        if progress.step == 0 {
-            // The initial state: what `--steps 0` asks for, and where a run that diverges
-            // before its first checkpoint goes back to.
-            progress.position = train.position();
-            self.save(&progress)?;
-            saved_at = Some(0);
+        Ok(Pass {
+            trainer,
+            train,
+            val,
+            metrics,
+            on_event,
+            progress,
+            classes,
+            clock: Instant::now(),
+            tokens_since: 0,
+            saved_at: None,
+        })
+    }
+
+    /// One optimizer step, then what is due after it: the loss report, the evaluation, the
+    /// checkpoint, and the stop on interruption (its outcome).
+    fn step(&mut self) -> Result<Option<Outcome>> {
+        let run = self.trainer.run;
+        let progress = &mut self.progress;
+        let lr = progress.schedule.lr(&run.schedule, run.lr, progress.step) * progress.lr_scale;
+        let (batch, reset) = self.train.next_batch()?;
+        let engine = &mut *self.trainer.engine;
+        engine.set_dropout(run.dropout_at(progress.step))?;
+        train_step(engine, &batch, reset, &run.optimizer, lr)?;
+        progress.step += 1;
+        progress.position = self.train.position();
+        self.tokens_since += batch.count() as usize;
+        let step = progress.step;
+        let last = step == run.steps;
+        let mut diverged = false;
+        if run.log_every > 0 && (step.is_multiple_of(run.log_every) || last) {
+            diverged = self.report_loss(step, lr)?;
         }
-        while progress.step < run.steps {
-            let lr = progress.schedule.lr(&run.schedule, run.lr, progress.step) * progress.lr_scale;
-            let (batch, reset) = train.next_batch()?;
-            self.engine.set_dropout(run.dropout_at(progress.step))?;
-            train_step(self.engine, &batch, reset, &run.optimizer, lr)?;
-            progress.step += 1;
-            progress.position = train.position();
-            tokens_since += batch.count() as usize;
-            let step = progress.step;
-            let last = step == run.steps;
-            let mut diverged = false;
-            if run.log_every > 0 && (step.is_multiple_of(run.log_every) || last) {
-                let loss = self.engine.loss()?.mean();
-                if let Some(reason) = self.divergence(Some(loss))? {
-                    on_event(&self.on_divergence(train, &mut progress, reason)?);
-                    diverged = true;
-                }
-                let grad_norm = self.engine.grad_norm().unwrap_or(f32::NAN);
-                let tokens_per_sec = tokens_since as f64 / clock.elapsed().as_secs_f64().max(1e-9);
-                on_event(&Event::Train {
-                    step,
-                    loss,
-                    grad_norm,
-                    tokens_per_sec,
-                    lr,
-                });
-                metrics.push(Record {
-                    train_loss: Some(loss),
-                    tokens_per_sec: Some(tokens_per_sec),
-                    grad_norm: Some(grad_norm),
-                    ..Record::of_loss(step, loss, classes, lr)
-                })?;
-                clock = Instant::now();
-                tokens_since = 0;
-            }
-            let eval_now = (run.eval_every > 0 && step.is_multiple_of(run.eval_every)) || last;
-            if eval_now && !val.is_empty() && !diverged {
-                let (stats, accuracy) = evaluate_accuracy(self.engine, val)?;
-                let loss = stats.mean();
-                if loss.is_finite() {
-                    progress.schedule.observe(&run.schedule, loss);
-                    let best = progress.best_val.is_none_or(|b| loss < b);
-                    if best {
-                        progress.best_val = Some(loss);
-                        let params = self.engine.params()?;
-                        self.checkpoint(params).save(&self.out.join(BEST_FILE))?;
-                    }
-                    on_event(&Event::Eval {
-                        step,
-                        loss,
-                        best,
-                        accuracy,
-                    });
-                    metrics.push(Record {
-                        val_loss: Some(loss),
-                        val_accuracy: accuracy,
-                        ..Record::of_loss(step, loss, classes, lr)
-                    })?;
-                    metrics.plot()?;
-                } else {
-                    let reason = format!("the validation loss is {loss}");
-                    on_event(&self.on_divergence(train, &mut progress, reason)?);
-                    diverged = true;
-                }
-            }
-            let mut save_now = eval_now
-                || last
-                || (run.checkpoint_every > 0 && step.is_multiple_of(run.checkpoint_every));
-            if save_now
-                && !diverged
-                && let Some(reason) = self.divergence(None)?
-            {
-                on_event(&self.on_divergence(train, &mut progress, reason)?);
-                diverged = true;
-            }
-            // Nothing is saved from a diverged step: the last good checkpoint stays.
-            save_now &= !diverged;
-            if save_now {
-                self.save(&progress)?;
-                saved_at = Some(step);
-                on_event(&Event::Saved { step });
-            }
-            if save_now || eval_now {
-                clock = Instant::now();
-                tokens_since = 0;
-            }
-            if self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) && !last {
-                if saved_at != Some(step) {
-                    self.save(&progress)?;
-                    on_event(&Event::Saved { step });
-                }
-                metrics.plot()?;
-                self.engine.set_dropout(None)?;
-                return Ok(Outcome::Interrupted { step });
-            }
+        let eval_now = (run.eval_every > 0 && step.is_multiple_of(run.eval_every)) || last;
+        if eval_now && !self.val.is_empty() && !diverged {
+            diverged = self.evaluate(step, lr)?;
         }
-        if !took_steps && saved_at.is_none() {
+        let due = eval_now
+            || last
+            || (run.checkpoint_every > 0 && step.is_multiple_of(run.checkpoint_every));
+        // Nothing is saved from a diverged step: the last good checkpoint stays.
+        let save_now = due && !diverged && !self.diverged_before_save()?;
+        if save_now {
+            self.trainer.save(&self.progress)?;
+            self.saved_at = Some(step);
+            (self.on_event)(&Event::Saved { step });
+        }
+        if save_now || eval_now {
+            self.restart_clock();
+        }
+        let interrupted = self
+            .trainer
+            .interrupt
+            .is_some_and(|f| f.load(Ordering::SeqCst));
+        if interrupted && !last {
+            return self.stop(step).map(Some);
+        }
+        Ok(None)
+    }
+
+    fn restart_clock(&mut self) {
+        self.clock = Instant::now();
+        self.tokens_since = 0;
+    }
+
+    /// Applies the divergence policy (see [`Trainer::on_divergence`]) and reports it.
+    fn diverge(&mut self, reason: String) -> Result<()> {
+        let event = self
+            .trainer
+            .on_divergence(self.train, &mut self.progress, reason)?;
+        (self.on_event)(&event);
+        Ok(())
+    }
+
+    /// Reports the training loss of `step` (taken with `lr`) and records it, after handling a
+    /// divergence; whether the run diverged.
+    fn report_loss(&mut self, step: u64, lr: f32) -> Result<bool> {
+        let loss = self.trainer.engine.loss()?.mean();
+        let mut diverged = false;
+        if let Some(reason) = self.trainer.divergence(Some(loss))? {
+            self.diverge(reason)?;
+            diverged = true;
+        }
+        let grad_norm = self.trainer.engine.grad_norm().unwrap_or(f32::NAN);
+        let tokens_per_sec =
+            self.tokens_since as f64 / self.clock.elapsed().as_secs_f64().max(1e-9);
+        (self.on_event)(&Event::Train {
+            step,
+            loss,
+            grad_norm,
+            tokens_per_sec,
+            lr,
+        });
+        self.metrics.push(Record {
+            train_loss: Some(loss),
+            tokens_per_sec: Some(tokens_per_sec),
+            grad_norm: Some(grad_norm),
+            ..Record::of_loss(step, loss, self.classes, lr)
+        })?;
+        self.restart_clock();
+        Ok(diverged)
+    }
+
+    /// Evaluates on the validation set after `step`: feeds the schedule, saves the best model,
+    /// reports and records the loss; a loss that is not finite is a divergence. Whether the run
+    /// diverged.
+    fn evaluate(&mut self, step: u64, lr: f32) -> Result<bool> {
+        let (stats, accuracy) = evaluate_accuracy(self.trainer.engine, self.val)?;
+        let loss = stats.mean();
+        if !loss.is_finite() {
+            self.diverge(format!("the validation loss is {loss}"))?;
+            return Ok(true);
+        }
+        let run = self.trainer.run;
+        self.progress.schedule.observe(&run.schedule, loss);
+        let best = self.progress.best_val.is_none_or(|b| loss < b);
+        if best {
+            self.progress.best_val = Some(loss);
+            let params = self.trainer.engine.params()?;
+            let best_file = self.trainer.out.join(BEST_FILE);
+            self.trainer.checkpoint(params).save(&best_file)?;
+        }
+        (self.on_event)(&Event::Eval {
+            step,
+            loss,
+            best,
+            accuracy,
+        });
+        self.metrics.push(Record {
+            val_loss: Some(loss),
+            val_accuracy: accuracy,
+            ..Record::of_loss(step, loss, self.classes, lr)
+        })?;
+        self.metrics.plot()?;
+        Ok(false)
+    }
+
+    /// Whether the last update diverged (then handled), checked before a checkpoint is written.
+    fn diverged_before_save(&mut self) -> Result<bool> {
+        match self.trainer.divergence(None)? {
+            Some(reason) => {
+                self.diverge(reason)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Stops on interruption after `step`, with everything saved.
+    fn stop(&mut self, step: u64) -> Result<Outcome> {
+        if self.saved_at != Some(step) {
+            self.trainer.save(&self.progress)?;
+            (self.on_event)(&Event::Saved { step });
+        }
+        self.metrics.plot()?;
+        self.trainer.engine.set_dropout(None)?;
+        Ok(Outcome::Interrupted { step })
+    }
+
+    /// Ends a pass that took every step (or none: `took_steps` false).
+    fn finish(self, took_steps: bool) -> Result<Outcome> {
+        if !took_steps && self.saved_at.is_none() {
             // Zero steps, or a resume of a finished run: still leave a consistent directory.
             // (After steps, the last one saved unless it diverged; then the last good
             // checkpoint stays.)
-            self.save(&progress)?;
+            self.trainer.save(&self.progress)?;
         }
-        metrics.plot()?;
+        self.metrics.plot()?;
         // Leave the engine as evaluation and sampling expect it.
-        self.engine.set_dropout(None)?;
+        self.trainer.engine.set_dropout(None)?;
         Ok(Outcome::Finished)
     }
 }

@@ -1,0 +1,350 @@
+//! The run driver shared by `unroll train` and `unroll train --pairs`: signal handling, the
+//! output directory, the engine of a fresh or resumed run, and the trainer driven with a progress
+//! bar (or log lines), metrics and a closing message.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use unroll::data::vocab::Vocab;
+use unroll::data::{EvalSet, TrainBatches};
+use unroll::engine::Engine;
+use unroll::engine::select::create_engine;
+use unroll::model::ModelConfig;
+use unroll::model::checkpoint::MODEL_FILE;
+use unroll::train::metrics::Metrics;
+use unroll::train::state::{Progress, RunSpec, STATE_FILE, TrainState};
+use unroll::train::trainer::{Event, Outcome, Trainer};
+
+use super::TrainArgs;
+use super::options::{changed_on_resume, kept_on_resume};
+
+/// SIGINT and SIGTERM set a flag that the trainer checks after every step. A signal that comes
+/// more than [`SIGNAL_GRACE`] after the first ends the process at once (files on disk are only
+/// ever replaced by rename, so nothing is torn); signals within it count as the first, because
+/// one interruption often arrives twice (`timeout` signals the command and then its whole
+/// process group, a terminal's Ctrl-C reaches every process of the group).
+pub struct Signals {
+    int: Arc<AtomicBool>,
+    term: Arc<AtomicBool>,
+    any: Arc<AtomicBool>,
+}
+
+/// How long after the first signal a repeated one still counts as the same interruption.
+const SIGNAL_GRACE: Duration = Duration::from_secs(1);
+
+impl Signals {
+    pub fn install() -> anyhow::Result<Self> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let s = Signals {
+            int: Arc::new(AtomicBool::new(false)),
+            term: Arc::new(AtomicBool::new(false)),
+            any: Arc::new(AtomicBool::new(false)),
+        };
+        // Nanoseconds after `base` (plus one) of the first signal; 0 before it.
+        let first = Arc::new(AtomicU64::new(0));
+        let base = Instant::now();
+        for (sig, own, code) in [(SIGINT, &s.int, 130), (SIGTERM, &s.term, 143)] {
+            let (own, any, first) = (Arc::clone(own), Arc::clone(&s.any), Arc::clone(&first));
+            let handler = move || {
+                let now = base.elapsed().as_nanos() as u64 + 1;
+                let _ = first.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+                let since = now.saturating_sub(first.load(Ordering::SeqCst));
+                if any.swap(true, Ordering::SeqCst) && since > SIGNAL_GRACE.as_nanos() as u64 {
+                    signal_hook::low_level::exit(code);
+                }
+                own.store(true, Ordering::SeqCst);
+            };
+            // SAFETY: the handler is async-signal-safe: it touches atomics only, reads the
+            // monotonic clock (clock_gettime) and exits through signal_hook's `_exit`.
+            unsafe { signal_hook::low_level::register(sig, handler) }?;
+        }
+        Ok(s)
+    }
+
+    fn exit_code(&self) -> u8 {
+        if self.term.load(Ordering::SeqCst) {
+            143
+        } else {
+            130
+        }
+    }
+}
+
+fn holds_a_run(dir: &Path) -> bool {
+    dir.join(STATE_FILE).exists() || dir.join(MODEL_FILE).exists()
+}
+
+/// Refuses `out` for a fresh run when it holds another run (without --force).
+pub fn check_fresh_out(a: &TrainArgs, out: &Path) -> anyhow::Result<()> {
+    if holds_a_run(out) && !a.force {
+        usage!(
+            "{} already holds a run: continue it with --resume {}, choose another --out, or \
+             overwrite it with --force",
+            out.display(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// The engine of a fresh run on `--device`, with a zero state of `batch` rows, and the output
+/// directory created (only now that every option has been checked).
+pub fn fresh_engine(
+    a: &TrainArgs,
+    config: &ModelConfig,
+    params: &[f32],
+    batch: usize,
+    out: &Path,
+) -> anyhow::Result<Box<dyn Engine>> {
+    let (mut engine, note) = create_engine(a.device.into(), config, params)?;
+    engine.reset_state(batch)?;
+    eprintln!("{note}");
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    Ok(engine)
+}
+
+/// Refuses, beside `--resume`, the options the run keeps from its start (before the saved run is
+/// read).
+pub fn refuse_kept_on_resume(a: &TrainArgs) -> anyhow::Result<()> {
+    let kept = kept_on_resume(a);
+    if !kept.is_empty() {
+        usage!(
+            "{} cannot be changed when resuming: the run keeps the settings it was started with \
+             (only {} may be given)",
+            kept.join(", "),
+            changed_on_resume()
+        );
+    }
+    Ok(())
+}
+
+/// The saved run of `--resume DIR`, with the options a resume takes applied (those it keeps were
+/// refused by [`refuse_kept_on_resume`]).
+pub fn load_resumed(a: &TrainArgs, dir: &Path) -> anyhow::Result<(TrainState, RunSpec)> {
+    let state = TrainState::load(dir)?;
+    let mut run = state.run.clone();
+    if let Some(steps) = a.steps {
+        run.steps = steps;
+    }
+    for (field, v) in [
+        (&mut run.eval_every, a.eval_every),
+        (&mut run.checkpoint_every, a.checkpoint_every),
+        (&mut run.log_every, a.log_every),
+    ] {
+        if let Some(v) = v {
+            *field = v;
+        }
+    }
+    Ok((state, run))
+}
+
+/// The engine of a resumed run, with its optimizer moments and carried state restored.
+pub fn resumed_engine(
+    a: &TrainArgs,
+    state: &TrainState,
+    dir: &Path,
+    run: &RunSpec,
+) -> anyhow::Result<Box<dyn Engine>> {
+    let (mut engine, note) = create_engine(a.device.into(), &state.config, &state.params)?;
+    eprintln!("{note}");
+    engine.set_optimizer_state(&state.optimizer)?;
+    engine.set_state(state.state_rows, &state.state)?;
+    eprintln!(
+        "resuming {} at step {} of {}",
+        dir.display(),
+        state.progress.step,
+        run.steps
+    );
+    Ok(engine)
+}
+
+/// A run ready to train, fresh or resumed: where it writes, what it runs, where it starts.
+pub struct Driver {
+    pub out: PathBuf,
+    pub run: RunSpec,
+    pub progress: Progress,
+    pub engine: Box<dyn Engine>,
+    pub resumed: bool,
+}
+
+impl Driver {
+    /// A fresh run of `run` writing into `out`.
+    pub fn fresh(out: PathBuf, run: RunSpec, engine: Box<dyn Engine>) -> Self {
+        Driver {
+            out,
+            run,
+            progress: Progress::start(),
+            engine,
+            resumed: false,
+        }
+    }
+
+    /// The run saved in `dir`, continued from `progress`.
+    pub fn resumed(dir: &Path, run: RunSpec, progress: Progress, engine: Box<dyn Engine>) -> Self {
+        Driver {
+            out: dir.to_path_buf(),
+            run,
+            progress,
+            engine,
+            resumed: true,
+        }
+    }
+
+    /// The metrics file of the run (cut back to the saved step on a resume).
+    pub fn metrics(&self) -> anyhow::Result<Metrics> {
+        Ok(Metrics::open(
+            &self.out,
+            self.resumed.then_some(self.progress.step),
+        )?)
+    }
+
+    /// Trains on `train`, evaluating on `val`, reported by [`run_reported`]; `vocab`: the
+    /// language model's vocabulary, saved with it.
+    pub fn train(
+        &mut self,
+        vocab: Option<&Vocab>,
+        train: &mut dyn TrainBatches,
+        val: &dyn EvalSet,
+        metrics: &mut Metrics,
+        loss_text: &dyn Fn(f64) -> String,
+        signals: &Signals,
+    ) -> anyhow::Result<Option<u8>> {
+        let mut trainer = Trainer {
+            engine: self.engine.as_mut(),
+            vocab,
+            run: &self.run,
+            out: &self.out,
+            interrupt: Some(&signals.any),
+        };
+        let progress = self.progress.clone();
+        run_reported(
+            &mut trainer,
+            train,
+            val,
+            progress,
+            metrics,
+            loss_text,
+            signals,
+        )
+    }
+}
+
+/// Runs `trainer` with a progress bar on a terminal (log lines otherwise), showing losses with
+/// `loss_text` and evaluations with their accuracy, and says where the result is. Returns the
+/// exit status when the run was interrupted (after saying how to continue), `None` when it
+/// finished.
+fn run_reported(
+    trainer: &mut Trainer,
+    train: &mut dyn TrainBatches,
+    val: &dyn EvalSet,
+    progress: Progress,
+    metrics: &mut Metrics,
+    loss_text: &dyn Fn(f64) -> String,
+    signals: &Signals,
+) -> anyhow::Result<Option<u8>> {
+    let total = trainer.run.steps;
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(|| progress_bar(total, progress.step));
+    let mut val_msg = String::new();
+    let outcome = trainer.run(train, val, progress, metrics, |e| {
+        show_event(e, total, bar.as_ref(), &mut val_msg, loss_text)
+    })?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let out = trainer.out.display();
+    match outcome {
+        Outcome::Interrupted { step } => {
+            eprintln!(
+                "interrupted after step {step}: model and training state saved in {out}; continue \
+                 with `unroll train --resume {out}`"
+            );
+            Ok(Some(signals.exit_code()))
+        }
+        Outcome::Finished => {
+            eprintln!(
+                "saved {}/model.safetensors (best validation model: best.safetensors; \
+                 metrics.jsonl, loss.svg)",
+                out
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn progress_bar(total: u64, at: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total).with_position(at);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Shows one event of a run of `total` steps on the progress bar or as a log line; `val_msg`
+/// keeps the last validation loss for the bar's message.
+fn show_event(
+    e: &Event,
+    total: u64,
+    bar: Option<&ProgressBar>,
+    val_msg: &mut String,
+    loss_text: &dyn Fn(f64) -> String,
+) {
+    let show = |line: String| match bar {
+        Some(b) => b.println(line),
+        None => eprintln!("{line}"),
+    };
+    match *e {
+        Event::Train {
+            step,
+            loss,
+            grad_norm,
+            tokens_per_sec,
+            lr,
+        } => {
+            let msg = format!(
+                "loss {}{val_msg}  {tokens_per_sec:.0} tok/s  lr {lr:.2e}  |g| {grad_norm:.2}",
+                loss_text(loss),
+            );
+            match bar {
+                Some(b) => {
+                    b.set_position(step);
+                    b.set_message(msg);
+                }
+                None => eprintln!("step {step:>7}/{total}  {msg}"),
+            }
+        }
+        Event::Eval {
+            step,
+            loss,
+            best,
+            accuracy,
+        } => {
+            let acc = accuracy.map_or(String::new(), |a| format!(", accuracy {:.2}%", 100.0 * a));
+            *val_msg = format!("  val {}{acc}", loss_text(loss));
+            show(format!(
+                "step {step:>7}  validation loss {}{acc}{}",
+                loss_text(loss),
+                if best { "  best so far" } else { "" }
+            ));
+        }
+        Event::Saved { .. } => {}
+        Event::Diverged {
+            step,
+            back_to,
+            ref reason,
+            lr,
+        } => show(format!(
+            "step {step:>7}  diverged ({reason}); back to the state of step {back_to}, \
+             continuing with learning rate {lr:.3e}"
+        )),
+    }
+}

@@ -1,0 +1,295 @@
+//! The settings of a fresh `unroll train` run, language model or pairs: every option with its
+//! default applied ([`Settings::of`]), then the checked pieces the run is built from: the model
+//! ([`fresh_model`]), the optimization ([`Settings::optimization`]) and the [`RunSpec`].
+
+use std::path::{Path, PathBuf};
+
+use unroll::data::Sequences;
+use unroll::data::vocab::VocabKind;
+use unroll::engine::Dropout;
+use unroll::model::{
+    Activation, Cell, Checkpoint, InputKind, ModelConfig, OutputKind, ParamLayout, init_params,
+    set_forget_bias_one,
+};
+use unroll::train::optim::OptimizerConfig;
+use unroll::train::schedule::LrSchedule;
+use unroll::train::state::{OnNan, RunSpec};
+
+use super::options::{self, Given};
+use super::{OnNanArg, ScheduleArg, SequencesArg, TrainArgs, VocabArg};
+
+/// The recurrent model of a fresh run.
+pub struct ModelSettings {
+    pub cell: Cell,
+    pub activation: Activation,
+    pub hidden: usize,
+    pub layers: usize,
+    pub dropout: f32,
+    /// The embedding size; `None`: one-hot inputs (or the `--init` model's embedding).
+    pub embed: Option<usize>,
+    pub tie_weights: bool,
+    pub forget_bias_one: bool,
+}
+
+/// How long a run is.
+#[derive(Clone, Copy)]
+pub enum Length {
+    Steps(u64),
+    /// Passes over the training split.
+    Epochs(f64),
+}
+
+/// The learning-rate schedule and its parameters.
+pub struct ScheduleSettings {
+    pub kind: ScheduleArg,
+    pub decay: f32,
+    pub decay_every: u64,
+    pub min: f32,
+    pub patience: u32,
+}
+
+/// Every setting of a fresh run.
+pub struct Settings {
+    pub out: PathBuf,
+    pub vocab: VocabKind,
+    pub sequences: Sequences,
+    pub val_frac: f64,
+    pub seed: u64,
+    pub model: ModelSettings,
+    pub batch: usize,
+    /// Time steps per window; 0 for pairs (every batch is as long as its longest pair).
+    pub seq_len: usize,
+    /// The optimizer with its clipping, momentum and weight decay.
+    pub optimizer: OptimizerConfig,
+    pub lr: f32,
+    pub length: Length,
+    pub schedule: ScheduleSettings,
+    pub eval_every: u64,
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+    pub on_nan: OnNan,
+}
+
+/// The optimizer, learning rate, number of steps and schedule of a run, checked.
+pub struct Optimization {
+    pub optimizer: OptimizerConfig,
+    pub lr: f32,
+    pub steps: u64,
+    pub schedule: LrSchedule,
+}
+
+impl Settings {
+    /// The settings of fresh options: what was given, the defaults of `options.rs` for the rest.
+    pub fn of(a: &TrainArgs) -> Self {
+        use options as d;
+        let pairs = a.pairs.pairs.is_some();
+        let optimizer = a.optimizer.unwrap_or(d::OPTIMIZER);
+        let mut opt = OptimizerConfig::new(optimizer.into()).with_clip(a.clip.unwrap_or(d::CLIP));
+        opt.momentum = a.momentum.unwrap_or(d::MOMENTUM);
+        opt.weight_decay = a.weight_decay.unwrap_or(d::WEIGHT_DECAY);
+        Settings {
+            out: a.out.clone().unwrap_or_else(|| PathBuf::from(d::OUT)),
+            vocab: match a.vocab.unwrap_or(d::VOCAB) {
+                VocabArg::Chars => VocabKind::Chars,
+                VocabArg::Bytes => VocabKind::Bytes,
+                VocabArg::Words => VocabKind::Words,
+            },
+            sequences: match (pairs, a.sequences.unwrap_or(d::SEQUENCES)) {
+                (false, SequencesArg::Lines) => Sequences::Lines,
+                _ => Sequences::Stream,
+            },
+            val_frac: a.val_frac.unwrap_or(if pairs {
+                d::PAIRS_VAL_FRAC
+            } else {
+                d::VAL_FRAC
+            }),
+            seed: a.seed.unwrap_or(d::SEED),
+            model: ModelSettings {
+                cell: a.cell.unwrap_or(d::CELL).into(),
+                activation: a.activation.unwrap_or(d::ACTIVATION).into(),
+                hidden: a.hidden.unwrap_or(d::HIDDEN),
+                layers: a.layers.unwrap_or(d::LAYERS),
+                dropout: a.dropout.unwrap_or(d::DROPOUT),
+                embed: a.embed,
+                tie_weights: a.tie_weights,
+                forget_bias_one: a.forget_bias_one,
+            },
+            batch: a.batch.unwrap_or(d::BATCH),
+            seq_len: if pairs {
+                0
+            } else {
+                a.seq_len.unwrap_or(d::SEQ_LEN)
+            },
+            optimizer: opt,
+            lr: a.lr.unwrap_or_else(|| d::default_lr(optimizer)),
+            length: match a.epochs {
+                Some(e) => Length::Epochs(e),
+                None => Length::Steps(a.steps.unwrap_or(d::STEPS)),
+            },
+            schedule: ScheduleSettings {
+                kind: a.lr_schedule.unwrap_or(d::LR_SCHEDULE),
+                decay: a.lr_decay.unwrap_or(d::LR_DECAY),
+                decay_every: a.lr_decay_every.unwrap_or(d::LR_DECAY_EVERY),
+                min: a.lr_min.unwrap_or(d::LR_MIN),
+                patience: a.patience.unwrap_or(d::PATIENCE),
+            },
+            eval_every: a.eval_every.unwrap_or(d::EVAL_EVERY),
+            checkpoint_every: a.checkpoint_every.unwrap_or(d::CHECKPOINT_EVERY),
+            log_every: a.log_every.unwrap_or(d::LOG_EVERY),
+            on_nan: match a.on_nan.unwrap_or(d::ON_NAN) {
+                OnNanArg::ReduceLr => OnNan::ReduceLr,
+                OnNanArg::Stop => OnNan::Stop,
+            },
+        }
+    }
+
+    /// Refuses a validation fraction outside [0, 1).
+    pub fn check_val_frac(&self) -> anyhow::Result<()> {
+        let val_frac = self.val_frac;
+        if !(0.0..1.0).contains(&val_frac) {
+            usage!("--val-frac {val_frac} must be in [0, 1)");
+        }
+        Ok(())
+    }
+
+    /// The checked optimizer, learning rate, number of steps and schedule; `per_epoch` is the
+    /// number of batches in an epoch (for --epochs).
+    pub fn optimization(&self, per_epoch: u64) -> anyhow::Result<Optimization> {
+        self.optimizer.validate()?;
+        let lr = self.lr;
+        if !(lr.is_finite() && lr >= 0.0) {
+            usage!("--lr {lr} must be a number >= 0");
+        }
+        let steps = match self.length {
+            Length::Epochs(e) if !(e.is_finite() && e > 0.0) => usage!("--epochs {e} must be > 0"),
+            Length::Epochs(e) => (e * per_epoch as f64).ceil() as u64,
+            Length::Steps(steps) => steps,
+        };
+        let s = &self.schedule;
+        let schedule = match s.kind {
+            ScheduleArg::Constant => LrSchedule::Constant,
+            ScheduleArg::Step => LrSchedule::Step {
+                every: s.decay_every,
+                factor: s.decay,
+            },
+            ScheduleArg::Cosine => LrSchedule::Cosine {
+                total: steps.max(1),
+                min: s.min,
+            },
+            ScheduleArg::Plateau => LrSchedule::Plateau {
+                factor: s.decay,
+                patience: s.patience,
+                min: s.min,
+            },
+        };
+        schedule.validate()?;
+        Ok(Optimization {
+            optimizer: self.optimizer,
+            lr,
+            steps,
+            schedule,
+        })
+    }
+
+    /// The run of these settings on the data read from `corpus` (`None`: the built-in corpus),
+    /// of `corpus_tokens` tokens (or pairs).
+    pub fn run_spec(
+        &self,
+        optimization: Optimization,
+        corpus: Option<String>,
+        corpus_tokens: usize,
+    ) -> RunSpec {
+        RunSpec {
+            steps: optimization.steps,
+            batch: self.batch,
+            seq_len: self.seq_len,
+            optimizer: optimization.optimizer,
+            lr: optimization.lr,
+            schedule: optimization.schedule,
+            eval_every: self.eval_every,
+            checkpoint_every: self.checkpoint_every,
+            log_every: self.log_every,
+            seed: self.seed,
+            corpus,
+            corpus_tokens,
+            val_frac: self.val_frac,
+            sequences: self.sequences,
+            on_nan: self.on_nan,
+            dropout: self.model.dropout,
+        }
+    }
+}
+
+/// Completes `config` (whose sizes are set) with the cell options of `s`, checks them, and gives
+/// the initial parameters (from `init`, or drawn with the seed). `given`: the options given,
+/// which some checks read.
+pub fn fresh_model(
+    s: &Settings,
+    given: &Given,
+    config: &mut ModelConfig,
+    init: Option<(&Checkpoint, &Path)>,
+) -> anyhow::Result<Vec<f32>> {
+    let m = &s.model;
+    config.activation = m.activation;
+    config.cell = m.cell;
+    // An --init model keeps its embedding and tying unless they are given.
+    let (init_embed, init_tie) = init.map_or((None, false), |(c, _)| {
+        (c.config.embed, c.config.tie_weights)
+    });
+    config.embed = m.embed.or(init_embed);
+    config.tie_weights = m.tie_weights || (m.embed.is_none() && init_tie);
+    check_embedding(m, config)?;
+    config.validate()?;
+    Dropout {
+        p: m.dropout,
+        seed: 0,
+    }
+    .validate()?;
+    if m.forget_bias_one && config.cell != Cell::Lstm {
+        usage!("--forget-bias-one needs --cell lstm");
+    }
+    if m.forget_bias_one && init.is_some() {
+        usage!("--forget-bias-one sets a fresh initialisation; it cannot change an --init model");
+    }
+    if given.has("activation") && config.cell != Cell::Rnn {
+        usage!(
+            "--activation applies to --cell rnn only (the GRU and LSTM have fixed nonlinearities)"
+        );
+    }
+    Ok(match init {
+        Some((c, p)) => {
+            c.check_config(config, p)?;
+            c.params.clone()
+        }
+        None => {
+            let layout = ParamLayout::new(config)?;
+            let mut params = init_params(config, &layout, s.seed);
+            if m.forget_bias_one {
+                set_forget_bias_one(config, &layout, &mut params)?;
+            }
+            params
+        }
+    })
+}
+
+/// Refuses an embedding or tying that `config` cannot have.
+fn check_embedding(m: &ModelSettings, config: &ModelConfig) -> anyhow::Result<()> {
+    if m.embed == Some(0) {
+        usage!("--embed must be at least 1");
+    }
+    if config.embed.is_some() && config.input_kind != InputKind::OneHot {
+        usage!("--embed needs token input (a language model, or --input class)");
+    }
+    if config.tie_weights && config.embed != Some(config.hidden_size) {
+        usage!(
+            "--tie-weights needs --embed equal to --hidden ({})",
+            config.hidden_size
+        );
+    }
+    if config.tie_weights
+        && (config.output_kind != OutputKind::Softmax || config.output_size != config.input_size)
+    {
+        usage!("--tie-weights needs class outputs over the input tokens");
+    }
+    Ok(())
+}
