@@ -1,0 +1,511 @@
+//! [`CpuEngine`]: the [`Engine`] contract on the CPU, and what one step keeps between its calls
+//! (the batch in the engine's float type, the activations of the last forward). `forward` and
+//! `backward` read as the pass they are: the input side, each layer in turn, the output layer
+//! (and back), with the per-layer work in `layers.rs`.
+
+use ndarray::{Array2, s};
+
+use crate::engine::profile::{self, PhaseClock, PhaseTimes, StepPhase};
+use crate::engine::{
+    Batch, DEFAULT_LOGIT_BUDGET, Dropout, Engine, Inputs, LossStats, Targets, outputs_not_kept,
+};
+use crate::error::{Error, Result};
+use crate::model::{ModelConfig, ParamLayout};
+use crate::train::optim::{OptimizerConfig, OptimizerState, clip_scale};
+
+use super::dropout::MaskKey;
+use super::layers::{
+    dropout_input, embed_tokens, input_backward, layer_backward, layer_below, layer_forward,
+    output_backward, output_forward, view, weight_grads,
+};
+use super::{Float, optim, pool, reduce};
+
+/// The current batch converted to the engine's float type.
+pub(super) struct PreparedBatch<F> {
+    pub(super) steps: usize,
+    pub(super) rows: usize,
+    pub(super) tokens: Option<Vec<u32>>,
+    pub(super) dense: Option<Array2<F>>,
+    pub(super) targets: Targets,
+    pub(super) mask: Option<Vec<f32>>,
+    pub(super) count: f64,
+}
+
+/// Activations of one layer in the last forward pass.
+pub(super) struct LayerCache<F> {
+    /// h: [(T+1) * B, H], rows 0..B the initial state.
+    pub(super) states: Array2<F>,
+    /// LSTM c: [(T+1) * B, H], rows 0..B the initial state.
+    pub(super) cells: Option<Array2<F>>,
+    /// GRU (r, z, n) or LSTM (i, f, g, o) activations, [N, G*H]; empty for the tanh cell.
+    pub(super) gates: Array2<F>,
+    /// Recurrent pre-activations `h_{t-1} W_hh^T + b_hh`, [N, G*H]; empty for the tanh cell.
+    pub(super) a_hh: Array2<F>,
+    /// The input of layer k > 0 after dropout, [N, H]; `None` when no dropout is applied.
+    pub(super) input: Option<Array2<F>>,
+}
+
+/// The output layer's probabilities (after f2) and the gradient of the objective w.r.t. the
+/// logits, [rows, V] each.
+pub(super) type Kept<F> = (Array2<F>, Array2<F>);
+
+/// Activations of the last forward pass.
+pub(super) struct Cache<F> {
+    pub(super) layers: Vec<LayerCache<F>>,
+    /// The dropout mask after each layer but the last.
+    pub(super) masks: Vec<MaskKey>,
+    /// With an embedding: layer 0's input, the embedded tokens [N, E].
+    pub(super) embedded: Option<Array2<F>>,
+    /// When the output layer ran in one chunk: the output probabilities (after f2) and the
+    /// gradient of the objective w.r.t. the logits, [N, V] each.
+    pub(super) kept: Option<Kept<F>>,
+    /// Rows per chunk of the output layer (N when it ran in one).
+    pub(super) chunk_rows: usize,
+    pub(super) loss: LossStats,
+}
+
+/// The CPU engine in float type `F`.
+pub struct CpuEngine<F: Float = f32> {
+    config: ModelConfig,
+    layout: ParamLayout,
+    params: Vec<F>,
+    grads: Vec<F>,
+    moments_m: Vec<F>,
+    moments_v: Vec<F>,
+    opt_step: u64,
+    last_norm: f64,
+    /// Initial state of the next forward: per layer [B, H].
+    h0: Vec<Array2<F>>,
+    /// LSTM: initial memory of the next forward, per layer [B, H]; empty for other cells.
+    c0: Vec<Array2<F>>,
+    dropout: Option<Dropout>,
+    /// The most logits the output layer holds at once.
+    logit_budget: usize,
+    /// Output arrays of an earlier forward, for the next one to fill.
+    spare: Option<Kept<F>>,
+    /// The other arrays of earlier steps, for the next ones.
+    pool: pool::Pool<F>,
+    /// With a phase profile: the time per phase of the step.
+    clock: Option<PhaseClock>,
+    batch: Option<PreparedBatch<F>>,
+    cache: Option<Cache<F>>,
+}
+
+impl<F: Float> CpuEngine<F> {
+    /// An engine for `config` with the given parameters (f32, layout order), zero state for one row.
+    pub fn new(config: &ModelConfig, params: &[f32]) -> Result<Self> {
+        let layout = ParamLayout::new(config)?;
+        let n = layout.len();
+        let mut e = CpuEngine {
+            config: config.clone(),
+            layout,
+            params: vec![F::zero(); n],
+            grads: vec![F::zero(); n],
+            moments_m: vec![F::zero(); n],
+            moments_v: vec![F::zero(); n],
+            opt_step: 0,
+            last_norm: 0.0,
+            h0: Vec::new(),
+            c0: Vec::new(),
+            dropout: None,
+            logit_budget: DEFAULT_LOGIT_BUDGET,
+            spare: None,
+            pool: pool::Pool::default(),
+            clock: None,
+            batch: None,
+            cache: None,
+        };
+        e.set_params(params)?;
+        e.reset_state(1)?;
+        Ok(e)
+    }
+
+    /// Parameters in the engine's own float type.
+    pub fn params_native(&self) -> &[F] {
+        &self.params
+    }
+
+    /// Replaces parameters in the engine's own float type (for finite differences).
+    pub fn set_params_native(&mut self, params: &[F]) -> Result<()> {
+        check_len("parameters", params.len(), self.layout.len())?;
+        self.params.copy_from_slice(params);
+        Ok(())
+    }
+
+    /// Gradients in the engine's own float type.
+    pub fn grads_native(&self) -> &[F] {
+        &self.grads
+    }
+
+    /// How many step arrays (activations, gradients) the engine has allocated so far; once the
+    /// batch shape repeats, steps take them from earlier steps instead.
+    pub fn step_allocations(&self) -> u64 {
+        self.pool.allocated()
+    }
+}
+
+impl<F: Float> CpuEngine<F> {
+    /// What the last forward kept, or the error that none has run.
+    fn cache(&self) -> Result<&Cache<F>> {
+        needed(&self.cache, "no forward pass has run yet")
+    }
+
+    /// B: the rows of the state.
+    fn rows(&self) -> usize {
+        self.h0.first().map_or(0, |a| a.nrows())
+    }
+
+    /// The norm, clipping and update of `optimizer_step`.
+    fn update(&mut self, config: &OptimizerConfig, lr: f32) {
+        let norm = reduce::sum_of_squares(&self.grads).sqrt();
+        self.last_norm = norm;
+        self.opt_step += 1;
+        if !norm.is_finite() {
+            // As on the GPU: the update is skipped and `grad_norm` reports the divergence.
+            return;
+        }
+        optim::optimizer_update(
+            config,
+            lr as f64,
+            self.opt_step,
+            clip_scale(norm, config.clip),
+            &mut self.params,
+            &self.grads,
+            &mut self.moments_m,
+            &mut self.moments_v,
+        );
+    }
+
+    /// Hands the last forward's arrays on: its output arrays to the next forward (when they
+    /// fit), the others to the pool.
+    fn recycle_cache(&mut self) {
+        let Some(cache) = self.cache.take() else {
+            return;
+        };
+        if let Some(kept) = cache.kept {
+            self.spare = Some(kept);
+        }
+        for lc in cache.layers {
+            for a in [
+                Some(lc.states),
+                lc.cells,
+                Some(lc.gates),
+                Some(lc.a_hh),
+                lc.input,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                self.pool.give(a);
+            }
+        }
+        if let Some(x) = cache.embedded {
+            self.pool.give(x);
+        }
+    }
+}
+
+/// The engine's `part`, or the error that a call came before what sets it up (`msg`).
+fn needed<'a, T>(part: &'a Option<T>, msg: &str) -> Result<&'a T> {
+    part.as_ref().ok_or_else(|| Error::Config(msg.into()))
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::Shape(format!(
+            "{what}: {got} given, {want} expected"
+        )));
+    }
+    Ok(())
+}
+
+impl<F: Float> Engine for CpuEngine<F> {
+    fn describe(&self) -> String {
+        format!(
+            "cpu ({}, {} threads)",
+            std::any::type_name::<F>(),
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        )
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        check_len("parameters", params.len(), self.layout.len())?;
+        for (d, &s) in self.params.iter_mut().zip(params) {
+            *d = F::from_f32_lossless(s);
+        }
+        Ok(())
+    }
+
+    fn params(&mut self) -> Result<Vec<f32>> {
+        Ok(self.params.iter().map(|v| v.to_f32_lossy()).collect())
+    }
+
+    fn grads(&mut self) -> Result<Vec<f32>> {
+        Ok(self.grads.iter().map(|v| v.to_f32_lossy()).collect())
+    }
+
+    fn upload_batch(&mut self, batch: &Batch) -> Result<()> {
+        batch.validate(&self.config)?;
+        if batch.rows != self.rows() {
+            return Err(Error::Shape(format!(
+                "batch has B={} rows but the state has {}; reset the state first",
+                batch.rows,
+                self.rows()
+            )));
+        }
+        let n = batch.steps * batch.rows;
+        let (tokens, dense) = match &batch.inputs {
+            Inputs::Tokens(t) => (Some(t.clone()), None),
+            Inputs::Dense(x) => {
+                let conv: Vec<F> = x.iter().map(|&v| F::from_f32_lossless(v)).collect();
+                let arr = Array2::from_shape_vec((n, self.config.input_size), conv)
+                    .map_err(|e| Error::Shape(e.to_string()))?;
+                (None, Some(arr))
+            }
+        };
+        self.batch = Some(PreparedBatch {
+            steps: batch.steps,
+            rows: batch.rows,
+            tokens,
+            dense,
+            targets: batch.targets.clone(),
+            mask: batch.mask.clone(),
+            count: batch.count(),
+        });
+        self.recycle_cache();
+        Ok(())
+    }
+
+    fn forward(&mut self) -> Result<()> {
+        self.recycle_cache();
+        let batch = needed(&self.batch, "forward called before upload_batch")?;
+        let pool = &mut self.pool;
+        let clock = &mut self.clock;
+        profile::enter(clock, StepPhase::Input);
+        let cfg = &self.config;
+        let model = (&self.layout, &self.params[..]);
+        let masks: Vec<MaskKey> = (0..cfg.layers.saturating_sub(1))
+            .map(|k| MaskKey::new(self.dropout, k))
+            .collect();
+        let embedded = embed_tokens(cfg, model, batch, pool);
+        // Each layer over all T steps, reading the one below (through dropout when it is on).
+        let mut layers: Vec<LayerCache<F>> = Vec::with_capacity(cfg.layers);
+        for k in 0..cfg.layers {
+            profile::enter(clock, StepPhase::Input);
+            let input = dropout_input(cfg, k, &masks, &layers, batch.rows, pool);
+            let below = layer_below(k, input.as_ref(), &layers, embedded.as_ref(), batch);
+            let init = (&self.h0[k], self.c0.get(k));
+            let layer = layer_forward(cfg, model, k, batch, below, init, (pool, clock));
+            layers.push(LayerCache { input, ..layer });
+        }
+        // The output layer over all N rows: the projection, the output nonlinearity, the loss
+        // and its gradient.
+        profile::enter(clock, StepPhase::Output);
+        let top = layers[cfg.layers - 1].states.slice(s![batch.rows.., ..]);
+        let reuse = self.spare.take();
+        let (kept, chunk_rows, sum) =
+            output_forward(cfg, model, top, batch, self.logit_budget, reuse)?;
+        self.cache = Some(Cache {
+            layers,
+            masks,
+            embedded,
+            kept,
+            chunk_rows,
+            loss: LossStats {
+                sum,
+                count: batch.count,
+            },
+        });
+        profile::stop(&mut self.clock);
+        Ok(())
+    }
+
+    fn zero_grads(&mut self) -> Result<()> {
+        self.grads.iter_mut().for_each(|g| *g = F::zero());
+        Ok(())
+    }
+
+    fn backward(&mut self) -> Result<()> {
+        let cache = needed(&self.cache, "backward called before forward")?;
+        let batch = needed(&self.batch, "backward called before upload_batch")?;
+        let cfg = &self.config;
+        let (b, h) = (batch.rows, cfg.hidden_size);
+        let gh = cfg.cell.gates() * h;
+        let model = (&self.layout, &self.params[..]);
+        let g = &mut self.grads;
+        let pool = &mut self.pool;
+        let clock = &mut self.clock;
+        let step = (cache, batch);
+        // The output layer's weight gradients and dS, the gradient reaching the top layer.
+        profile::enter(clock, StepPhase::OutputBackward);
+        let mut ds = output_backward(cfg, model, g, step, (pool, clock))?;
+        for k in (0..cfg.layers).rev() {
+            let lc = &cache.layers[k];
+            // BPTT through the layer: the gradients of the input-side and recurrent-side
+            // pre-activations, [N, G*H] each (the same array for the tanh cell and the LSTM).
+            profile::enter(clock, StepPhase::BackwardRecurrence);
+            let w_hh = view(&self.params, self.layout.layer(k).weight_hh, gh, h);
+            let (da_ih, da_hh_own) = layer_backward(cfg, w_hh, lc, b, ds, pool);
+            profile::enter(clock, StepPhase::WeightGradients);
+            let da_hh = da_hh_own.as_ref().unwrap_or(&da_ih);
+            weight_grads(cfg, &self.layout, g, k, step, (&da_ih, da_hh));
+            // The gradient of the layer's input: passed down, or into the embedding.
+            ds = input_backward(cfg, model, g, k, step, &da_ih, pool);
+            pool.give(da_ih);
+            if let Some(a) = da_hh_own {
+                pool.give(a);
+            }
+        }
+        profile::stop(clock);
+        Ok(())
+    }
+
+    fn loss(&mut self) -> Result<LossStats> {
+        Ok(self.cache()?.loss)
+    }
+
+    fn optimizer_step(&mut self, config: &OptimizerConfig, lr: f32) -> Result<()> {
+        config.validate()?;
+        profile::enter(&mut self.clock, StepPhase::Optimizer);
+        self.update(config, lr);
+        profile::stop(&mut self.clock);
+        Ok(())
+    }
+
+    fn set_phase_profile(&mut self, on: bool) -> Result<()> {
+        self.clock = on.then(PhaseClock::default);
+        Ok(())
+    }
+
+    fn take_phase_times(&mut self) -> Result<Option<PhaseTimes>> {
+        Ok(self.clock.as_mut().map(PhaseClock::take))
+    }
+
+    fn grad_norm(&mut self) -> Result<f32> {
+        let norm = self.last_norm;
+        if !norm.is_finite() {
+            return Err(Error::Data(format!(
+                "gradient norm is {norm}: training diverged (lower the learning rate or clip); \
+                 the update was skipped"
+            )));
+        }
+        Ok(norm as f32)
+    }
+
+    fn optimizer_state(&mut self) -> Result<OptimizerState> {
+        Ok(OptimizerState {
+            step: self.opt_step,
+            m: self.moments_m.iter().map(|v| v.to_f32_lossy()).collect(),
+            v: self.moments_v.iter().map(|v| v.to_f32_lossy()).collect(),
+        })
+    }
+
+    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
+        check_len("optimizer moments m", state.m.len(), self.layout.len())?;
+        check_len("optimizer moments v", state.v.len(), self.layout.len())?;
+        self.opt_step = state.step;
+        for (d, &s) in self.moments_m.iter_mut().zip(&state.m) {
+            *d = F::from_f32_lossless(s);
+        }
+        for (d, &s) in self.moments_v.iter_mut().zip(&state.v) {
+            *d = F::from_f32_lossless(s);
+        }
+        Ok(())
+    }
+
+    fn reset_state(&mut self, rows: usize) -> Result<()> {
+        if rows == 0 {
+            return Err(Error::Shape("the state needs at least one row".into()));
+        }
+        let zeros = |_| Array2::zeros((rows, self.config.hidden_size));
+        self.h0 = (0..self.config.layers).map(zeros).collect();
+        self.c0 = if self.config.cell.has_memory() {
+            (0..self.config.layers).map(zeros).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(())
+    }
+
+    fn carry_state(&mut self) -> Result<()> {
+        let cache = needed(&self.cache, "carry_state called before forward")?;
+        let b = self.rows();
+        for (k, lc) in cache.layers.iter().enumerate() {
+            let last = lc.states.nrows() - b;
+            self.h0[k].assign(&lc.states.slice(s![last.., ..]));
+            if let (Some(c0), Some(cells)) = (self.c0.get_mut(k), &lc.cells) {
+                c0.assign(&cells.slice(s![last.., ..]));
+            }
+        }
+        Ok(())
+    }
+
+    fn set_state(&mut self, rows: usize, state: &[f32]) -> Result<()> {
+        check_len(
+            "state",
+            state.len(),
+            rows * self.config.state_size_per_row(),
+        )?;
+        self.reset_state(rows)?;
+        let per_part = rows * self.config.hidden_size;
+        for (a, src) in self
+            .h0
+            .iter_mut()
+            .chain(self.c0.iter_mut())
+            .zip(state.chunks_exact(per_part))
+        {
+            for (d, &s) in a.iter_mut().zip(src) {
+                *d = F::from_f32_lossless(s);
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<f32>> {
+        Ok(self
+            .h0
+            .iter()
+            .chain(self.c0.iter())
+            .flat_map(|a| a.iter().map(|v| v.to_f32_lossy()))
+            .collect())
+    }
+
+    fn set_dropout(&mut self, dropout: Option<Dropout>) -> Result<()> {
+        if let Some(d) = dropout {
+            d.validate()?;
+        }
+        self.dropout = dropout;
+        Ok(())
+    }
+
+    fn outputs(&mut self) -> Result<Vec<f32>> {
+        let cache = self.cache()?;
+        match &cache.kept {
+            Some((p, _)) => Ok(p.iter().map(|v| v.to_f32_lossy()).collect()),
+            None => {
+                let n = cache.layers[0].states.nrows() - self.rows();
+                Err(outputs_not_kept(
+                    n,
+                    self.config.output_size,
+                    cache.chunk_rows,
+                ))
+            }
+        }
+    }
+
+    fn set_logit_budget(&mut self, elements: usize) -> Result<()> {
+        if elements == 0 {
+            return Err(Error::Config("the logit budget must be at least 1".into()));
+        }
+        self.logit_budget = elements;
+        Ok(())
+    }
+}

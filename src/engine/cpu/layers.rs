@@ -1,0 +1,457 @@
+//! The passes of one layer: the input side (the embedding, dropout between layers, the layer's
+//! input), each layer's forward and BPTT over all T steps, the output layer in chunks, and the
+//! weight and input gradients of a layer after its BPTT. The Engine impl (`engine.rs`) calls
+//! them in order; the time loops themselves run by blocks of rows (`rows.rs`), each step's
+//! product on [`StepWeight`](super::packed::StepWeight), each step's cell math in the cell's file
+//! (`rnn.rs`, `gru.rs`, `lstm.rs`).
+//!
+//! Shapes: T time steps, B rows, H state size, I input size, V output size, N = T * B.
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, s};
+
+use crate::engine::profile::{self, PhaseClock, StepPhase};
+use crate::engine::{Targets, logit_chunk_rows, logit_chunks};
+use crate::error::{Error, Result};
+use crate::model::{Cell, ModelConfig, OutputKind, ParamLayout};
+
+use super::dropout::{self, MaskKey};
+use super::engine::{Cache, Kept, LayerCache, PreparedBatch};
+use super::matmul::matmul;
+use super::rows::{
+    CellGrad, GatedGradRows, GatedRows, RowBlock, TanhGradRows, TanhRows, row_parts,
+};
+use super::{Float, loss, packed, pool, reduce, rnn};
+
+/// The `rows x cols` matrix at `offset` of a flat parameter or gradient buffer (row-major, as
+/// [`ParamLayout`] places every tensor).
+pub(super) fn view<F: Float>(
+    buf: &[F],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+) -> ArrayView2<'_, F> {
+    ArrayView2::from_shape((rows, cols), &buf[offset..offset + rows * cols])
+        .expect("layout ranges are in bounds")
+}
+
+/// An array of `steps` blocks of `b` rows ([steps * b, width], standard layout, as every array
+/// of the engine is) seen per step: [steps, b, width].
+fn per_step<F: Float>(a: ArrayView2<'_, F>, b: usize) -> ndarray::ArrayView3<'_, F> {
+    let (rows, w) = a.dim();
+    a.into_shape_with_order((rows / b.max(1), b, w))
+        .expect("standard-layout arrays of whole steps")
+}
+
+/// [`per_step`], mutable.
+fn per_step_mut<F: Float>(a: &mut Array2<F>, b: usize) -> ndarray::ArrayViewMut3<'_, F> {
+    let (rows, w) = a.dim();
+    a.view_mut()
+        .into_shape_with_order((rows / b.max(1), b, w))
+        .expect("standard-layout arrays of whole steps")
+}
+
+/// [`view`], mutable.
+pub(super) fn view_mut<F: Float>(
+    buf: &mut [F],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+) -> ArrayViewMut2<'_, F> {
+    ArrayViewMut2::from_shape((rows, cols), &mut buf[offset..offset + rows * cols])
+        .expect("layout ranges are in bounds")
+}
+
+/// With an embedding, layer 0's input: the embedded tokens [N, E].
+pub(super) fn embed_tokens<F: Float>(
+    cfg: &ModelConfig,
+    (layout, p): (&ParamLayout, &[F]),
+    batch: &PreparedBatch<F>,
+    pool: &mut pool::Pool<F>,
+) -> Option<Array2<F>> {
+    let n = batch.steps * batch.rows;
+    match (layout.embed(), cfg.embed, &batch.tokens) {
+        (Some(off), Some(e), Some(tokens)) => {
+            let mut x = pool.overwritten((n, e));
+            rnn::embed_gather(tokens, view(p, off, cfg.input_size, e), x.view_mut());
+            Some(x)
+        }
+        _ => None,
+    }
+}
+
+/// The input of layer k > 0 when dropout is on: the states of layer k-1 (the last of `layers`)
+/// through its mask, [N, H]; `None` at layer 0 and where the mask keeps everything.
+pub(super) fn dropout_input<F: Float>(
+    cfg: &ModelConfig,
+    k: usize,
+    masks: &[MaskKey],
+    layers: &[LayerCache<F>],
+    b: usize,
+    pool: &mut pool::Pool<F>,
+) -> Option<Array2<F>> {
+    let mask = k.checked_sub(1).and_then(|j| masks.get(j));
+    mask.filter(|m| !m.is_identity()).map(|&m| {
+        let below = layers[k - 1].states.slice(s![b.., ..]);
+        let mut x = pool.overwritten((below.nrows(), cfg.hidden_size));
+        dropout::dropout_forward(below, m, x.view_mut());
+        x
+    })
+}
+
+/// What layer k reads, [N, width]: its input after dropout (`input`), or the states of layer
+/// k-1, or at layer 0 the embedded tokens or the dense batch; `None` for one-hot tokens, which
+/// the layer gathers (and scatters in its gradient).
+pub(super) fn layer_below<'a, F: Float>(
+    k: usize,
+    input: Option<&'a Array2<F>>,
+    layers: &'a [LayerCache<F>],
+    embedded: Option<&'a Array2<F>>,
+    batch: &'a PreparedBatch<F>,
+) -> Option<ArrayView2<'a, F>> {
+    match (input, k) {
+        (Some(x), _) => Some(x.view()),
+        (None, 0) => embedded.or(batch.dense.as_ref()).map(|x| x.view()),
+        (None, _) => Some(layers[k - 1].states.slice(s![batch.rows.., ..])),
+    }
+}
+
+/// One chunk of the output layer: for `rows` of the top layer's states `top` [N, H], the logits
+/// `top[rows] W_o^T + b_o`, then the fused output nonlinearity, loss and gradient. Returns the
+/// probabilities and the gradient w.r.t. the logits, [rows, V] each, and the masked loss sum.
+fn output_chunk<F: Float>(
+    cfg: &ModelConfig,
+    layout: &ParamLayout,
+    p: &[F],
+    top: ArrayView2<F>,
+    batch: &PreparedBatch<F>,
+    rows: std::ops::Range<usize>,
+    reuse: Option<Kept<F>>,
+) -> Result<(Array2<F>, Array2<F>, f64)> {
+    let (h, v) = (cfg.hidden_size, cfg.output_size);
+    let w_o = view(p, layout.out_weight(), v, h);
+    let b_o = ndarray::ArrayView1::from(&p[layout.out_bias()..layout.out_bias() + v]);
+    let m = rows.len();
+    // Both arrays are overwritten whole, so those of the last forward serve when they fit.
+    let (mut logits, mut dlogits) = match reuse {
+        Some((a, b)) if a.dim() == (m, v) && b.dim() == (m, v) => (a, b),
+        _ => (Array2::<F>::zeros((m, v)), Array2::<F>::zeros((m, v))),
+    };
+    for mut row in logits.outer_iter_mut() {
+        row.assign(&b_o);
+    }
+    matmul(
+        top.slice(s![rows.clone(), ..]),
+        w_o.t(),
+        &mut logits.view_mut(),
+        true,
+    );
+    let norm = batch.count.max(f64::MIN_POSITIVE);
+    let mask = batch.mask.as_deref().map(|m| &m[rows.clone()]);
+    let dense_rows = rows.start * v..rows.end * v;
+    let sum = match (&batch.targets, cfg.output_kind) {
+        (Targets::Classes(y), OutputKind::Softmax) => loss::softmax_cross_entropy(
+            logits.view_mut(),
+            &y[rows.clone()],
+            mask,
+            norm,
+            dlogits.view_mut(),
+        ),
+        (Targets::Dense(y), OutputKind::Identity) => loss::squared_error(
+            logits.view_mut(),
+            &y[dense_rows],
+            mask,
+            norm,
+            dlogits.view_mut(),
+        ),
+        (Targets::Dense(y), OutputKind::Sigmoid) => loss::sigmoid_binary_cross_entropy(
+            logits.view_mut(),
+            &y[dense_rows],
+            mask,
+            norm,
+            dlogits.view_mut(),
+        ),
+        _ => return Err(Error::Shape("targets do not match the output kind".into())),
+    };
+    Ok((logits, dlogits, sum))
+}
+
+/// The output layer's forward over all N rows of the top layer's states `top`, in chunks when
+/// the logits exceed `budget` elements: the projection, then the fused output nonlinearity +
+/// loss + gradient. Returns, when it ran in one chunk, the probabilities and the gradient
+/// w.r.t. the logits (kept for `outputs` and the backward; `reuse` are arrays to fill), the
+/// rows per chunk, and the masked loss sum.
+pub(super) fn output_forward<F: Float>(
+    cfg: &ModelConfig,
+    (layout, p): (&ParamLayout, &[F]),
+    top: ArrayView2<F>,
+    batch: &PreparedBatch<F>,
+    budget: usize,
+    reuse: Option<Kept<F>>,
+) -> Result<(Option<Kept<F>>, usize, f64)> {
+    let (n, v) = (top.nrows(), cfg.output_size);
+    let chunk_rows = logit_chunk_rows(n, v, budget);
+    if chunk_rows >= n {
+        let (p, d, sum) = output_chunk(cfg, layout, p, top, batch, 0..n, reuse)?;
+        return Ok((Some((p, d)), chunk_rows, sum));
+    }
+    let mut sum = 0.0;
+    for rows in logit_chunks(n, chunk_rows) {
+        sum += output_chunk(cfg, layout, p, top, batch, rows, None)?.2;
+    }
+    Ok((None, chunk_rows, sum))
+}
+
+/// The output layer's backward, chunk by chunk (the kept gradient, or each chunk computed
+/// again): dW_o += dlogits^T S, db_o += colsum(dlogits). Returns dS = dlogits W_o [N, H], the
+/// gradient reaching the top layer's states.
+pub(super) fn output_backward<F: Float>(
+    cfg: &ModelConfig,
+    (layout, p): (&ParamLayout, &[F]),
+    g: &mut [F],
+    (cache, batch): (&Cache<F>, &PreparedBatch<F>),
+    (pool, clock): (&mut pool::Pool<F>, &mut Option<PhaseClock>),
+) -> Result<Array2<F>> {
+    let (b, h, v) = (batch.rows, cfg.hidden_size, cfg.output_size);
+    let n = batch.steps * b;
+    let top = cache.layers[cfg.layers - 1].states.slice(s![b.., ..]);
+    let (ow, ob) = (layout.out_weight(), layout.out_bias());
+    // Written whole by the chunks' `dS = dlogits W_o` (not accumulated).
+    let mut ds = pool.overwritten((n, h));
+    for rows in logit_chunks(n, cache.chunk_rows) {
+        let recomputed;
+        let dlogits = match &cache.kept {
+            Some((_, d)) => d.view(),
+            None => {
+                profile::enter(clock, StepPhase::Output);
+                recomputed = output_chunk(cfg, layout, p, top, batch, rows.clone(), None)?.1;
+                profile::enter(clock, StepPhase::OutputBackward);
+                recomputed.view()
+            }
+        };
+        let top_c = top.slice(s![rows.clone(), ..]);
+        matmul(dlogits.t(), top_c, &mut view_mut(g, ow, v, h), true);
+        reduce::column_sums_accumulate(dlogits, &mut g[ob..ob + v]);
+        matmul(
+            dlogits,
+            view(p, ow, v, h),
+            &mut ds.slice_mut(s![rows, ..]),
+            false,
+        );
+    }
+    Ok(ds)
+}
+
+/// One layer's forward pass over all T steps: the input projection over all N rows at once
+/// (a column gather for one-hot input), then the recurrence one step at a time. `below` is the
+/// layer's input ([`layer_below`]; `None`: the one-hot tokens). `init` is (h0, c0), [B, H] each.
+pub(super) fn layer_forward<F: Float>(
+    cfg: &ModelConfig,
+    (layout, p): (&ParamLayout, &[F]),
+    k: usize,
+    batch: &PreparedBatch<F>,
+    below: Option<ArrayView2<F>>,
+    (h0, c0): (&Array2<F>, Option<&Array2<F>>),
+    (pool, clock): (&mut pool::Pool<F>, &mut Option<PhaseClock>),
+) -> LayerCache<F> {
+    let (t_len, b, h) = (batch.steps, batch.rows, cfg.hidden_size);
+    let n = t_len * b;
+    let gh = cfg.cell.gates() * h;
+    let lo = layout.layer(k);
+    let input = cfg.layer_input_size(k);
+    let w_ih = view(p, lo.weight_ih, gh, input);
+    let gated = cfg.cell != Cell::Rnn;
+    // Every step's product h_{t-1} W_hh^T, with W_hh^T packed (or copied row-major) once for
+    // all T steps.
+    // With the rows split between threads, each product runs on its own thread.
+    let parts = row_parts(b);
+    let step_w = packed::StepWeight::reusing(
+        view(p, lo.weight_hh, gh, h).reversed_axes(),
+        pool.pack_buffer(),
+    )
+    .parallel(parts == 1);
+    let b_ih = &p[lo.bias_ih..lo.bias_ih + gh];
+    let b_hh = &p[lo.bias_hh..lo.bias_hh + gh];
+    // Overwritten whole: rows 0..B by h0, the others by the input projection (tanh) or the
+    // steps; likewise the gates (the input projection), a_hh (bias + product) and the memories.
+    let mut states = pool.overwritten(((t_len + 1) * b, h));
+    states.slice_mut(s![0..b, ..]).assign(h0);
+    // Input projection over all N rows at once: the tanh cell writes it where its states go
+    // (with both biases), a gated cell into its gate array (b_hh joins the recurrent product).
+    let mut gates = pool.overwritten(if gated { (n, gh) } else { (0, 0) });
+    {
+        let (mut u, second) = if gated {
+            (gates.view_mut(), None)
+        } else {
+            (states.slice_mut(s![b.., ..]), Some(b_hh))
+        };
+        match (below, &batch.tokens) {
+            (Some(x), _) => rnn::input_projection_dense(x, w_ih, b_ih, second, u),
+            (None, Some(tokens)) => rnn::input_gather_onehot(tokens, w_ih, b_ih, second, u),
+            (None, None) => u.fill(F::zero()),
+        }
+    }
+    let mut a_hh = pool.overwritten(if gated { (n, gh) } else { (0, 0) });
+    let mut cells = c0.map(|c0| {
+        let mut c = pool.overwritten(((t_len + 1) * b, h));
+        c.slice_mut(s![0..b, ..]).assign(c0);
+        c
+    });
+    // The recurrence, one time step at a time.
+    profile::enter(clock, StepPhase::ForwardRecurrence);
+    if !gated {
+        let rows = TanhRows(per_step_mut(&mut states, b));
+        rows.run_split(parts, &|r| r.forward(&step_w, cfg.activation));
+    } else {
+        // Per time step and batch row: [T(+1), B, width].
+        let rows = GatedRows {
+            states: per_step_mut(&mut states, b),
+            cells: cells.as_mut().map(|c| per_step_mut(c, b)),
+            gates: per_step_mut(&mut gates, b),
+            a_hh: per_step_mut(&mut a_hh, b),
+        };
+        rows.run_split(parts, &|r| r.forward(&step_w, b_hh));
+    }
+    pool.give_pack(step_w.into_buffer());
+    LayerCache {
+        states,
+        cells,
+        gates,
+        a_hh,
+        input: None,
+    }
+}
+
+/// One layer's BPTT over all T steps, from the last step to the first. `ds` [N, H] is the
+/// gradient reaching the layer's outputs h_1..h_T from above. Returns the gradients of the
+/// input-side pre-activations [N, G*H] and, for the GRU, of the recurrent-side ones (for the
+/// tanh cell and the LSTM they are the same array).
+pub(super) fn layer_backward<F: Float>(
+    cfg: &ModelConfig,
+    w_hh: ArrayView2<F>,
+    lc: &LayerCache<F>,
+    b: usize,
+    mut ds: Array2<F>,
+    pool: &mut pool::Pool<F>,
+) -> (Array2<F>, Option<Array2<F>>) {
+    let n = ds.nrows();
+    // dh_{t-1} += dz_t W_hh at every step, W_hh packed once; with the rows split between
+    // threads, each product runs on its own thread.
+    let parts = row_parts(b);
+    let step_w = packed::StepWeight::reusing(w_hh, pool.pack_buffer()).parallel(parts == 1);
+    if cfg.cell == Cell::Rnn {
+        // In place: ds becomes dz.
+        let rows = TanhGradRows {
+            states: per_step(lc.states.view(), b),
+            ds: per_step_mut(&mut ds, b),
+        };
+        rows.run_split(parts, &|r| r.backward(&step_w, cfg.activation));
+        pool.give_pack(step_w.into_buffer());
+        return (ds, None);
+    }
+    let gh = lc.gates.ncols();
+    // Both written whole by the step kernels, row block by row block.
+    let mut da_ih = pool.overwritten((n, gh));
+    let mut da_hh = pool.overwritten(if lc.cells.is_some() { (0, 0) } else { (n, gh) });
+    let mut dc = pool.zeros(if lc.cells.is_some() {
+        (b, cfg.hidden_size)
+    } else {
+        (0, 0)
+    });
+    let cell = match &lc.cells {
+        Some(c) => CellGrad::Lstm {
+            cells: per_step(c.view(), b),
+            dc: dc.view_mut(),
+        },
+        None => CellGrad::Gru {
+            a_hh: per_step(lc.a_hh.view(), b),
+            states: per_step(lc.states.view(), b),
+            da_hh: per_step_mut(&mut da_hh, b),
+        },
+    };
+    let rows = GatedGradRows {
+        gates: per_step(lc.gates.view(), b),
+        ds: per_step_mut(&mut ds, b),
+        da_ih: per_step_mut(&mut da_ih, b),
+        cell,
+    };
+    rows.run_split(parts, &|r| r.backward(&step_w));
+    pool.give_pack(step_w.into_buffer());
+    pool.give(dc);
+    pool.give(ds);
+    let da_hh = lc.cells.is_none().then_some(da_hh);
+    (da_ih, da_hh)
+}
+
+/// Layer k's weight gradients over all N rows at once, from the gradients of its input-side
+/// and recurrent-side pre-activations (the same array for the tanh cell and the LSTM):
+/// dW_hh += da_hh^T S_prev, the two bias sums, and dW_ih += da_ih^T X for the layer's input X
+/// ([`layer_below`]; a scatter-add for one-hot tokens).
+pub(super) fn weight_grads<F: Float>(
+    cfg: &ModelConfig,
+    layout: &ParamLayout,
+    g: &mut [F],
+    k: usize,
+    (cache, batch): (&Cache<F>, &PreparedBatch<F>),
+    (da_ih, da_hh): (&Array2<F>, &Array2<F>),
+) {
+    let (n, gh) = da_ih.dim();
+    let (h, input) = (cfg.hidden_size, cfg.layer_input_size(k));
+    let lo = layout.layer(k);
+    let lc = &cache.layers[k];
+    matmul(
+        da_hh.t(),
+        lc.states.slice(s![0..n, ..]),
+        &mut view_mut(g, lo.weight_hh, gh, h),
+        true,
+    );
+    reduce::column_sums_accumulate(da_ih.view(), &mut g[lo.bias_ih..lo.bias_ih + gh]);
+    reduce::column_sums_accumulate(da_hh.view(), &mut g[lo.bias_hh..lo.bias_hh + gh]);
+    let embedded = cache.embedded.as_ref();
+    let below = layer_below(k, lc.input.as_ref(), &cache.layers, embedded, batch);
+    let mut dw_ih = view_mut(g, lo.weight_ih, gh, input);
+    match (below, &batch.tokens) {
+        (Some(x), _) => matmul(da_ih.t(), x, &mut dw_ih, true),
+        (None, Some(tokens)) => rnn::input_grad_onehot(tokens, da_ih.view(), dw_ih),
+        (None, None) => {}
+    }
+}
+
+/// The gradient of layer k's input, dx = da_ih W_ih [N, width]: for k > 0 returned as the
+/// gradient reaching layer k-1's states (back through dropout where it was applied); at layer
+/// 0 scattered into the embedding's gradient when there is one. Returns an empty array where
+/// nothing is passed down.
+pub(super) fn input_backward<F: Float>(
+    cfg: &ModelConfig,
+    (layout, p): (&ParamLayout, &[F]),
+    g: &mut [F],
+    k: usize,
+    (cache, batch): (&Cache<F>, &PreparedBatch<F>),
+    da_ih: &Array2<F>,
+    pool: &mut pool::Pool<F>,
+) -> Array2<F> {
+    let (n, gh) = da_ih.dim();
+    let (h, input) = (cfg.hidden_size, cfg.layer_input_size(k));
+    let lo = layout.layer(k);
+    let embedded = k == 0 && cache.embedded.is_some();
+    if k == 0 && !embedded {
+        return Array2::<F>::zeros((0, h));
+    }
+    let mut dx = pool.overwritten((n, input));
+    matmul(
+        da_ih.view(),
+        view(p, lo.weight_ih, gh, input),
+        &mut dx.view_mut(),
+        false,
+    );
+    if k > 0 {
+        if cache.layers[k].input.is_some() {
+            dropout::dropout_backward(cache.masks[k - 1], dx.view_mut());
+        }
+        return dx;
+    }
+    if let (Some(off), Some(tokens)) = (layout.embed(), &batch.tokens) {
+        rnn::embed_grad(tokens, dx.view(), view_mut(g, off, cfg.input_size, input));
+    }
+    pool.give(dx);
+    Array2::<F>::zeros((0, h))
+}
