@@ -247,6 +247,29 @@ fn every_wgsl_entry_point_has_exactly_one_kernel() {
     assert_eq!(kernels.len(), entries, "kernels against entry points");
 }
 
+/// The names of the statics of type `Kernel` declared in Rust source `text` (a `kernels!`
+/// invocation declares its statics inside the macro, where this sees none).
+fn kernel_statics(text: &str) -> Vec<String> {
+    let code: String = text
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut found = Vec::new();
+    for item in code.split("static ").skip(1) {
+        let Some((name, rest)) = item.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        let ty = rest.split(['=', ';']).next().unwrap_or_default().trim();
+        let is_ident = !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+        if is_ident && ty.rsplit("::").next() == Some("Kernel") {
+            found.push(name.to_string());
+        }
+    }
+    found
+}
+
 #[test]
 fn every_kernel_static_is_declared_through_the_registry() {
     // A `Kernel` static written by hand would miss its file's `KERNELS` list.
@@ -254,14 +277,10 @@ fn every_kernel_static_is_declared_through_the_registry() {
     let mut by_hand = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
-        for (i, line) in text.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or_default();
-            if code.contains("static ") && code.contains(": Kernel") && !code.contains('$') {
-                by_hand.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+        if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for name in kernel_statics(&text) {
+                by_hand.push(format!("{}: {name}", path.display()));
             }
         }
     }
@@ -270,6 +289,15 @@ fn every_kernel_static_is_declared_through_the_registry() {
         "declare kernels with `kernels!`:\n{}",
         by_hand.join("\n")
     );
+    let written = "
+        /// Written by hand.
+        pub static SUM_AGAIN: crate::engine::gpu::pipelines::Kernel =
+            crate::engine::gpu::pipelines::Kernel { shader: Shader::Reduce, ... };
+        pub static ANOTHER: Kernel = Kernel { ... };
+        pub static KERNELS: &[&Kernel] = &[&A, &B];
+        pub static $name: Kernel = Kernel { ... };
+    ";
+    assert_eq!(kernel_statics(written), ["SUM_AGAIN", "ANOTHER"]);
 }
 
 #[test]
