@@ -4,27 +4,18 @@
 use crate::engine::cpu::dropout::MaskKey;
 use crate::engine::gpu::buffers::Region;
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::pipelines::{Access, args_mirror, kernels};
+use crate::engine::gpu::pipelines::{args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_1d, offset32};
-use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 
 kernels! {
+    shader: Dropout;
+
     /// `dropout_forward`: bindings x, y.
-    DROPOUT_FORWARD = {
-        shader: Shader::Dropout,
-        entry: "dropout_forward",
-        args: DropoutArgs,
-        bindings: &[Access::Read, Access::ReadWrite],
-    };
+    DROPOUT_FORWARD = "dropout_forward", DropoutArgs, [Read, ReadWrite];
 
     /// `dropout_backward`: binding d (in place).
-    DROPOUT_BACKWARD = {
-        shader: Shader::Dropout,
-        entry: "dropout_backward",
-        args: DropoutArgs,
-        bindings: &[Access::ReadWrite],
-    };
+    DROPOUT_BACKWARD = "dropout_backward", DropoutArgs, [ReadWrite];
 }
 
 args_mirror! {

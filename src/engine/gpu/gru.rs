@@ -5,58 +5,27 @@
 
 use crate::engine::gpu::context::GpuContext;
 use crate::engine::gpu::matmul::{ROWS_MAX_COLS, ROWS_UNITS, rows_launch};
-use crate::engine::gpu::pipelines::{Access, Kernel, args_mirror, kernels};
+use crate::engine::gpu::pipelines::{Kernel, args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_1d, offset32};
-use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 
 kernels! {
+    shader: Gru;
+
     /// `gru_step_forward`: bindings gates (a_ih in, r z n out), a_hh, states.
-    GRU_STEP_FORWARD = {
-        shader: Shader::Gru,
-        entry: "gru_step_forward",
-        args: GateArgs,
-        bindings: &[Access::ReadWrite, Access::Read, Access::ReadWrite],
-    };
+    GRU_STEP_FORWARD = "gru_step_forward", GateArgs, [ReadWrite, Read, ReadWrite];
 
     /// `gru_step_backward`: bindings gates, a_hh, states, ds, da_ih, da_hh.
-    GRU_STEP_BACKWARD = {
-        shader: Shader::Gru,
-        entry: "gru_step_backward",
-        args: GateArgs,
-        bindings: &[
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::ReadWrite,
-            Access::ReadWrite,
-            Access::ReadWrite,
-        ],
-    };
+    GRU_STEP_BACKWARD = "gru_step_backward", GateArgs,
+        [Read, Read, Read, ReadWrite, ReadWrite, ReadWrite];
 
     /// `gru_step_forward_rows`: bindings W_hh and b_hh, states, gates, a_hh.
-    GRU_STEP_FORWARD_ROWS = {
-        shader: Shader::Gru,
-        entry: "gru_step_forward_rows",
-        args: GateArgs,
-        bindings: &[Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite],
-    };
+    GRU_STEP_FORWARD_ROWS = "gru_step_forward_rows", GateArgs,
+        [Read, ReadWrite, ReadWrite, ReadWrite];
 
     /// `gru_step_backward_rows`: bindings W_hh, da_hh, gates, a_hh, states, ds, da_ih.
-    GRU_STEP_BACKWARD_ROWS = {
-        shader: Shader::Gru,
-        entry: "gru_step_backward_rows",
-        args: GateArgs,
-        bindings: &[
-            Access::Read,
-            Access::ReadWrite,
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::ReadWrite,
-            Access::ReadWrite,
-        ],
-    };
+    GRU_STEP_BACKWARD_ROWS = "gru_step_backward_rows", GateArgs,
+        [Read, ReadWrite, Read, Read, Read, ReadWrite, ReadWrite];
 }
 
 args_mirror! {

@@ -4,7 +4,6 @@
 use crate::engine::gpu::context::GpuContext;
 use crate::engine::gpu::pipelines::{Access, args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_1d, offset32};
-use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 use crate::model::OutputKind;
 
@@ -17,29 +16,16 @@ const BINDINGS: &[Access] = &[
 ];
 
 kernels! {
+    shader: Loss;
+
     /// `softmax_cross_entropy`: bindings targets, mask, logits, dlogits, row_loss.
-    SOFTMAX_CROSS_ENTROPY = {
-        shader: Shader::Loss,
-        entry: "softmax_cross_entropy",
-        args: LossArgs,
-        bindings: BINDINGS,
-    };
+    SOFTMAX_CROSS_ENTROPY = "softmax_cross_entropy", LossArgs, BINDINGS;
 
     /// `squared_error`: bindings as [`SOFTMAX_CROSS_ENTROPY`].
-    SQUARED_ERROR = {
-        shader: Shader::Loss,
-        entry: "squared_error",
-        args: LossArgs,
-        bindings: BINDINGS,
-    };
+    SQUARED_ERROR = "squared_error", LossArgs, BINDINGS;
 
     /// `sigmoid_binary_cross_entropy`: bindings as [`SOFTMAX_CROSS_ENTROPY`].
-    SIGMOID_BINARY_CROSS_ENTROPY = {
-        shader: Shader::Loss,
-        entry: "sigmoid_binary_cross_entropy",
-        args: LossArgs,
-        bindings: BINDINGS,
-    };
+    SIGMOID_BINARY_CROSS_ENTROPY = "sigmoid_binary_cross_entropy", LossArgs, BINDINGS;
 }
 
 args_mirror! {

@@ -3,28 +3,19 @@
 
 use crate::engine::gpu::buffers::Region;
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::pipelines::{Access, Constants, args_mirror, kernels};
+use crate::engine::gpu::pipelines::{Constants, args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_2d, offset32};
-use crate::engine::gpu::shaders::Shader;
 use crate::error::{Error, Result};
 use crate::model::Activation;
 
 kernels! {
+    shader: Matmul;
+
     /// `matmul`: bindings A (read), B (read), C (read-write), bias (read).
-    MATMUL = {
-        shader: Shader::Matmul,
-        entry: "matmul",
-        args: MatmulArgs,
-        bindings: &[Access::Read, Access::Read, Access::ReadWrite, Access::Read],
-    };
+    MATMUL = "matmul", MatmulArgs, [Read, Read, ReadWrite, Read];
 
     /// `matmul_rows`: bindings W (read), the rows X and the output (read-write), s (read).
-    MATMUL_ROWS = {
-        shader: Shader::Matmul,
-        entry: "matmul_rows",
-        args: RowsArgs,
-        bindings: &[Access::Read, Access::ReadWrite, Access::Read],
-    };
+    MATMUL_ROWS = "matmul_rows", RowsArgs, [Read, ReadWrite, Read];
 }
 
 args_mirror! {

@@ -2,26 +2,16 @@
 //! clip factor taken on the device from the norm in the scratch buffer.
 
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::pipelines::{Access, args_mirror, kernels};
+use crate::engine::gpu::pipelines::{args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_1d, offset32};
-use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 use crate::train::optim::OptimizerConfig;
 
 kernels! {
+    shader: Optim;
+
     /// `optimizer_update`: bindings scratch (read), params, grads (read), m, v.
-    OPTIMIZER_UPDATE = {
-        shader: Shader::Optim,
-        entry: "optimizer_update",
-        args: OptimArgs,
-        bindings: &[
-            Access::Read,
-            Access::ReadWrite,
-            Access::Read,
-            Access::ReadWrite,
-            Access::ReadWrite,
-        ],
-    };
+    OPTIMIZER_UPDATE = "optimizer_update", OptimArgs, [Read, ReadWrite, Read, ReadWrite, ReadWrite];
 }
 
 args_mirror! {

@@ -129,31 +129,33 @@ macro_rules! args_mirror {
 }
 pub(crate) use args_mirror;
 
-/// Declares a launcher file's [`Kernel`] statics, each written as the struct's fields with the
-/// arguments mirror's type for `args`, and `KERNELS`, the list of them all.
+/// Declares a launcher file's [`Kernel`] statics, one line each after the file's shader:
+/// `NAME = "entry", ArgsMirror, [Read, ReadWrite, ...];` (or a `&[Access]` const in place of the
+/// list), and `KERNELS`, the list of them all.
 macro_rules! kernels {
-    ($(
-        $(#[$meta:meta])*
-        $name:ident = {
-            shader: $shader:expr,
-            entry: $entry:literal,
-            args: $args:ident,
-            bindings: $bindings:expr $(,)?
-        };
-    )+) => {
+    (
+        shader: $shader:ident;
+        $($(#[$meta:meta])* $name:ident = $entry:literal, $args:ident, $bindings:tt;)+
+    ) => {
         $(
             $(#[$meta])*
             pub static $name: $crate::engine::gpu::pipelines::Kernel =
                 $crate::engine::gpu::pipelines::Kernel {
-                    shader: $shader,
+                    shader: $crate::engine::gpu::shaders::Shader::$shader,
                     entry: $entry,
                     args: $args::LAYOUT,
-                    bindings: $bindings,
+                    bindings: $crate::engine::gpu::pipelines::kernels!(@bindings $bindings),
                 };
         )+
 
         /// Every kernel this file launches.
         pub static KERNELS: &[&$crate::engine::gpu::pipelines::Kernel] = &[$(&$name),+];
+    };
+    (@bindings [$($access:ident),* $(,)?]) => {
+        &[$($crate::engine::gpu::pipelines::Access::$access),*]
+    };
+    (@bindings $bindings:ident) => {
+        $bindings
     };
 }
 pub(crate) use kernels;

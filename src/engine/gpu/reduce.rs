@@ -5,35 +5,21 @@ use crate::engine::gpu::buffers::Region;
 use crate::engine::gpu::context::GpuContext;
 use crate::engine::gpu::pipelines::{Access, args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_2d, offset32};
-use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 
 const BINDINGS: &[Access] = &[Access::Read, Access::ReadWrite];
 
 kernels! {
+    shader: Reduce;
+
     /// `column_sums_accumulate`: bindings input, out.
-    COLUMN_SUMS_ACCUMULATE = {
-        shader: Shader::Reduce,
-        entry: "column_sums_accumulate",
-        args: ReduceArgs,
-        bindings: BINDINGS,
-    };
+    COLUMN_SUMS_ACCUMULATE = "column_sums_accumulate", ReduceArgs, BINDINGS;
 
     /// `sum_partial`: bindings input, scratch.
-    SUM_PARTIAL = {
-        shader: Shader::Reduce,
-        entry: "sum_partial",
-        args: ReduceArgs,
-        bindings: BINDINGS,
-    };
+    SUM_PARTIAL = "sum_partial", ReduceArgs, BINDINGS;
 
     /// `sum_final`: bindings input (unused), scratch.
-    SUM_FINAL = {
-        shader: Shader::Reduce,
-        entry: "sum_final",
-        args: ReduceArgs,
-        bindings: BINDINGS,
-    };
+    SUM_FINAL = "sum_final", ReduceArgs, BINDINGS;
 }
 
 /// Scratch slot of the loss sum of the last forward.

@@ -5,76 +5,37 @@ use crate::engine::gpu::buffers::Region;
 use crate::engine::gpu::context::GpuContext;
 use crate::engine::gpu::pipelines::{Access, Kernel, args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_1d, grid_2d, offset32};
-use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 use crate::model::Activation;
 
 const GATHER_BINDINGS: &[Access] = &[Access::Read, Access::Read, Access::ReadWrite];
 
 kernels! {
+    shader: Rnn;
+
     /// `input_gather_onehot`: bindings tokens, params, out.
-    INPUT_GATHER_ONEHOT = {
-        shader: Shader::Rnn,
-        entry: "input_gather_onehot",
-        args: RnnArgs,
-        bindings: GATHER_BINDINGS,
-    };
+    INPUT_GATHER_ONEHOT = "input_gather_onehot", RnnArgs, GATHER_BINDINGS;
 
     /// `input_grad_onehot`: bindings tokens (with the row lists), dZ, grads.
-    INPUT_GRAD_ONEHOT = {
-        shader: Shader::Rnn,
-        entry: "input_grad_onehot",
-        args: RnnArgs,
-        bindings: GATHER_BINDINGS,
-    };
+    INPUT_GRAD_ONEHOT = "input_grad_onehot", RnnArgs, GATHER_BINDINGS;
 
     /// `embed_gather`: bindings tokens, params, out.
-    EMBED_GATHER = {
-        shader: Shader::Rnn,
-        entry: "embed_gather",
-        args: RnnArgs,
-        bindings: GATHER_BINDINGS,
-    };
+    EMBED_GATHER = "embed_gather", RnnArgs, GATHER_BINDINGS;
 
     /// `embed_grad`: bindings tokens (with the row lists), dX, grads.
-    EMBED_GRAD = {
-        shader: Shader::Rnn,
-        entry: "embed_grad",
-        args: RnnArgs,
-        bindings: GATHER_BINDINGS,
-    };
+    EMBED_GRAD = "embed_grad", RnnArgs, GATHER_BINDINGS;
 
     /// `rnn_step_forward`: bindings params, activations (unused), states.
-    RNN_STEP_FORWARD = {
-        shader: Shader::Rnn,
-        entry: "rnn_step_forward",
-        args: RnnArgs,
-        bindings: GATHER_BINDINGS,
-    };
+    RNN_STEP_FORWARD = "rnn_step_forward", RnnArgs, GATHER_BINDINGS;
 
     /// `rnn_forward_rows`: bindings params, activations (unused), states.
-    RNN_FORWARD_ROWS = {
-        shader: Shader::Rnn,
-        entry: "rnn_forward_rows",
-        args: RnnArgs,
-        bindings: GATHER_BINDINGS,
-    };
+    RNN_FORWARD_ROWS = "rnn_forward_rows", RnnArgs, GATHER_BINDINGS;
 
     /// `rnn_backward_rows`: bindings params, states s_t, dZ (in place).
-    RNN_BACKWARD_ROWS = {
-        shader: Shader::Rnn,
-        entry: "rnn_backward_rows",
-        args: RnnArgs,
-        bindings: GATHER_BINDINGS,
-    };
+    RNN_BACKWARD_ROWS = "rnn_backward_rows", RnnArgs, GATHER_BINDINGS;
 
     /// `rnn_step_backward`: bindings params, states s_t, dZ (in place).
-    RNN_STEP_BACKWARD = {
-        shader: Shader::Rnn,
-        entry: "rnn_step_backward",
-        args: RnnArgs,
-        bindings: GATHER_BINDINGS,
-    };
+    RNN_STEP_BACKWARD = "rnn_step_backward", RnnArgs, GATHER_BINDINGS;
 }
 
 args_mirror! {
