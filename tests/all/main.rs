@@ -9,6 +9,7 @@ mod gpu_gated;
 mod gpu_kernels;
 mod gpu_training;
 mod gradcheck;
+mod interfaces;
 mod large_vocab;
 mod lines;
 mod lm_cli;

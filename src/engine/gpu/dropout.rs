@@ -1,41 +1,34 @@
 //! Launchers of `shaders/dropout.wgsl`: dropout between layers with the counter-based mask of
 //! `engine::cpu::dropout`, forward (a masked copy) and backward (masked in place).
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::engine::cpu::dropout::MaskKey;
 use crate::engine::gpu::buffers::Region;
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::pipelines::{Access, Kernel};
+use crate::engine::gpu::pipelines::{args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_1d, offset32};
-use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 
-/// `dropout_forward`: bindings x, y.
-pub static DROPOUT_FORWARD: Kernel = Kernel {
-    shader: Shader::Dropout,
-    entry: "dropout_forward",
-    bindings: &[Access::Read, Access::ReadWrite],
-};
+kernels! {
+    shader: Dropout;
 
-/// `dropout_backward`: binding d (in place).
-pub static DROPOUT_BACKWARD: Kernel = Kernel {
-    shader: Shader::Dropout,
-    entry: "dropout_backward",
-    bindings: &[Access::ReadWrite],
-};
+    /// `dropout_forward`: bindings x, y.
+    DROPOUT_FORWARD = "dropout_forward", DropoutArgs, [Read, ReadWrite];
 
-/// Mirror of `Args` in dropout.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct DropoutArgs {
-    pub n: u32,
-    pub src_off: u32,
-    pub dst_off: u32,
-    pub key: u32,
-    pub threshold: u32,
-    pub scale: f32,
-    pub pad: [u32; 2],
+    /// `dropout_backward`: binding d (in place).
+    DROPOUT_BACKWARD = "dropout_backward", DropoutArgs, [ReadWrite];
+}
+
+args_mirror! {
+    /// Mirror of `Args` in dropout.wgsl.
+    pub struct DropoutArgs mirrors "Args" {
+        pub n: u32,
+        pub src_off: u32,
+        pub dst_off: u32,
+        pub key: u32,
+        pub threshold: u32,
+        pub scale: f32,
+        pub pad: [u32; 2],
+    }
 }
 
 impl DropoutArgs {

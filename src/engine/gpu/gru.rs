@@ -3,81 +3,51 @@
 //! or with the product fused in (`*_rows`, one dispatch per step). The step arguments shared with
 //! the LSTM's kernels live here too.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::engine::gpu::context::GpuContext;
 use crate::engine::gpu::matmul::{ROWS_MAX_COLS, ROWS_UNITS, rows_launch};
-use crate::engine::gpu::pipelines::{Access, Kernel};
+use crate::engine::gpu::pipelines::{Kernel, args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_1d, offset32};
-use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 
-/// `gru_step_forward`: bindings gates (a_ih in, r z n out), a_hh, states.
-pub static GRU_STEP_FORWARD: Kernel = Kernel {
-    shader: Shader::Gru,
-    entry: "gru_step_forward",
-    bindings: &[Access::ReadWrite, Access::Read, Access::ReadWrite],
-};
+kernels! {
+    shader: Gru;
 
-/// `gru_step_backward`: bindings gates, a_hh, states, ds, da_ih, da_hh.
-pub static GRU_STEP_BACKWARD: Kernel = Kernel {
-    shader: Shader::Gru,
-    entry: "gru_step_backward",
-    bindings: &[
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ],
-};
+    /// `gru_step_forward`: bindings gates (a_ih in, r z n out), a_hh, states.
+    GRU_STEP_FORWARD = "gru_step_forward", GateArgs, [ReadWrite, Read, ReadWrite];
 
-/// `gru_step_forward_rows`: bindings W_hh and b_hh, states, gates, a_hh.
-pub static GRU_STEP_FORWARD_ROWS: Kernel = Kernel {
-    shader: Shader::Gru,
-    entry: "gru_step_forward_rows",
-    bindings: &[
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ],
-};
+    /// `gru_step_backward`: bindings gates, a_hh, states, ds, da_ih, da_hh.
+    GRU_STEP_BACKWARD = "gru_step_backward", GateArgs,
+        [Read, Read, Read, ReadWrite, ReadWrite, ReadWrite];
 
-/// `gru_step_backward_rows`: bindings W_hh, da_hh, gates, a_hh, states, ds, da_ih.
-pub static GRU_STEP_BACKWARD_ROWS: Kernel = Kernel {
-    shader: Shader::Gru,
-    entry: "gru_step_backward_rows",
-    bindings: &[
-        Access::Read,
-        Access::ReadWrite,
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ],
-};
+    /// `gru_step_forward_rows`: bindings W_hh and b_hh, states, gates, a_hh.
+    GRU_STEP_FORWARD_ROWS = "gru_step_forward_rows", GateArgs,
+        [Read, ReadWrite, ReadWrite, ReadWrite];
 
-/// Mirror of `Args` in gru.wgsl and lstm.wgsl (`flag` is `has_prev` / `has_next`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct GateArgs {
-    pub rows: u32,
-    pub hidden: u32,
-    pub gates_off: u32,
-    pub ahh_off: u32,
-    pub src_off: u32,
-    pub dst_off: u32,
-    pub grad_off: u32,
-    pub prev_grad_off: u32,
-    pub flag: u32,
-    pub w_off: u32,
-    pub bias_off: u32,
-    pub x_off: u32,
-    pub has_x: u32,
-    pub pad: [u32; 3],
+    /// `gru_step_backward_rows`: bindings W_hh, da_hh, gates, a_hh, states, ds, da_ih.
+    GRU_STEP_BACKWARD_ROWS = "gru_step_backward_rows", GateArgs,
+        [Read, ReadWrite, Read, Read, Read, ReadWrite, ReadWrite];
+}
+
+args_mirror! {
+    /// Mirror of `Args` in gru.wgsl and lstm.wgsl.
+    pub struct GateArgs mirrors "Args" {
+        pub rows: u32,
+        pub hidden: u32,
+        pub gates_off: u32,
+        pub ahh_off: u32,
+        pub src_off: u32,
+        pub dst_off: u32,
+        pub grad_off: u32,
+        /// Padding in lstm.wgsl, which has no dh_{t-1} to write.
+        pub prev_grad_off: u32 as "prev_grad_off" | "_pad0",
+        /// `has_prev` in gru.wgsl, `has_next` in lstm.wgsl.
+        pub flag: u32 as "has_prev" | "has_next",
+        pub w_off: u32,
+        pub bias_off: u32,
+        pub x_off: u32,
+        pub has_x: u32,
+        pub pad: [u32; 3],
+    }
 }
 
 /// Where step t of a gated layer reads and writes, in elements: `rows` B, `hidden` H, and

@@ -1,12 +1,9 @@
 //! Launcher of `shaders/loss.wgsl`: the output nonlinearity, the masked loss per row and the
 //! gradient w.r.t. the logits, fused, one workgroup per row.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::pipelines::{Access, Kernel};
+use crate::engine::gpu::pipelines::{Access, args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_1d, offset32};
-use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 use crate::model::OutputKind;
 
@@ -18,38 +15,30 @@ const BINDINGS: &[Access] = &[
     Access::ReadWrite,
 ];
 
-/// `softmax_cross_entropy`: bindings targets, mask, logits, dlogits, row_loss.
-pub static SOFTMAX_CROSS_ENTROPY: Kernel = Kernel {
-    shader: Shader::Loss,
-    entry: "softmax_cross_entropy",
-    bindings: BINDINGS,
-};
+kernels! {
+    shader: Loss;
 
-/// `squared_error`: bindings as [`SOFTMAX_CROSS_ENTROPY`].
-pub static SQUARED_ERROR: Kernel = Kernel {
-    shader: Shader::Loss,
-    entry: "squared_error",
-    bindings: BINDINGS,
-};
+    /// `softmax_cross_entropy`: bindings targets, mask, logits, dlogits, row_loss.
+    SOFTMAX_CROSS_ENTROPY = "softmax_cross_entropy", LossArgs, BINDINGS;
 
-/// `sigmoid_binary_cross_entropy`: bindings as [`SOFTMAX_CROSS_ENTROPY`].
-pub static SIGMOID_BINARY_CROSS_ENTROPY: Kernel = Kernel {
-    shader: Shader::Loss,
-    entry: "sigmoid_binary_cross_entropy",
-    bindings: BINDINGS,
-};
+    /// `squared_error`: bindings as [`SOFTMAX_CROSS_ENTROPY`].
+    SQUARED_ERROR = "squared_error", LossArgs, BINDINGS;
 
-/// Mirror of `Args` in loss.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct LossArgs {
-    /// Rows of the chunk.
-    pub n: u32,
-    pub v: u32,
-    /// 1 / count, count = the batch's mask sum (clamped away from 0).
-    pub inv_count: f32,
-    /// The batch row of the chunk's first row.
-    pub row0: u32,
+    /// `sigmoid_binary_cross_entropy`: bindings as [`SOFTMAX_CROSS_ENTROPY`].
+    SIGMOID_BINARY_CROSS_ENTROPY = "sigmoid_binary_cross_entropy", LossArgs, BINDINGS;
+}
+
+args_mirror! {
+    /// Mirror of `Args` in loss.wgsl.
+    pub struct LossArgs mirrors "Args" {
+        /// Rows of the chunk.
+        pub n: u32,
+        pub v: u32,
+        /// 1 / count, count = the batch's mask sum (clamped away from 0).
+        pub inv_count: f32,
+        /// The batch row of the chunk's first row.
+        pub row0: u32,
+    }
 }
 
 impl LossArgs {

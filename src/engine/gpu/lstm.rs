@@ -3,62 +3,28 @@
 //! engine) or with the product fused in (`*_rows`, one dispatch per step).
 
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::gru::{GateStep, Pass, Recurrent};
-use crate::engine::gpu::pipelines::{Access, Kernel};
+use crate::engine::gpu::gru::{GateArgs, GateStep, Pass, Recurrent};
+use crate::engine::gpu::pipelines::kernels;
 use crate::engine::gpu::plan::Call;
-use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 
-/// `lstm_step_forward`: bindings gates (a_ih in, i f g o out), a_hh, cells, states.
-pub static LSTM_STEP_FORWARD: Kernel = Kernel {
-    shader: Shader::Lstm,
-    entry: "lstm_step_forward",
-    bindings: &[
-        Access::ReadWrite,
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ],
-};
+kernels! {
+    shader: Lstm;
 
-/// `lstm_step_backward`: bindings gates, cells, ds, dc, da.
-pub static LSTM_STEP_BACKWARD: Kernel = Kernel {
-    shader: Shader::Lstm,
-    entry: "lstm_step_backward",
-    bindings: &[
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ],
-};
+    /// `lstm_step_forward`: bindings gates (a_ih in, i f g o out), a_hh, cells, states.
+    LSTM_STEP_FORWARD = "lstm_step_forward", GateArgs, [ReadWrite, Read, ReadWrite, ReadWrite];
 
-/// `lstm_step_forward_rows`: bindings W_hh and b_hh, states, gates, cells.
-pub static LSTM_STEP_FORWARD_ROWS: Kernel = Kernel {
-    shader: Shader::Lstm,
-    entry: "lstm_step_forward_rows",
-    bindings: &[
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ],
-};
+    /// `lstm_step_backward`: bindings gates, cells, ds, dc, da.
+    LSTM_STEP_BACKWARD = "lstm_step_backward", GateArgs, [Read, Read, Read, ReadWrite, ReadWrite];
 
-/// `lstm_step_backward_rows`: bindings W_hh, da, gates, cells, ds, dc.
-pub static LSTM_STEP_BACKWARD_ROWS: Kernel = Kernel {
-    shader: Shader::Lstm,
-    entry: "lstm_step_backward_rows",
-    bindings: &[
-        Access::Read,
-        Access::ReadWrite,
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-    ],
-};
+    /// `lstm_step_forward_rows`: bindings W_hh and b_hh, states, gates, cells.
+    LSTM_STEP_FORWARD_ROWS = "lstm_step_forward_rows", GateArgs,
+        [Read, ReadWrite, ReadWrite, ReadWrite];
+
+    /// `lstm_step_backward_rows`: bindings W_hh, da, gates, cells, ds, dc.
+    LSTM_STEP_BACKWARD_ROWS = "lstm_step_backward_rows", GateArgs,
+        [Read, ReadWrite, Read, Read, Read, ReadWrite];
+}
 
 /// Forward LSTM step t (twin: `lstm_step_forward`): `gates` [N, 4H] holds a_ih at step t's rows
 /// and receives (i, f, g, o); `a_hh` [N, 4H]; `cells` and `states` [(T+1) * B, H] (c_{t-1}

@@ -1,43 +1,43 @@
 //! Launcher of `shaders/matmul.wgsl`: `C (+)= op(A) op(B) (+ biases)` for the GEMMs that run
 //! once over all `T * B` rows (input and output projections, weight gradients, `dS = dlogits W`).
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::engine::gpu::buffers::Region;
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::pipelines::{Access, Kernel};
-use crate::engine::gpu::plan::{Call, Constants, grid_2d, offset32};
-use crate::engine::gpu::shaders::Shader;
+use crate::engine::gpu::pipelines::{Constants, args_mirror, kernels};
+use crate::engine::gpu::plan::{Call, grid_2d, offset32};
 use crate::error::{Error, Result};
 use crate::model::Activation;
 
-/// `matmul`: bindings A (read), B (read), C (read-write), bias (read).
-pub static MATMUL: Kernel = Kernel {
-    shader: Shader::Matmul,
-    entry: "matmul",
-    bindings: &[Access::Read, Access::Read, Access::ReadWrite, Access::Read],
-};
+kernels! {
+    shader: Matmul;
 
-/// Mirror of `Args` in matmul.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct MatmulArgs {
-    pub m: u32,
-    pub n: u32,
-    pub k: u32,
-    pub a_off: u32,
-    pub b_off: u32,
-    pub c_off: u32,
-    pub bias_off: u32,
-    pub bias2_off: u32,
-    pub trans_a: u32,
-    pub trans_b: u32,
-    pub accumulate: u32,
-    pub biases: u32,
-    /// The slice of the depth this dispatch sums.
-    pub k_begin: u32,
-    pub k_end: u32,
-    pub pad: [u32; 2],
+    /// `matmul`: bindings A (read), B (read), C (read-write), bias (read).
+    MATMUL = "matmul", MatmulArgs, [Read, Read, ReadWrite, Read];
+
+    /// `matmul_rows`: bindings W (read), the rows X and the output (read-write), s (read).
+    MATMUL_ROWS = "matmul_rows", RowsArgs, [Read, ReadWrite, Read];
+}
+
+args_mirror! {
+    /// Mirror of `Args` in matmul.wgsl.
+    pub struct MatmulArgs mirrors "Args" {
+        pub m: u32,
+        pub n: u32,
+        pub k: u32,
+        pub a_off: u32,
+        pub b_off: u32,
+        pub c_off: u32,
+        pub bias_off: u32,
+        pub bias2_off: u32,
+        pub trans_a: u32,
+        pub trans_b: u32,
+        pub accumulate: u32,
+        pub biases: u32,
+        /// The slice of the depth this dispatch sums.
+        pub k_begin: u32,
+        pub k_end: u32,
+        pub pad: [u32; 2],
+    }
 }
 
 /// The most depth one matmul dispatch sums: deeper products (the output layer's `dS = dlogits
@@ -133,29 +133,22 @@ pub fn matmul(
         .collect()
 }
 
-/// `matmul_rows`: bindings W (read), the rows X and the output (read-write), s (read).
-pub static MATMUL_ROWS: Kernel = Kernel {
-    shader: Shader::Matmul,
-    entry: "matmul_rows",
-    bindings: &[Access::Read, Access::ReadWrite, Access::Read],
-};
-
-/// Mirror of `RowsArgs` in matmul.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct RowsArgs {
-    pub rows: u32,
-    pub n: u32,
-    pub depth: u32,
-    pub x_off: u32,
-    pub out_off: u32,
-    pub w_off: u32,
-    pub act_off: u32,
-    pub trans_w: u32,
-    pub has_x: u32,
-    pub derivative: u32,
-    pub activation: u32,
-    pub pad: u32,
+args_mirror! {
+    /// Mirror of `RowsArgs` in matmul.wgsl.
+    pub struct RowsArgs mirrors "RowsArgs" {
+        pub rows: u32,
+        pub n: u32,
+        pub depth: u32,
+        pub x_off: u32,
+        pub out_off: u32,
+        pub w_off: u32,
+        pub act_off: u32,
+        pub trans_w: u32,
+        pub has_x: u32,
+        pub derivative: u32,
+        pub activation: u32,
+        pub pad: u32,
+    }
 }
 
 /// Output columns per workgroup of `matmul_rows` (`ROWS_COLS` in rows.wgsl).

@@ -1,47 +1,38 @@
 //! Launcher of `shaders/optim.wgsl`: one optimizer update over the flat parameter buffer, the
 //! clip factor taken on the device from the norm in the scratch buffer.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::pipelines::{Access, Kernel};
+use crate::engine::gpu::pipelines::{args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_1d, offset32};
-use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 use crate::train::optim::OptimizerConfig;
 
-/// `optimizer_update`: bindings scratch (read), params, grads (read), m, v.
-pub static OPTIMIZER_UPDATE: Kernel = Kernel {
-    shader: Shader::Optim,
-    entry: "optimizer_update",
-    bindings: &[
-        Access::Read,
-        Access::ReadWrite,
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ],
-};
+kernels! {
+    shader: Optim;
 
-/// Mirror of `Args` in optim.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct OptimArgs {
-    pub n: u32,
-    pub kind: u32,
-    pub norm_slot: u32,
-    pub pad0: u32,
-    pub lr: f32,
-    pub step_size: f32,
-    pub bias_correction2: f32,
-    pub clip: f32,
-    pub weight_decay: f32,
-    pub momentum: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub alpha: f32,
-    pub eps: f32,
-    pub pad1: [u32; 2],
+    /// `optimizer_update`: bindings scratch (read), params, grads (read), m, v.
+    OPTIMIZER_UPDATE = "optimizer_update", OptimArgs, [Read, ReadWrite, Read, ReadWrite, ReadWrite];
+}
+
+args_mirror! {
+    /// Mirror of `Args` in optim.wgsl.
+    pub struct OptimArgs mirrors "Args" {
+        pub n: u32,
+        pub kind: u32,
+        pub norm_slot: u32,
+        pub pad0: u32,
+        pub lr: f32,
+        pub step_size: f32,
+        pub bias_correction2: f32,
+        pub clip: f32,
+        pub weight_decay: f32,
+        pub momentum: f32,
+        pub beta1: f32,
+        pub beta2: f32,
+        pub alpha: f32,
+        pub eps: f32,
+        pub pad1: [u32; 2],
+    }
 }
 
 impl OptimArgs {

@@ -12,12 +12,9 @@ use std::collections::HashMap;
 use bytemuck::Pod;
 
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::pipelines::{ARGS_SLOT, Kernel, Pipelines};
+use crate::engine::gpu::pipelines::{ARGS_SLOT, Constants, Kernel, Pipelines};
 use crate::engine::gpu::profile::{PhaseTimes, Profiler, StepPhase};
 use crate::error::{Error, Result};
-
-/// WGSL override constants by name.
-pub type Constants = Vec<(&'static str, u32)>;
 
 /// One kernel launch, before its bind group and argument slot exist.
 #[derive(Debug)]

@@ -1,37 +1,26 @@
 //! Launchers of `shaders/reduce.wgsl`: column sums into bias gradients, and the two-stage flat
 //! sums that leave the loss total and the global gradient norm in the scratch buffer.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::engine::gpu::buffers::Region;
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::pipelines::{Access, Kernel};
+use crate::engine::gpu::pipelines::{Access, args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_2d, offset32};
-use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 
 const BINDINGS: &[Access] = &[Access::Read, Access::ReadWrite];
 
-/// `column_sums_accumulate`: bindings input, out.
-pub static COLUMN_SUMS_ACCUMULATE: Kernel = Kernel {
-    shader: Shader::Reduce,
-    entry: "column_sums_accumulate",
-    bindings: BINDINGS,
-};
+kernels! {
+    shader: Reduce;
 
-/// `sum_partial`: bindings input, scratch.
-pub static SUM_PARTIAL: Kernel = Kernel {
-    shader: Shader::Reduce,
-    entry: "sum_partial",
-    bindings: BINDINGS,
-};
+    /// `column_sums_accumulate`: bindings input, out.
+    COLUMN_SUMS_ACCUMULATE = "column_sums_accumulate", ReduceArgs, BINDINGS;
 
-/// `sum_final`: bindings input (unused), scratch.
-pub static SUM_FINAL: Kernel = Kernel {
-    shader: Shader::Reduce,
-    entry: "sum_final",
-    bindings: BINDINGS,
-};
+    /// `sum_partial`: bindings input, scratch.
+    SUM_PARTIAL = "sum_partial", ReduceArgs, BINDINGS;
+
+    /// `sum_final`: bindings input (unused), scratch.
+    SUM_FINAL = "sum_final", ReduceArgs, BINDINGS;
+}
 
 /// Scratch slot of the loss sum of the last forward.
 pub const LOSS_SLOT: usize = 0;
@@ -45,20 +34,20 @@ pub const MAX_PARTIALS: usize = 256;
 const COLS: u32 = 32;
 const LANES: u32 = 8;
 
-/// Mirror of `Args` in reduce.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct ReduceArgs {
-    pub n: u32,
-    pub cols: u32,
-    pub in_off: u32,
-    pub out_off: u32,
-    pub out2_off: u32,
-    pub outs: u32,
-    pub square: u32,
-    pub partials: u32,
-    pub slot: u32,
-    pub pad: [u32; 3],
+args_mirror! {
+    /// Mirror of `Args` in reduce.wgsl.
+    pub struct ReduceArgs mirrors "Args" {
+        pub n: u32,
+        pub cols: u32,
+        pub in_off: u32,
+        pub out_off: u32,
+        pub out2_off: u32,
+        pub outs: u32,
+        pub square: u32,
+        pub partials: u32,
+        pub slot: u32,
+        pub pad: [u32; 3],
+    }
 }
 
 /// `out[j] += sum_r a[r, j]` for a [n, cols] at `input`, into one or two vectors of `out`

@@ -1,94 +1,63 @@
 //! Launchers of `shaders/rnn.wgsl`: the one-hot input gather, the cell step forward, the BPTT
 //! step, and the one-hot input gradient (a gather over host-built per-token row lists).
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::engine::gpu::buffers::Region;
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::pipelines::{Access, Kernel};
+use crate::engine::gpu::pipelines::{Access, Kernel, args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_1d, grid_2d, offset32};
-use crate::engine::gpu::shaders::Shader;
 use crate::error::Result;
 use crate::model::Activation;
 
 const GATHER_BINDINGS: &[Access] = &[Access::Read, Access::Read, Access::ReadWrite];
 
-/// `input_gather_onehot`: bindings tokens, params, out.
-pub static INPUT_GATHER_ONEHOT: Kernel = Kernel {
-    shader: Shader::Rnn,
-    entry: "input_gather_onehot",
-    bindings: GATHER_BINDINGS,
-};
+kernels! {
+    shader: Rnn;
 
-/// `input_grad_onehot`: bindings tokens (with the row lists), dZ, grads.
-pub static INPUT_GRAD_ONEHOT: Kernel = Kernel {
-    shader: Shader::Rnn,
-    entry: "input_grad_onehot",
-    bindings: GATHER_BINDINGS,
-};
+    /// `input_gather_onehot`: bindings tokens, params, out.
+    INPUT_GATHER_ONEHOT = "input_gather_onehot", RnnArgs, GATHER_BINDINGS;
 
-/// `embed_gather`: bindings tokens, params, out.
-pub static EMBED_GATHER: Kernel = Kernel {
-    shader: Shader::Rnn,
-    entry: "embed_gather",
-    bindings: GATHER_BINDINGS,
-};
+    /// `input_grad_onehot`: bindings tokens (with the row lists), dZ, grads.
+    INPUT_GRAD_ONEHOT = "input_grad_onehot", RnnArgs, GATHER_BINDINGS;
 
-/// `embed_grad`: bindings tokens (with the row lists), dX, grads.
-pub static EMBED_GRAD: Kernel = Kernel {
-    shader: Shader::Rnn,
-    entry: "embed_grad",
-    bindings: GATHER_BINDINGS,
-};
+    /// `embed_gather`: bindings tokens, params, out.
+    EMBED_GATHER = "embed_gather", RnnArgs, GATHER_BINDINGS;
 
-/// `rnn_step_forward`: bindings params, activations (unused), states.
-pub static RNN_STEP_FORWARD: Kernel = Kernel {
-    shader: Shader::Rnn,
-    entry: "rnn_step_forward",
-    bindings: GATHER_BINDINGS,
-};
+    /// `embed_grad`: bindings tokens (with the row lists), dX, grads.
+    EMBED_GRAD = "embed_grad", RnnArgs, GATHER_BINDINGS;
 
-/// `rnn_forward_rows`: bindings params, activations (unused), states.
-pub static RNN_FORWARD_ROWS: Kernel = Kernel {
-    shader: Shader::Rnn,
-    entry: "rnn_forward_rows",
-    bindings: GATHER_BINDINGS,
-};
+    /// `rnn_step_forward`: bindings params, activations (unused), states.
+    RNN_STEP_FORWARD = "rnn_step_forward", RnnArgs, GATHER_BINDINGS;
 
-/// `rnn_backward_rows`: bindings params, states s_t, dZ (in place).
-pub static RNN_BACKWARD_ROWS: Kernel = Kernel {
-    shader: Shader::Rnn,
-    entry: "rnn_backward_rows",
-    bindings: GATHER_BINDINGS,
-};
+    /// `rnn_forward_rows`: bindings params, activations (unused), states.
+    RNN_FORWARD_ROWS = "rnn_forward_rows", RnnArgs, GATHER_BINDINGS;
 
-/// `rnn_step_backward`: bindings params, states s_t, dZ (in place).
-pub static RNN_STEP_BACKWARD: Kernel = Kernel {
-    shader: Shader::Rnn,
-    entry: "rnn_step_backward",
-    bindings: GATHER_BINDINGS,
-};
+    /// `rnn_backward_rows`: bindings params, states s_t, dZ (in place).
+    RNN_BACKWARD_ROWS = "rnn_backward_rows", RnnArgs, GATHER_BINDINGS;
 
-/// Mirror of `Args` in rnn.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct RnnArgs {
-    pub rows: u32,
-    pub hidden: u32,
-    pub inputs: u32,
-    pub n: u32,
-    pub w_off: u32,
-    pub bias_off: u32,
-    pub bias2_off: u32,
-    pub src_off: u32,
-    pub dst_off: u32,
-    pub act_off: u32,
-    pub activation: u32,
-    pub has_src: u32,
-    pub tok_off: u32,
-    pub starts_off: u32,
-    pub sorted_off: u32,
-    pub two_biases: u32,
+    /// `rnn_step_backward`: bindings params, states s_t, dZ (in place).
+    RNN_STEP_BACKWARD = "rnn_step_backward", RnnArgs, GATHER_BINDINGS;
+}
+
+args_mirror! {
+    /// Mirror of `Args` in rnn.wgsl.
+    pub struct RnnArgs mirrors "Args" {
+        pub rows: u32,
+        pub hidden: u32,
+        pub inputs: u32,
+        pub n: u32,
+        pub w_off: u32,
+        pub bias_off: u32,
+        pub bias2_off: u32,
+        pub src_off: u32,
+        pub dst_off: u32,
+        pub act_off: u32,
+        pub activation: u32,
+        pub has_src: u32,
+        pub tok_off: u32,
+        pub starts_off: u32,
+        pub sorted_off: u32,
+        pub two_biases: u32,
+    }
 }
 
 /// Where the token ids and the per-token row lists sit in the batch's token buffer.
