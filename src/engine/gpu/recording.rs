@@ -228,3 +228,45 @@ impl ShapePlans {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gpu::rnn::EMBED_GATHER;
+
+    fn call() -> Call {
+        Call::new(&EMBED_GATHER, Vec::new(), &[], &0u32, [1, 1, 1])
+    }
+
+    #[test]
+    fn slots_name_their_plan_and_the_index_their_call_lands_at() {
+        let mut calls = Calls::new(PlanKind::Backward);
+        calls.push(call());
+        calls.push_loss(call(), 2..5);
+        calls.extend(vec![call(), call()]);
+        calls.push_dropout(call(), 10, (4, 0), 1);
+        assert_eq!(calls.calls.len(), 5);
+        let loss = &calls.loss[0];
+        assert_eq!(
+            (loss.plan, loss.index, loss.rows.clone()),
+            (PlanKind::Backward, 1, 2..5)
+        );
+        let d = &calls.dropout[0];
+        assert_eq!(
+            (d.plan, d.index, d.n, d.offsets, d.boundary),
+            (PlanKind::Backward, 4, 10, (4, 0), 1)
+        );
+    }
+
+    #[test]
+    fn phase_marks_point_at_the_next_call() {
+        let mut calls = Calls::new(PlanKind::Forward);
+        calls.mark(StepPhase::Input);
+        calls.push(call());
+        calls.mark(StepPhase::Output);
+        assert_eq!(
+            calls.marks,
+            vec![(0, StepPhase::Input), (1, StepPhase::Output)]
+        );
+    }
+}

@@ -70,7 +70,8 @@ impl RecurrenceKernel {
         }
     }
 
-    /// Whether a gated step's recurrent product runs inside its gate kernel (`Wide`).
+    /// Whether a gated step's recurrent product runs inside its gate kernel: in `Wide` (a
+    /// gated cell never resolves to `Rows`).
     pub fn fuses_gates(self) -> bool {
         self != RecurrenceKernel::Steps
     }
@@ -348,4 +349,22 @@ pub struct Shape {
     pub plans: ShapePlans,
     /// When it was last made current (for eviction).
     pub last_used: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecurrenceKernel;
+
+    #[test]
+    fn recurrence_kernels_keep_their_names_and_only_steps_separates_the_gates() {
+        let all = [
+            RecurrenceKernel::Rows,
+            RecurrenceKernel::Wide,
+            RecurrenceKernel::Steps,
+        ];
+        let names: Vec<&str> = all.iter().map(|k| k.name()).collect();
+        assert_eq!(names, ["rows", "wide", "steps"]);
+        let fused: Vec<bool> = all.iter().map(|k| k.fuses_gates()).collect();
+        assert_eq!(fused, [true, true, false]);
+    }
 }
