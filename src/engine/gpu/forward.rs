@@ -1,0 +1,233 @@
+//! Recording of the forward pass, function by function the twin of the CPU engine's `forward`,
+//! `layer_forward` and `output_chunk` (`engine::cpu`): the embedding, per layer the dropout of
+//! the layer below, the input projection over all N rows and the T steps, then the output
+//! layer chunk by chunk and the loss sum. The gated cells' steps are in `gated.rs`.
+
+use std::ops::Range;
+
+use crate::engine::cpu::dropout::MaskKey;
+use crate::engine::gpu::buffers::at;
+use crate::engine::gpu::matmul::{Biases, RowsEpilogue, matmul, matmul_rows, plain, transposed};
+use crate::engine::gpu::profile::StepPhase;
+use crate::engine::gpu::recording::{Calls, Recording};
+use crate::engine::gpu::reduce::{self, LOSS_SLOT};
+use crate::engine::gpu::rnn::{self, Dims, Weights};
+use crate::engine::gpu::shape::{CellBuffers, Embedding, RecurrenceKernel};
+use crate::engine::gpu::{dropout, gated, loss};
+use crate::engine::logit_chunks;
+use crate::error::Result;
+
+/// The forward pass (twin: `Engine::forward` of the CPU engine): the embedding, every layer
+/// from the bottom, the output layer over all N rows in chunks, and the loss sum into its
+/// scratch slot. The initial states are copied in by the engine before the plan runs.
+pub fn record_forward(r: &Recording<'_>, out: &mut Calls) -> Result<()> {
+    out.mark(StepPhase::Input);
+    if let Some(e) = &r.shape.embedding {
+        record_embedding(r, e, out)?;
+    }
+    for k in 0..r.cfg.layers {
+        out.mark(StepPhase::Input);
+        if let Some(input) = &r.shape.layers[k].input {
+            record_dropout_forward(r, k, input, out)?;
+        }
+        record_layer_forward(r, k, out)?;
+    }
+    let n = r.n();
+    out.mark(StepPhase::Output);
+    for rows in logit_chunks(n, r.shape.output.chunk_rows) {
+        record_output_chunk(r, rows, out)?;
+    }
+    out.extend(reduce::sum(
+        r.ctx,
+        n,
+        at(&r.shape.output.row_loss, 0),
+        false,
+        r.scratch,
+        LOSS_SLOT,
+    )?);
+    Ok(())
+}
+
+/// The embedded tokens [N, E], layer 0's input (twin: `rnn::embed_gather`).
+fn record_embedding(r: &Recording<'_>, e: &Embedding, out: &mut Calls) -> Result<()> {
+    let dims = Dims {
+        rows: r.shape.rows,
+        hidden: e.width,
+        inputs: r.cfg.input_size,
+        n: r.n(),
+    };
+    out.push(rnn::embed_gather(
+        r.ctx,
+        dims,
+        at(&r.shape.batch.inputs, 0),
+        r.params,
+        e.table,
+        at(&e.embedded, 0),
+    )?);
+    Ok(())
+}
+
+/// The input of layer k > 0: the states h_1..h_T of layer k-1 through the dropout mask after
+/// it, into `input` [N, H] (twin: `dropout::dropout_forward`; an unscaled copy when dropout is
+/// off). Its arguments follow the dropout setting.
+fn record_dropout_forward(
+    r: &Recording<'_>,
+    k: usize,
+    input: &wgpu::Buffer,
+    out: &mut Calls,
+) -> Result<()> {
+    let (b, h) = (r.shape.rows, r.cfg.hidden_size);
+    let n = r.n() * h;
+    let call = dropout::dropout_forward(
+        r.ctx,
+        n,
+        at(&r.shape.layers[k - 1].states, b * h),
+        at(input, 0),
+        MaskKey::new(r.dropout, k - 1),
+    )?;
+    out.push_dropout(call, n, (b * h, 0), k - 1);
+    Ok(())
+}
+
+/// One layer's forward pass over all T steps (twin: `layer_forward`): the input projection
+/// over all N rows at once, then the recurrence one step (or, for the rows kernels, one layer)
+/// per dispatch.
+pub fn record_layer_forward(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<()> {
+    record_input_projection(r, k, out)?;
+    out.mark(StepPhase::ForwardRecurrence);
+    match &r.shape.cell {
+        CellBuffers::Tanh => record_tanh_forward(r, k, out),
+        CellBuffers::Gru { layers, .. } => gated::record_gru_forward(r, k, &layers[k], out),
+        CellBuffers::Lstm { layers, .. } => gated::record_lstm_forward(r, k, &layers[k], out),
+    }
+}
+
+/// The input projection over all N rows: the tanh cell writes it where its states go (with
+/// both biases), a gated cell into its gate array (b_hh joins the recurrent product). One-hot
+/// layer 0 gathers columns of W_ih (twin: `rnn::input_gather_onehot`), the others run a GEMM
+/// (twin: `rnn::input_projection_dense`).
+fn record_input_projection(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<()> {
+    let (cfg, p, shape) = (r.cfg, r.params, r.shape);
+    let (b, h, n) = (shape.rows, cfg.hidden_size, r.n());
+    let gh = cfg.cell.gates() * h;
+    let lo = r.layout.layer(k);
+    let ik = cfg.layer_input_size(k);
+    let (proj, bias2) = match shape.cell.gates(k) {
+        Some(gates) => (at(gates, 0), None),
+        None => (at(&shape.layers[k].states, b * h), Some(lo.bias_hh)),
+    };
+    if k == 0 && cfg.gathers_input() {
+        let dims = Dims {
+            rows: b,
+            hidden: gh,
+            inputs: ik,
+            n,
+        };
+        let weights = Weights {
+            w: lo.weight_ih,
+            bias: lo.bias_ih,
+            bias2,
+        };
+        let tokens = at(&shape.batch.inputs, 0);
+        out.push(rnn::input_gather_onehot(
+            r.ctx, dims, tokens, p, weights, proj,
+        )?);
+        return Ok(());
+    }
+    let biases = Biases {
+        buffer: p,
+        first: lo.bias_ih,
+        second: bias2,
+    };
+    out.extend(matmul(
+        r.ctx,
+        (n, gh, ik),
+        r.below(k),
+        transposed(at(p, lo.weight_ih)),
+        proj,
+        Some(biases),
+        false,
+    )?);
+    Ok(())
+}
+
+/// The tanh/relu recurrence of layer k (twin: the `TanhRows` loop of `layer_forward`, each step
+/// `rnn::rnn_step_forward_with`): one dispatch for the layer (rows), or one per step spread over
+/// the columns (wide) or tiled (steps).
+fn record_tanh_forward(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<()> {
+    let (ctx, p, shape) = (r.ctx, r.params, r.shape);
+    let (t_len, b, h) = (shape.steps, shape.rows, r.cfg.hidden_size);
+    let (w_hh, act) = (r.layout.layer(k).weight_hh, r.cfg.activation);
+    let states = &shape.layers[k].states;
+    let dims = r.tanh_dims(k);
+    if r.kernel == RecurrenceKernel::Rows {
+        // The rows kernels loop over the T steps themselves.
+        let dims = Dims { n: t_len, ..dims };
+        out.push(rnn::rnn_forward_rows(
+            ctx,
+            dims,
+            p,
+            w_hh,
+            at(states, 0),
+            act,
+        )?);
+        return Ok(());
+    }
+    for t in 0..t_len {
+        out.push(match r.kernel {
+            RecurrenceKernel::Steps => rnn::rnn_step_forward(
+                ctx,
+                dims,
+                p,
+                w_hh,
+                states,
+                (t * b * h, (t + 1) * b * h),
+                act,
+            )?,
+            _ => matmul_rows(
+                ctx,
+                (b, h, h),
+                Some(t * b * h),
+                transposed(at(p, w_hh)),
+                at(states, (t + 1) * b * h),
+                RowsEpilogue::Activate(act),
+            )?,
+        });
+    }
+    Ok(())
+}
+
+/// One chunk of the output layer (twin: `output_chunk`): for `rows` of the top layer's states,
+/// the logits `S W_o^T + b_o`, then the fused output nonlinearity, loss and gradient, whose
+/// arguments carry the batch's mask sum. The backward records it again per chunk when the
+/// output layer runs in several.
+pub fn record_output_chunk(r: &Recording<'_>, rows: Range<usize>, out: &mut Calls) -> Result<()> {
+    let (cfg, shape, p) = (r.cfg, r.shape, r.params);
+    let (b, h, v) = (shape.rows, cfg.hidden_size, cfg.output_size);
+    let top = &shape.layers[cfg.layers - 1].states;
+    let o = &shape.output;
+    let biases = Biases {
+        buffer: p,
+        first: r.layout.out_bias(),
+        second: None,
+    };
+    out.extend(matmul(
+        r.ctx,
+        (rows.len(), v, h),
+        plain(at(top, (b + rows.start) * h)),
+        transposed(at(p, r.layout.out_weight())),
+        at(&o.logits, 0),
+        Some(biases),
+        false,
+    )?);
+    let buffers = loss::LossBuffers {
+        targets: &shape.batch.targets,
+        mask: &shape.batch.mask,
+        logits: &o.logits,
+        dlogits: &o.dlogits,
+        row_loss: &o.row_loss,
+    };
+    let args = loss::LossArgs::new(rows.clone(), v, r.n() as f64)?;
+    out.push_loss(loss::loss(r.ctx, cfg.output_kind, buffers, args)?, rows);
+    Ok(())
+}

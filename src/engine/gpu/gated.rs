@@ -1,0 +1,233 @@
+//! Recording of the gated cells' time loops, forward and BPTT (twins: `GatedRows::forward` and
+//! `GatedGradRows::backward` of the CPU engine, each step `gru::gru_step_*` or
+//! `lstm::lstm_step_*`). A step is one dispatch with its recurrent product fused in (the wide
+//! form, `*_rows` launchers) or a GEMM for all gates followed by the gate kernel (the steps
+//! form). The GRU keeps a_hh in both forms and takes its form from the shape's
+//! [`RecurrenceKernel`](crate::engine::gpu::shape::RecurrenceKernel); the LSTM's is in its
+//! buffers ([`LstmProduct`]), as only the steps form has an a_hh.
+
+use crate::engine::gpu::buffers::at;
+use crate::engine::gpu::gru::{self, GateStep, GruGrads, Recurrent};
+use crate::engine::gpu::lstm;
+use crate::engine::gpu::matmul::{Biases, matmul, plain, transposed};
+use crate::engine::gpu::recording::{Calls, Recording};
+use crate::engine::gpu::shape::{GruLayer, LstmLayer, LstmProduct};
+use crate::error::Result;
+
+/// Where step t of a gated layer reads and writes.
+fn gate_step(r: &Recording<'_>, t: usize) -> GateStep {
+    GateStep {
+        rows: r.shape.rows,
+        hidden: r.cfg.hidden_size,
+        gates: r.cfg.cell.gates(),
+        t,
+    }
+}
+
+/// W_hh and b_hh of layer k, for the fused steps.
+fn recurrent<'a>(r: &Recording<'a>, k: usize) -> Recurrent<'a> {
+    let lo = r.layout.layer(k);
+    Recurrent {
+        params: r.params,
+        weight: lo.weight_hh,
+        bias: lo.bias_hh,
+    }
+}
+
+/// The steps form's product of forward step t for all gates at once:
+/// `a_hh_t = h_{t-1} W_hh^T + b_hh` [B, G*H] (twin: the step product of `GatedRows::forward`).
+fn record_recurrent_product(
+    r: &Recording<'_>,
+    k: usize,
+    t: usize,
+    (states, a_hh): (&wgpu::Buffer, &wgpu::Buffer),
+    out: &mut Calls,
+) -> Result<()> {
+    let (b, h) = (r.shape.rows, r.cfg.hidden_size);
+    let gh = r.cfg.cell.gates() * h;
+    let lo = r.layout.layer(k);
+    let biases = Biases {
+        buffer: r.params,
+        first: lo.bias_hh,
+        second: None,
+    };
+    out.extend(matmul(
+        r.ctx,
+        (b, gh, h),
+        plain(at(states, t * b * h)),
+        transposed(at(r.params, lo.weight_hh)),
+        at(a_hh, t * b * gh),
+        Some(biases),
+        false,
+    )?);
+    Ok(())
+}
+
+/// The steps form's product of BPTT step t > 0 for all gates at once: `dh_{t-1} += da_t W_hh`
+/// into `ds` (twin: the step product of `GatedGradRows::backward`). `da` is the recurrent
+/// side's gradient.
+fn record_recurrent_grad(
+    r: &Recording<'_>,
+    k: usize,
+    t: usize,
+    (da, ds): (&wgpu::Buffer, &wgpu::Buffer),
+    out: &mut Calls,
+) -> Result<()> {
+    let (b, h) = (r.shape.rows, r.cfg.hidden_size);
+    let gh = r.cfg.cell.gates() * h;
+    out.extend(matmul(
+        r.ctx,
+        (b, h, gh),
+        plain(at(da, t * b * gh)),
+        plain(at(r.params, r.layout.layer(k).weight_hh)),
+        at(ds, (t - 1) * b * h),
+        None,
+        true,
+    )?);
+    Ok(())
+}
+
+/// The GRU recurrence of layer k, T steps (twin: `GatedRows::forward`, each step
+/// `gru::gru_step_forward`).
+pub fn record_gru_forward(
+    r: &Recording<'_>,
+    k: usize,
+    layer: &GruLayer,
+    out: &mut Calls,
+) -> Result<()> {
+    let states = &r.shape.layers[k].states;
+    let fused = r.kernel.fuses_gates();
+    for t in 0..r.shape.steps {
+        let step = gate_step(r, t);
+        if fused {
+            let buffers = (&layer.gates, &layer.a_hh, states);
+            out.push(gru::gru_step_forward_rows(
+                r.ctx,
+                step,
+                recurrent(r, k),
+                buffers,
+            )?);
+            continue;
+        }
+        record_recurrent_product(r, k, t, (states, &layer.a_hh), out)?;
+        out.push(gru::gru_step_forward(
+            r.ctx,
+            step,
+            &layer.gates,
+            &layer.a_hh,
+            states,
+        )?);
+    }
+    Ok(())
+}
+
+/// The LSTM recurrence of layer k, T steps (twin: `GatedRows::forward`, each step
+/// `lstm::lstm_step_forward`).
+pub fn record_lstm_forward(
+    r: &Recording<'_>,
+    k: usize,
+    layer: &LstmLayer,
+    out: &mut Calls,
+) -> Result<()> {
+    let states = &r.shape.layers[k].states;
+    let memories = (&layer.cells, states);
+    for t in 0..r.shape.steps {
+        let step = gate_step(r, t);
+        match &layer.product {
+            LstmProduct::Fused => out.push(lstm::lstm_step_forward_rows(
+                r.ctx,
+                step,
+                recurrent(r, k),
+                &layer.gates,
+                memories,
+            )?),
+            LstmProduct::Separate { a_hh } => {
+                record_recurrent_product(r, k, t, (states, a_hh), out)?;
+                out.push(lstm::lstm_step_forward(
+                    r.ctx,
+                    step,
+                    &layer.gates,
+                    a_hh,
+                    memories,
+                )?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The GRU's BPTT through layer k, T steps from the last (twin: `GatedGradRows::backward` with
+/// `CellGrad::Gru`): reads dh from `ds` [N, H], writes `da_ih` and `da_hh` [N, 3H].
+pub fn record_gru_backward(
+    r: &Recording<'_>,
+    k: usize,
+    layer: &GruLayer,
+    (da_ih, da_hh): (&wgpu::Buffer, &wgpu::Buffer),
+    ds: &wgpu::Buffer,
+    out: &mut Calls,
+) -> Result<()> {
+    let grads = GruGrads {
+        gates: &layer.gates,
+        a_hh: &layer.a_hh,
+        states: &r.shape.layers[k].states,
+        ds,
+        da_ih,
+        da_hh,
+    };
+    let t_len = r.shape.steps;
+    for t in (0..t_len).rev() {
+        let step = gate_step(r, t);
+        if r.kernel.fuses_gates() {
+            let last = t + 1 == t_len;
+            let call = gru::gru_step_backward_rows(r.ctx, step, recurrent(r, k), grads, last)?;
+            out.push(call);
+            continue;
+        }
+        out.push(gru::gru_step_backward(r.ctx, step, grads)?);
+        if t > 0 {
+            record_recurrent_grad(r, k, t, (da_hh, ds), out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The LSTM's BPTT through layer k, T steps from the last (twin: `GatedGradRows::backward` with
+/// `CellGrad::Lstm`): reads dh from `ds` [N, H], carries `dc` [B, H], writes `da` [N, 4H].
+pub fn record_lstm_backward(
+    r: &Recording<'_>,
+    k: usize,
+    layer: &LstmLayer,
+    (da, dc): (&wgpu::Buffer, &wgpu::Buffer),
+    ds: &wgpu::Buffer,
+    out: &mut Calls,
+) -> Result<()> {
+    let forward = (&layer.gates, &layer.cells);
+    let t_len = r.shape.steps;
+    for t in (0..t_len).rev() {
+        let step = gate_step(r, t);
+        let last = t + 1 == t_len;
+        match layer.product {
+            LstmProduct::Fused => out.push(lstm::lstm_step_backward_rows(
+                r.ctx,
+                step,
+                recurrent(r, k),
+                forward,
+                (ds, dc, da),
+                last,
+            )?),
+            LstmProduct::Separate { .. } => {
+                out.push(lstm::lstm_step_backward(
+                    r.ctx,
+                    step,
+                    forward,
+                    (ds, dc, da),
+                    last,
+                )?);
+                if t > 0 {
+                    record_recurrent_grad(r, k, t, (da, ds), out)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

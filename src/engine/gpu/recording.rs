@@ -1,0 +1,272 @@
+//! A batch shape's two plans (forward and backward) and the handles of their patchable
+//! dispatches: the loss kernels, whose arguments carry the batch's mask sum, and the dropout
+//! kernels, whose arguments carry the dropout setting. Also what the recording functions of
+//! `forward.rs`, `backward.rs` and `gated.rs` share: the [`Recording`] they read and the
+//! [`Calls`] they append to.
+
+use std::ops::Range;
+
+use bytemuck::Pod;
+
+use crate::engine::Dropout;
+use crate::engine::cpu::dropout::MaskKey;
+use crate::engine::gpu::buffers::at;
+use crate::engine::gpu::context::GpuContext;
+use crate::engine::gpu::dropout::DropoutArgs;
+use crate::engine::gpu::loss::LossArgs;
+use crate::engine::gpu::matmul::{Operand, plain};
+use crate::engine::gpu::pipelines::Pipelines;
+use crate::engine::gpu::plan::{Call, Plan};
+use crate::engine::gpu::profile::StepPhase;
+use crate::engine::gpu::rnn::Dims;
+use crate::engine::gpu::shape::{RecurrenceKernel, ShapeBuffers};
+use crate::engine::gpu::{backward, forward};
+use crate::error::Result;
+use crate::model::{ModelConfig, ParamLayout};
+
+/// Which of a shape's plans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanKind {
+    Forward,
+    Backward,
+}
+
+/// A loss dispatch: its plan, its index there and the rows of its chunk.
+#[derive(Clone, Debug)]
+pub struct LossSlot {
+    pub plan: PlanKind,
+    pub index: usize,
+    pub rows: Range<usize>,
+}
+
+impl LossSlot {
+    /// Its arguments for a batch whose mask sums to `count`, V = `v`.
+    pub fn args(&self, v: usize, count: f64) -> Result<LossArgs> {
+        LossArgs::new(self.rows.clone(), v, count)
+    }
+}
+
+/// A dropout dispatch: its plan, its index there, and what it masks.
+#[derive(Clone, Debug)]
+pub struct DropoutSlot {
+    pub plan: PlanKind,
+    pub index: usize,
+    /// Elements masked.
+    pub n: usize,
+    /// Element offsets of the source and the destination.
+    pub offsets: (usize, usize),
+    /// The mask after this layer.
+    pub boundary: usize,
+}
+
+impl DropoutSlot {
+    /// Its arguments under the dropout setting `dropout`.
+    pub fn args(&self, dropout: Option<Dropout>) -> Result<DropoutArgs> {
+        DropoutArgs::new(self.n, self.offsets, MaskKey::new(dropout, self.boundary))
+    }
+}
+
+/// What the recording functions read: the device, the model, the engine's flat buffers, the
+/// dropout setting, and the shape's buffers and recurrence form.
+pub struct Recording<'a> {
+    pub ctx: &'a GpuContext,
+    pub cfg: &'a ModelConfig,
+    pub layout: &'a ParamLayout,
+    pub params: &'a wgpu::Buffer,
+    pub grads: &'a wgpu::Buffer,
+    /// The loss sum's slot and the partial sums.
+    pub scratch: &'a wgpu::Buffer,
+    pub dropout: Option<Dropout>,
+    pub shape: &'a ShapeBuffers,
+    pub kernel: RecurrenceKernel,
+}
+
+impl Recording<'_> {
+    /// N = T * B.
+    pub fn n(&self) -> usize {
+        self.shape.steps * self.shape.rows
+    }
+
+    /// The sizes of layer k's tanh/relu step kernels: B rows, H, the layer's input size, N.
+    pub fn tanh_dims(&self, k: usize) -> Dims {
+        Dims {
+            rows: self.shape.rows,
+            hidden: self.cfg.hidden_size,
+            inputs: self.cfg.layer_input_size(k),
+            n: self.n(),
+        }
+    }
+
+    /// The input of layer k as a GEMM operand [N, I_k]: the states below after dropout, the
+    /// embedded tokens, or the dense batch.
+    pub fn below(&self, k: usize) -> Operand<'_> {
+        let shape = self.shape;
+        match (&shape.layers[k].input, &shape.embedding) {
+            (Some(x), _) => plain(at(x, 0)),
+            (None, Some(e)) => plain(at(&e.embedded, 0)),
+            (None, None) => plain(at(&shape.batch.inputs, 0)),
+        }
+    }
+}
+
+/// The calls of one plan as they are recorded, with the phase marks of the timestamp profile
+/// and the handles of the patchable dispatches.
+pub struct Calls {
+    plan: PlanKind,
+    calls: Vec<Call>,
+    /// (first dispatch, phase) of each phase.
+    marks: Vec<(usize, StepPhase)>,
+    loss: Vec<LossSlot>,
+    dropout: Vec<DropoutSlot>,
+}
+
+impl Calls {
+    pub fn new(plan: PlanKind) -> Self {
+        Calls {
+            plan,
+            calls: Vec::new(),
+            marks: Vec::new(),
+            loss: Vec::new(),
+            dropout: Vec::new(),
+        }
+    }
+
+    /// The calls from here on belong to `phase`.
+    pub fn mark(&mut self, phase: StepPhase) {
+        self.marks.push((self.calls.len(), phase));
+    }
+
+    pub fn push(&mut self, call: Call) {
+        self.calls.push(call);
+    }
+
+    pub fn extend(&mut self, calls: Vec<Call>) {
+        self.calls.extend(calls);
+    }
+
+    /// A loss call over `rows`, whose arguments every upload patches.
+    pub fn push_loss(&mut self, call: Call, rows: Range<usize>) {
+        self.loss.push(LossSlot {
+            plan: self.plan,
+            index: self.calls.len(),
+            rows,
+        });
+        self.calls.push(call);
+    }
+
+    /// A dropout call of `n` elements at `offsets` with the mask after layer `boundary`, whose
+    /// arguments every change of the dropout setting patches.
+    pub fn push_dropout(&mut self, call: Call, n: usize, offsets: (usize, usize), boundary: usize) {
+        self.dropout.push(DropoutSlot {
+            plan: self.plan,
+            index: self.calls.len(),
+            n,
+            offsets,
+            boundary,
+        });
+        self.calls.push(call);
+    }
+}
+
+/// A shape's forward and backward plans with their patchable dispatches.
+pub struct ShapePlans {
+    pub forward: Plan,
+    pub backward: Plan,
+    /// The loss dispatches (in the forward plan, and again in the backward plan when the
+    /// output layer runs in several chunks).
+    pub loss_slots: Vec<LossSlot>,
+    pub dropout_slots: Vec<DropoutSlot>,
+}
+
+impl ShapePlans {
+    /// Records the forward and the backward pass of `r` and builds their plans.
+    pub fn record(r: &Recording<'_>, pipes: &mut Pipelines) -> Result<Self> {
+        let mut fwd = Calls::new(PlanKind::Forward);
+        forward::record_forward(r, &mut fwd)?;
+        let mut bwd = Calls::new(PlanKind::Backward);
+        backward::record_backward(r, &mut bwd)?;
+        let mut loss_slots = fwd.loss;
+        loss_slots.extend(bwd.loss);
+        let mut dropout_slots = fwd.dropout;
+        dropout_slots.extend(bwd.dropout);
+        let forward = Plan::build(r.ctx, pipes, "forward", fwd.calls)?.in_phases(&fwd.marks);
+        let backward = Plan::build(r.ctx, pipes, "backward", bwd.calls)?.in_phases(&bwd.marks);
+        Ok(ShapePlans {
+            forward,
+            backward,
+            loss_slots,
+            dropout_slots,
+        })
+    }
+
+    /// The forward or the backward plan.
+    pub fn plan(&self, which: PlanKind) -> &Plan {
+        match which {
+            PlanKind::Forward => &self.forward,
+            PlanKind::Backward => &self.backward,
+        }
+    }
+
+    /// Rewrites the arguments of dispatch `index` of plan `which`.
+    pub fn patch<A: Pod>(&self, ctx: &GpuContext, (which, index): (PlanKind, usize), args: &A) {
+        self.plan(which).patch(ctx, index, args);
+    }
+
+    /// Every loss dispatch's arguments for a batch whose mask sums to `count`.
+    pub fn patch_losses(&self, ctx: &GpuContext, v: usize, count: f64) -> Result<()> {
+        for slot in &self.loss_slots {
+            self.patch(ctx, (slot.plan, slot.index), &slot.args(v, count)?);
+        }
+        Ok(())
+    }
+
+    /// Every dropout dispatch's arguments for the setting `dropout`.
+    pub fn patch_dropout(&self, ctx: &GpuContext, dropout: Option<Dropout>) -> Result<()> {
+        for slot in &self.dropout_slots {
+            self.patch(ctx, (slot.plan, slot.index), &slot.args(dropout)?);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gpu::rnn::EMBED_GATHER;
+
+    fn call() -> Call {
+        Call::new(&EMBED_GATHER, Vec::new(), &[], &0u32, [1, 1, 1])
+    }
+
+    #[test]
+    fn slots_name_their_plan_and_the_index_their_call_lands_at() {
+        let mut calls = Calls::new(PlanKind::Backward);
+        calls.push(call());
+        calls.push_loss(call(), 2..5);
+        calls.extend(vec![call(), call()]);
+        calls.push_dropout(call(), 10, (4, 0), 1);
+        assert_eq!(calls.calls.len(), 5);
+        let loss = &calls.loss[0];
+        assert_eq!(
+            (loss.plan, loss.index, loss.rows.clone()),
+            (PlanKind::Backward, 1, 2..5)
+        );
+        let d = &calls.dropout[0];
+        assert_eq!(
+            (d.plan, d.index, d.n, d.offsets, d.boundary),
+            (PlanKind::Backward, 4, 10, (4, 0), 1)
+        );
+    }
+
+    #[test]
+    fn phase_marks_point_at_the_next_call() {
+        let mut calls = Calls::new(PlanKind::Forward);
+        calls.mark(StepPhase::Input);
+        calls.push(call());
+        calls.mark(StepPhase::Output);
+        assert_eq!(
+            calls.marks,
+            vec![(0, StepPhase::Input), (1, StepPhase::Output)]
+        );
+    }
+}
