@@ -30,6 +30,29 @@ pub enum Error {
     /// The GPU could not be set up or failed while running.
     #[error("gpu: {0}")]
     Gpu(String),
+    /// The gradient norm of the last update was not finite: the engine skipped that update
+    /// (parameters and moments are as they were before it).
+    #[error(
+        "gradient norm is {norm}: training diverged (lower the learning rate or clip); the \
+         update was skipped"
+    )]
+    Diverged { norm: f32 },
+    /// A training run stopped because it diverged (`--on-nan stop`, or the learning rate fell too
+    /// far); the last good checkpoint in `out` is kept.
+    #[error(
+        "training diverged after step {step}: {reason}; stopped (the last good checkpoint in {} \
+         is kept)",
+        out.display()
+    )]
+    TrainingDiverged {
+        step: u64,
+        reason: String,
+        out: PathBuf,
+    },
+    /// The engine API was called out of order (e.g. `backward` before `forward`): a bug in the
+    /// caller, not in its input.
+    #[error("engine called out of order: {0}")]
+    Misuse(String),
 }
 
 impl Error {

@@ -30,7 +30,8 @@ impl std::fmt::Display for Usage {
 impl std::error::Error for Usage {}
 
 /// The exit status for an error: 2 for usage errors (ours and invalid configurations the
-/// library refuses), 1 for everything met while running.
+/// library refuses), 1 for everything met while running, divergence and engine misuse (a bug,
+/// not a usage error) included.
 pub fn exit_status(e: &anyhow::Error) -> u8 {
     let usage = e.downcast_ref::<Usage>().is_some()
         || matches!(
@@ -38,6 +39,33 @@ pub fn exit_status(e: &anyhow::Error) -> u8 {
             Some(unroll::Error::Config(_))
         );
     if usage { 2 } else { 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Usage, exit_status};
+
+    #[test]
+    fn usage_and_configuration_errors_exit_2_and_the_others_1() {
+        let status = |e: anyhow::Error| exit_status(&e);
+        assert_eq!(status(anyhow::Error::new(Usage("bad".into()))), 2);
+        assert_eq!(status(unroll::Error::Config("bad".into()).into()), 2);
+        let context = anyhow::Error::from(unroll::Error::Config("bad".into())).context("while");
+        assert_eq!(status(context), 2, "a configuration error under context");
+        assert_eq!(
+            status(unroll::Error::Misuse("backward first".into()).into()),
+            1
+        );
+        assert_eq!(status(unroll::Error::Diverged { norm: f32::NAN }.into()), 1);
+        let stopped = unroll::Error::TrainingDiverged {
+            step: 3,
+            reason: "the training loss is NaN".into(),
+            out: "runs/x".into(),
+        };
+        assert_eq!(status(stopped.into()), 1);
+        assert_eq!(status(unroll::Error::Data("bad".into()).into()), 1);
+        assert_eq!(status(anyhow::anyhow!("anything else")), 1);
+    }
 }
 
 use std::path::PathBuf;

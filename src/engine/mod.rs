@@ -6,7 +6,9 @@
 //! `carry_state` or `reset_state` before the next batch. `set_dropout` turns dropout between
 //! layers on (with a fresh seed per training step) or off (evaluation, sampling). The trainer, the sampler and the CLI are
 //! generic over [`Engine`]; an engine may record these calls and run them later, so only the
-//! read-back calls (`loss`, `params`, `grads`, `state`, ...) have to wait for the work.
+//! read-back calls (`loss`, `params`, `grads`, `state`, ...) have to wait for the work. Calls out
+//! of this order are [`Error::Misuse`]: a bug in the caller. docs/ARCHITECTURE.md ("The Engine
+//! contract") describes the contract and how each engine keeps it.
 //!
 //! Batches are time-major: row `r = t * B + b` holds time step `t` of sequence `b`.
 
@@ -219,7 +221,7 @@ pub trait Engine {
     /// advances) and [`Engine::grad_norm`] reports the divergence.
     fn optimizer_step(&mut self, config: &OptimizerConfig, lr: f32) -> Result<()>;
     /// Global L2 norm of the gradients before clipping, as computed by the last `optimizer_step`;
-    /// `Error::Data` saying "diverged" when it was not finite and the update was skipped.
+    /// [`Error::Diverged`] when it was not finite and the update was skipped.
     fn grad_norm(&mut self) -> Result<f32>;
     /// Optimizer moments and step count, for checkpoints.
     fn optimizer_state(&mut self) -> Result<OptimizerState>;
@@ -293,9 +295,10 @@ pub enum Recurrence {
 }
 
 /// `Recurrence::Auto` runs the tanh/relu recurrence a workgroup per row below this H and
-/// `Wide` from it. DESIGN.md §3's forward recurrence on an H200: rows per workgroup 2.6 us per
-/// step against 5.6 for the wide kernel at H = 128 (B = 32), 27.8 against 16.5 at H = 512
-/// (B = 64), and the wide kernel ahead at H = 1024 and 2048 too.
+/// `Wide` from it. The forward recurrence measured on an H200 (docs/ARCHITECTURE.md, Tuning
+/// numbers): rows per workgroup 2.6 us per step against 5.6 for the wide kernel at H = 128
+/// (B = 32), 27.8 against 16.5 at H = 512 (B = 64), and the wide kernel ahead at H = 1024 and
+/// 2048 too.
 pub const ROWS_BELOW_HIDDEN: usize = 512;
 
 /// The default logit budget: 2^26 values (256 MiB in f32 per logits array), so the usual

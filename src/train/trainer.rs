@@ -252,7 +252,7 @@ impl Trainer<'_> {
     /// engine skipped that update), or `loss` is not finite.
     fn divergence(&mut self, loss: Option<f64>) -> Result<Option<String>> {
         match self.engine.grad_norm() {
-            Err(Error::Data(reason)) => Ok(Some(reason)),
+            Err(e @ Error::Diverged { .. }) => Ok(Some(e.to_string())),
             Err(e) => Err(e),
             Ok(_) => Ok(loss
                 .filter(|l| !l.is_finite())
@@ -272,11 +272,11 @@ impl Trainer<'_> {
         let run = self.run;
         let step = progress.step;
         if run.on_nan == OnNan::Stop || progress.lr_scale < 1e-6 {
-            return Err(Error::Data(format!(
-                "training diverged after step {step}: {reason}; stopped (the last good \
-                 checkpoint in {} is kept)",
-                self.out.display()
-            )));
+            return Err(Error::TrainingDiverged {
+                step,
+                reason,
+                out: self.out.to_path_buf(),
+            });
         }
         let good = TrainState::load(self.out)?;
         self.engine.set_params(&good.params)?;

@@ -5,7 +5,7 @@
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use unroll::engine::{Batch, Inputs, Targets};
+use unroll::engine::{Batch, Engine, Inputs, Targets};
 use unroll::model::{Activation, InputKind, ModelConfig, OutputKind};
 use unroll::train::optim::OptimizerKind;
 
@@ -168,3 +168,60 @@ pub const OPTIMIZERS: [OptimizerKind; 5] = [
     OptimizerKind::Rmsprop,
     OptimizerKind::Adagrad,
 ];
+
+/// A NaN in the output bias makes the gradient norm NaN: the engine must skip the update (the
+/// parameters stay bit for bit) and report `Error::Diverged` from `grad_norm`.
+pub fn assert_divergence_is_typed_and_skips_the_update(
+    engine: &mut dyn Engine,
+    rng: &mut ChaCha8Rng,
+) {
+    use unroll::train::optim::OptimizerConfig;
+    let mut params = engine.params().unwrap();
+    params[engine.layout().out_bias()] = f32::NAN;
+    engine.set_params(&params).unwrap();
+    engine.reset_state(2).unwrap();
+    let batch = random_batch(rng, &engine.config().clone(), 3, 2, None);
+    engine.upload_batch(&batch).unwrap();
+    engine.zero_grads().unwrap();
+    engine.forward().unwrap();
+    engine.backward().unwrap();
+    engine
+        .optimizer_step(&OptimizerConfig::new(OptimizerKind::Adam), 0.1)
+        .unwrap();
+    match engine.grad_norm() {
+        Err(unroll::Error::Diverged { norm }) => assert!(!norm.is_finite(), "norm {norm}"),
+        other => panic!(
+            "{}: expected a divergence error, got {other:?}",
+            engine.describe()
+        ),
+    }
+    let after = engine.params().unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&after), bits(&params), "the update was not skipped");
+}
+
+/// Calls out of the contract's order are `Error::Misuse` (a bug in the caller), never a usage
+/// error, and leave the engine usable: the same engine then runs a whole step.
+pub fn assert_calls_out_of_order_are_misuse(engine: &mut dyn Engine, rng: &mut ChaCha8Rng) {
+    let who = engine.describe();
+    let misuse = |what: &str, r: unroll::Result<()>| match r {
+        Err(unroll::Error::Misuse(msg)) => assert!(!msg.is_empty(), "{who}: {what}"),
+        other => panic!("{who}: {what}: expected Error::Misuse, got {other:?}"),
+    };
+    misuse("forward before upload_batch", engine.forward());
+    misuse("backward before forward", engine.backward());
+    misuse("loss before forward", engine.loss().map(|_| ()));
+    misuse("carry_state before forward", engine.carry_state());
+    misuse("outputs before forward", engine.outputs().map(|_| ()));
+    engine.reset_state(2).unwrap();
+    let batch = random_batch(rng, &engine.config().clone(), 3, 2, None);
+    engine.upload_batch(&batch).unwrap();
+    misuse(
+        "backward after upload_batch, before forward",
+        engine.backward(),
+    );
+    engine.zero_grads().unwrap();
+    engine.forward().unwrap();
+    engine.backward().unwrap();
+    assert!(engine.loss().unwrap().sum.is_finite(), "{who}");
+}

@@ -307,28 +307,26 @@ fn adapters_are_listed_and_auto_takes_only_hardware() {
 #[test]
 fn a_non_finite_gradient_skips_the_update_and_is_reported() {
     let cfg = ModelConfig::language_model(5, 4, 1);
-    let Some((_, mut gpu, mut rng)) = engines("divergence", &cfg) else {
+    let Some((mut cpu, mut gpu, mut rng)) = engines("divergence", &cfg) else {
         return;
     };
-    let mut params = gpu.params().unwrap();
-    let bias = gpu.layout().out_bias();
-    params[bias] = f32::NAN;
-    gpu.set_params(&params).unwrap();
-    gpu.reset_state(2).unwrap();
-    let batch = common::random_batch(&mut rng, &cfg, 3, 2, None);
-    gpu.upload_batch(&batch).unwrap();
-    gpu.zero_grads().unwrap();
-    gpu.forward().unwrap();
-    gpu.backward().unwrap();
-    gpu.optimizer_step(&OptimizerConfig::new(OptimizerKind::Adam), 0.1)
-        .unwrap();
-    match gpu.grad_norm() {
-        Err(Error::Data(msg)) => assert!(msg.contains("diverged"), "{msg}"),
-        other => panic!("expected a divergence error, got {other:?}"),
+    common::assert_divergence_is_typed_and_skips_the_update(&mut cpu, &mut rng);
+    common::assert_divergence_is_typed_and_skips_the_update(&mut gpu, &mut rng);
+}
+
+#[test]
+fn engine_calls_out_of_order_are_misuse_on_both_engines() {
+    for cell in [Cell::Rnn, Cell::Lstm] {
+        let cfg = ModelConfig {
+            cell,
+            ..ModelConfig::language_model(5, 4, 2)
+        };
+        let Some((mut cpu, mut gpu, mut rng)) = engines("misuse", &cfg) else {
+            return;
+        };
+        common::assert_calls_out_of_order_are_misuse(&mut cpu, &mut rng);
+        common::assert_calls_out_of_order_are_misuse(&mut gpu, &mut rng);
     }
-    let after = gpu.params().unwrap();
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&after), bits(&params), "the update was not skipped");
 }
 
 #[test]

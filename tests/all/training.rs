@@ -251,3 +251,33 @@ fn clipping_scales_the_gradient_to_the_clip_norm() {
         "{moved_norm} vs clip {clip}"
     );
 }
+
+#[test]
+fn a_non_finite_gradient_is_a_typed_divergence_on_the_cpu() {
+    let mut rng = common::rng("cpu_divergence");
+    for cell in [unroll::model::Cell::Rnn, unroll::model::Cell::Gru] {
+        let cfg = ModelConfig {
+            cell,
+            ..ModelConfig::language_model(6, 5, 2)
+        };
+        let params = common::uniform(&mut rng, ParamLayout::new(&cfg).unwrap().len(), 0.5);
+        let mut f32_engine = CpuEngine::<f32>::new(&cfg, &params).unwrap();
+        common::assert_divergence_is_typed_and_skips_the_update(&mut f32_engine, &mut rng);
+        let mut f64_engine = CpuEngine::<f64>::new(&cfg, &params).unwrap();
+        common::assert_divergence_is_typed_and_skips_the_update(&mut f64_engine, &mut rng);
+    }
+}
+
+#[test]
+fn engine_calls_out_of_order_are_misuse_on_the_cpu() {
+    let mut rng = common::rng("cpu_misuse");
+    for cell in [unroll::model::Cell::Rnn, unroll::model::Cell::Lstm] {
+        let cfg = ModelConfig {
+            cell,
+            ..ModelConfig::language_model(6, 5, 2)
+        };
+        let params = common::uniform(&mut rng, ParamLayout::new(&cfg).unwrap().len(), 0.5);
+        let mut engine = CpuEngine::<f32>::new(&cfg, &params).unwrap();
+        common::assert_calls_out_of_order_are_misuse(&mut engine, &mut rng);
+    }
+}

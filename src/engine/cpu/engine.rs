@@ -207,7 +207,7 @@ impl<F: Float> CpuEngine<F> {
 
 /// The engine's `part`, or the error that a call came before what sets it up (`msg`).
 fn needed<'a, T>(part: &'a Option<T>, msg: &str) -> Result<&'a T> {
-    part.as_ref().ok_or_else(|| Error::Config(msg.into()))
+    part.as_ref().ok_or_else(|| Error::Misuse(msg.into()))
 }
 
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
@@ -392,10 +392,7 @@ impl<F: Float> Engine for CpuEngine<F> {
     fn grad_norm(&mut self) -> Result<f32> {
         let norm = self.last_norm;
         if !norm.is_finite() {
-            return Err(Error::Data(format!(
-                "gradient norm is {norm}: training diverged (lower the learning rate or clip); \
-                 the update was skipped"
-            )));
+            return Err(Error::Diverged { norm: norm as f32 });
         }
         Ok(norm as f32)
     }

@@ -19,7 +19,8 @@
 //!
 //! A non-finite gradient norm cannot stop `optimizer_step` without a host wait, so the update
 //! kernel skips the update on the device and [`Engine::grad_norm`] reports the divergence as
-//! [`Error::Data`] (the CPU engine returns that error from `optimizer_step` itself).
+//! [`Error::Diverged`], as the CPU engine does. docs/ARCHITECTURE.md ("GPU execution model")
+//! describes the execution model this engine is built around.
 //!
 //! Queue writes land before the next submit, so a write to a buffer that recorded work still
 //! reads (the batch, the parameters, the state) first submits that work.
@@ -196,7 +197,7 @@ impl GpuEngine {
     fn current_shape(&self) -> Result<&Shape> {
         self.current
             .and_then(|k| self.shapes.get(&k))
-            .ok_or_else(|| Error::Config("no batch has been uploaded yet".into()))
+            .ok_or_else(|| Error::Misuse("no batch has been uploaded yet".into()))
     }
 
     /// Allocates the buffers of shape (T, B), resolves its recurrence form and records its
@@ -379,7 +380,7 @@ impl Engine for GpuEngine {
         let shape = self
             .current
             .and_then(|k| self.shapes.get(&k))
-            .ok_or_else(|| Error::Config("forward called before upload_batch".into()))?;
+            .ok_or_else(|| Error::Misuse("forward called before upload_batch".into()))?;
         let bh = shape.buffers.rows * self.config.hidden_size;
         for (k, states) in shape.buffers.carried().into_iter().enumerate() {
             self.recorder.push(Op::Copy {
@@ -407,12 +408,12 @@ impl Engine for GpuEngine {
 
     fn backward(&mut self) -> Result<()> {
         if !self.forward_done {
-            return Err(Error::Config("backward called before forward".into()));
+            return Err(Error::Misuse("backward called before forward".into()));
         }
         let shape = self
             .current
             .and_then(|k| self.shapes.get(&k))
-            .ok_or_else(|| Error::Config("backward called before upload_batch".into()))?;
+            .ok_or_else(|| Error::Misuse("backward called before upload_batch".into()))?;
         self.recorder.record(&shape.plans.backward);
         self.pending_reads_batch = true;
         Ok(())
@@ -420,7 +421,7 @@ impl Engine for GpuEngine {
 
     fn loss(&mut self) -> Result<LossStats> {
         if !self.forward_done {
-            return Err(Error::Config("no forward pass has run yet".into()));
+            return Err(Error::Misuse("no forward pass has run yet".into()));
         }
         let scratch = self.scratch.clone();
         let sum = self.read_all(&scratch, LOSS_SLOT, 1)?[0];
@@ -448,10 +449,7 @@ impl Engine for GpuEngine {
         let scratch = self.scratch.clone();
         let norm = self.read_all(&scratch, NORM_SLOT, 1)?[0];
         if !norm.is_finite() {
-            return Err(Error::Data(format!(
-                "gradient norm is {norm}: training diverged (lower the learning rate or clip); \
-                 the update was skipped"
-            )));
+            return Err(Error::Diverged { norm });
         }
         Ok(norm)
     }
@@ -497,7 +495,7 @@ impl Engine for GpuEngine {
 
     fn carry_state(&mut self) -> Result<()> {
         if !self.forward_done {
-            return Err(Error::Config("carry_state called before forward".into()));
+            return Err(Error::Misuse("carry_state called before forward".into()));
         }
         let shape = self.current_shape()?;
         let bh = shape.buffers.rows * self.config.hidden_size;
@@ -549,7 +547,7 @@ impl Engine for GpuEngine {
 
     fn outputs(&mut self) -> Result<Vec<f32>> {
         if !self.forward_done {
-            return Err(Error::Config("no forward pass has run yet".into()));
+            return Err(Error::Misuse("no forward pass has run yet".into()));
         }
         let shape = self.current_shape()?;
         let (n, v) = (
