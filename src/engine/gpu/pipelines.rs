@@ -75,6 +75,12 @@ impl ArgsField {
     }
 }
 
+/// A `#[repr(C)]` mirror of a WGSL arguments struct, declared by `args_mirror!`.
+pub trait ArgsMirror: bytemuck::Pod {
+    /// Its field table.
+    const LAYOUT: ArgsLayout;
+}
+
 /// Declares the `#[repr(C)]` mirror of a WGSL arguments struct and, from the same tokens, its
 /// [`ArgsLayout`] as the associated const `LAYOUT`; fails to compile when the struct does not
 /// fit [`ARGS_SLOT`]. A field the WGSL names otherwise lists the WGSL names after `as`:
@@ -113,6 +119,10 @@ macro_rules! args_mirror {
                         ),
                     }),*],
                 };
+        }
+
+        impl $crate::engine::gpu::pipelines::ArgsMirror for $name {
+            const LAYOUT: $crate::engine::gpu::pipelines::ArgsLayout = $name::LAYOUT;
         }
 
         const _: () = assert!(

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use bytemuck::Pod;
 
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::pipelines::{ARGS_SLOT, Constants, Kernel, Pipelines};
+use crate::engine::gpu::pipelines::{ARGS_SLOT, ArgsMirror, Constants, Kernel, Pipelines};
 use crate::engine::gpu::profile::{PhaseTimes, Profiler, StepPhase};
 use crate::error::{Error, Result};
 
@@ -26,13 +26,15 @@ pub struct Call {
     pub buffers: Vec<wgpu::Buffer>,
     /// The `Args` struct's bytes.
     pub args: Vec<u8>,
+    /// The name of the mirror the arguments came from.
+    pub args_mirror: &'static str,
     /// Workgroups along x, y, z.
     pub groups: [u32; 3],
 }
 
 impl Call {
     /// A call of `kernel` with `args`.
-    pub fn new<A: Pod>(
+    pub fn new<A: ArgsMirror>(
         kernel: &'static Kernel,
         constants: Constants,
         buffers: &[&wgpu::Buffer],
@@ -44,8 +46,34 @@ impl Call {
             constants,
             buffers: buffers.iter().map(|&b| b.clone()).collect(),
             args: bytemuck::bytes_of(args).to_vec(),
+            args_mirror: A::LAYOUT.name,
             groups,
         }
+    }
+
+    /// Checks the call against its kernel's declaration: the arguments mirror the kernel
+    /// declares, and one buffer per storage binding. A mismatch is a bug in a launcher, reported
+    /// when the plan is built instead of as a device validation error (or a wrong result).
+    pub fn check(&self) -> Result<()> {
+        let k = self.kernel;
+        if self.args_mirror != k.args.name || self.args.len() != k.args.size {
+            return Err(Error::Gpu(format!(
+                "{} takes {} arguments but was given {} ({} bytes)",
+                k.entry,
+                k.args.name,
+                self.args_mirror,
+                self.args.len()
+            )));
+        }
+        if self.buffers.len() != k.bindings.len() {
+            return Err(Error::Gpu(format!(
+                "{} binds {} storage buffers but was given {}",
+                k.entry,
+                k.bindings.len(),
+                self.buffers.len()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -122,6 +150,7 @@ impl Plan {
         let slot = ARGS_SLOT.div_ceil(align) * align;
         let mut bytes = vec![0u8; (slot as usize) * calls.len().max(1)];
         for (i, c) in calls.iter().enumerate() {
+            c.check()?;
             let at = i * slot as usize;
             bytes[at..at + c.args.len()].copy_from_slice(&c.args);
         }
@@ -395,4 +424,26 @@ pub fn run_now(ctx: &GpuContext, pipes: &mut Pipelines, calls: Vec<Call>) -> Res
     rec.submit(ctx)?;
     ctx.wait()?;
     ctx.check("running one-off kernels")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Call;
+    use crate::engine::gpu::matmul::{MATMUL, MatmulArgs};
+    use crate::engine::gpu::rnn::RnnArgs;
+
+    #[test]
+    fn a_call_is_checked_against_its_kernels_declaration() {
+        let wrong = Call::new(&MATMUL, vec![], &[], &RnnArgs::default(), [1, 1, 1]);
+        let msg = wrong.check().unwrap_err().to_string();
+        assert!(
+            msg.contains("matmul takes MatmulArgs arguments but was given RnnArgs"),
+            "{msg}"
+        );
+        // The right mirror passes that check and meets the next: no buffers for its bindings.
+        let unbound = Call::new(&MATMUL, vec![], &[], &MatmulArgs::default(), [1, 1, 1]);
+        let msg = unbound.check().unwrap_err().to_string();
+        assert!(msg.contains("matmul binds"), "{msg}");
+        assert!(msg.contains("but was given 0"), "{msg}");
+    }
 }

@@ -232,10 +232,10 @@ impl ShapePlans {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::gpu::rnn::EMBED_GATHER;
+    use crate::engine::gpu::rnn::{EMBED_GATHER, RnnArgs};
 
     fn call() -> Call {
-        Call::new(&EMBED_GATHER, Vec::new(), &[], &0u32, [1, 1, 1])
+        Call::new(&EMBED_GATHER, Vec::new(), &[], &RnnArgs::default(), [1, 1, 1])
     }
 
     #[test]
