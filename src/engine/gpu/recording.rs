@@ -235,7 +235,13 @@ mod tests {
     use crate::engine::gpu::rnn::{EMBED_GATHER, RnnArgs};
 
     fn call() -> Call {
-        Call::new(&EMBED_GATHER, Vec::new(), &[], &RnnArgs::default(), [1, 1, 1])
+        Call::new(
+            &EMBED_GATHER,
+            Vec::new(),
+            &[],
+            &RnnArgs::default(),
+            [1, 1, 1],
+        )
     }
 
     #[test]
