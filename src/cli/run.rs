@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use unroll::data::TrainBatches;
 use unroll::data::vocab::Vocab;
+use unroll::data::{SequenceKind, TrainBatches};
 use unroll::engine::Engine;
 use unroll::engine::select::create_engine;
 use unroll::model::ModelConfig;
@@ -405,12 +405,16 @@ impl Reporter<'_> {
                 let sequences = scored
                     .sequences
                     .map_or(String::new(), |(n, kind)| format!("{n} {kind}, "));
+                let unit = match scored.sequences {
+                    Some((_, SequenceKind::Pairs)) => "steps",
+                    _ => "tokens",
+                };
                 let what = if last { "final " } else { "" };
                 if !last {
                     self.val_msg = format!("  val {}{acc}", loss_text(loss));
                 }
                 self.line(format!(
-                    "step {step:>7}  {what}validation loss {}{acc}{}  ({sequences}{} tokens in \
+                    "step {step:>7}  {what}validation loss {}{acc}{}  ({sequences}{} {unit} in \
                      {:.1} s)",
                     loss_text(loss),
                     if best { "  best so far" } else { "" },

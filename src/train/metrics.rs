@@ -30,9 +30,6 @@ pub struct Record {
     /// Pairs the validation scored (a run on pairs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_pairs: Option<u64>,
-    /// How long the validation took, in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub val_seconds: Option<f64>,
     /// `true` on the closing evaluation after the last step of a run whose periodic
     /// evaluations score a subset of the validation part (by default it scores all of it).
     #[serde(default, skip_serializing_if = "Option::is_none")]

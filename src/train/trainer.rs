@@ -584,7 +584,6 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
             val_tokens: Some(scored.tokens),
             val_lines: sequences(SequenceKind::Lines),
             val_pairs: sequences(SequenceKind::Pairs),
-            val_seconds: Some(scored.seconds),
             val_final: last.then_some(true),
             ..Record::of_loss(step, loss, self.classes, lr)
         })?;

@@ -288,14 +288,13 @@ fn the_bound_is_recorded_kept_across_a_resume_and_the_end_scores_everything() {
     let (log, whole) = run("whole", &["--steps", "9", "--val-tokens", "200"]);
     assert!(log.contains("(200 tokens in "), "{log}");
     assert!(
-        log.contains("validation loss all of the validation part: "),
+        log.contains("step       9  final validation loss "),
         "{log}"
     );
     let evals = evaluations(&whole);
     assert_eq!(evals.len(), 4, "steps 3, 6, 9 and the closing full pass");
     for e in &evals[..3] {
         assert_eq!(e["val_tokens"], 200);
-        assert!(e["val_seconds"].as_f64().unwrap() >= 0.0);
     }
     let full_count = evals[3]["val_tokens"].as_u64().unwrap();
     assert!(full_count > 200);
