@@ -16,6 +16,35 @@ mod run;
 mod settings;
 mod train;
 
+/// The value of `--val-tokens`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValTokens {
+    All,
+    At(u64),
+}
+
+impl ValTokens {
+    /// The bound (`None`: all).
+    pub fn limit(self) -> Option<u64> {
+        match self {
+            ValTokens::All => None,
+            ValTokens::At(n) => Some(n),
+        }
+    }
+}
+
+fn parse_val_tokens(text: &str) -> Result<ValTokens, String> {
+    if text == "all" {
+        return Ok(ValTokens::All);
+    }
+    match text.parse::<u64>() {
+        Ok(0) | Err(_) => Err(format!(
+            "expected a number of at least 1 or `all`, got `{text}`"
+        )),
+        Ok(n) => Ok(ValTokens::At(n)),
+    }
+}
+
 /// An error in how the command was called (exit status 2), as opposed to one met while running
 /// (exit status 1).
 #[derive(Debug)]
@@ -252,6 +281,17 @@ pub struct TrainArgs {
     /// Fraction of the corpus, taken from its end, held out for validation.
     #[arg(long)]
     pub val_frac: Option<f64>,
+    /// How much each periodic evaluation scores: N predictions (lines in lines mode, pairs
+    /// with --pairs), a fixed set spread evenly over the whole validation part, the same at
+    /// every evaluation; `all`: all of it. After the last step all of it is scored once more
+    /// (see --final-val-tokens).
+    #[arg(long, value_name = "N|all", value_parser = parse_val_tokens)]
+    pub val_tokens: Option<ValTokens>,
+    /// What the closing evaluation after the last step scores, counted as --val-tokens (a
+    /// spread subset of N, or `all`); when it equals --val-tokens the last periodic evaluation
+    /// is the closing one.
+    #[arg(long, value_name = "N|all", value_parser = parse_val_tokens)]
+    pub final_val_tokens: Option<ValTokens>,
     /// Output directory: model.safetensors, best.safetensors, state.safetensors, metrics.jsonl,
     /// loss.svg.
     #[arg(long)]

@@ -21,6 +21,13 @@ pub const SEQUENCES: SequencesArg = SequencesArg::Stream;
 pub const VAL_FRAC: f64 = 0.05;
 /// The validation share of a pairs file (drawn with the seed).
 pub const PAIRS_VAL_FRAC: f64 = 0.1;
+/// The predictions each periodic evaluation of a stream-mode run scores at most (see
+/// README, "Large corpora", and BENCHMARKS.md for the measurements behind it).
+pub const VAL_TOKENS: u64 = 1 << 17;
+/// The lines each periodic evaluation of a lines-mode run scores at most.
+pub const VAL_LINES: u64 = 5_000;
+/// The pairs each periodic evaluation of a run on pairs scores at most.
+pub const VAL_PAIRS: u64 = 5_000;
 pub const OUT: &str = "runs/latest";
 pub const CELL: CellArg = CellArg::Rnn;
 pub const HIDDEN: usize = 128;
@@ -159,6 +166,7 @@ pub fn train_options() -> Vec<TrainOption> {
         o("log_every", Changes, shown(LOG_EVERY)),
         o("device", Changes, None),
         o("sample", Changes, None),
+        o("final_val_tokens", Changes, shown("all")),
         o("resume", Resumes, None),
         o("out", Conflicts, shown(OUT)),
         o("init", Conflicts, None),
@@ -170,6 +178,14 @@ pub fn train_options() -> Vec<TrainOption> {
             Some(format!(
                 "[default: {VAL_FRAC}]; with --pairs, the fraction of the pairs, drawn with \
                  --seed [default: {PAIRS_VAL_FRAC}]"
+            )),
+        ),
+        o(
+            "val_tokens",
+            Kept,
+            Some(format!(
+                "[default: {VAL_TOKENS}; lines mode: {VAL_LINES} lines; with --pairs: \
+                 {VAL_PAIRS} pairs]"
             )),
         ),
         o("seed", Conflicts, shown(SEED)),
@@ -392,7 +408,8 @@ mod tests {
     fn resume_takes_what_its_message_says() {
         assert_eq!(
             changed_on_resume(),
-            "--steps, --eval-every, --checkpoint-every, --log-every, --device and --sample"
+            "--steps, --eval-every, --checkpoint-every, --log-every, --device, --sample and \
+             --final-val-tokens"
         );
     }
 }

@@ -6,18 +6,20 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use unroll::data::EvalSet;
 use unroll::data::pairs::{Expect, PairBatches, PairEval, Pairs, PairsFormat, StepKind};
 use unroll::data::tasks::{Task, TaskOptions, generate};
 use unroll::engine::select::create_engine;
 use unroll::model::{Checkpoint, ModelConfig};
 use unroll::train::state::TrainState;
-use unroll::train::trainer::{argmax, count_correct, evaluate_with};
+use unroll::train::trainer::{Validation, argmax, count_correct, eval_rows, evaluate_with};
 
 use super::run::{
     Driver, Signals, check_fresh_out, fresh_engine, load_resumed, refuse_kept_on_resume,
     resumed_engine,
 };
 use super::settings::{Settings, fresh_model};
+use super::train::as_limit;
 use super::{DeviceArg, TrainArgs};
 
 /// What the x steps hold.
@@ -241,9 +243,23 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
     );
     let mut metrics = driver.metrics()?;
     let mut source = PairBatches::new(&data, train_idx, run.batch, run.seed)?;
-    let val = PairEval::new(&data, val_idx, run.batch)?;
+    let longest = val_idx
+        .iter()
+        .map(|&i| data.pairs[i].len)
+        .max()
+        .unwrap_or(1);
+    let rows = eval_rows(&config, run.batch, longest);
+    let (limit, closing) = (as_limit(run.val_limit), as_limit(run.final_val_limit));
+    let periodic = PairEval::spread(&data, val_idx.clone(), rows, limit)?;
+    let closing = (closing != limit && !periodic.is_whole())
+        .then(|| PairEval::spread(&data, val_idx, rows, closing))
+        .transpose()?;
+    let val = Validation {
+        periodic: &periodic,
+        closing: closing.as_ref().map(|c| c as &dyn EvalSet),
+    };
     let plain = |loss: f64| format!("{loss:.4}");
-    if let Some(code) = driver.train(None, &mut source, &val, &mut metrics, &plain, &signals)? {
+    if let Some(code) = driver.train(None, &mut source, val, &mut metrics, &plain, &signals)? {
         return Ok(code);
     }
     eprintln!(

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use unroll::data::vocab::Vocab;
-use unroll::data::{EvalSet, TrainBatches};
+use unroll::data::{SequenceKind, TrainBatches};
 use unroll::engine::Engine;
 use unroll::engine::select::create_engine;
 use unroll::model::ModelConfig;
 use unroll::model::checkpoint::MODEL_FILE;
 use unroll::train::metrics::Metrics;
 use unroll::train::state::{Progress, RunSpec, STATE_FILE, TrainState};
-use unroll::train::trainer::{Event, Outcome, Trainer};
+use unroll::train::trainer::{Event, Outcome, Trainer, Validation};
 
 use super::TrainArgs;
 use super::options::{changed_on_resume, kept_on_resume};
@@ -140,6 +140,9 @@ pub fn load_resumed(a: &TrainArgs, dir: &Path) -> anyhow::Result<(TrainState, Ru
             *field = v;
         }
     }
+    if let Some(bound) = a.final_val_tokens {
+        run.final_val_limit = bound.limit();
+    }
     Ok((state, run))
 }
 
@@ -209,7 +212,7 @@ impl Driver {
         &mut self,
         vocab: Option<&Vocab>,
         train: &mut dyn TrainBatches,
-        val: &dyn EvalSet,
+        val: Validation,
         metrics: &mut Metrics,
         loss_text: &dyn Fn(f64) -> String,
         signals: &Signals,
@@ -241,7 +244,7 @@ impl Driver {
 fn run_reported(
     trainer: &mut Trainer,
     train: &mut dyn TrainBatches,
-    val: &dyn EvalSet,
+    val: Validation,
     progress: Progress,
     metrics: &mut Metrics,
     loss_text: &dyn Fn(f64) -> String,
@@ -251,10 +254,14 @@ fn run_reported(
     let bar = std::io::stderr()
         .is_terminal()
         .then(|| progress_bar(total, progress.step));
-    let mut val_msg = String::new();
-    let outcome = trainer.run(train, val, progress, metrics, |e| {
-        show_event(e, total, bar.as_ref(), &mut val_msg, loss_text)
-    })?;
+    let mut reporter = Reporter {
+        total,
+        bar: bar.as_ref(),
+        val_msg: String::new(),
+        loss_text,
+        eta: Eta::new(progress.step, total, trainer.run.eval_every),
+    };
+    let outcome = trainer.run(train, val, progress, metrics, |e| reporter.show(e))?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -278,73 +285,153 @@ fn run_reported(
     }
 }
 
+/// The bar shows the time left that [`Eta`] estimates as its prefix.
 fn progress_bar(total: u64, at: u64) -> ProgressBar {
     let bar = ProgressBar::new(total).with_position(at);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {prefix}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    bar.set_prefix("?");
     bar
 }
 
-/// Shows one event of a run of `total` steps on the progress bar or as a log line; `val_msg`
-/// keeps the last validation loss for the bar's message.
-fn show_event(
-    e: &Event,
+/// The time left of a run: the steps left at the time per step measured so far without
+/// evaluations, plus the evaluations left at the time the last one took.
+struct Eta {
+    clock: Instant,
+    from: u64,
     total: u64,
-    bar: Option<&ProgressBar>,
-    val_msg: &mut String,
-    loss_text: &dyn Fn(f64) -> String,
-) {
-    let show = |line: String| match bar {
-        Some(b) => b.println(line),
-        None => eprintln!("{line}"),
-    };
-    match *e {
-        Event::Train {
-            step,
-            loss,
-            grad_norm,
-            tokens_per_sec,
-            lr,
-        } => {
-            let msg = format!(
-                "loss {}{val_msg}  {tokens_per_sec:.0} tok/s  lr {lr:.2e}  |g| {grad_norm:.2}",
-                loss_text(loss),
-            );
-            match bar {
-                Some(b) => {
-                    b.set_position(step);
-                    b.set_message(msg);
+    eval_every: u64,
+    /// Seconds spent evaluating since `clock`.
+    evaluating: f64,
+    last_eval: f64,
+}
+
+impl Eta {
+    fn new(from: u64, total: u64, eval_every: u64) -> Self {
+        Eta {
+            clock: Instant::now(),
+            from,
+            total,
+            eval_every,
+            evaluating: 0.0,
+            last_eval: 0.0,
+        }
+    }
+
+    fn evaluated(&mut self, seconds: f64) {
+        self.evaluating += seconds;
+        self.last_eval = seconds;
+    }
+
+    /// The evaluations due after `step`: one every `eval_every` steps and one at the end.
+    fn evals_after(&self, step: u64) -> u64 {
+        let periodic = match self.eval_every {
+            0 => 0,
+            every => self.total / every - step / every,
+        };
+        let at_end = u64::from(self.eval_every == 0 || !self.total.is_multiple_of(self.eval_every));
+        periodic + if step < self.total { at_end } else { 0 }
+    }
+
+    /// The time left after `step`, as the bar shows it.
+    fn left(&self, step: u64) -> String {
+        let done = step.saturating_sub(self.from);
+        if done == 0 {
+            return "?".into();
+        }
+        let training = (self.clock.elapsed().as_secs_f64() - self.evaluating).max(0.0);
+        let seconds = training / done as f64 * self.total.saturating_sub(step) as f64
+            + self.last_eval * self.evals_after(step) as f64;
+        let s = seconds.round() as u64;
+        format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    }
+}
+
+/// Shows the events of a run of `total` steps on the progress bar or as log lines.
+struct Reporter<'r> {
+    total: u64,
+    bar: Option<&'r ProgressBar>,
+    /// The last validation loss, for the bar's message.
+    val_msg: String,
+    loss_text: &'r dyn Fn(f64) -> String,
+    eta: Eta,
+}
+
+impl Reporter<'_> {
+    fn line(&self, line: String) {
+        match self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn show(&mut self, e: &Event) {
+        let loss_text = self.loss_text;
+        match *e {
+            Event::Train {
+                step,
+                loss,
+                grad_norm,
+                tokens_per_sec,
+                lr,
+            } => {
+                let msg = format!(
+                    "loss {}{}  {tokens_per_sec:.0} tok/s  lr {lr:.2e}  |g| {grad_norm:.2}",
+                    loss_text(loss),
+                    self.val_msg
+                );
+                match self.bar {
+                    Some(b) => {
+                        b.set_position(step);
+                        b.set_prefix(self.eta.left(step));
+                        b.set_message(msg);
+                    }
+                    None => eprintln!("step {step:>7}/{}  {msg}", self.total),
                 }
-                None => eprintln!("step {step:>7}/{total}  {msg}"),
             }
+            Event::Eval {
+                step,
+                loss,
+                best,
+                accuracy,
+                scored,
+                last,
+            } => {
+                self.eta.evaluated(scored.seconds);
+                let acc =
+                    accuracy.map_or(String::new(), |a| format!(", accuracy {:.2}%", 100.0 * a));
+                let sequences = scored
+                    .sequences
+                    .map_or(String::new(), |(n, kind)| format!("{n} {kind}, "));
+                let unit = match scored.sequences {
+                    Some((_, SequenceKind::Pairs)) => "steps",
+                    _ => "tokens",
+                };
+                let what = if last { "final " } else { "" };
+                if !last {
+                    self.val_msg = format!("  val {}{acc}", loss_text(loss));
+                }
+                self.line(format!(
+                    "step {step:>7}  {what}validation loss {}{acc}{}  ({sequences}{} {unit} in \
+                     {:.1} s)",
+                    loss_text(loss),
+                    if best { "  best so far" } else { "" },
+                    scored.tokens,
+                    scored.seconds
+                ));
+            }
+            Event::Saved { .. } => {}
+            Event::Diverged {
+                step,
+                back_to,
+                ref reason,
+                lr,
+            } => self.line(format!(
+                "step {step:>7}  diverged ({reason}); back to the state of step {back_to}, \
+                 continuing with learning rate {lr:.3e}"
+            )),
         }
-        Event::Eval {
-            step,
-            loss,
-            best,
-            accuracy,
-        } => {
-            let acc = accuracy.map_or(String::new(), |a| format!(", accuracy {:.2}%", 100.0 * a));
-            *val_msg = format!("  val {}{acc}", loss_text(loss));
-            show(format!(
-                "step {step:>7}  validation loss {}{acc}{}",
-                loss_text(loss),
-                if best { "  best so far" } else { "" }
-            ));
-        }
-        Event::Saved { .. } => {}
-        Event::Diverged {
-            step,
-            back_to,
-            ref reason,
-            lr,
-        } => show(format!(
-            "step {step:>7}  diverged ({reason}); back to the state of step {back_to}, \
-             continuing with learning rate {lr:.3e}"
-        )),
     }
 }

@@ -16,7 +16,7 @@ use unroll::train::schedule::LrSchedule;
 use unroll::train::state::{OnNan, RunSpec};
 
 use super::options::{self, Given};
-use super::{OnNanArg, ScheduleArg, SequencesArg, TrainArgs, VocabArg};
+use super::{OnNanArg, ScheduleArg, SequencesArg, TrainArgs, ValTokens, VocabArg};
 
 /// The recurrent model of a fresh run.
 pub struct ModelSettings {
@@ -54,6 +54,10 @@ pub struct Settings {
     pub vocab: VocabKind,
     pub sequences: Sequences,
     pub val_frac: f64,
+    /// The most predictions (lines, pairs) a periodic evaluation scores; `None`: all.
+    pub val_limit: Option<u64>,
+    /// The same for the closing evaluation after the last step.
+    pub final_val_limit: Option<u64>,
     pub seed: u64,
     pub model: ModelSettings,
     pub batch: usize,
@@ -83,6 +87,10 @@ impl Settings {
     pub fn of(a: &TrainArgs) -> Self {
         use options as d;
         let pairs = a.pairs.pairs.is_some();
+        let sequences = match (pairs, a.sequences.unwrap_or(d::SEQUENCES)) {
+            (false, SequencesArg::Lines) => Sequences::Lines,
+            _ => Sequences::Stream,
+        };
         let optimizer = a.optimizer.unwrap_or(d::OPTIMIZER);
         let mut opt = OptimizerConfig::new(optimizer.into()).with_clip(a.clip.unwrap_or(d::CLIP));
         opt.momentum = a.momentum.unwrap_or(d::MOMENTUM);
@@ -94,15 +102,19 @@ impl Settings {
                 VocabArg::Bytes => VocabKind::Bytes,
                 VocabArg::Words => VocabKind::Words,
             },
-            sequences: match (pairs, a.sequences.unwrap_or(d::SEQUENCES)) {
-                (false, SequencesArg::Lines) => Sequences::Lines,
-                _ => Sequences::Stream,
-            },
+            sequences,
             val_frac: a.val_frac.unwrap_or(if pairs {
                 d::PAIRS_VAL_FRAC
             } else {
                 d::VAL_FRAC
             }),
+            val_limit: match a.val_tokens {
+                Some(bound) => bound.limit(),
+                None if pairs => Some(d::VAL_PAIRS),
+                None if sequences == Sequences::Lines => Some(d::VAL_LINES),
+                None => Some(d::VAL_TOKENS),
+            },
+            final_val_limit: a.final_val_tokens.and_then(ValTokens::limit),
             seed: a.seed.unwrap_or(d::SEED),
             model: ModelSettings {
                 cell: a.cell.unwrap_or(d::CELL).into(),
@@ -213,6 +225,8 @@ impl Settings {
             corpus,
             corpus_tokens,
             val_frac: self.val_frac,
+            val_limit: self.val_limit,
+            final_val_limit: self.final_val_limit,
             sequences: self.sequences,
             on_nan: self.on_nan,
             dropout: self.model.dropout,

@@ -12,6 +12,7 @@ use unroll::data::{EvalSet, Sequences, TrainBatches};
 use unroll::model::{Cell, Checkpoint, ModelConfig};
 use unroll::sample::{SampleOptions, sample};
 use unroll::train::state::RunSpec;
+use unroll::train::trainer::{Validation, eval_rows};
 
 use super::run::{Driver, Signals, check_fresh_out, fresh_engine, load_resumed, resumed_engine};
 use super::settings::{Settings, fresh_model};
@@ -61,34 +62,67 @@ impl Split {
         }
     }
 
-    /// The training batches and the validation set of `run` over `corpus`.
+    /// The training batches and the validation sets of `run` over `corpus`: the one each
+    /// periodic evaluation scores (bounded by `run.val_limit`) and the closing one (bounded by
+    /// `run.final_val_limit`; `None` when it is the same), in batches of `eval_rows` rows.
     fn sources<'a>(
         &self,
         corpus: &'a Corpus,
         run: &RunSpec,
-    ) -> anyhow::Result<(Box<dyn TrainBatches + 'a>, Box<dyn EvalSet + 'a>)> {
+        eval_rows: usize,
+    ) -> anyhow::Result<Sources<'a>> {
+        let (limit, closing) = (as_limit(run.val_limit), as_limit(run.final_val_limit));
+        let closes = |periodic: &dyn EvalSet| closing != limit && !periodic.is_whole();
         Ok(match self.sequences {
             Sequences::Stream => {
                 let n = corpus.len();
                 let train = corpus.slice(0, self.train_tokens);
-                let val = corpus.slice(self.train_tokens, n - self.train_tokens);
-                (
-                    Box::new(StreamSource::new(train, run.batch, run.seq_len)?),
+                let val = |limit| {
                     Box::new(StreamEval {
-                        tokens: val,
-                        rows: run.batch,
+                        tokens: corpus.slice(self.train_tokens, n - self.train_tokens),
+                        rows: eval_rows,
                         steps: run.seq_len,
-                    }),
-                )
+                        limit,
+                    })
+                };
+                let periodic = val(limit);
+                Sources {
+                    train: Box::new(StreamSource::new(train, run.batch, run.seq_len)?),
+                    closing: closes(periodic.as_ref()).then(|| val(closing) as Box<dyn EvalSet>),
+                    periodic,
+                }
             }
             Sequences::Lines => {
                 let end = corpus.text_bytes().len();
                 let train = Lines::new(corpus, 0..self.train_bytes, run.batch, run.seq_len)?;
-                let val = Lines::new(corpus, self.train_bytes..end, run.batch, run.seq_len)?;
-                (Box::new(LinesSource::new(train)?), Box::new(val))
+                let val = |limit| -> anyhow::Result<Box<dyn EvalSet + 'a>> {
+                    let lines = Lines::new(corpus, self.train_bytes..end, eval_rows, run.seq_len)?;
+                    Ok(Box::new(lines.spread(limit)))
+                };
+                let periodic = val(limit)?;
+                Sources {
+                    train: Box::new(LinesSource::new(train)?),
+                    closing: match closes(periodic.as_ref()) {
+                        true => Some(val(closing)?),
+                        false => None,
+                    },
+                    periodic,
+                }
             }
         })
     }
+}
+
+/// The training batches and validation sets of a language-model run.
+struct Sources<'a> {
+    train: Box<dyn TrainBatches + 'a>,
+    periodic: Box<dyn EvalSet + 'a>,
+    closing: Option<Box<dyn EvalSet + 'a>>,
+}
+
+/// A bound of a run's settings as a number of items (`None`: all).
+pub(super) fn as_limit(bound: Option<u64>) -> Option<usize> {
+    bound.map(|l| usize::try_from(l).unwrap_or(usize::MAX))
 }
 
 /// The word-vocabulary options of `--vocab words` (`None` for other vocabularies). The options
@@ -347,12 +381,17 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
     let mut metrics = driver.metrics()?;
     let vocab = corpus.vocab().clone();
     let run = driver.run.clone();
-    let (mut train_source, val_set) = split.sources(&corpus, &run)?;
+    let eval_rows = eval_rows(driver.engine.config(), run.batch, run.seq_len);
+    let mut sources = split.sources(&corpus, &run, eval_rows)?;
+    let val = Validation {
+        periodic: sources.periodic.as_ref(),
+        closing: sources.closing.as_deref(),
+    };
     let bits = loss_text(&vocab);
     if let Some(code) = driver.train(
         Some(&vocab),
-        train_source.as_mut(),
-        val_set.as_ref(),
+        sources.train.as_mut(),
+        val,
         &mut metrics,
         &bits,
         &signals,

@@ -126,23 +126,38 @@ impl<'a> Lines<'a> {
         if cursor.at >= end {
             return None;
         }
+        let (piece, next) = self.line_piece(cursor.at, cursor.done, end, scratch);
+        *cursor = match next {
+            Some(next) => Cursor { at: next, done: 0 },
+            None => Cursor {
+                at: cursor.at,
+                done: cursor.done + piece.0.len(),
+            },
+        };
+        Some(piece)
+    }
+
+    /// The piece after the first `done` predictions of the line starting at `at` (the text
+    /// ending at `end`) as (inputs, targets), and where the next line starts when the piece
+    /// ends the line.
+    fn line_piece(
+        &self,
+        at: usize,
+        done: usize,
+        end: usize,
+        scratch: &mut Vec<u32>,
+    ) -> ((Vec<u32>, Vec<u32>), Option<usize>) {
         let bytes = self.corpus.text_bytes();
-        let (line, next) = line_at(bytes, cursor.at, end);
+        let (line, next) = line_at(bytes, at, end);
         scratch.clear();
         scratch.push(self.start_token);
         self.corpus.encode_range(line, scratch);
         scratch.push(self.end_token);
         // scratch = <s> c_1 .. c_n </s>: n + 1 predictions.
         let preds = scratch.len() - 1;
-        let from = cursor.done;
-        let to = (from + self.steps).min(preds);
-        let piece = (scratch[from..to].to_vec(), scratch[from + 1..=to].to_vec());
-        if to == preds {
-            *cursor = Cursor { at: next, done: 0 };
-        } else {
-            cursor.done = to;
-        }
-        Some(piece)
+        let to = (done + self.steps).min(preds);
+        let piece = (scratch[done..to].to_vec(), scratch[done + 1..=to].to_vec());
+        (piece, (to == preds).then_some(next))
     }
 
     /// One batch from the streams' cursors, or `None` when every stream is exhausted.
@@ -153,10 +168,16 @@ impl<'a> Lines<'a> {
             .enumerate()
             .map(|(b, c)| self.piece(b, c, &mut scratch))
             .collect();
+        self.assemble(&pieces)
+    }
+
+    /// One batch of one piece per row (`None`: an empty row), padded and masked; `None` when
+    /// every row is empty.
+    fn assemble(&self, pieces: &[Option<(Vec<u32>, Vec<u32>)>]) -> Option<Batch> {
         let longest = pieces.iter().flatten().map(|p| p.0.len()).max()?;
         let quantum = self.steps.div_ceil(4).max(1);
         let steps = (longest.div_ceil(quantum) * quantum).min(self.steps);
-        let rows = self.rows;
+        let rows = pieces.len();
         let n = rows * steps;
         let (mut inputs, mut targets, mut mask) = (vec![0; n], vec![0; n], vec![0.0; n]);
         for (b, piece) in pieces.iter().enumerate() {
@@ -175,6 +196,42 @@ impl<'a> Lines<'a> {
             targets: Targets::Classes(targets),
             mask: Some(mask),
         })
+    }
+
+    /// The byte offsets where the lines of the whole range start, in order.
+    fn line_starts(&self) -> Vec<usize> {
+        let (start, end) = (self.bounds[0], self.bounds[self.bounds.len() - 1]);
+        let bytes = self.corpus.text_bytes();
+        let mut starts = Vec::new();
+        let mut at = start;
+        while at < end {
+            starts.push(at);
+            at = line_at(bytes, at, end).1;
+        }
+        starts
+    }
+
+    /// Evaluation of at most `limit` lines of these, spread evenly over them (every k-th
+    /// line), in the same rows; `None`, or a limit of at least the number of lines: all of
+    /// them, exactly as evaluating `self`.
+    pub fn spread(self, limit: Option<usize>) -> LinesEval<'a> {
+        let all = self.line_starts();
+        let count = all.len();
+        let whole = limit.is_none_or(|l| l >= count);
+        let starts: Vec<usize> = if whole {
+            Vec::new()
+        } else {
+            crate::data::spread(count, limit)
+                .into_iter()
+                .map(|i| all[i])
+                .collect()
+        };
+        LinesEval {
+            count: if whole { count } else { starts.len() },
+            lines: self,
+            starts,
+            whole,
+        }
     }
 }
 
@@ -249,5 +306,91 @@ impl EvalSet for Lines<'_> {
 
     fn is_empty(&self) -> bool {
         Lines::is_empty(self)
+    }
+}
+
+/// The lines evaluated by a run: all of them (as [`Lines`] evaluates them), or a spread subset
+/// whose lines are shared out to the rows in order, row b taking the b-th run of `N / B` of them.
+pub struct LinesEval<'a> {
+    lines: Lines<'a>,
+    /// The starts of the lines of a subset (empty when the set is whole).
+    starts: Vec<usize>,
+    /// The number of lines scored.
+    count: usize,
+    whole: bool,
+}
+
+/// One row's place in a subset of lines: the index of its current line among the subset's, and
+/// the predictions of that line earlier pieces covered.
+#[derive(Clone, Copy)]
+struct SubsetCursor {
+    line: usize,
+    done: usize,
+}
+
+impl LinesEval<'_> {
+    /// One batch of the subset, advancing the rows' cursors (row b ends at line `ends[b]`).
+    fn subset_batch(&self, cursors: &mut [SubsetCursor], ends: &[usize]) -> Option<Batch> {
+        let end = self.lines.bounds[self.lines.bounds.len() - 1];
+        let mut scratch = Vec::new();
+        let pieces: Vec<Option<(Vec<u32>, Vec<u32>)>> = cursors
+            .iter_mut()
+            .zip(ends)
+            .map(|(c, &stop)| {
+                if c.line >= stop {
+                    return None;
+                }
+                let at = self.starts[c.line];
+                let (piece, next) = self.lines.line_piece(at, c.done, end, &mut scratch);
+                *c = match next {
+                    Some(_) => SubsetCursor {
+                        line: c.line + 1,
+                        done: 0,
+                    },
+                    None => SubsetCursor {
+                        line: c.line,
+                        done: c.done + piece.0.len(),
+                    },
+                };
+                Some(piece)
+            })
+            .collect();
+        self.lines.assemble(&pieces)
+    }
+}
+
+impl EvalSet for LinesEval<'_> {
+    fn batches(&self) -> Result<Box<dyn Iterator<Item = Batch> + '_>> {
+        if self.whole {
+            return self.lines.batches();
+        }
+        let (n, rows) = (self.starts.len(), self.lines.rows.min(self.starts.len()));
+        let first = |b: usize| b * n / rows.max(1);
+        let mut cursors: Vec<SubsetCursor> = (0..rows)
+            .map(|b| SubsetCursor {
+                line: first(b),
+                done: 0,
+            })
+            .collect();
+        let ends: Vec<usize> = (1..=rows).map(first).collect();
+        Ok(Box::new(std::iter::from_fn(move || {
+            self.subset_batch(&mut cursors, &ends)
+        })))
+    }
+
+    fn carries_state(&self) -> bool {
+        false
+    }
+
+    fn is_empty(&self) -> bool {
+        Lines::is_empty(&self.lines)
+    }
+
+    fn is_whole(&self) -> bool {
+        self.whole
+    }
+
+    fn sequences(&self) -> Option<(usize, crate::data::SequenceKind)> {
+        Some((self.count, crate::data::SequenceKind::Lines))
     }
 }

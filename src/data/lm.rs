@@ -8,6 +8,10 @@
 //!
 //! Evaluation: every next-token prediction of the sequence is counted exactly once: the n - 1
 //! predictions are cut into B streams of `ceil((n-1)/B)`, windows of T, the missing tail masked.
+//! A bounded evaluation of N < n - 1 predictions keeps the B rows but gives each a segment of
+//! about N / B predictions, the segments spread evenly over the whole sequence (row b starts
+//! near `b * (n - 1) / B`); each row still starts from a zero state and carries it over its
+//! windows. The segments depend on n, N, B and T alone, so every evaluation scores the same ones.
 
 use serde::{Deserialize, Serialize};
 
@@ -123,20 +127,69 @@ impl StreamBatches {
     }
 }
 
-/// Evaluation batches that count each of the `n - 1` next-token predictions of `tokens` once,
-/// made one at a time. The state is to be reset before the first and carried between them.
+/// The predictions a row of an evaluation scores: `len` of them from prediction `start`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub start: usize,
+    pub len: usize,
+}
+
+/// The segments of `rows` rows covering all `preds` predictions: `ceil(preds / rows)` each, the
+/// last ones shorter (or empty).
+fn full_segments(preds: usize, rows: usize) -> Vec<Segment> {
+    let per_stream = preds.div_ceil(rows);
+    (0..rows)
+        .map(|b| {
+            let start = b * per_stream;
+            Segment {
+                start,
+                len: per_stream.min(preds.saturating_sub(start)),
+            }
+        })
+        .collect()
+}
+
+/// The segments of `rows` rows scoring exactly `limit < preds` of `preds` predictions, spread
+/// evenly: row b scores `floor((b+1) N / B) - floor(b N / B)` predictions after a gap that
+/// spreads the `preds - N` unscored ones the same way, so the segments neither overlap nor
+/// leave the sequence.
+fn spread_segments(preds: usize, rows: usize, limit: usize) -> Vec<Segment> {
+    let gap = preds - limit;
+    let share = |total: usize, b: usize| (total as u128 * b as u128 / rows as u128) as usize;
+    (0..rows)
+        .map(|b| Segment {
+            start: share(limit, b) + share(gap, b),
+            len: share(limit, b + 1) - share(limit, b),
+        })
+        .collect()
+}
+
+/// Evaluation batches over the `n - 1` next-token predictions of `tokens` (all of them, or a
+/// spread subset), made one at a time. The state is to be reset before the first and carried
+/// between them.
 pub struct EvalBatches<'a> {
     tokens: &'a dyn Tokens,
     rows: usize,
     steps: usize,
-    per_stream: usize,
+    segments: Vec<Segment>,
     windows: usize,
     next: usize,
 }
 
 impl<'a> EvalBatches<'a> {
-    /// Batches of at most `rows` streams and `steps` steps over `tokens`.
+    /// Batches of at most `rows` streams and `steps` steps over every prediction of `tokens`.
     pub fn new(tokens: &'a dyn Tokens, rows: usize, steps: usize) -> Result<Self> {
+        Self::bounded(tokens, rows, steps, None)
+    }
+
+    /// Like [`EvalBatches::new`], scoring at most `limit` predictions spread over the whole
+    /// sequence (`None`, or a limit of at least `n - 1`: all of them, exactly as `new`).
+    pub fn bounded(
+        tokens: &'a dyn Tokens,
+        rows: usize,
+        steps: usize,
+        limit: Option<usize>,
+    ) -> Result<Self> {
         if rows == 0 || steps == 0 {
             return Err(Error::Config(
                 "batch and sequence length must be at least 1".into(),
@@ -146,14 +199,22 @@ impl<'a> EvalBatches<'a> {
         if preds == 0 {
             return Err(Error::Data("evaluation needs at least two tokens".into()));
         }
-        let rows = rows.min(preds);
-        let per_stream = preds.div_ceil(rows);
+        if limit == Some(0) {
+            return Err(Error::Config(
+                "an evaluation must score at least one prediction".into(),
+            ));
+        }
+        let segments = match limit {
+            Some(limit) if limit < preds => spread_segments(preds, rows.min(limit), limit),
+            _ => full_segments(preds, rows.min(preds)),
+        };
+        let longest = segments.iter().map(|s| s.len).max().unwrap_or(0);
         Ok(EvalBatches {
             tokens,
-            rows,
+            rows: segments.len(),
             steps,
-            per_stream,
-            windows: per_stream.div_ceil(steps),
+            segments,
+            windows: longest.div_ceil(steps),
             next: 0,
         })
     }
@@ -161,6 +222,11 @@ impl<'a> EvalBatches<'a> {
     /// B of every batch.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// What each row scores.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
     }
 
     /// Number of batches.
@@ -182,15 +248,13 @@ impl Iterator for EvalBatches<'_> {
             return None;
         }
         let (rows, steps, w) = (self.rows, self.steps, self.next);
-        let preds = self.tokens.len() - 1;
         let n = rows * steps;
         let (mut inputs, mut targets, mut mask) = (vec![0; n], vec![0; n], vec![0.0; n]);
         let mut window = Vec::with_capacity(steps + 1);
-        for b in 0..rows {
-            // Predictions k of stream b: input token b * per_stream + k, within the stream
-            // and within the sequence.
-            let first = b * self.per_stream + w * steps;
-            let end = ((b + 1) * self.per_stream).min(preds);
+        for (b, segment) in self.segments.iter().enumerate() {
+            // Predictions k of row b: input token segment.start + k, within the segment.
+            let first = segment.start + w * steps;
+            let end = segment.start + segment.len;
             let count = end.saturating_sub(first).min(steps);
             if count == 0 {
                 continue;
@@ -249,19 +313,22 @@ impl<T: Tokens> TrainBatches for StreamSource<T> {
     }
 }
 
-/// A token sequence evaluated as B carried streams of windows of T (see [`EvalBatches`]).
+/// A token sequence evaluated as B carried streams of windows of T (see [`EvalBatches`]),
+/// scoring every prediction or, with `limit`, at most that many spread over the sequence.
 pub struct StreamEval<T: Tokens> {
     pub tokens: T,
     pub rows: usize,
     pub steps: usize,
+    pub limit: Option<usize>,
 }
 
 impl<T: Tokens> EvalSet for StreamEval<T> {
     fn batches(&self) -> Result<Box<dyn Iterator<Item = Batch> + '_>> {
-        Ok(Box::new(EvalBatches::new(
+        Ok(Box::new(EvalBatches::bounded(
             &self.tokens,
             self.rows,
             self.steps,
+            self.limit,
         )?))
     }
 
@@ -271,5 +338,10 @@ impl<T: Tokens> EvalSet for StreamEval<T> {
 
     fn is_empty(&self) -> bool {
         self.tokens.len() < 2
+    }
+
+    fn is_whole(&self) -> bool {
+        self.limit
+            .is_none_or(|l| l >= self.tokens.len().saturating_sub(1))
     }
 }

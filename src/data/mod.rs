@@ -28,6 +28,22 @@ pub enum Sequences {
     Lines,
 }
 
+/// What the sequences of an evaluation set are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SequenceKind {
+    Lines,
+    Pairs,
+}
+
+impl std::fmt::Display for SequenceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SequenceKind::Lines => "lines",
+            SequenceKind::Pairs => "pairs",
+        })
+    }
+}
+
 /// A source of training batches.
 pub trait TrainBatches {
     /// The next batch, and whether the state must start from zero for it (a new pass over
@@ -52,5 +68,25 @@ pub trait EvalSet {
     /// which reads the outputs back.
     fn reports_accuracy(&self) -> bool {
         false
+    }
+    /// Whether the set scores every target of its data (not a spread subset of it).
+    fn is_whole(&self) -> bool {
+        true
+    }
+    /// For sets of sequences, how many are scored and what they are; `None` for token
+    /// streams, whose size is the number of predictions scored.
+    fn sequences(&self) -> Option<(usize, SequenceKind)> {
+        None
+    }
+}
+
+/// The indices of `limit` of `len` items spread evenly over them (`floor(i * len / limit)`, so
+/// every `len / limit`-th item), or all `len` when `limit` is `None` or not below `len`.
+pub fn spread(len: usize, limit: Option<usize>) -> Vec<usize> {
+    match limit {
+        Some(n) if n < len => (0..n)
+            .map(|i| (i as u128 * len as u128 / n as u128) as usize)
+            .collect(),
+        _ => (0..len).collect(),
     }
 }

@@ -623,9 +623,31 @@ pub struct PairEval<'a> {
     /// Batches of pair indices, in evaluation order.
     batches: Vec<Vec<usize>>,
     rows: usize,
+    /// Whether every pair given is scored (not a spread subset of them).
+    whole: bool,
 }
 
 impl<'a> PairEval<'a> {
+    /// Like [`PairEval::new`], scoring at most `limit` of the pairs `indices`, spread evenly
+    /// over them in their order (every k-th); `None`, or a limit of at least their number: all
+    /// of them, exactly as `new`.
+    pub fn spread(
+        data: &'a Pairs,
+        indices: Vec<usize>,
+        rows: usize,
+        limit: Option<usize>,
+    ) -> Result<Self> {
+        let whole = limit.is_none_or(|l| l >= indices.len());
+        let chosen = crate::data::spread(indices.len(), limit)
+            .into_iter()
+            .map(|i| indices[i])
+            .collect();
+        Ok(PairEval {
+            whole,
+            ..Self::new(data, chosen, rows)?
+        })
+    }
+
     /// The pairs `indices` of `data` in batches of `rows`, sorted by length (stable, so pairs of
     /// equal length keep their order).
     pub fn new(data: &'a Pairs, mut indices: Vec<usize>, rows: usize) -> Result<Self> {
@@ -637,6 +659,7 @@ impl<'a> PairEval<'a> {
             data,
             batches: indices.chunks(rows).map(<[usize]>::to_vec).collect(),
             rows,
+            whole: true,
         })
     }
 
@@ -663,5 +686,16 @@ impl EvalSet for PairEval<'_> {
 
     fn reports_accuracy(&self) -> bool {
         true
+    }
+
+    fn is_whole(&self) -> bool {
+        self.whole
+    }
+
+    fn sequences(&self) -> Option<(usize, crate::data::SequenceKind)> {
+        Some((
+            self.batches.iter().map(Vec::len).sum(),
+            crate::data::SequenceKind::Pairs,
+        ))
     }
 }

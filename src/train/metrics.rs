@@ -21,6 +21,19 @@ pub struct Record {
     /// Fraction of correct validation predictions (class and binary outputs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_accuracy: Option<f64>,
+    /// Predictions (tokens, or steps of pairs) the validation scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_tokens: Option<u64>,
+    /// Lines the validation scored (lines mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_lines: Option<u64>,
+    /// Pairs the validation scored (a run on pairs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_pairs: Option<u64>,
+    /// `true` on the closing evaluation after the last step of a run whose periodic
+    /// evaluations score a subset of the validation part (by default it scores all of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_final: Option<bool>,
     /// Bits per token of the loss on this line (validation when present, else training).
     pub bits_per_token: f64,
     /// `exp(loss)` of the same loss, for class (softmax) outputs: the perplexity per token
@@ -119,8 +132,10 @@ pub fn loss_svg(records: &[Record]) -> String {
         .iter()
         .filter_map(|r| r.train_loss.map(|l| (r.step as f64, l / LN2)))
         .collect();
+    // The closing evaluation is not a point of the periodic curve.
     let val: Vec<(f64, f64)> = records
         .iter()
+        .filter(|r| r.val_final != Some(true))
         .filter_map(|r| r.val_loss.map(|l| (r.step as f64, l / LN2)))
         .collect();
     let all = train.iter().chain(&val);

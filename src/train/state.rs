@@ -44,6 +44,14 @@ pub struct RunSpec {
     pub corpus: Option<String>,
     pub corpus_tokens: usize,
     pub val_frac: f64,
+    /// The most predictions (lines in lines mode, pairs) each periodic evaluation scores,
+    /// spread over the validation part; `None`: all of it (and what runs saved before the
+    /// bound existed keep).
+    #[serde(default)]
+    pub val_limit: Option<u64>,
+    /// The same for the closing evaluation after the last step; `None`: all.
+    #[serde(default)]
+    pub final_val_limit: Option<u64>,
     /// How the corpus is cut into sequences.
     #[serde(default)]
     pub sequences: Sequences,

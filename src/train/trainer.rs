@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::data::corpus::Tokens;
 use crate::data::lm::StreamEval;
 use crate::data::vocab::Vocab;
-use crate::data::{EvalSet, TrainBatches};
+use crate::data::{EvalSet, SequenceKind, TrainBatches};
 use crate::engine::{Batch, Engine, LossStats, Targets};
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, ModelConfig, OutputKind};
@@ -163,8 +163,57 @@ pub fn evaluate_lm(
             tokens,
             rows,
             steps,
+            limit: None,
         },
     )
+}
+
+/// The most rows of an evaluation batch (see docs/ARCHITECTURE.md, "Tuning numbers").
+pub const EVAL_ROWS: usize = 256;
+/// The most output values (`T * B * V`) an evaluation batch may hold, 64 MiB of f32 (see
+/// docs/ARCHITECTURE.md, "Tuning numbers").
+pub const EVAL_OUTPUTS: usize = 1 << 24;
+
+/// The rows of an evaluation batch for a model of `config` trained with `rows` rows of `steps`
+/// steps: evaluation keeps no activations for backpropagation, so it takes [`EVAL_ROWS`] rows
+/// while their outputs stay within [`EVAL_OUTPUTS`] values, and never fewer than training. It
+/// depends on the run's settings alone, so every evaluation of a run, resumed or not and on
+/// either engine, cuts the same batches.
+pub fn eval_rows(config: &ModelConfig, rows: usize, steps: usize) -> usize {
+    let per_row = steps.max(1) * config.output_size.max(1);
+    (EVAL_OUTPUTS / per_row).min(EVAL_ROWS).max(rows)
+}
+
+/// The validation sets of a run: `periodic` is scored at every evaluation (and drives
+/// best.safetensors and the schedule); `closing`, when there is one, is scored once more after
+/// the last step (all of the validation part, when `periodic` is a spread subset of it) and is
+/// compared with nothing.
+#[derive(Clone, Copy)]
+pub struct Validation<'v> {
+    pub periodic: &'v dyn EvalSet,
+    pub closing: Option<&'v dyn EvalSet>,
+}
+
+impl<'v> Validation<'v> {
+    /// A run that scores all of `set` at every evaluation.
+    pub fn whole(set: &'v dyn EvalSet) -> Self {
+        Validation {
+            periodic: set,
+            closing: None,
+        }
+    }
+}
+
+/// What an evaluation scored and how long it took.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scored {
+    /// Predictions (tokens, or pair steps) scored.
+    pub tokens: u64,
+    /// For sets of sequences, how many were scored and what they are.
+    pub sequences: Option<(usize, SequenceKind)>,
+    pub seconds: f64,
+    /// Whether all of the validation part was scored.
+    pub whole: bool,
 }
 
 /// A progress event for the caller to show.
@@ -179,12 +228,16 @@ pub enum Event {
         lr: f32,
     },
     /// Validation loss after `step` steps; `best` when it is the lowest so far. `accuracy`: the
-    /// fraction of correct class or binary predictions, for sets that report it.
+    /// fraction of correct class or binary predictions, for sets that report it. `last`: the
+    /// closing evaluation after the last step of a run whose periodic evaluations score a
+    /// subset (it is not compared with them).
     Eval {
         step: u64,
         loss: f64,
         best: bool,
         accuracy: Option<f64>,
+        scored: Scored,
+        last: bool,
     },
     /// Model and state saved after `step` steps.
     Saved { step: u64 },
@@ -299,7 +352,7 @@ impl Trainer<'_> {
     pub fn run(
         &mut self,
         train: &mut dyn TrainBatches,
-        val: &dyn EvalSet,
+        val: Validation,
         progress: Progress,
         metrics: &mut Metrics,
         on_event: impl FnMut(&Event),
@@ -328,7 +381,7 @@ impl Trainer<'_> {
 struct Pass<'p, 't, F: FnMut(&Event)> {
     trainer: &'p mut Trainer<'t>,
     train: &'p mut dyn TrainBatches,
-    val: &'p dyn EvalSet,
+    val: Validation<'p>,
     metrics: &'p mut Metrics,
     on_event: F,
     progress: Progress,
@@ -346,7 +399,7 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
     fn start(
         trainer: &'p mut Trainer<'t>,
         train: &'p mut dyn TrainBatches,
-        val: &'p dyn EvalSet,
+        val: Validation<'p>,
         progress: Progress,
         metrics: &'p mut Metrics,
         on_event: F,
@@ -389,8 +442,11 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
             diverged = self.report_loss(step, lr)?;
         }
         let eval_now = (run.eval_every > 0 && step.is_multiple_of(run.eval_every)) || last;
-        if eval_now && !self.val.is_empty() && !diverged {
+        if eval_now && !self.val.periodic.is_empty() && !diverged {
             diverged = self.evaluate(step, lr)?;
+            if let Some(closing) = self.val.closing.filter(|_| last && !diverged) {
+                self.evaluate_closing(closing, step, lr)?;
+            }
         }
         let due = eval_now
             || last
@@ -401,9 +457,6 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
             self.trainer.save(&self.progress)?;
             self.saved_at = Some(step);
             (self.on_event)(&Event::Saved { step });
-        }
-        if save_now || eval_now {
-            self.restart_clock();
         }
         let interrupted = self
             .trainer
@@ -462,7 +515,7 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
     /// reports and records the loss; a loss that is not finite is a divergence. Whether the run
     /// diverged.
     fn evaluate(&mut self, step: u64, lr: f32) -> Result<bool> {
-        let (stats, accuracy) = evaluate_accuracy(self.trainer.engine, self.val)?;
+        let (stats, accuracy, scored) = self.score(self.val.periodic)?;
         let loss = stats.mean();
         if !loss.is_finite() {
             self.diverge(format!("the validation loss is {loss}"))?;
@@ -477,19 +530,64 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
             let best_file = self.trainer.out.join(BEST_FILE);
             self.trainer.checkpoint(params).save(&best_file)?;
         }
+        self.report_eval(step, lr, (loss, accuracy), best, scored, false)?;
+        Ok(false)
+    }
+
+    /// Scores the closing set after the last step; reported and recorded, compared with
+    /// nothing.
+    fn evaluate_closing(&mut self, set: &dyn EvalSet, step: u64, lr: f32) -> Result<()> {
+        let (stats, accuracy, scored) = self.score(set)?;
+        self.report_eval(step, lr, (stats.mean(), accuracy), false, scored, true)
+    }
+
+    /// Evaluates on `set`, timed.
+    fn score(&mut self, set: &dyn EvalSet) -> Result<(LossStats, Option<f64>, Scored)> {
+        let clock = Instant::now();
+        let (stats, accuracy) = evaluate_accuracy(self.trainer.engine, set)?;
+        let scored = Scored {
+            tokens: stats.count.round() as u64,
+            sequences: set.sequences(),
+            seconds: clock.elapsed().as_secs_f64(),
+            whole: set.is_whole(),
+        };
+        Ok((stats, accuracy, scored))
+    }
+
+    /// Reports an evaluation's `(loss, accuracy)` and records it with what it scored.
+    fn report_eval(
+        &mut self,
+        step: u64,
+        lr: f32,
+        (loss, accuracy): (f64, Option<f64>),
+        best: bool,
+        scored: Scored,
+        last: bool,
+    ) -> Result<()> {
         (self.on_event)(&Event::Eval {
             step,
             loss,
             best,
             accuracy,
+            scored,
+            last,
         });
+        let sequences = |kind| {
+            scored
+                .sequences
+                .filter(|&(_, k)| k == kind)
+                .map(|(n, _)| n as u64)
+        };
         self.metrics.push(Record {
             val_loss: Some(loss),
             val_accuracy: accuracy,
+            val_tokens: Some(scored.tokens),
+            val_lines: sequences(SequenceKind::Lines),
+            val_pairs: sequences(SequenceKind::Pairs),
+            val_final: last.then_some(true),
             ..Record::of_loss(step, loss, self.classes, lr)
         })?;
-        self.metrics.plot()?;
-        Ok(false)
+        self.metrics.plot()
     }
 
     /// Whether the last update diverged (then handled), checked before a checkpoint is written.

@@ -22,5 +22,6 @@ mod pytorch;
 mod row_split;
 mod shaders;
 mod training;
+mod val_bound;
 mod words;
 mod words_cli;

@@ -13,7 +13,7 @@ use unroll::train::metrics::Metrics;
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
 use unroll::train::schedule::LrSchedule;
 use unroll::train::state::{Progress, RunSpec};
-use unroll::train::trainer::{Outcome, Trainer, evaluate_lm};
+use unroll::train::trainer::{Outcome, Trainer, Validation, evaluate_lm};
 
 use crate::common;
 
@@ -56,9 +56,16 @@ pub fn train_into(
         tokens: val,
         rows: run.batch,
         steps: run.seq_len,
+        limit: None,
     };
     trainer
-        .run(&mut source, &val, Progress::start(), &mut metrics, |_| {})
+        .run(
+            &mut source,
+            Validation::whole(&val),
+            Progress::start(),
+            &mut metrics,
+            |_| {},
+        )
         .unwrap()
 }
 
@@ -85,6 +92,8 @@ pub fn run_spec(
         corpus: None,
         corpus_tokens,
         val_frac: 0.1,
+        val_limit: None,
+        final_val_limit: None,
         sequences: Default::default(),
         on_nan: Default::default(),
         dropout: 0.0,
