@@ -261,15 +261,24 @@ fn clipping_scales_the_gradient_to_the_clip_norm() {
     );
 }
 
+/// A 2-layer language model of `cell` (V = 6, H = 5) and random parameters for it.
+fn small_model(
+    cell: unroll::model::Cell,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> (ModelConfig, Vec<f32>) {
+    let cfg = ModelConfig {
+        cell,
+        ..ModelConfig::language_model(6, 5, 2)
+    };
+    let params = common::uniform(rng, ParamLayout::new(&cfg).unwrap().len(), 0.5);
+    (cfg, params)
+}
+
 #[test]
 fn a_non_finite_gradient_is_a_typed_divergence_on_the_cpu() {
     let mut rng = common::rng("cpu_divergence");
     for cell in [unroll::model::Cell::Rnn, unroll::model::Cell::Gru] {
-        let cfg = ModelConfig {
-            cell,
-            ..ModelConfig::language_model(6, 5, 2)
-        };
-        let params = common::uniform(&mut rng, ParamLayout::new(&cfg).unwrap().len(), 0.5);
+        let (cfg, params) = small_model(cell, &mut rng);
         let mut f32_engine = CpuEngine::<f32>::new(&cfg, &params).unwrap();
         common::assert_divergence_is_typed_and_skips_the_update(&mut f32_engine, &mut rng);
         let mut f64_engine = CpuEngine::<f64>::new(&cfg, &params).unwrap();
@@ -281,11 +290,7 @@ fn a_non_finite_gradient_is_a_typed_divergence_on_the_cpu() {
 fn engine_calls_out_of_order_are_misuse_on_the_cpu() {
     let mut rng = common::rng("cpu_misuse");
     for cell in [unroll::model::Cell::Rnn, unroll::model::Cell::Lstm] {
-        let cfg = ModelConfig {
-            cell,
-            ..ModelConfig::language_model(6, 5, 2)
-        };
-        let params = common::uniform(&mut rng, ParamLayout::new(&cfg).unwrap().len(), 0.5);
+        let (cfg, params) = small_model(cell, &mut rng);
         let mut engine = CpuEngine::<f32>::new(&cfg, &params).unwrap();
         common::assert_calls_out_of_order_are_misuse(&mut engine, &mut rng);
     }
