@@ -10,6 +10,7 @@ mod gpu_kernels;
 mod gpu_training;
 mod gradcheck;
 mod interfaces;
+mod large_outputs;
 mod large_vocab;
 mod lines;
 mod lm_cli;
