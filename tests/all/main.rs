@@ -23,6 +23,7 @@ mod pytorch;
 mod row_split;
 mod shaders;
 mod training;
+mod untrusted;
 mod val_bound;
 mod words;
 mod words_cli;
