@@ -319,3 +319,19 @@ fn a_vocabulary_of_the_wrong_size_is_refused_before_it_is_built() {
         &["vocabulary of 4000000 tokens for a model of 7 inputs"],
     );
 }
+
+#[test]
+fn a_corpus_that_is_a_device_or_a_pipe_is_refused_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("corpus.fifo");
+    mkfifo(&fifo);
+    let out_dir = dir.path().join("never");
+    for corpus in ["/dev/zero", "/dev/urandom", path(&fifo)] {
+        let args = [
+            "train", "--corpus", corpus, "--steps", "2", "--device", "cpu", "--out",
+        ];
+        let out = unroll_limited(LIMIT_KB, &[&args[..], &[path(&out_dir)]].concat());
+        refused(corpus, &out, &[corpus, "is not a regular file"]);
+    }
+    assert!(!out_dir.exists(), "a refused run wrote its directory");
+}
