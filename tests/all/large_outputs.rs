@@ -156,8 +156,9 @@ fn outputs_of_before_a_forward_is_misuse() {
     }
 }
 
-/// A pairs file of `count` pairs whose y echoes x, over `classes` class ids.
-fn echo_pairs(path: &Path, count: usize, classes: u32) {
+/// Writes `dir/echo.jsonl`, `count` pairs whose y echoes x over `classes` class ids, and
+/// returns its path.
+fn echo_pairs(dir: &Path, count: usize, classes: u32) -> String {
     let mut rng = common::rng("echo pairs");
     let mut text = String::new();
     for _ in 0..count {
@@ -166,7 +167,9 @@ fn echo_pairs(path: &Path, count: usize, classes: u32) {
         text.push_str(&serde_json::json!({ "x": x, "y": x }).to_string());
         text.push('\n');
     }
-    std::fs::write(path, text).unwrap();
+    let path = dir.join("echo.jsonl");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
 }
 
 /// Runs unroll with the output layer held to `budget` logits (`None`: the default).
@@ -242,9 +245,7 @@ fn predict(model: &Path, file: &str, device: &str, budget: Option<usize>) -> (St
 #[test]
 fn pairs_with_the_output_layer_in_chunks_train_evaluate_and_predict_on_both_engines() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("echo.jsonl");
-    echo_pairs(&file, 60, 40);
-    let file = file.to_str().unwrap();
+    let file = &echo_pairs(dir.path(), 60, 40);
     // 40 classes and a budget of 2 rows and a bit: every batch runs its output layer in
     // chunks, where evaluation and predict used to stop with "were not kept".
     let budget = Some(2 * 40 + 1);
@@ -282,9 +283,7 @@ fn pairs_with_the_output_layer_in_chunks_train_evaluate_and_predict_on_both_engi
 #[test]
 fn a_logit_budget_that_is_not_a_positive_number_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("echo.jsonl");
-    echo_pairs(&file, 8, 5);
-    let file = file.to_str().unwrap();
+    let file = &echo_pairs(dir.path(), 8, 5);
     let run = train_pairs(dir.path(), file, "cpu", None);
     let model = run.join("model.safetensors");
     for bad in ["0", "many", "-3"] {

@@ -513,8 +513,7 @@ impl<F: Float> Engine for CpuEngine<F> {
         let cache = self.cache()?;
         let batch = needed(&self.batch, "no batch has been uploaded yet")?;
         let model = (&self.layout, &self.params[..]);
-        let probs = chunk_outputs(&self.config, model, (cache, batch), chunk, rows)?;
-        Ok(probs.iter().map(|v| v.to_f32_lossy()).collect())
+        chunk_outputs(&self.config, model, (cache, batch), chunk, rows)
     }
 
     fn set_logit_budget(&mut self, elements: usize) -> Result<()> {
