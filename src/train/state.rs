@@ -311,12 +311,10 @@ impl TrainState {
         let n = ParamLayout::new(&config)
             .map_err(|e| bad(e.to_string()))?
             .len();
-        run.validate()
-            .and_then(|()| progress.validate())
-            .map_err(|e| match e {
-                Error::Config(m) => bad(format!("its saved settings are not valid: {m}")),
-                other => other,
-            })?;
+        check_settings(&run, &progress, vocab.as_ref()).map_err(|e| match e {
+            Error::Config(m) => bad(format!("its saved settings are not valid: {m}")),
+            other => other,
+        })?;
         let tensor = |name: &str, want: Option<&[usize]>| -> Result<(Vec<usize>, Vec<f32>)> {
             let t = st
                 .tensor(name)
@@ -360,6 +358,25 @@ impl TrainState {
             state,
         })
     }
+}
+
+/// The checks of a saved run's settings: those of the command line, and those the kind of run
+/// implies (a language model's windows have a length, lines need line tokens).
+fn check_settings(run: &RunSpec, progress: &Progress, vocab: Option<&Vocab>) -> Result<()> {
+    run.validate()?;
+    progress.validate()?;
+    let Some(vocab) = vocab else {
+        return Ok(());
+    };
+    if run.seq_len == 0 {
+        return Err(Error::Config("--seq-len must be at least 1".into()));
+    }
+    if run.sequences == Sequences::Lines && vocab.start_token().is_none() {
+        return Err(Error::Config(
+            "lines sequences need a vocabulary with line tokens, which it lacks".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// JSON of any serializable value, for metadata.

@@ -140,7 +140,13 @@ fn saved_settings_out_of_range_are_refused_on_resume() {
     let (run, _) = small_run(dir.path(), "bad_state");
     let saved = TrainState::load(&run).unwrap();
     type Edit = fn(&mut TrainState);
-    let cases: [(&str, Edit, &str); 10] = [
+    let cases: [(&str, Edit, &str); 12] = [
+        (
+            "lines",
+            |s| s.run.sequences = unroll::data::Sequences::Lines,
+            "line tokens",
+        ),
+        ("seq_len 0", |s| s.run.seq_len = 0, "--seq-len"),
         ("val_frac 2", |s| s.run.val_frac = 2.0, "--val-frac 2"),
         ("val_frac -0.5", |s| s.run.val_frac = -0.5, "--val-frac"),
         ("lr -1", |s| s.run.lr = -1.0, "--lr -1"),
@@ -175,6 +181,35 @@ fn saved_settings_out_of_range_are_refused_on_resume() {
                 "train",
                 "--resume",
                 run.to_str().unwrap(),
+                "--device",
+                "cpu",
+                "--sample",
+                "0",
+            ],
+            needle,
+            false,
+        );
+    }
+    // Settings that are legal alone but do not fit the saved run are refused further on, by
+    // the data and the engine, as cleanly.
+    let mismatched: [(&str, Edit, &str); 2] = [
+        ("corpus_tokens", |s| s.run.corpus_tokens += 1, "changed"),
+        ("state rows", |s| s.state_rows = 3, "state"),
+    ];
+    for (what, edit, needle) in mismatched {
+        let mut state = saved.clone();
+        edit(&mut state);
+        if what == "state rows" {
+            state.state = vec![0.0; 3 * state.config.state_size_per_row()];
+        }
+        state.save(&run).unwrap();
+        fails_with(
+            &[
+                "train",
+                "--resume",
+                run.to_str().unwrap(),
+                "--steps",
+                "3",
                 "--device",
                 "cpu",
                 "--sample",
