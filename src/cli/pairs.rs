@@ -16,6 +16,7 @@ use unroll::model::{Checkpoint, ModelConfig};
 use unroll::train::state::TrainState;
 use unroll::train::trainer::{Validation, argmax, count_correct, eval_rows, evaluate_with};
 
+use super::commands::largest_magnitude;
 use super::run::{
     Driver, Signals, check_fresh_out, fresh_engine, load_resumed, refuse_kept_on_resume,
     resumed_engine,
@@ -353,6 +354,8 @@ struct Collected<'d> {
     with_y: bool,
     correct: f64,
     judged: f64,
+    /// The first pair (index) with an output that is not finite.
+    overflow: Option<usize>,
 }
 
 impl<'d> Collected<'d> {
@@ -367,6 +370,7 @@ impl<'d> Collected<'d> {
             with_y,
             correct: 0.0,
             judged: 0.0,
+            overflow: None,
         }
     }
 
@@ -386,7 +390,11 @@ impl<'d> Collected<'d> {
             if let Some(&pair) = indices.get(b)
                 && t < self.data.pairs[pair].len
             {
-                self.predictions[pair].push(self.kind, &p[i * v..(i + 1) * v]);
+                let step = &p[i * v..(i + 1) * v];
+                if self.overflow.is_none() && step.iter().any(|x| !x.is_finite()) {
+                    self.overflow = Some(pair);
+                }
+                self.predictions[pair].push(self.kind, step);
             }
         }
         if self.with_y {
@@ -423,6 +431,16 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let mut collected = Collected::new(&data, &config, &set, with_y);
     let mut take = |batch: &Batch, rows: Range<usize>, p: &[f32]| collected.take(batch, rows, p);
     let loss = evaluate_with(engine.as_mut(), &set, Some(&mut take))?;
+    if let Some(pair) = collected.overflow {
+        bail!(
+            "the outputs of {} for pair {} of {} are not finite: the model's outputs overflow \
+             (its largest parameter is {:e}); no prediction was written",
+            a.model.display(),
+            pair + 1,
+            path.display(),
+            largest_magnitude(&ckpt.params)
+        );
+    }
     write_predictions(a.out.as_deref(), &collected)?;
     if with_y {
         let summary = serde_json::json!({
