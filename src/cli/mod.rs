@@ -14,6 +14,7 @@ mod options;
 mod pairs;
 mod run;
 mod settings;
+mod sizes;
 mod train;
 
 /// The value of `--val-tokens`.
@@ -58,14 +59,14 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
-/// The exit status for an error: 2 for usage errors (ours and invalid configurations the
-/// library refuses), 1 for everything met while running, divergence and engine misuse (a bug,
+/// The exit status for an error: 2 for usage errors (ours, invalid configurations the library
+/// refuses and sizes that do not fit in memory), 1 for everything met while running, divergence and engine misuse (a bug,
 /// not a usage error) included.
 pub fn exit_status(e: &anyhow::Error) -> u8 {
     let usage = e.downcast_ref::<Usage>().is_some()
         || matches!(
             e.downcast_ref::<unroll::Error>(),
-            Some(unroll::Error::Config(_))
+            Some(unroll::Error::Config(_) | unroll::Error::Memory { .. })
         );
     if usage { 2 } else { 1 }
 }
