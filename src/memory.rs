@@ -132,11 +132,12 @@ pub fn param_count(config: &ModelConfig) -> u128 {
     total.saturating_add(config.output_size as u128)
 }
 
-/// Values a forward over `rows` keeps per layer and the temporaries of its backward, summed
-/// over the layers: the states (and LSTM cells) of all T + 1 steps, the gates and recurrent
-/// pre-activations of a gated cell, the layer's input after dropout, and the input projection
-/// and pre-activation gradients of the backward.
-fn activations(config: &ModelConfig, r: Rows) -> u128 {
+/// Values a forward over `rows` keeps, summed over the layers: the states (and LSTM cells) of
+/// all T + 1 steps, the gates and recurrent pre-activations of a gated cell, the input of the
+/// layers above the first (after dropout), the embedded tokens, and the input projection of
+/// the layer being run. With `backward`, the temporaries of BPTT on top: the pre-activation
+/// gradients of a layer and the gradient passed down.
+fn activations(config: &ModelConfig, r: Rows, backward: bool) -> u128 {
     let (h, g) = (config.hidden_size, config.cell.gates());
     let n = product(&[r.rows, r.steps]);
     let states = product(&[r.rows, r.steps.saturating_add(1), h]);
@@ -144,14 +145,20 @@ fn activations(config: &ModelConfig, r: Rows) -> u128 {
     let gated = if g > 1 { 2 } else { 0 };
     let per_layer = states
         .saturating_mul(memory)
-        .saturating_add(n.saturating_mul(product(&[gated, g, h])))
-        .saturating_add(n.saturating_mul(h as u128));
+        .saturating_add(n.saturating_mul(product(&[gated, g, h])));
+    let inputs = n.saturating_mul(product(&[config.layers.saturating_sub(1), h]));
     let embedded = n.saturating_mul(config.embed.unwrap_or(0) as u128);
-    let backward = n.saturating_mul(product(&[3, g, h]).saturating_add(product(&[2, h])));
+    let projection = n.saturating_mul(product(&[g, h]));
+    let gradients = match backward {
+        true => n.saturating_mul(product(&[2, g, h]).saturating_add(h as u128)),
+        false => 0,
+    };
     per_layer
         .saturating_mul(config.layers as u128)
+        .saturating_add(inputs)
         .saturating_add(embedded)
-        .saturating_add(backward)
+        .saturating_add(projection)
+        .saturating_add(gradients)
 }
 
 /// Values of the output layer over `rows`: the logits (or one chunk of them under `budget`),
@@ -220,7 +227,7 @@ pub fn estimate(config: &ModelConfig, shape: &Shape) -> Estimate {
         };
         e.push(
             format!("the {name} activations {kept} (B={b} x T={t} x H per layer)"),
-            activations(config, r),
+            activations(config, r, name == "training"),
             lower,
         );
         e.push(

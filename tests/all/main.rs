@@ -21,6 +21,7 @@ mod pairs_data;
 mod pytorch;
 mod row_split;
 mod shaders;
+mod sizes;
 mod training;
 mod val_bound;
 mod words;
