@@ -366,3 +366,151 @@ pub fn check_within(
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Cell, ParamLayout};
+
+    fn lower() -> Lower {
+        Lower {
+            model: "--hidden".into(),
+            train: "--batch or --seq-len".into(),
+            eval: "--batch".into(),
+            kept: "--count".into(),
+        }
+    }
+
+    fn shape(b: usize, t: usize) -> Shape {
+        Shape {
+            train: Some(Rows { rows: b, steps: t }),
+            eval: Some(Rows { rows: b, steps: t }),
+            logit_budget: crate::engine::DEFAULT_LOGIT_BUDGET,
+            kept: Vec::new(),
+            lower: lower(),
+        }
+    }
+
+    fn total(config: &ModelConfig, b: usize, t: usize) -> u128 {
+        estimate(config, &shape(b, t)).total()
+    }
+
+    #[test]
+    fn the_parameters_are_counted_as_the_layout_lays_them_out() {
+        for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
+            for (embed, tie, layers) in [(None, false, 1), (Some(7), false, 3), (Some(9), true, 2)]
+            {
+                let config = ModelConfig {
+                    cell,
+                    embed,
+                    tie_weights: tie,
+                    ..ModelConfig::language_model(11, 9, layers)
+                };
+                let layout = ParamLayout::new(&config).unwrap();
+                assert_eq!(param_count(&config), layout.len() as u128, "{config:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_estimate_grows_with_every_size_as_the_buffers_do() {
+        for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
+            let config = |h, v| ModelConfig {
+                cell,
+                ..ModelConfig::language_model(v, h, 2)
+            };
+            let base = total(&config(32, 50), 8, 16);
+            // Doubling B or T doubles the activations, the logits and the batch.
+            for grown in [
+                total(&config(32, 50), 16, 16),
+                total(&config(32, 50), 8, 32),
+                total(&config(64, 50), 8, 16),
+                total(&config(32, 100), 8, 16),
+            ] {
+                assert!(grown > base, "{cell:?}: {grown} <= {base}");
+            }
+            let b = total(&config(32, 50), 1 << 20, 16);
+            let bb = total(&config(32, 50), 1 << 21, 16);
+            assert!(bb > b * 19 / 10 && bb <= b * 2, "linear in B: {b} -> {bb}");
+        }
+        // Gated cells keep more per step than the plain one, the LSTM most.
+        let of = |cell| {
+            let config = ModelConfig {
+                cell,
+                ..ModelConfig::language_model(50, 64, 1)
+            };
+            total(&config, 32, 64)
+        };
+        assert!(of(Cell::Rnn) < of(Cell::Gru) && of(Cell::Gru) < of(Cell::Lstm));
+    }
+
+    #[test]
+    fn chunked_logits_are_counted_by_the_budget() {
+        let config = ModelConfig::language_model(1 << 16, 8, 1);
+        let mut s = shape(32, 32);
+        let whole = estimate(&config, &s).total();
+        s.logit_budget = 1 << 16;
+        let chunked = estimate(&config, &s).total();
+        // 1024 rows of 2^16 logits in one chunk (2^26, the default budget), against one row at
+        // a time, for training and evaluation.
+        assert_eq!(whole - chunked, 2 * 3 * 1023 * (1 << 16) * 4);
+    }
+
+    #[test]
+    fn sizes_past_the_arithmetic_saturate_instead_of_wrapping() {
+        let config = ModelConfig::language_model(1 << 24, 1 << 24, 64);
+        let huge = total(&config, usize::MAX, usize::MAX);
+        assert_eq!(huge, u128::MAX);
+        let e = check_within("train", &estimate(&config, &shape(usize::MAX, 2)), None);
+        let message = e.unwrap_err().to_string();
+        assert!(message.contains("overflow 64-bit arithmetic"), "{message}");
+    }
+
+    #[test]
+    fn the_guard_refuses_what_does_not_fit_naming_the_largest_part_and_its_option() {
+        let config = ModelConfig::language_model(65, 128, 1);
+        let e = estimate(&config, &shape(32, 64));
+        let needed = e.total();
+        let room = |bytes: u128| {
+            Some(Available {
+                bytes: bytes as u64,
+                source: "available (test)".into(),
+            })
+        };
+        assert!(check_within("train", &e, room(needed)).is_ok());
+        assert!(check_within("train", &e, None).is_ok(), "unknown limits");
+        let Err(Error::Memory {
+            needed: n,
+            available,
+            message,
+        }) = check_within("train", &e, room(needed - 1))
+        else {
+            panic!("refused")
+        };
+        assert_eq!((n, available), (needed, needed - 1));
+        assert!(message.starts_with("train needs about "), "{message}");
+        assert!(message.contains("available (test)"), "{message}");
+        assert!(message.contains("lower --batch or --seq-len"), "{message}");
+        // Without readable limits, only what no machine has is refused.
+        let absurd = estimate(&config, &shape(1 << 40, 64));
+        let message = check_within("train", &absurd, None)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("2^48"), "{message}");
+    }
+
+    #[test]
+    fn the_limits_are_read_from_proc() {
+        let meminfo = "MemTotal:       16000000 kB\nMemAvailable:    8000000 kB\n";
+        assert_eq!(kib_field(meminfo, "MemAvailable:"), Some(8_192_000_000));
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max address space         4294967296           unlimited            bytes\n";
+        assert_eq!(address_limit(limits), Some(1 << 32));
+        let unlimited =
+            "Max address space         unlimited            unlimited            bytes\n";
+        assert_eq!(address_limit(unlimited), None);
+        assert!(available().is_some(), "Linux has /proc/meminfo");
+        assert_eq!(bytes_text(3 << 30), "3.0 GiB");
+        assert_eq!(bytes_text(512), "512 bytes");
+    }
+}
