@@ -79,6 +79,32 @@ pub fn check_evaluation(
     memory::check(command, &memory::estimate(config, &shape))
 }
 
+/// Refuses a benchmarked training step of `config` over `train` that does not fit in memory.
+pub fn check_bench_step(config: &ModelConfig, train: Rows) -> unroll::Result<()> {
+    let lower = Lower {
+        model: "--hidden, --layers, --embed or --vocab-size".into(),
+        train: "--batch or --seq-len".into(),
+        eval: String::new(),
+        kept: String::new(),
+    };
+    let shape = shape(Some(train), None, lower);
+    memory::check("bench", &memory::estimate(config, &shape))
+}
+
+/// Refuses a benchmarked product `C = A B` of `m x k` by `k x n` that does not fit in memory:
+/// each operand is filled on the host and copied to the device.
+pub fn check_bench_matmul((m, n, k): (usize, usize, usize)) -> unroll::Result<()> {
+    let mut estimate = memory::Estimate::default();
+    let p = |a: usize, b: usize| (a as u128).saturating_mul(b as u128).saturating_mul(2);
+    let values = p(m, k).saturating_add(p(k, n)).saturating_add(p(m, n));
+    estimate.push(
+        format!("the operands of a {m}x{n}x{k} product"),
+        values,
+        "--matmul-shape",
+    );
+    memory::check("bench --matmul", &estimate)
+}
+
 /// The longest pair of `data`: its line in the file and its steps (line 0 and 1 step when there
 /// is none).
 pub fn longest_pair(data: &Pairs) -> (usize, usize) {

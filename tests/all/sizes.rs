@@ -400,12 +400,14 @@ const VALUES: [&str; 6] = [
 ];
 
 /// The fuzz cases of one command: its fixed arguments, its size options with their legal small
-/// values, and the options that run (train, stream) for as long as they say: those may still
-/// be running, sound, at the deadline.
+/// values (empty: not given), and the options that run (train, stream) for as long as they
+/// say: those may still be running, sound, at the deadline.
 struct FuzzCommand {
     fixed: Vec<String>,
     sizes: Vec<(&'static str, &'static str)>,
     runs_on: &'static [&'static str],
+    /// Values not tried (legal ones that would start a long run).
+    skipped: &'static [&'static str],
 }
 
 impl FuzzCommand {
@@ -450,6 +452,7 @@ fn fuzz_commands(f: &Fixture) -> Vec<FuzzCommand> {
         ]
         .concat(),
         runs_on: &["--steps", "--epochs", "--sample"],
+        skipped: &[],
     };
     let lm = ["--corpus", &corpus];
     vec![
@@ -498,11 +501,13 @@ fn fuzz_commands(f: &Fixture) -> Vec<FuzzCommand> {
             ]),
             sizes: vec![("--batch", "4"), ("--seq-len", "8")],
             runs_on: &[],
+            skipped: &[],
         },
         FuzzCommand {
             fixed: s(&["sample", "--device", "cpu", "--model", &f.path("lm")]),
             sizes: vec![("--length", "10"), ("--top-k", ""), ("--seed", "")],
             runs_on: &["--length"],
+            skipped: &[],
         },
         FuzzCommand {
             fixed: s(&[
@@ -516,6 +521,7 @@ fn fuzz_commands(f: &Fixture) -> Vec<FuzzCommand> {
             ]),
             sizes: vec![("--batch", "4")],
             runs_on: &[],
+            skipped: &[],
         },
         FuzzCommand {
             fixed: s(&["example", "echo", "--out", &f.path("example.jsonl")]),
@@ -526,7 +532,33 @@ fn fuzz_commands(f: &Fixture) -> Vec<FuzzCommand> {
                 ("--symbols", ""),
             ],
             runs_on: &[],
+            skipped: &[],
         },
+        // Only refused sizes: a legal one would start a benchmark.
+        FuzzCommand {
+            fixed: s(&["bench", "--device", "cpu", "--quick"]),
+            sizes: [
+                "--hidden",
+                "--batch",
+                "--seq-len",
+                "--layers",
+                "--vocab-size",
+                "--embed",
+                "--threads",
+            ]
+            .map(|o| (o, ""))
+            .to_vec(),
+            runs_on: &[],
+            skipped: &["1"],
+        },
+        train(
+            &[&lm[..], &["--lr-schedule", "step"]].concat(),
+            vec![("--seq-len", "8"), ("--lr-decay-every", "")],
+        ),
+        train(
+            &[&lm[..], &["--lr-schedule", "plateau", "--eval-every", "1"]].concat(),
+            vec![("--seq-len", "8"), ("--patience", "")],
+        ),
     ]
 }
 
@@ -566,8 +598,8 @@ fn every_size_option_at_any_value_exits_cleanly() {
     let mut cases: Vec<(Vec<String>, bool)> = Vec::new();
     for c in &commands {
         for (option, _) in &c.sizes {
-            for value in VALUES {
-                let runs_on = c.runs_on.contains(option) && value != "0";
+            for value in VALUES.iter().filter(|v| !c.skipped.contains(v)) {
+                let runs_on = c.runs_on.contains(option) && *value != "0";
                 cases.push((c.args(&[(option, value)]), runs_on));
             }
         }
