@@ -113,55 +113,56 @@ impl Fixture {
         let f = Fixture {
             dir: tempfile::tempdir().unwrap(),
         };
-        let words = ["ab", "cd", "ef", "gh", "abc"];
+        let vocab = ["ab", "cd", "ef", "gh", "abc"];
         let text: String = (0..600)
-            .map(|i| format!("{} {}\n", words[i % 5], words[(i * 7 + 3) % 5]))
+            .map(|i| format!("{} {}\n", vocab[i % 5], vocab[(i * 7 + 3) % 5]))
             .collect();
         std::fs::write(f.path("corpus.txt"), text).unwrap();
         let corpus = f.path("corpus.txt");
         for (out, mode) in [("lm", "stream"), ("lines", "lines")] {
             let out = f.path(out);
-            ok(&[
-                "train",
-                "--device",
-                "cpu",
-                "--corpus",
-                &corpus,
-                "--hidden",
-                "8",
-                "--steps",
-                "0",
-                "--sequences",
-                mode,
-                "--out",
-                &out,
-            ]);
+            let fixed = "train --device cpu --hidden 8 --steps 0 --sequences";
+            ok(&strs(&words(
+                fixed,
+                &[mode, "--corpus", &corpus, "--out", &out],
+            )));
         }
         let pairs = f.path("pairs.jsonl");
         ok(&["example", "echo", "--count", "60", "--out", &pairs]);
-        ok(&[
-            "train",
-            "--device",
-            "cpu",
-            "--pairs",
-            &pairs,
-            "--input",
-            "class",
-            "--output",
-            "class",
-            "--hidden",
-            "8",
-            "--steps",
-            "0",
-            "--out",
-            &f.path("pm"),
-        ]);
+        let fixed = "train --device cpu --input class --output class --hidden 8 --steps 0";
+        let paths = ["--pairs", &pairs, "--out", &f.path("pm")];
+        ok(&strs(&words(fixed, &paths)));
         f
     }
 
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).to_str().unwrap().to_string()
     }
+
+    /// A small, quick training of a language model on the corpus into `out`, sampling
+    /// `sample` tokens after it.
+    fn small_run(&self, out: &str, sample: &str) -> Vec<String> {
+        let corpus = self.path("corpus.txt");
+        let fixed = "train --device cpu --hidden 8 --steps 1 --batch 4 --seq-len 8";
+        words(
+            fixed,
+            &["--corpus", &corpus, "--sample", sample, "--out", out],
+        )
+    }
+}
+
+/// The words of `fixed`, then `more`, as arguments.
+fn words(fixed: &str, more: &[&str]) -> Vec<String> {
+    let fixed = fixed.split_whitespace();
+    fixed
+        .chain(more.iter().copied())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Borrowed arguments.
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 /// A pairs file with one pair of `steps` steps on its second line.
@@ -198,111 +199,61 @@ fn set_saved_batch(dir: &str, batch: &str) {
 #[test]
 fn sizes_that_do_not_fit_are_refused_with_the_estimate_and_the_option_to_lower() {
     let f = Fixture::new();
-    let (corpus, pairs, long) = (
-        f.path("corpus.txt"),
-        f.path("pairs.jsonl"),
-        f.path("long.jsonl"),
-    );
+    let (pairs, long) = (f.path("pairs.jsonl"), f.path("long.jsonl"));
     write_long_pair(&long, 2_000_000);
     let resumed = f.path("resumed");
-    ok(&[
-        "train",
-        "--device",
-        "cpu",
-        "--corpus",
-        &corpus,
-        "--hidden",
-        "8",
-        "--steps",
-        "1",
-        "--batch",
-        "4",
-        "--seq-len",
-        "8",
-        "--sample",
-        "0",
-        "--out",
-        &resumed,
-    ]);
+    ok(&strs(&f.small_run(&resumed, "0")));
     set_saved_batch(&resumed, "1000000000");
     let saved = std::fs::read(Path::new(&resumed).join("state.safetensors")).unwrap();
     let out = f.path("out");
-    let train = |extra: &[&str]| -> Vec<String> {
-        let base = ["train", "--device", "cpu", "--steps", "1", "--out", &out];
-        base.iter().chain(extra).map(|s| s.to_string()).collect()
-    };
-    let with = |args: &[&str]| -> Vec<String> { args.iter().map(|s| s.to_string()).collect() };
     let (lm, pm) = (f.path("lm"), f.path("pm"));
+    let train = |fixed: &str, paths: &[&str]| {
+        let at = [paths, &["--out", &out]].concat();
+        let device = if fixed.contains("--device") {
+            ""
+        } else {
+            "--device cpu"
+        };
+        words(&format!("train --steps 1 {device} {fixed}"), &at)
+    };
+    let billion = "1000000000";
+    let pairs_of = |path| ["--pairs", path, "--input", "class", "--output", "class"];
     // (arguments, what the message names besides the estimate)
     let cases: Vec<(Vec<String>, &[&str])> = vec![
-        (train(&["--hidden", "60000"]), &["--hidden", "GiB"]),
+        (train("--hidden 60000", &[]), &["--hidden", "GiB"]),
+        // The host memory guard runs before the GPU engine is set up.
+        (train("--hidden 60000 --device gpu", &[]), &["--hidden"]),
         (
-            // The host memory guard runs before the GPU engine is set up.
-            with(&[
-                "train", "--device", "gpu", "--hidden", "60000", "--out", &out,
-            ]),
-            &["--hidden"],
-        ),
-        (
-            train(&["--sequences", "lines", "--batch", "1000000000"]),
+            train("--sequences lines --batch 1000000000", &[]),
             &["--batch", "TiB"],
         ),
         (
-            train(&["--sequences", "lines", "--seq-len", "1000000000"]),
+            train("--sequences lines --seq-len 1000000000", &[]),
             &["--seq-len"],
         ),
-        (train(&["--seq-len", "1000000000"]), &["--seq-len"]),
+        (train("--seq-len 1000000000", &[]), &["--seq-len"]),
+        (train("--batch 1000000000", &pairs_of(&pairs)), &["--batch"]),
         (
-            train(&[
-                "--pairs",
-                &pairs,
-                "--input",
-                "class",
-                "--output",
-                "class",
-                "--batch",
-                "1000000000",
-            ]),
-            &["--batch"],
-        ),
-        (
-            train(&["--pairs", &long, "--input", "class", "--output", "class"]),
+            train("", &pairs_of(&long)),
             &["line 2 of the pairs file, 2000000 steps"],
         ),
         (
-            with(&[
-                "eval",
-                "--device",
-                "cpu",
-                "--model",
-                &lm,
-                "--seq-len",
-                "1000000000",
-            ]),
+            words("eval --device cpu --seq-len", &[billion, "--model", &lm]),
             &["--seq-len", "eval needs"],
         ),
         (
-            with(&[
-                "predict",
-                "--device",
-                "cpu",
-                "--model",
-                &pm,
-                "--pairs",
-                &pairs,
-                "--batch",
-                "1000000000",
-            ]),
+            words(
+                "predict --device cpu --batch",
+                &[billion, "--model", &pm, "--pairs", &pairs],
+            ),
             &["--batch", "predict needs"],
         ),
         (
-            with(&[
-                "train", "--device", "cpu", "--resume", &resumed, "--steps", "2",
-            ]),
+            words("train --device cpu --steps 2 --resume", &[&resumed]),
             &["B=1000000000", "a resumed run keeps its settings"],
         ),
         (
-            train(&["--batch", U64_MAX, "--seq-len", U64_MAX]),
+            train("", &["--batch", U64_MAX, "--seq-len", U64_MAX]),
             &["overflow 64-bit arithmetic"],
         ),
     ];
@@ -363,30 +314,8 @@ fn samples_of_any_length_stream_and_end_quietly_when_the_reader_stops() {
         ],
         2000,
     );
-    let corpus = f.path("corpus.txt");
     let out = f.path("out");
-    stops_with_its_reader(
-        &[
-            "train",
-            "--device",
-            "cpu",
-            "--corpus",
-            &corpus,
-            "--hidden",
-            "8",
-            "--steps",
-            "1",
-            "--batch",
-            "4",
-            "--seq-len",
-            "8",
-            "--sample",
-            U64_MAX,
-            "--out",
-            &out,
-        ],
-        2000,
-    );
+    stops_with_its_reader(&strs(&f.small_run(&out, U64_MAX)), 2000);
 }
 
 /// The values every size option is tried at.
@@ -432,23 +361,26 @@ impl FuzzCommand {
     }
 }
 
-fn fuzz_commands(f: &Fixture) -> Vec<FuzzCommand> {
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    let (corpus, pairs) = (f.path("corpus.txt"), f.path("pairs.jsonl"));
-    let train = |extra: &[&str], sizes: Vec<(&'static str, &'static str)>| FuzzCommand {
-        fixed: s(&[
-            &["train", "--device", "cpu", "--out", &f.path("out")][..],
-            extra,
-        ]
-        .concat()),
+/// Size options with their legal values, from `--option=value` words (an empty value: not
+/// given).
+fn sizes(spec: &'static str) -> Vec<(&'static str, &'static str)> {
+    spec.split_whitespace()
+        .map(|w| w.split_once('=').expect("--option=value"))
+        .collect()
+}
+
+/// The fuzz cases of `unroll train`: language models (streams, lines, words, the schedules'
+/// counts) and pairs.
+fn train_fuzz(f: &Fixture) -> Vec<FuzzCommand> {
+    let (corpus, pairs, out) = (f.path("corpus.txt"), f.path("pairs.jsonl"), f.path("out"));
+    let train = |fixed: &str, more: &[&str], spec: &'static str| FuzzCommand {
+        fixed: words(
+            &format!("train --device cpu {fixed}"),
+            &[more, &["--out", &out]].concat(),
+        ),
         sizes: [
-            vec![
-                ("--hidden", "8"),
-                ("--steps", "1"),
-                ("--batch", "4"),
-                ("--sample", "0"),
-            ],
-            sizes,
+            sizes("--hidden=8 --steps=1 --batch=4 --sample=0"),
+            sizes(spec),
         ]
         .concat(),
         runs_on: &["--steps", "--epochs", "--sample"],
@@ -457,108 +389,70 @@ fn fuzz_commands(f: &Fixture) -> Vec<FuzzCommand> {
     let lm = ["--corpus", &corpus];
     vec![
         train(
+            "",
             &lm,
-            vec![
-                ("--seq-len", "8"),
-                ("--epochs", ""),
-                ("--layers", "1"),
-                ("--embed", ""),
-                ("--val-tokens", ""),
-                ("--final-val-tokens", ""),
-                ("--eval-every", ""),
-                ("--checkpoint-every", ""),
-                ("--log-every", ""),
-                ("--lr-decay-every", ""),
-                ("--patience", ""),
-                ("--seed", ""),
-            ],
+            "--seq-len=8 --epochs= --layers=1 --embed= --val-tokens= --final-val-tokens= \
+             --eval-every= --checkpoint-every= --log-every= --seed=",
+        ),
+        train("--sequences lines", &lm, "--seq-len=8 --val-tokens="),
+        train(
+            "--vocab words",
+            &lm,
+            "--seq-len=8 --max-vocab= --min-count=",
+        ),
+        train("--lr-schedule step", &lm, "--seq-len=8 --lr-decay-every="),
+        train(
+            "--lr-schedule plateau --eval-every 1",
+            &lm,
+            "--seq-len=8 --patience=",
         ),
         train(
-            &[&lm[..], &["--sequences", "lines"]].concat(),
-            vec![("--seq-len", "8"), ("--val-tokens", "")],
+            "--input class --output class",
+            &["--pairs", &pairs],
+            "--input-classes= --output-classes= --val-tokens=",
         ),
-        train(
-            &[&lm[..], &["--vocab", "words"]].concat(),
-            vec![("--seq-len", "8"), ("--max-vocab", ""), ("--min-count", "")],
-        ),
-        train(
-            &["--pairs", &pairs, "--input", "class", "--output", "class"],
-            vec![
-                ("--input-classes", ""),
-                ("--output-classes", ""),
-                ("--val-tokens", ""),
-            ],
-        ),
+    ]
+}
+
+/// The fuzz cases of the other commands.
+fn other_fuzz(f: &Fixture) -> Vec<FuzzCommand> {
+    let (lm, pm) = (f.path("lm"), f.path("pm"));
+    let command = |fixed: &str, more: &[&str], spec: &'static str| FuzzCommand {
+        fixed: words(fixed, more),
+        sizes: sizes(spec),
+        runs_on: &[],
+        skipped: &[],
+    };
+    let corpus = ["--model", &lm, "--corpus", &f.path("corpus.txt")];
+    vec![
+        command("eval --device cpu", &corpus, "--batch=4 --seq-len=8"),
         FuzzCommand {
-            fixed: s(&[
-                "eval",
-                "--device",
-                "cpu",
-                "--model",
-                &f.path("lm"),
-                "--corpus",
-                &corpus,
-            ]),
-            sizes: vec![("--batch", "4"), ("--seq-len", "8")],
-            runs_on: &[],
-            skipped: &[],
-        },
-        FuzzCommand {
-            fixed: s(&["sample", "--device", "cpu", "--model", &f.path("lm")]),
-            sizes: vec![("--length", "10"), ("--top-k", ""), ("--seed", "")],
             runs_on: &["--length"],
-            skipped: &[],
+            ..command(
+                "sample --device cpu",
+                &["--model", &lm],
+                "--length=10 --top-k= --seed=",
+            )
         },
-        FuzzCommand {
-            fixed: s(&[
-                "predict",
-                "--device",
-                "cpu",
-                "--model",
-                &f.path("pm"),
-                "--pairs",
-                &pairs,
-            ]),
-            sizes: vec![("--batch", "4")],
-            runs_on: &[],
-            skipped: &[],
-        },
-        FuzzCommand {
-            fixed: s(&["example", "echo", "--out", &f.path("example.jsonl")]),
-            sizes: vec![
-                ("--count", "10"),
-                ("--length", "5"),
-                ("--delay", ""),
-                ("--symbols", ""),
-            ],
-            runs_on: &[],
-            skipped: &[],
-        },
+        command(
+            "predict --device cpu",
+            &["--model", &pm, "--pairs", &f.path("pairs.jsonl")],
+            "--batch=4",
+        ),
+        command(
+            "example echo",
+            &["--out", &f.path("example.jsonl")],
+            "--count=10 --length=5 --delay= --symbols=",
+        ),
         // Only refused sizes: a legal one would start a benchmark.
         FuzzCommand {
-            fixed: s(&["bench", "--device", "cpu", "--quick"]),
-            sizes: [
-                "--hidden",
-                "--batch",
-                "--seq-len",
-                "--layers",
-                "--vocab-size",
-                "--embed",
-                "--threads",
-            ]
-            .map(|o| (o, ""))
-            .to_vec(),
-            runs_on: &[],
             skipped: &["1"],
+            ..command(
+                "bench --device cpu --quick",
+                &[],
+                "--hidden= --batch= --seq-len= --layers= --vocab-size= --embed= --threads=",
+            )
         },
-        train(
-            &[&lm[..], &["--lr-schedule", "step"]].concat(),
-            vec![("--seq-len", "8"), ("--lr-decay-every", "")],
-        ),
-        train(
-            &[&lm[..], &["--lr-schedule", "plateau", "--eval-every", "1"]].concat(),
-            vec![("--seq-len", "8"), ("--patience", "")],
-        ),
     ]
 }
 
@@ -594,7 +488,8 @@ const COMBINATIONS: &[(&str, &[(&str, &str)])] = &[
 #[test]
 fn every_size_option_at_any_value_exits_cleanly() {
     let f = Fixture::new();
-    let commands = fuzz_commands(&f);
+    let mut commands = train_fuzz(&f);
+    commands.extend(other_fuzz(&f));
     let mut cases: Vec<(Vec<String>, bool)> = Vec::new();
     for c in &commands {
         for (option, _) in &c.sizes {
