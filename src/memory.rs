@@ -23,9 +23,14 @@ const VALUE: u128 = 4;
 pub const MAX_BYTES: u128 = 1 << 48;
 
 /// Copies of the flat parameter buffer a training run holds at once: parameters, gradients and
-/// two optimizer moments in the engine, and the parameters and moments read back and serialized
-/// when a checkpoint is written.
-const MODEL_COPIES: u128 = 8;
+/// two optimizer moments in the engine, the last good training state kept to go back to, and
+/// the parameters and moments read back and serialized when the checkpoints are written
+/// (measured: a peak of 15 copies for models whose parameters dominate).
+const MODEL_COPIES: u128 = 16;
+
+/// Copies of the flat parameter buffer a run without training holds: the engine's four (it
+/// keeps gradients and moments beside the parameters) and the checkpoint's.
+const INFERENCE_COPIES: u128 = 5;
 
 /// A batch of `rows` sequences of `steps` time steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,7 +200,7 @@ pub fn estimate(config: &ModelConfig, shape: &Shape) -> Estimate {
     let copies = if shape.train.is_some() {
         MODEL_COPIES
     } else {
-        2
+        INFERENCE_COPIES
     };
     e.push(
         format!(
@@ -207,7 +212,7 @@ pub fn estimate(config: &ModelConfig, shape: &Shape) -> Estimate {
             if shape.train.is_some() {
                 ", with gradients, optimizer moments and checkpoint copies"
             } else {
-                ""
+                ", with the engine's copies"
             }
         ),
         param_count(config).saturating_mul(copies),

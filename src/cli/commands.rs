@@ -44,6 +44,12 @@ fn load_lm(path: &Path) -> anyhow::Result<(Checkpoint, Vocab)> {
 
 pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
     let (ckpt, vocab) = load_lm(&a.model)?;
+    // The prime runs as one sequence of at most one token per byte; the sample keeps nothing.
+    let prime_steps = Rows {
+        rows: 1,
+        steps: a.prime.len().max(1),
+    };
+    check_evaluation("sample", &ckpt.config, prime_steps, Vec::new(), "--prime")?;
     let (mut engine, note) = create_engine(a.device.into(), &ckpt.config, &ckpt.params)?;
     eprintln!("{note}");
     let (mut prime, unknown) = vocab.encode(&a.prime);

@@ -567,13 +567,15 @@ fn the_estimate_is_within_a_factor_of_two_of_the_real_peak() {
     let text: Vec<u8> = (0..90_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&corpus, text).unwrap();
     // (cell, H, layers, embedding, B, T): a plain and a gated cell, with and without an
-    // embedding, so that states, gates, logits and the evaluation batch all count.
+    // embedding, so that states, gates, logits and the evaluation batch all count; and a model
+    // whose parameters (and their copies) dominate.
     let shapes = [
         (Cell::Rnn, 64, 2, Some(16), 64, 64),
         (Cell::Lstm, 128, 1, None, 32, 64),
+        (Cell::Rnn, 1000, 1, None, 1, 2),
     ];
     for (cell, h, layers, embed, b, t) in shapes {
-        let out = dir.path().join(format!("{cell:?}"));
+        let out = dir.path().join(format!("{cell:?}-{h}"));
         let mut args: Vec<String> = [
             "train", "--device", "cpu", "--vocab", "bytes", "--steps", "2", "--sample", "0",
         ]
