@@ -82,6 +82,12 @@ mod tests {
         assert_eq!(status(unroll::Error::Config("bad".into()).into()), 2);
         let context = anyhow::Error::from(unroll::Error::Config("bad".into())).context("while");
         assert_eq!(status(context), 2, "a configuration error under context");
+        let memory = unroll::Error::Memory {
+            needed: 1 << 40,
+            available: 1 << 30,
+            message: "train needs about 1.0 TiB of memory".into(),
+        };
+        assert_eq!(status(memory.into()), 2, "a size that does not fit");
         assert_eq!(
             status(unroll::Error::Misuse("backward first".into()).into()),
             1
