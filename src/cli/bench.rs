@@ -169,7 +169,7 @@ pub struct BenchArgs {
     /// Python interpreter for the PyTorch baseline.
     #[arg(long, default_value = "python3")]
     pub python: String,
-    /// CPU threads for the CPU engine's GEMMs and for PyTorch.
+    /// CPU threads for the CPU engine's GEMMs and for PyTorch (1 to 1024).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Seed of the parameters and of the random tokens.
