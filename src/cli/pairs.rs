@@ -153,7 +153,7 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
     let (longest, option) = (longest_pair(&data).1, pair_steps_option(&data));
     let guard = |c: &ModelConfig| check_training(c, (s.batch, longest), longest, &option, false);
     let params = fresh_model(&s, &a.given, &mut config, checkpoint, guard)?;
-    let run = s.run_spec(optimization, Some(path.display().to_string()), data.len());
+    let run = s.run_spec(optimization, Some(path.display().to_string()), data.len())?;
     let engine = fresh_engine(a, &config, &params, s.batch, &s.out)?;
     Ok(Setup {
         data,

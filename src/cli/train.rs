@@ -303,7 +303,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     let split = Split::of(&corpus, s.sequences, s.val_frac);
     let optimization = s.optimization(batches_per_epoch(&corpus, &split, &s)?)?;
     let path = a.corpus.as_ref().map(|p| p.display().to_string());
-    let run = s.run_spec(optimization, path, corpus.len());
+    let run = s.run_spec(optimization, path, corpus.len())?;
     let engine = fresh_engine(a, &config, &params, s.batch, &s.out)?;
     Ok(Setup {
         corpus,

@@ -20,6 +20,7 @@ mod pairs_cli;
 mod pairs_data;
 mod pytorch;
 mod row_split;
+mod saved_state;
 mod shaders;
 mod sizes;
 mod training;
