@@ -2,7 +2,7 @@
 //! estimates them, checked before the engine, the parameters or the batches are allocated.
 
 use unroll::data::pairs::Pairs;
-use unroll::engine::DEFAULT_LOGIT_BUDGET;
+use unroll::engine::select::logit_budget;
 use unroll::memory::{self, Lower, Rows, Shape};
 use unroll::model::ModelConfig;
 use unroll::train::trainer::eval_rows;
@@ -10,15 +10,15 @@ use unroll::train::trainer::eval_rows;
 /// The options that size a model, as a refusal names them.
 const MODEL_OPTIONS: &str = "--hidden, --layers or --embed (or the vocabulary, --max-vocab)";
 
-/// A shape with the default logit budget and nothing kept besides.
-fn shape(train: Option<Rows>, eval: Option<Rows>, lower: Lower) -> Shape {
-    Shape {
+/// A shape with the logit budget the engines get and nothing kept besides.
+fn shape(train: Option<Rows>, eval: Option<Rows>, lower: Lower) -> unroll::Result<Shape> {
+    Ok(Shape {
         train,
         eval,
-        logit_budget: DEFAULT_LOGIT_BUDGET,
+        logit_budget: logit_budget()?,
         kept: Vec::new(),
         lower,
-    }
+    })
 }
 
 /// Refuses a training run of `config` over batches of `batch` rows of `steps` steps (evaluated
@@ -53,7 +53,7 @@ pub fn check_training(
             kept: String::new(),
         }
     };
-    let shape = shape(Some(train), Some(eval), lower);
+    let shape = shape(Some(train), Some(eval), lower)?;
     memory::check("this training run", &memory::estimate(config, &shape))
 }
 
@@ -74,7 +74,7 @@ pub fn check_evaluation(
     };
     let shape = Shape {
         kept,
-        ..shape(None, Some(eval), lower)
+        ..shape(None, Some(eval), lower)?
     };
     memory::check(command, &memory::estimate(config, &shape))
 }
@@ -87,7 +87,7 @@ pub fn check_bench_step(config: &ModelConfig, train: Rows) -> unroll::Result<()>
         eval: String::new(),
         kept: String::new(),
     };
-    let shape = shape(Some(train), None, lower);
+    let shape = shape(Some(train), None, lower)?;
     memory::check("bench", &memory::estimate(config, &shape))
 }
 
