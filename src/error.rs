@@ -53,6 +53,17 @@ pub enum Error {
     /// caller, not in its input.
     #[error("engine called out of order: {0}")]
     Misuse(String),
+    /// The memory a run needs, estimated from its shapes before anything is allocated, is more
+    /// than the process may use (or its sizes overflow the arithmetic); the message names the
+    /// largest parts and the option to lower (see `crate::memory`).
+    #[error("{message}")]
+    Memory {
+        /// Bytes needed (saturating).
+        needed: u128,
+        /// Bytes the process may use.
+        available: u128,
+        message: String,
+    },
 }
 
 impl Error {

@@ -53,6 +53,7 @@ pub mod bench;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod memory;
 pub mod model;
 pub mod sample;
 pub mod train;

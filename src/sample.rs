@@ -1,6 +1,8 @@
 //! Generation from a language model: prime text, then one token at a time drawn from the
 //! softmax output with a temperature and an optional top-k cut.
 
+use std::ops::ControlFlow;
+
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -112,16 +114,26 @@ impl<'a> TextStream<'a> {
     }
 }
 
+/// How a sample ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sampled {
+    /// Tokens generated.
+    pub tokens: usize,
+    /// The last token generated (`None`: none).
+    pub last: Option<u32>,
+}
+
 /// Feeds `prime` (at least one token) and generates up to `opts.length` tokens, stopping early
-/// at the end-of-line token of a lines-mode vocabulary. Each piece of text is passed to `out` as
-/// soon as it is known (not the prime). Returns the generated tokens.
+/// at the end-of-line token of a lines-mode vocabulary, or when `out` breaks. Each piece of text
+/// is passed to `out` as soon as it is known (not the prime); nothing is kept, so any length
+/// runs in the memory of one token.
 pub fn sample(
     engine: &mut dyn Engine,
     vocab: &Vocab,
     prime: &[u32],
     opts: &SampleOptions,
-    out: &mut dyn FnMut(&str),
-) -> Result<Vec<u32>> {
+    out: &mut dyn FnMut(&str) -> ControlFlow<()>,
+) -> Result<Sampled> {
     let cfg = engine.config().clone();
     if cfg.input_kind != InputKind::OneHot || cfg.output_kind != OutputKind::Softmax {
         return Err(Error::Config(
@@ -173,16 +185,29 @@ pub fn sample(
     }
     let mut probs = step(engine, std::slice::from_ref(last), true)?;
     let mut text = TextStream::new(vocab, prime);
-    let mut tokens = Vec::with_capacity(opts.length);
+    let mut sampled = Sampled {
+        tokens: 0,
+        last: None,
+    };
+    let mut piece = String::new();
     for _ in 0..opts.length {
         let tok = draw(&probs, opts.temperature, opts.top_k, &mut rng);
-        tokens.push(tok);
-        text.push(tok, out);
+        sampled.tokens += 1;
+        sampled.last = Some(tok);
+        piece.clear();
+        text.push(tok, &mut |s| piece.push_str(s));
+        if !piece.is_empty() && out(&piece).is_break() {
+            return Ok(sampled);
+        }
         if Some(tok) == vocab.end_token() {
             break;
         }
         probs = step(engine, &[tok], true)?;
     }
-    text.flush(out);
-    Ok(tokens)
+    piece.clear();
+    text.flush(&mut |s| piece.push_str(s));
+    if !piece.is_empty() {
+        let _ = out(&piece);
+    }
+    Ok(sampled)
 }

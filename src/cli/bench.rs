@@ -13,6 +13,8 @@ use unroll::bench::{
 use unroll::engine::gpu::GpuContext;
 
 use super::options::with_default;
+use super::sizes::{check_bench_matmul, check_bench_step};
+use unroll::memory::Rows;
 
 /// `--recurrence`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -167,7 +169,7 @@ pub struct BenchArgs {
     /// Python interpreter for the PyTorch baseline.
     #[arg(long, default_value = "python3")]
     pub python: String,
-    /// CPU threads for the CPU engine's GEMMs and for PyTorch.
+    /// CPU threads for the CPU engine's GEMMs and for PyTorch (1 to 1024).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Seed of the parameters and of the random tokens.
@@ -210,6 +212,10 @@ struct Row {
 /// The number of threads the CPU engine's GEMMs use. They run on rayon's global pool, which
 /// reads RAYON_NUM_THREADS once, when it is first used, so it is set here, before any engine
 /// exists.
+/// The most CPU threads a benchmark may ask for: each thread reserves its stack, so an absurd
+/// count would exhaust the address space before the first step.
+const MAX_THREADS: usize = 1024;
+
 fn cpu_threads(asked: Option<usize>) -> anyhow::Result<usize> {
     const VAR: &str = "RAYON_NUM_THREADS";
     let env = std::env::var(VAR).ok();
@@ -224,7 +230,10 @@ fn cpu_threads(asked: Option<usize>) -> anyhow::Result<usize> {
     }
     let n = asked.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if n == 0 {
-        bail!("--threads must be at least 1");
+        usage!("--threads must be at least 1");
+    }
+    if n > MAX_THREADS {
+        usage!("--threads {n} is more than {MAX_THREADS}");
     }
     // SAFETY: called at the start of the command, before this process starts any thread
     // (no engine, device or pool exists yet), so nothing reads the environment concurrently.
@@ -284,7 +293,11 @@ fn shapes(a: &BenchArgs, device: DeviceKind) -> anyhow::Result<Vec<StepShape>> {
     for s in &mut out {
         s.layers = a.layers;
         s.embed = a.embed;
-        s.config()?;
+        let rows = Rows {
+            rows: s.batch,
+            steps: s.seq_len,
+        };
+        check_bench_step(&s.config()?, rows)?;
     }
     Ok(out)
 }
@@ -410,6 +423,9 @@ fn run_matmul(a: &BenchArgs) -> anyhow::Result<u8> {
             .map(|s| matmul::parse_shape(s))
             .collect::<Result<Vec<_>, _>>()?
     };
+    for &shape in &shapes {
+        check_bench_matmul(shape)?;
+    }
     let ctx = GpuContext::open(true).context("--matmul needs a GPU adapter")?;
     eprintln!("adapter: {}", ctx.info);
     let per_submit = a.block.unwrap_or(GPU_BLOCK);

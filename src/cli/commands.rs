@@ -1,6 +1,7 @@
 //! `unroll sample` and `unroll eval`.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -12,7 +13,9 @@ use unroll::model::{Checkpoint, InputKind, OutputKind};
 use unroll::sample::{SampleOptions, sample as generate};
 use unroll::train::trainer::{evaluate, evaluate_lm};
 
+use super::sizes::check_evaluation;
 use super::{EvalArgs, SampleArgs};
+use unroll::memory::Rows;
 
 /// Loads a language model and its vocabulary, checking that they belong together.
 fn load_lm(path: &Path) -> anyhow::Result<(Checkpoint, Vocab)> {
@@ -41,6 +44,12 @@ fn load_lm(path: &Path) -> anyhow::Result<(Checkpoint, Vocab)> {
 
 pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
     let (ckpt, vocab) = load_lm(&a.model)?;
+    // The prime runs as one sequence of at most one token per byte; the sample keeps nothing.
+    let prime_steps = Rows {
+        rows: 1,
+        steps: a.prime.len().max(1),
+    };
+    check_evaluation("sample", &ckpt.config, prime_steps, Vec::new(), "--prime")?;
     let (mut engine, note) = create_engine(a.device.into(), &ckpt.config, &ckpt.params)?;
     eprintln!("{note}");
     let (mut prime, unknown) = vocab.encode(&a.prime);
@@ -70,7 +79,6 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
         top_k: a.top_k,
         seed: a.seed,
     };
-    let mut stdout = std::io::stdout().lock();
     // Words are joined with their own spaces: the prime's trailing spaces (not its line
     // breaks, which are tokens) would double the one before the first sampled word.
     let shown = if vocab.word_list().is_some() {
@@ -79,26 +87,64 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
     } else {
         &a.prime
     };
-    write!(stdout, "{shown}")?;
+    write_sample(engine.as_mut(), &vocab, &prime, &opts, shown)
+}
+
+/// Writes `shown`, then the sample of `opts` from `prime` as it is drawn, then a line break, to
+/// standard output. Nothing is kept, so any `--length` streams; a reader that closes the pipe
+/// (`| head`) ends the sample quietly.
+pub fn write_sample(
+    engine: &mut dyn unroll::engine::Engine,
+    vocab: &Vocab,
+    prime: &[u32],
+    opts: &SampleOptions,
+    shown: &str,
+) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
     let mut failed = None;
-    generate(engine.as_mut(), &vocab, &prime, &opts, &mut |piece| {
-        if failed.is_none()
-            && let Err(e) = stdout
-                .write_all(piece.as_bytes())
-                .and_then(|_| stdout.flush())
-        {
-            failed = Some(e);
+    // After the first failed write, nothing more is written.
+    let mut write = |piece: &str| {
+        if failed.is_some() {
+            return ControlFlow::Break(());
         }
-    })?;
-    if let Some(e) = failed {
-        return Err(e).context("writing the sample to stdout");
+        match stdout
+            .write_all(piece.as_bytes())
+            .and_then(|_| stdout.flush())
+        {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    };
+    if write(shown).is_continue() {
+        generate(engine, vocab, prime, opts, &mut write)?;
     }
-    writeln!(stdout)?;
-    Ok(())
+    let _ = write("\n");
+    match failed {
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Some(e) => Err(e).context("writing the sample to standard output"),
+        None => Ok(()),
+    }
 }
 
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let (ckpt, vocab) = load_lm(&a.model)?;
+    if a.batch == 0 || a.seq_len == 0 {
+        usage!("--batch and --seq-len must be at least 1");
+    }
+    let eval = Rows {
+        rows: a.batch,
+        steps: a.seq_len,
+    };
+    check_evaluation(
+        "eval",
+        &ckpt.config,
+        eval,
+        Vec::new(),
+        "--batch or --seq-len",
+    )?;
     let corpus = Corpus::open(a.corpus.as_deref(), vocab.kind(), Some(vocab))?;
     let (mut engine, note) = create_engine(a.device.into(), &ckpt.config, &ckpt.params)?;
     eprintln!("{note}");

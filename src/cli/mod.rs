@@ -14,6 +14,7 @@ mod options;
 mod pairs;
 mod run;
 mod settings;
+mod sizes;
 mod train;
 
 /// The value of `--val-tokens`.
@@ -58,14 +59,14 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
-/// The exit status for an error: 2 for usage errors (ours and invalid configurations the
-/// library refuses), 1 for everything met while running, divergence and engine misuse (a bug,
+/// The exit status for an error: 2 for usage errors (ours, invalid configurations the library
+/// refuses and sizes that do not fit in memory), 1 for everything met while running, divergence and engine misuse (a bug,
 /// not a usage error) included.
 pub fn exit_status(e: &anyhow::Error) -> u8 {
     let usage = e.downcast_ref::<Usage>().is_some()
         || matches!(
             e.downcast_ref::<unroll::Error>(),
-            Some(unroll::Error::Config(_))
+            Some(unroll::Error::Config(_) | unroll::Error::Memory { .. })
         );
     if usage { 2 } else { 1 }
 }
@@ -81,6 +82,12 @@ mod tests {
         assert_eq!(status(unroll::Error::Config("bad".into()).into()), 2);
         let context = anyhow::Error::from(unroll::Error::Config("bad".into())).context("while");
         assert_eq!(status(context), 2, "a configuration error under context");
+        let memory = unroll::Error::Memory {
+            needed: 1 << 40,
+            available: 1 << 30,
+            message: "train needs about 1.0 TiB of memory".into(),
+        };
+        assert_eq!(status(memory.into()), 2, "a size that does not fit");
         assert_eq!(
             status(unroll::Error::Misuse("backward first".into()).into()),
             1

@@ -22,6 +22,7 @@ use super::run::{
     resumed_engine,
 };
 use super::settings::{Settings, fresh_model};
+use super::sizes::{check_evaluation, check_training, longest_pair, pair_steps_option};
 use super::train::as_limit;
 use super::{DeviceArg, TrainArgs};
 
@@ -128,6 +129,9 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
     check_fresh_out(a, &s.out)?;
     let (input, output) = step_kinds(a)?;
     s.check_val_frac()?;
+    if s.batch == 0 {
+        usage!("--batch must be at least 1");
+    }
     let p = &a.pairs;
     let data = Pairs::read(
         path,
@@ -149,7 +153,9 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
         None => None,
     };
     let checkpoint = init.as_ref().zip(a.init.as_deref());
-    let params = fresh_model(&s, &a.given, &mut config, checkpoint)?;
+    let (longest, option) = (longest_pair(&data).1, pair_steps_option(&data));
+    let guard = |c: &ModelConfig| check_training(c, (s.batch, longest), longest, &option, false);
+    let params = fresh_model(&s, &a.given, &mut config, checkpoint, guard)?;
     let run = s.run_spec(optimization, Some(path.display().to_string()), data.len())?;
     let engine = fresh_engine(a, &config, &params, s.batch, &s.out)?;
     Ok(Setup {
@@ -189,7 +195,8 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
             run.corpus_tokens
         );
     }
-    let engine = resumed_engine(a, &state, dir, &run)?;
+    let steps = (longest_pair(&data).1, pair_steps_option(&data));
+    let engine = resumed_engine(a, &state, dir, &run, (steps.0, &steps.1))?;
     Ok(Setup {
         data,
         driver: Driver::resumed(dir, run, state.progress, engine),
@@ -406,6 +413,34 @@ impl<'d> Collected<'d> {
     }
 }
 
+/// Refuses a prediction over `data` in batches of `batch` pairs that does not fit in memory: the
+/// batches and the predictions of every pair, kept until they are written (a class id per step
+/// of a class output, V values per step of the others).
+fn check_prediction(config: &ModelConfig, data: &Pairs, batch: usize) -> anyhow::Result<()> {
+    if batch == 0 {
+        usage!("--batch must be at least 1");
+    }
+    let eval = unroll::memory::Rows {
+        rows: batch,
+        steps: longest_pair(data).1,
+    };
+    let per_step = match PairsFormat::of_config(config).output.kind {
+        StepKind::Class => 2,
+        StepKind::Binary | StepKind::Real => config.output_size,
+    };
+    let kept = (data.steps() as u128).saturating_mul(per_step as u128);
+    let what = format!(
+        "the predictions of every pair ({} steps x {per_step} values)",
+        data.steps()
+    );
+    let lower = format!(
+        "--batch, or predict fewer pairs; {}",
+        pair_steps_option(data)
+    );
+    check_evaluation("predict", config, eval, vec![(what, kept)], &lower)?;
+    Ok(())
+}
+
 /// `unroll predict`: one JSON line per pair of the file, in order, with the predicted y; with
 /// `--pairs`, a summary `{"pairs", "steps", "loss", "accuracy"}` on standard error.
 pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
@@ -425,6 +460,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let mut data = read_for(path, &config, with_y)?;
     // Without y, batches carry zero targets of the model's output: the loss is not reported.
     data.output = Some(PairsFormat::of_config(&config).output);
+    check_prediction(&config, &data, a.batch)?;
     let (mut engine, note) = create_engine(a.device.into(), &config, &ckpt.params)?;
     eprintln!("{note}");
     let set = PairEval::new(&data, (0..data.len()).collect(), a.batch)?;
@@ -504,6 +540,30 @@ pub struct ExampleArgs {
     pub seed: u64,
 }
 
+/// Refuses an example file that would not fit in memory, where it is generated before it is
+/// written: about 24 bytes of text per step of `--count` pairs of up to `max_len` steps, and
+/// about 100 bytes per step of the pair being generated.
+fn check_example(a: &ExampleArgs, max_len: usize) -> anyhow::Result<()> {
+    if a.count == 0 {
+        usage!("--count must be at least 1");
+    }
+    let mut estimate = unroll::memory::Estimate::default();
+    let lower = "--count or --length";
+    let steps = (a.count as u128).saturating_mul(max_len as u128);
+    estimate.push(
+        format!("the text of {} pairs", a.count),
+        steps.saturating_mul(6),
+        lower,
+    );
+    estimate.push(
+        "the pair being drawn".into(),
+        (max_len as u128).saturating_mul(25),
+        lower,
+    );
+    unroll::memory::check("example", &estimate)?;
+    Ok(())
+}
+
 /// `unroll example TASK`: writes a generated pairs file.
 pub fn example(a: ExampleArgs) -> anyhow::Result<()> {
     let parse = |s: &str| {
@@ -515,6 +575,7 @@ pub fn example(a: ExampleArgs) -> anyhow::Result<()> {
         Some((lo, hi)) => (parse(lo)?, parse(hi)?),
         None => (parse(&a.length)?, parse(&a.length)?),
     };
+    check_example(&a, max_len)?;
     let task = match a.task {
         TaskArg::Echo => Task::Echo,
         TaskArg::Sum => Task::Sum,

@@ -22,6 +22,7 @@ use unroll::train::trainer::{Event, Outcome, Trainer, Validation};
 
 use super::TrainArgs;
 use super::options::{changed_on_resume, kept_on_resume};
+use super::sizes::check_training;
 
 /// SIGINT and SIGTERM set a flag that the trainer checks after every step. A signal that comes
 /// more than [`SIGNAL_GRACE`] after the first ends the process at once (files on disk are only
@@ -146,13 +147,16 @@ pub fn load_resumed(a: &TrainArgs, dir: &Path) -> anyhow::Result<(TrainState, Ru
     Ok((state, run))
 }
 
-/// The engine of a resumed run, with its optimizer moments and carried state restored.
+/// The engine of a resumed run, with its optimizer moments and carried state restored, once the
+/// memory guard has passed the saved sizes: the run's batch and `steps` (its T, and what sets it).
 pub fn resumed_engine(
     a: &TrainArgs,
     state: &TrainState,
     dir: &Path,
     run: &RunSpec,
+    (steps, option): (usize, &str),
 ) -> anyhow::Result<Box<dyn Engine>> {
+    check_training(&state.config, (run.batch, steps), steps, option, true)?;
     let (mut engine, note) = create_engine(a.device.into(), &state.config, &state.params)?;
     eprintln!("{note}");
     engine.set_optimizer_state(&state.optimizer)?;

@@ -232,12 +232,14 @@ impl Settings {
 
 /// Completes `config` (whose sizes are set) with the cell options of `s`, checks them, and gives
 /// the initial parameters (from `init`, or drawn with the seed). `given`: the options given,
-/// which some checks read.
+/// which some checks read; `guard` refuses the completed `config` before its parameters are
+/// allocated (the memory guard).
 pub fn fresh_model(
     s: &Settings,
     given: &Given,
     config: &mut ModelConfig,
     init: Option<(&Checkpoint, &Path)>,
+    guard: impl FnOnce(&ModelConfig) -> unroll::Result<()>,
 ) -> anyhow::Result<Vec<f32>> {
     let m = &s.model;
     config.activation = m.activation;
@@ -266,6 +268,7 @@ pub fn fresh_model(
             "--activation applies to --cell rnn only (the GRU and LSTM have fixed nonlinearities)"
         );
     }
+    guard(config)?;
     Ok(match init {
         Some((c, p)) => {
             c.check_config(config, p)?;

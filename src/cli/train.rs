@@ -10,12 +10,14 @@ use unroll::data::lm::{StreamBatches, StreamEval, StreamSource};
 use unroll::data::vocab::{Vocab, VocabKind, WordOptions};
 use unroll::data::{EvalSet, Sequences, TrainBatches};
 use unroll::model::{Cell, Checkpoint, ModelConfig};
-use unroll::sample::{SampleOptions, sample};
+use unroll::sample::SampleOptions;
 use unroll::train::state::RunSpec;
 use unroll::train::trainer::{Validation, eval_rows};
 
+use super::commands::write_sample;
 use super::run::{Driver, Signals, check_fresh_out, fresh_engine, load_resumed, resumed_engine};
 use super::settings::{Settings, fresh_model};
+use super::sizes::check_training;
 use super::{TrainArgs, VocabArg};
 
 const LN2: f64 = std::f64::consts::LN_2;
@@ -215,7 +217,7 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
             run.corpus_tokens
         );
     }
-    let engine = resumed_engine(a, &state, dir, &run)?;
+    let engine = resumed_engine(a, &state, dir, &run, (run.seq_len, "--seq-len"))?;
     Ok(Setup {
         corpus,
         driver: Driver::resumed(dir, run, state.progress, engine),
@@ -295,7 +297,9 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     let mut config =
         ModelConfig::language_model(corpus.vocab().len(), s.model.hidden, s.model.layers);
     let checkpoint = init.as_ref().zip(a.init.as_deref());
-    let params = fresh_model(&s, &a.given, &mut config, checkpoint)?;
+    let guard =
+        |c: &ModelConfig| check_training(c, (s.batch, s.seq_len), s.seq_len, "--seq-len", false);
+    let params = fresh_model(&s, &a.given, &mut config, checkpoint, guard)?;
     let split = Split::of(&corpus, s.sequences, s.val_frac);
     let optimization = s.optimization(batches_per_epoch(&corpus, &split, &s)?)?;
     let path = a.corpus.as_ref().map(|p| p.display().to_string());
@@ -361,12 +365,7 @@ fn sample_after(
         seed: run.seed,
     };
     eprintln!("--- sample ---");
-    let mut text = String::new();
-    sample(engine, vocab, &prime, &opts, &mut |piece| {
-        text.push_str(piece)
-    })?;
-    println!("{text}");
-    Ok(())
+    write_sample(engine, vocab, &prime, &opts, "")
 }
 
 /// `unroll train` of a language model, fresh or `--resume`d.

@@ -189,7 +189,7 @@ pub const EVAL_OUTPUTS: usize = 1 << 24;
 /// depends on the run's settings alone, so every evaluation of a run, resumed or not and on
 /// either engine, cuts the same batches.
 pub fn eval_rows(config: &ModelConfig, rows: usize, steps: usize) -> usize {
-    let per_row = steps.max(1) * config.output_size.max(1);
+    let per_row = steps.max(1).saturating_mul(config.output_size.max(1));
     (EVAL_OUTPUTS / per_row).min(EVAL_ROWS).max(rows)
 }
 

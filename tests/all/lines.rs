@@ -159,11 +159,14 @@ fn a_model_trained_on_lines_learns_to_end_them() {
             &vocab,
             &[vocab.start_token().unwrap()],
             &opts,
-            &mut |p| out.push_str(p),
+            &mut |p| {
+                out.push_str(p);
+                std::ops::ControlFlow::Continue(())
+            },
         )
         .unwrap();
         let line = out.trim_end_matches('\n').to_string();
-        let ended = toks.last() == vocab.end_token().as_ref();
+        let ended = toks.last == vocab.end_token();
         let words_ok = line.split(' ').count() == 3 && line.split(' ').all(|w| words.contains(&w));
         if ended && words_ok {
             good.push(line);

@@ -23,6 +23,7 @@ mod pytorch;
 mod row_split;
 mod saved_state;
 mod shaders;
+mod sizes;
 mod training;
 mod untrusted;
 mod val_bound;
