@@ -32,6 +32,10 @@ const MODEL_COPIES: u128 = 16;
 /// keeps gradients and moments beside the parameters) and the checkpoint's.
 const INFERENCE_COPIES: u128 = 5;
 
+/// Copies of the flat parameter buffer the engine itself holds: parameters, gradients and two
+/// moments. On a GPU with memory of its own they are not in the host's memory.
+const ENGINE_COPIES: u128 = 4;
+
 /// A batch of `rows` sequences of `steps` time steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rows {
@@ -53,6 +57,11 @@ pub struct Shape {
     pub kept: Vec<(String, u128)>,
     /// The options to lower, per part.
     pub lower: Lower,
+    /// Whether the engine's buffers (its copies of the parameters, the activations and the
+    /// logits) are in the host's memory: the CPU engine, a software or integrated GPU. On a
+    /// discrete GPU they are not, and only what the host holds is counted; the GPU's buffer
+    /// limits are checked when the engine lays out a batch shape.
+    pub engine_on_host: bool,
 }
 
 /// The options that shrink each part of an estimate, as the refusal names them.
@@ -201,6 +210,10 @@ pub fn estimate(config: &ModelConfig, shape: &Shape) -> Estimate {
         MODEL_COPIES
     } else {
         INFERENCE_COPIES
+    } - if shape.engine_on_host {
+        0
+    } else {
+        ENGINE_COPIES
     };
     e.push(
         format!(
@@ -230,19 +243,21 @@ pub fn estimate(config: &ModelConfig, shape: &Shape) -> Estimate {
         } else {
             "of the forward"
         };
-        e.push(
-            format!("the {name} activations {kept} (B={b} x T={t} x H per layer)"),
-            activations(config, r, name == "training"),
-            lower,
-        );
-        e.push(
-            format!(
-                "the {name} logits (B={b} x T={t} x V={})",
-                config.output_size
-            ),
-            logits(config, r, shape.logit_budget),
-            lower,
-        );
+        if shape.engine_on_host {
+            e.push(
+                format!("the {name} activations {kept} (B={b} x T={t} x H per layer)"),
+                activations(config, r, name == "training"),
+                lower,
+            );
+            e.push(
+                format!(
+                    "the {name} logits (B={b} x T={t} x V={})",
+                    config.output_size
+                ),
+                logits(config, r, shape.logit_budget),
+                lower,
+            );
+        }
         e.push(
             format!("the {name} batch (B={b} x T={t})"),
             batch(config, r),
@@ -393,11 +408,43 @@ mod tests {
             logit_budget: crate::engine::DEFAULT_LOGIT_BUDGET,
             kept: Vec::new(),
             lower: lower(),
+            engine_on_host: true,
         }
     }
 
     fn total(config: &ModelConfig, b: usize, t: usize) -> u128 {
         estimate(config, &shape(b, t)).total()
+    }
+
+    #[test]
+    fn a_gpu_with_memory_of_its_own_leaves_only_the_host_parts_counted() {
+        let config = ModelConfig::language_model(100, 256, 2);
+        let host = estimate(&config, &shape(64, 128));
+        let device = estimate(
+            &config,
+            &Shape {
+                engine_on_host: false,
+                ..shape(64, 128)
+            },
+        );
+        let params = param_count(&config) * VALUE;
+        assert_eq!(
+            host.total() - device.total(),
+            ENGINE_COPIES * params
+                + host
+                    .items
+                    .iter()
+                    .filter(|i| i.what.contains("activations") || i.what.contains("logits"))
+                    .map(|i| i.bytes)
+                    .sum::<u128>(),
+            "the engine's copies, activations and logits are the difference"
+        );
+        assert!(device.items.iter().all(|i| !i.what.contains("activations")));
+        assert!(device.items.iter().any(|i| i.what.contains("batch")));
+        assert!(
+            device.total() < host.total() / 2,
+            "activations dominate this shape"
+        );
     }
 
     #[test]

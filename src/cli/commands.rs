@@ -49,7 +49,15 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
         rows: 1,
         steps: a.prime.len().max(1),
     };
-    check_evaluation("sample", &ckpt.config, prime_steps, Vec::new(), "--prime")?;
+    let device = a.device.into();
+    check_evaluation(
+        "sample",
+        &ckpt.config,
+        prime_steps,
+        Vec::new(),
+        "--prime",
+        device,
+    )?;
     let (mut engine, note) = create_engine(a.device.into(), &ckpt.config, &ckpt.params)?;
     eprintln!("{note}");
     let (mut prime, unknown) = vocab.encode(&a.prime);
@@ -144,6 +152,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         eval,
         Vec::new(),
         "--batch or --seq-len",
+        a.device.into(),
     )?;
     let corpus = Corpus::open(a.corpus.as_deref(), vocab.kind(), Some(vocab))?;
     let (mut engine, note) = create_engine(a.device.into(), &ckpt.config, &ckpt.params)?;

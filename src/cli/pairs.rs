@@ -25,6 +25,7 @@ use super::settings::{Settings, fresh_model};
 use super::sizes::{check_evaluation, check_training, longest_pair, pair_steps_option};
 use super::train::as_limit;
 use super::{DeviceArg, TrainArgs};
+use unroll::engine::select::DeviceChoice;
 
 /// What the x steps hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -154,7 +155,9 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
     };
     let checkpoint = init.as_ref().zip(a.init.as_deref());
     let (longest, option) = (longest_pair(&data).1, pair_steps_option(&data));
-    let guard = |c: &ModelConfig| check_training(c, (s.batch, longest), longest, &option, false);
+    let device = a.device.into();
+    let guard =
+        |c: &ModelConfig| check_training(c, (s.batch, longest), longest, &option, false, device);
     let params = fresh_model(&s, &a.given, &mut config, checkpoint, guard)?;
     let run = s.run_spec(optimization, Some(path.display().to_string()), data.len())?;
     let engine = fresh_engine(a, &config, &params, s.batch, &s.out)?;
@@ -416,7 +419,12 @@ impl<'d> Collected<'d> {
 /// Refuses a prediction over `data` in batches of `batch` pairs that does not fit in memory: the
 /// batches and the predictions of every pair, kept until they are written (a class id per step
 /// of a class output, V values per step of the others).
-fn check_prediction(config: &ModelConfig, data: &Pairs, batch: usize) -> anyhow::Result<()> {
+fn check_prediction(
+    config: &ModelConfig,
+    data: &Pairs,
+    batch: usize,
+    device: DeviceChoice,
+) -> anyhow::Result<()> {
     if batch == 0 {
         usage!("--batch must be at least 1");
     }
@@ -437,7 +445,7 @@ fn check_prediction(config: &ModelConfig, data: &Pairs, batch: usize) -> anyhow:
         "--batch, or predict fewer pairs; {}",
         pair_steps_option(data)
     );
-    check_evaluation("predict", config, eval, vec![(what, kept)], &lower)?;
+    check_evaluation("predict", config, eval, vec![(what, kept)], &lower, device)?;
     Ok(())
 }
 
@@ -460,7 +468,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let mut data = read_for(path, &config, with_y)?;
     // Without y, batches carry zero targets of the model's output: the loss is not reported.
     data.output = Some(PairsFormat::of_config(&config).output);
-    check_prediction(&config, &data, a.batch)?;
+    check_prediction(&config, &data, a.batch, a.device.into())?;
     let (mut engine, note) = create_engine(a.device.into(), &config, &ckpt.params)?;
     eprintln!("{note}");
     let set = PairEval::new(&data, (0..data.len()).collect(), a.batch)?;

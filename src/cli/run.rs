@@ -156,7 +156,8 @@ pub fn resumed_engine(
     run: &RunSpec,
     (steps, option): (usize, &str),
 ) -> anyhow::Result<Box<dyn Engine>> {
-    check_training(&state.config, (run.batch, steps), steps, option, true)?;
+    let rows = (run.batch, steps);
+    check_training(&state.config, rows, steps, option, true, a.device.into())?;
     let (mut engine, note) = create_engine(a.device.into(), &state.config, &state.params)?;
     eprintln!("{note}");
     engine.set_optimizer_state(&state.optimizer)?;

@@ -2,7 +2,7 @@
 //! estimates them, checked before the engine, the parameters or the batches are allocated.
 
 use unroll::data::pairs::Pairs;
-use unroll::engine::select::logit_budget;
+use unroll::engine::select::{DeviceChoice, engine_uses_host_memory, logit_budget};
 use unroll::memory::{self, Lower, Rows, Shape};
 use unroll::model::ModelConfig;
 use unroll::train::trainer::eval_rows;
@@ -10,14 +10,21 @@ use unroll::train::trainer::eval_rows;
 /// The options that size a model, as a refusal names them.
 const MODEL_OPTIONS: &str = "--hidden, --layers or --embed (or the vocabulary, --max-vocab)";
 
-/// A shape with the logit budget the engines get and nothing kept besides.
-fn shape(train: Option<Rows>, eval: Option<Rows>, lower: Lower) -> unroll::Result<Shape> {
+/// A shape with the logit budget the engines get and nothing kept besides, run by an engine of
+/// `device` (whose buffers count as host memory unless it is a GPU with memory of its own).
+fn shape(
+    train: Option<Rows>,
+    eval: Option<Rows>,
+    lower: Lower,
+    device: DeviceChoice,
+) -> unroll::Result<Shape> {
     Ok(Shape {
         train,
         eval,
         logit_budget: logit_budget()?,
         kept: Vec::new(),
         lower,
+        engine_on_host: engine_uses_host_memory(device),
     })
 }
 
@@ -31,6 +38,7 @@ pub fn check_training(
     eval_steps: usize,
     steps_option: &str,
     resumed: bool,
+    device: DeviceChoice,
 ) -> unroll::Result<()> {
     let train = Rows { rows: batch, steps };
     let eval = Rows {
@@ -53,7 +61,7 @@ pub fn check_training(
             kept: String::new(),
         }
     };
-    let shape = shape(Some(train), Some(eval), lower)?;
+    let shape = shape(Some(train), Some(eval), lower, device)?;
     memory::check("this training run", &memory::estimate(config, &shape))
 }
 
@@ -65,6 +73,7 @@ pub fn check_evaluation(
     eval: Rows,
     kept: Vec<(String, u128)>,
     lower: &str,
+    device: DeviceChoice,
 ) -> unroll::Result<()> {
     let lower = Lower {
         model: "nothing of the model: free memory or raise the limit".into(),
@@ -74,7 +83,7 @@ pub fn check_evaluation(
     };
     let shape = Shape {
         kept,
-        ..shape(None, Some(eval), lower)?
+        ..shape(None, Some(eval), lower, device)?
     };
     memory::check(command, &memory::estimate(config, &shape))
 }
@@ -87,7 +96,8 @@ pub fn check_bench_step(config: &ModelConfig, train: Rows) -> unroll::Result<()>
         eval: String::new(),
         kept: String::new(),
     };
-    let shape = shape(Some(train), None, lower)?;
+    // The benchmark measures small shapes; its buffers count as host memory on every device.
+    let shape = shape(Some(train), None, lower, DeviceChoice::Cpu)?;
     memory::check("bench", &memory::estimate(config, &shape))
 }
 

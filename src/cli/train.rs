@@ -297,8 +297,8 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     let mut config =
         ModelConfig::language_model(corpus.vocab().len(), s.model.hidden, s.model.layers);
     let checkpoint = init.as_ref().zip(a.init.as_deref());
-    let guard =
-        |c: &ModelConfig| check_training(c, (s.batch, s.seq_len), s.seq_len, "--seq-len", false);
+    let (rows, device) = ((s.batch, s.seq_len), a.device.into());
+    let guard = |c: &ModelConfig| check_training(c, rows, s.seq_len, "--seq-len", false, device);
     let params = fresh_model(&s, &a.given, &mut config, checkpoint, guard)?;
     let split = Split::of(&corpus, s.sequences, s.val_frac);
     let optimization = s.optimization(batches_per_epoch(&corpus, &split, &s)?)?;

@@ -43,6 +43,18 @@ pub fn logit_budget() -> Result<usize> {
     }
 }
 
+/// Whether an engine of `choice` keeps its buffers (activations, logits, moments) in the host's
+/// memory: the CPU engine, a software GPU adapter and an integrated GPU do; a discrete GPU does
+/// not. Found without opening a device; `--device auto` without a hardware GPU runs on the CPU.
+pub fn engine_uses_host_memory(choice: DeviceChoice) -> bool {
+    use crate::engine::gpu::context::best_adapter_has_own_memory;
+    match choice {
+        DeviceChoice::Cpu => true,
+        DeviceChoice::Gpu => best_adapter_has_own_memory(true) != Some(true),
+        DeviceChoice::Auto => best_adapter_has_own_memory(false) != Some(true),
+    }
+}
+
 fn cpu(config: &ModelConfig, params: &[f32], why: &str) -> Result<(Box<dyn Engine>, String)> {
     let e = CpuEngine::<f32>::new(config, params)?;
     let note = format!("device: {}{why}", e.describe());

@@ -624,6 +624,7 @@ fn the_estimate_is_within_a_factor_of_two_of_the_real_peak() {
             logit_budget: DEFAULT_LOGIT_BUDGET,
             kept: Vec::new(),
             lower: lower(),
+            engine_on_host: true,
         };
         let estimated = estimate(&config, &shape).total() as f64;
         let ratio = estimated / peak as f64;

@@ -191,6 +191,18 @@ impl fmt::Debug for GpuContext {
     }
 }
 
+/// Whether the adapter [`GpuContext::open`] would take has memory of its own (a discrete GPU),
+/// found without opening it; `None` when it would find none. Software adapters and integrated
+/// GPUs hold their buffers in the host's memory.
+pub fn best_adapter_has_own_memory(allow_software: bool) -> Option<bool> {
+    let mut found: Vec<wgpu::AdapterInfo> = candidates().iter().map(|a| a.get_info()).collect();
+    found.sort_by_key(rank);
+    let info = found
+        .into_iter()
+        .find(|i| allow_software || !is_software(i))?;
+    Some(info.device_type == wgpu::DeviceType::DiscreteGpu && !is_software(&info))
+}
+
 impl GpuContext {
     /// Opens the best adapter; software adapters only with `allow_software`.
     pub fn open(allow_software: bool) -> Result<Self> {
