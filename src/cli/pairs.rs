@@ -14,6 +14,8 @@ use unroll::model::{Checkpoint, ModelConfig};
 use unroll::train::state::TrainState;
 use unroll::train::trainer::{Validation, argmax, count_correct, eval_rows, evaluate_with};
 
+use unroll::train::rundir::RunLock;
+
 use super::run::{
     Driver, Signals, check_fresh_out, fresh_engine, load_resumed, refuse_kept_on_resume,
     resumed_engine,
@@ -148,10 +150,10 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
     let checkpoint = init.as_ref().zip(a.init.as_deref());
     let params = fresh_model(&s, &a.given, &mut config, checkpoint)?;
     let run = s.run_spec(optimization, Some(path.display().to_string()), data.len());
-    let engine = fresh_engine(a, &config, &params, s.batch, &s.out)?;
+    let claimed = fresh_engine(a, &config, &params, s.batch, &s.out)?;
     Ok(Setup {
         data,
-        driver: Driver::fresh(s.out, run, engine),
+        driver: Driver::fresh(s.out, run, claimed),
     })
 }
 
@@ -169,7 +171,7 @@ fn read_for(path: &Path, config: &ModelConfig, with_y: bool) -> anyhow::Result<P
     )?)
 }
 
-fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
+fn resume_setup(a: &TrainArgs, dir: &Path, lock: Option<RunLock>) -> anyhow::Result<Setup> {
     let (state, run) = load_resumed(a, dir)?;
     let path = PathBuf::from(
         run.corpus
@@ -189,7 +191,7 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
     let engine = resumed_engine(a, &state, dir, &run)?;
     Ok(Setup {
         data,
-        driver: Driver::resumed(dir, run, state.progress, engine),
+        driver: Driver::resumed(dir, run, state.progress, engine, lock),
     })
 }
 
@@ -202,13 +204,13 @@ fn describe(s: StepKind, size: usize) -> String {
 }
 
 /// `unroll train --pairs FILE` or `--resume DIR` of such a run.
-pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
+pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
     if a.seq_len.is_some() {
         usage!("--seq-len does not apply to --pairs: every batch is as long as its longest pair");
     }
     let signals = Signals::install()?;
     let Setup { data, mut driver } = match (&a.resume, &a.pairs.pairs) {
-        (Some(dir), _) => resume_setup(&a, dir)?,
+        (Some(dir), _) => resume_setup(&a, dir, lock)?,
         (None, Some(path)) => fresh_setup(&a, path)?,
         (None, None) => usage!("--pairs FILE is required"),
     };

@@ -14,6 +14,8 @@ use unroll::sample::{SampleOptions, sample};
 use unroll::train::state::RunSpec;
 use unroll::train::trainer::{Validation, eval_rows};
 
+use unroll::train::rundir::RunLock;
+
 use super::run::{Driver, Signals, check_fresh_out, fresh_engine, load_resumed, resumed_engine};
 use super::settings::{Settings, fresh_model};
 use super::{TrainArgs, VocabArg};
@@ -195,7 +197,7 @@ struct Setup {
     driver: Driver,
 }
 
-fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
+fn resume_setup(a: &TrainArgs, dir: &Path, lock: Option<RunLock>) -> anyhow::Result<Setup> {
     let (state, run) = load_resumed(a, dir)?;
     let vocab = state
         .vocab
@@ -218,7 +220,7 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
     let engine = resumed_engine(a, &state, dir, &run)?;
     Ok(Setup {
         corpus,
-        driver: Driver::resumed(dir, run, state.progress, engine),
+        driver: Driver::resumed(dir, run, state.progress, engine, lock),
     })
 }
 
@@ -300,10 +302,10 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     let optimization = s.optimization(batches_per_epoch(&corpus, &split, &s)?)?;
     let path = a.corpus.as_ref().map(|p| p.display().to_string());
     let run = s.run_spec(optimization, path, corpus.len());
-    let engine = fresh_engine(a, &config, &params, s.batch, &s.out)?;
+    let claimed = fresh_engine(a, &config, &params, s.batch, &s.out)?;
     Ok(Setup {
         corpus,
-        driver: Driver::fresh(s.out, run, engine),
+        driver: Driver::fresh(s.out, run, claimed),
     })
 }
 
@@ -370,10 +372,10 @@ fn sample_after(
 }
 
 /// `unroll train` of a language model, fresh or `--resume`d.
-pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
+pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
     let signals = Signals::install()?;
     let Setup { corpus, mut driver } = match &a.resume {
-        Some(dir) => resume_setup(&a, dir)?,
+        Some(dir) => resume_setup(&a, dir, lock)?,
         None => fresh_setup(&a)?,
     };
     let split = Split::of(&corpus, driver.run.sequences, driver.run.val_frac);
