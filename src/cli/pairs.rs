@@ -17,7 +17,7 @@ use unroll::train::trainer::{Validation, argmax, count_correct, eval_rows, evalu
 use unroll::train::rundir::RunLock;
 
 use super::run::{
-    Driver, Signals, check_fresh_out, fresh_engine, load_resumed, refuse_kept_on_resume,
+    Driver, Signals, absolute, check_fresh_out, fresh_engine, load_resumed, refuse_kept_on_resume,
     resumed_engine,
 };
 use super::settings::{Settings, fresh_model};
@@ -149,7 +149,7 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
     };
     let checkpoint = init.as_ref().zip(a.init.as_deref());
     let params = fresh_model(&s, &a.given, &mut config, checkpoint)?;
-    let run = s.run_spec(optimization, Some(path.display().to_string()), data.len());
+    let run = s.run_spec(optimization, Some(&absolute(path)), data.len());
     let claimed = fresh_engine(a, &config, &params, s.batch, &s.out)?;
     Ok(Setup {
         data,
@@ -173,11 +173,9 @@ fn read_for(path: &Path, config: &ModelConfig, with_y: bool) -> anyhow::Result<P
 
 fn resume_setup(a: &TrainArgs, dir: &Path, lock: Option<RunLock>) -> anyhow::Result<Setup> {
     let (state, run) = load_resumed(a, dir)?;
-    let path = PathBuf::from(
-        run.corpus
-            .clone()
-            .context("the saved run names no pairs file")?,
-    );
+    let path = run
+        .corpus_path()
+        .context("the saved run names no pairs file")?;
     let data = read_for(&path, &state.config, true)?;
     if data.len() != run.corpus_tokens {
         bail!(

@@ -120,6 +120,14 @@ pub fn lock_resumed(dir: &Path) -> anyhow::Result<Option<RunLock>> {
     Ok(Some(RunLock::acquire(dir)?))
 }
 
+/// `path` as a run stores it: absolute and canonical, so a resume from another working
+/// directory finds the same file (as given when it cannot be resolved).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// The engine of a fresh run on `--device`, with a zero state of `batch` rows, and the output
 /// directory created and locked (only now that every option has been checked).
 pub fn fresh_engine(

@@ -117,7 +117,7 @@ fn try_lock(file: &File, dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(TryLockError::WouldBlock) => {
             let mut text = String::new();
-            let _ = (&*file).take(32).read_to_string(&mut text);
+            let _ = file.take(32).read_to_string(&mut text);
             Err(Error::RunLocked {
                 dir: dir.to_path_buf(),
                 pid: text.trim().parse().ok(),

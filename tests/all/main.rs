@@ -20,6 +20,7 @@ mod pairs_cli;
 mod pairs_data;
 mod pytorch;
 mod row_split;
+mod run_dir;
 mod shaders;
 mod training;
 mod val_bound;
