@@ -110,6 +110,14 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         evaluate_lm(engine.as_mut(), &corpus, a.batch, a.seq_len)?
     };
     let loss = stats.mean();
+    if !loss.is_finite() {
+        bail!(
+            "the loss of {} on this corpus is {loss}: the model's outputs overflow (its largest \
+             parameter is {:e}), so it cannot be scored",
+            a.model.display(),
+            largest_magnitude(&ckpt.params)
+        );
+    }
     let mut json = serde_json::json!({
         "loss": loss,
         "bits_per_token": loss / std::f64::consts::LN_2,
@@ -127,6 +135,11 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     json[unknown] = corpus.unknown().into();
     println!("{json}");
     Ok(())
+}
+
+/// The largest absolute value of `values`.
+fn largest_magnitude(values: &[f32]) -> f32 {
+    values.iter().fold(0.0, |m, v| m.max(v.abs()))
 }
 
 pub fn devices() -> anyhow::Result<()> {

@@ -149,7 +149,7 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
     };
     let checkpoint = init.as_ref().zip(a.init.as_deref());
     let params = fresh_model(&s, &a.given, &mut config, checkpoint)?;
-    let run = s.run_spec(optimization, Some(&absolute(path)), data.len());
+    let run = s.run_spec(optimization, Some(&absolute(path)), data.len())?;
     let claimed = fresh_engine(a, &config, &params, s.batch, &s.out)?;
     Ok(Setup {
         data,

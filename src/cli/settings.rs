@@ -13,7 +13,7 @@ use unroll::model::{
 };
 use unroll::train::optim::OptimizerConfig;
 use unroll::train::schedule::LrSchedule;
-use unroll::train::state::{OnNan, RunSpec};
+use unroll::train::state::{OnNan, RunSpec, check_lr, check_val_frac};
 
 use super::options::{self, Given};
 use super::{OnNanArg, ScheduleArg, SequencesArg, TrainArgs, ValTokens, VocabArg};
@@ -157,11 +157,7 @@ impl Settings {
 
     /// Refuses a validation fraction outside [0, 1).
     pub fn check_val_frac(&self) -> anyhow::Result<()> {
-        let val_frac = self.val_frac;
-        if !(0.0..1.0).contains(&val_frac) {
-            usage!("--val-frac {val_frac} must be in [0, 1)");
-        }
-        Ok(())
+        Ok(check_val_frac(self.val_frac)?)
     }
 
     /// The checked optimizer, learning rate, number of steps and schedule; `per_epoch` is the
@@ -169,9 +165,7 @@ impl Settings {
     pub fn optimization(&self, per_epoch: u64) -> anyhow::Result<Optimization> {
         self.optimizer.validate()?;
         let lr = self.lr;
-        if !(lr.is_finite() && lr >= 0.0) {
-            usage!("--lr {lr} must be a number >= 0");
-        }
+        check_lr(lr)?;
         let steps = match self.length {
             Length::Epochs(e) if !(e.is_finite() && e > 0.0) => usage!("--epochs {e} must be > 0"),
             Length::Epochs(e) => (e * per_epoch as f64).ceil() as u64,
@@ -204,13 +198,13 @@ impl Settings {
     }
 
     /// The run of these settings on the data read from `corpus` (`None`: the built-in corpus),
-    /// of `corpus_tokens` tokens (or pairs).
+    /// of `corpus_tokens` tokens (or pairs), checked as a resume checks a saved one.
     pub fn run_spec(
         &self,
         optimization: Optimization,
         corpus: Option<&Path>,
         corpus_tokens: usize,
-    ) -> RunSpec {
+    ) -> anyhow::Result<RunSpec> {
         let mut run = RunSpec {
             steps: optimization.steps,
             batch: self.batch,
@@ -236,7 +230,8 @@ impl Settings {
         if let Some(path) = corpus {
             run.set_corpus_path(path);
         }
-        run
+        run.validate()?;
+        Ok(run)
     }
 }
 

@@ -392,7 +392,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     let split = Split::of(&corpus, s.sequences, s.val_frac);
     let optimization = s.optimization(batches_per_epoch(&corpus, &split, &s)?)?;
     let path = a.corpus.as_deref().map(absolute);
-    let mut run = s.run_spec(optimization, path.as_deref(), corpus.len());
+    let mut run = s.run_spec(optimization, path.as_deref(), corpus.len())?;
     run.corpus_fingerprint = Some(corpus.fingerprint());
     let claimed = fresh_engine(a, &config, &params, s.batch, &s.out)?;
     Ok(Setup {

@@ -2,12 +2,12 @@
 //! the model configuration and the vocabulary as JSON in the safetensors metadata. Files are written
 //! to a temporary name, flushed, and renamed, so a crash never leaves a half-written checkpoint.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors};
 
 use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
@@ -50,15 +50,24 @@ impl Checkpoint {
                 layout.len()
             )));
         }
-        let bytes: Vec<u8> = self.params.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let mut views = Vec::with_capacity(layout.specs().len());
-        for spec in layout.specs() {
-            let data = &bytes[spec.offset * 4..(spec.offset + spec.len()) * 4];
-            let view = TensorView::new(Dtype::F32, spec.shape.clone(), data)
-                .map_err(|e| Error::checkpoint(path, format!("tensor {}: {e}", spec.name)))?;
-            views.push((spec.name.clone(), view));
+        if let Some(what) = layout.first_non_finite(&self.params) {
+            return Err(Error::checkpoint(
+                path,
+                format!("not saved: {what} (a model is only saved with finite parameters)"),
+            ));
         }
-        let mut meta = HashMap::new();
+        let tensors: Vec<Tensor> = layout
+            .specs()
+            .iter()
+            .map(|spec| {
+                (
+                    spec.name.as_str(),
+                    spec.shape.clone(),
+                    &self.params[spec.range()],
+                )
+            })
+            .collect();
+        let mut meta = BTreeMap::new();
         meta.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
         meta.insert(
             CONFIG_KEY.to_string(),
@@ -67,8 +76,7 @@ impl Checkpoint {
         if let Some(vocab) = &self.vocab {
             meta.insert(VOCAB_KEY.to_string(), vocab.to_json());
         }
-        let out = safetensors::serialize(views, Some(meta))
-            .map_err(|e| Error::checkpoint(path, format!("cannot serialize: {e}")))?;
+        let out = serialize(&tensors, &meta);
         write_atomic(path, &out)
     }
 
@@ -146,8 +154,8 @@ impl Checkpoint {
                 "unexpected tensor {name} for this model config"
             )));
         }
-        if let Some(i) = params.iter().position(|v| !v.is_finite()) {
-            return Err(bad(format!("parameter {i} is not finite")));
+        if let Some(what) = layout.first_non_finite(&params) {
+            return Err(bad(what));
         }
         Ok(Checkpoint {
             config,
@@ -179,6 +187,37 @@ impl Checkpoint {
             format!("model config does not match ({})", diffs.join("; ")),
         ))
     }
+}
+
+/// A named f32 tensor to serialize: name, shape, values.
+pub type Tensor<'a> = (&'a str, Vec<usize>, &'a [f32]);
+
+/// The safetensors bytes of `tensors` (stored in the order given) and the string metadata `meta`.
+/// The same tensors and metadata always give the same bytes: the header's keys are written in
+/// a fixed order (metadata sorted by key, then the tensors), which `safetensors::serialize`
+/// does not promise (its metadata is a hash map). Readers see an ordinary safetensors file.
+pub fn serialize(tensors: &[Tensor], meta: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!(meta));
+    let mut offset = 0;
+    for (name, shape, values) in tensors {
+        let end = offset + 4 * values.len();
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut header = serde_json::Value::Object(header).to_string().into_bytes();
+    // The data starts 8-byte aligned, as safetensors writes it.
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + offset);
+    out.extend((header.len() as u64).to_le_bytes());
+    out.extend(header);
+    for (_, _, values) in tensors {
+        out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    out
 }
 
 /// Writes `bytes` to `path` through `path.tmp`, fsyncs, then renames over `path`. On any

@@ -133,6 +133,33 @@ impl ParamLayout {
         self.specs.iter().find(|s| s.name == name)
     }
 
+    /// The element at `index` of the flat buffer as PyTorch names it, e.g.
+    /// `rnn.weight_hh_l0[3, 7]`.
+    pub fn name_of(&self, index: usize) -> String {
+        let Some(spec) = self.specs.iter().find(|s| s.range().contains(&index)) else {
+            return format!("element {index} (past the {} parameters)", self.total);
+        };
+        let mut rest = index - spec.offset;
+        let mut at = vec![0; spec.shape.len()];
+        for (i, &n) in spec.shape.iter().enumerate().rev() {
+            at[i] = rest % n;
+            rest /= n;
+        }
+        let at: Vec<String> = at.iter().map(usize::to_string).collect();
+        format!("{}[{}]", spec.name, at.join(", "))
+    }
+
+    /// The first value of `params` (a flat buffer of this layout) that is not finite, named:
+    /// `Some("parameter rnn.weight_hh_l0[3, 7] is not finite (inf)")`.
+    pub fn first_non_finite(&self, params: &[f32]) -> Option<String> {
+        let i = params.iter().position(|v| !v.is_finite())?;
+        Some(format!(
+            "parameter {} is not finite ({})",
+            self.name_of(i),
+            params[i]
+        ))
+    }
+
     /// Offsets of layer `k`'s tensors.
     pub fn layer(&self, k: usize) -> LayerOffsets {
         self.layers[k]

@@ -42,12 +42,15 @@ impl LrSchedule {
                 check_min(min)
             }
             LrSchedule::Plateau {
-                factor, patience, ..
+                factor,
+                patience,
+                min,
             } => {
                 if patience == 0 {
                     return bad("--patience must be at least 1".into());
                 }
-                check_factor(factor)
+                check_factor(factor)?;
+                check_min(min)
             }
         }
     }

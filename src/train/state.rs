@@ -2,17 +2,17 @@
 //! optimizer moment buffers and the carried state, with the run's settings and progress as JSON
 //! metadata. It is self-contained (a resume needs no other file) and written atomically.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Sequences;
 use crate::data::vocab::Vocab;
 use crate::engine::Dropout;
 use crate::error::{Error, Result};
-use crate::model::checkpoint::write_atomic;
+use crate::model::checkpoint::{Tensor, serialize, write_atomic};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState};
 use crate::train::schedule::{LrSchedule, ScheduleState};
@@ -92,6 +92,33 @@ impl RunSpec {
         self.corpus.as_ref().map(PathBuf::from)
     }
 
+    /// Refuses settings that no run can have, with the checks the command line makes: a state
+    /// file is held to them too, whoever wrote it.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 {
+            return Err(Error::Config("--batch must be at least 1".into()));
+        }
+        self.optimizer.validate()?;
+        check_lr(self.lr)?;
+        self.schedule.validate()?;
+        check_val_frac(self.val_frac)?;
+        for (option, limit) in [
+            ("--val-tokens", self.val_limit),
+            ("--final-val-tokens", self.final_val_limit),
+        ] {
+            if limit == Some(0) {
+                return Err(Error::Config(format!(
+                    "{option} must be at least 1 (or all)"
+                )));
+            }
+        }
+        Dropout {
+            p: self.dropout,
+            seed: 0,
+        }
+        .validate()
+    }
+
     /// The dropout of training step `step` (0-based): its own mask seed from the run's seed, so
     /// a resumed run draws the masks an uninterrupted one would. `None` without dropout.
     pub fn dropout_at(&self, step: u64) -> Option<Dropout> {
@@ -155,7 +182,47 @@ fn one() -> f32 {
     1.0
 }
 
+/// Refuses a learning rate that is not a number >= 0.
+pub fn check_lr(lr: f32) -> Result<()> {
+    if lr.is_finite() && lr >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Config(format!("--lr {lr} must be a number >= 0")))
+    }
+}
+
+/// Refuses a validation fraction outside [0, 1).
+pub fn check_val_frac(val_frac: f64) -> Result<()> {
+    if (0.0..1.0).contains(&val_frac) {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "--val-frac {val_frac} must be in [0, 1)"
+        )))
+    }
+}
+
 impl Progress {
+    /// Refuses progress that no run reaches: a learning-rate multiplier outside [0, 1], a
+    /// best loss that is not finite.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        for (name, scale) in [
+            ("learning-rate multiplier", self.lr_scale),
+            ("schedule's learning-rate multiplier", self.schedule.scale),
+        ] {
+            if !(0.0..=1.0).contains(&scale) {
+                return bad(format!("the {name} {scale} is not in [0, 1]"));
+            }
+        }
+        for best in [self.best_val, self.schedule.best].into_iter().flatten() {
+            if !best.is_finite() {
+                return bad(format!("the best validation loss {best} is not finite"));
+            }
+        }
+        Ok(())
+    }
+
     /// The progress of a run that has not started.
     pub fn start() -> Self {
         Progress {
@@ -189,41 +256,61 @@ fn state_parts(config: &ModelConfig) -> usize {
     config.state_size_per_row() / config.hidden_size
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 impl TrainState {
-    /// Writes `dir/state.safetensors` atomically.
+    /// The first value that is not finite in the parameters, the optimizer's moments or the
+    /// carried state, named; `None` when every value is finite (a state that can be saved).
+    pub fn first_non_finite(&self) -> Option<String> {
+        let layout = ParamLayout::new(&self.config).ok()?;
+        if let Some(what) = layout.first_non_finite(&self.params) {
+            return Some(what);
+        }
+        for (moment, values) in [("first", &self.optimizer.m), ("second", &self.optimizer.v)] {
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Some(format!(
+                    "the optimizer's {moment} moment of {} is not finite ({})",
+                    layout.name_of(i),
+                    values[i]
+                ));
+            }
+        }
+        let i = self.state.iter().position(|v| !v.is_finite())?;
+        Some(format!(
+            "the carried state (value {i}) is not finite ({})",
+            self.state[i]
+        ))
+    }
+
+    /// Writes `dir/state.safetensors` atomically; a state holding a value that is not finite is
+    /// refused (nothing is written).
     pub fn save(&self, dir: &Path) -> Result<()> {
         let path = dir.join(STATE_FILE);
-        let h = self.config.hidden_size;
-        let parts: Vec<(&str, Vec<usize>, Vec<u8>)> = vec![
-            ("params", vec![self.params.len()], f32_bytes(&self.params)),
+        if let Some(what) = self.first_non_finite() {
+            return Err(Error::checkpoint(
+                &path,
+                format!("not saved: {what} (a training state is only saved when finite)"),
+            ));
+        }
+        let (n, h) = (self.params.len(), self.config.hidden_size);
+        let tensors: Vec<Tensor> = vec![
+            ("params", vec![n], &self.params),
             (
                 "optimizer.m",
                 vec![self.optimizer.m.len()],
-                f32_bytes(&self.optimizer.m),
+                &self.optimizer.m,
             ),
             (
                 "optimizer.v",
                 vec![self.optimizer.v.len()],
-                f32_bytes(&self.optimizer.v),
+                &self.optimizer.v,
             ),
             (
                 "state",
                 vec![state_parts(&self.config), self.state_rows, h],
-                f32_bytes(&self.state),
+                &self.state,
             ),
         ];
-        let mut views = Vec::new();
-        for (name, shape, data) in &parts {
-            let v = TensorView::new(Dtype::F32, shape.clone(), data)
-                .map_err(|e| Error::checkpoint(&path, format!("tensor {name}: {e}")))?;
-            views.push((name.to_string(), v));
-        }
         let json = |v: &dyn erased::Json| v.json();
-        let mut meta = HashMap::new();
+        let mut meta = BTreeMap::new();
         meta.insert("format".to_string(), FORMAT.to_string());
         meta.insert("config".to_string(), json(&self.config));
         if let Some(vocab) = &self.vocab {
@@ -235,9 +322,7 @@ impl TrainState {
             "optimizer_step".to_string(),
             self.optimizer.step.to_string(),
         );
-        let bytes = safetensors::serialize(views, Some(meta))
-            .map_err(|e| Error::checkpoint(&path, format!("cannot serialize: {e}")))?;
-        write_atomic(&path, &bytes)
+        write_atomic(&path, &serialize(&tensors, &meta))
     }
 
     /// Reads `dir/state.safetensors`, checking every tensor against the stored config.
@@ -276,6 +361,10 @@ impl TrainState {
         let n = ParamLayout::new(&config)
             .map_err(|e| bad(e.to_string()))?
             .len();
+        check_settings(&run, &progress, vocab.as_ref()).map_err(|e| match e {
+            Error::Config(m) => bad(format!("its saved settings are not valid: {m}")),
+            other => other,
+        })?;
         let tensor = |name: &str, want: Option<&[usize]>| -> Result<(Vec<usize>, Vec<f32>)> {
             let t = st
                 .tensor(name)
@@ -319,6 +408,25 @@ impl TrainState {
             state,
         })
     }
+}
+
+/// The checks of a saved run's settings: those of the command line, and those the kind of run
+/// implies (a language model's windows have a length, lines need line tokens).
+fn check_settings(run: &RunSpec, progress: &Progress, vocab: Option<&Vocab>) -> Result<()> {
+    run.validate()?;
+    progress.validate()?;
+    let Some(vocab) = vocab else {
+        return Ok(());
+    };
+    if run.seq_len == 0 {
+        return Err(Error::Config("--seq-len must be at least 1".into()));
+    }
+    if run.sequences == Sequences::Lines && vocab.start_token().is_none() {
+        return Err(Error::Config(
+            "lines sequences need a vocabulary with line tokens, which it lacks".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// JSON of any serializable value, for metadata.

@@ -272,24 +272,27 @@ pub struct Trainer<'a> {
 }
 
 impl Trainer<'_> {
-    /// Saves `model.safetensors` and the full training state (state first: it is what a resume
-    /// reads, and it holds the parameters too).
-    fn save(&mut self, progress: &Progress) -> Result<()> {
-        let params = self.engine.params()?;
+    /// The full training state after `progress`, read from the engine.
+    fn snapshot(&mut self, progress: &Progress) -> Result<TrainState> {
         let state = self.engine.state()?;
         let per_row = self.engine.config().state_size_per_row();
-        TrainState {
+        Ok(TrainState {
             config: self.engine.config().clone(),
             vocab: self.vocab.cloned(),
             run: self.run.clone(),
             progress: progress.clone(),
-            params: params.clone(),
+            params: self.engine.params()?,
             optimizer: self.engine.optimizer_state()?,
             state_rows: state.len() / per_row,
             state,
-        }
-        .save(self.out)?;
-        self.checkpoint(params).save_dir(self.out)?;
+        })
+    }
+
+    /// Saves the training state and `model.safetensors` (state first: it is what a resume
+    /// reads, and it holds the parameters too).
+    fn write(&self, state: &TrainState) -> Result<()> {
+        state.save(self.out)?;
+        self.checkpoint(state.params.clone()).save_dir(self.out)?;
         Ok(())
     }
 
@@ -364,7 +367,8 @@ impl Trainer<'_> {
             // The initial state: what `--steps 0` asks for, and where a run that diverges
             // before its first checkpoint goes back to.
             pass.progress.position = pass.train.position();
-            pass.trainer.save(&pass.progress)?;
+            let state = pass.trainer.snapshot(&pass.progress)?;
+            pass.trainer.write(&state)?;
             pass.saved_at = Some(0);
         }
         while pass.progress.step < steps {
@@ -452,10 +456,7 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
             || last
             || (run.checkpoint_every > 0 && step.is_multiple_of(run.checkpoint_every));
         // Nothing is saved from a diverged step: the last good checkpoint stays.
-        let save_now = due && !diverged && !self.diverged_before_save()?;
-        if save_now {
-            self.trainer.save(&self.progress)?;
-            self.saved_at = Some(step);
+        if due && !diverged && !self.diverged_before_save()? && self.save()? {
             (self.on_event)(&Event::Saved { step });
         }
         let interrupted = self
@@ -525,8 +526,12 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
         self.progress.schedule.observe(&run.schedule, loss);
         let best = self.progress.best_val.is_none_or(|b| loss < b);
         if best {
-            self.progress.best_val = Some(loss);
             let params = self.trainer.engine.params()?;
+            if let Some(what) = self.trainer.engine.layout().first_non_finite(&params) {
+                self.diverge(what)?;
+                return Ok(true);
+            }
+            self.progress.best_val = Some(loss);
             let best_file = self.trainer.out.join(BEST_FILE);
             self.trainer.checkpoint(params).save(&best_file)?;
         }
@@ -590,6 +595,21 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
         self.metrics.plot()
     }
 
+    /// Saves the training state and model of the current progress, unless a value in them is
+    /// not finite: parameters can overflow while the loss and the gradient norm stay finite
+    /// (a huge step on a unit that a ReLU keeps silent). Then the run has diverged, the policy
+    /// applies, and nothing is written. Whether it saved.
+    fn save(&mut self) -> Result<bool> {
+        let state = self.trainer.snapshot(&self.progress)?;
+        if let Some(what) = state.first_non_finite() {
+            self.diverge(what)?;
+            return Ok(false);
+        }
+        self.trainer.write(&state)?;
+        self.saved_at = Some(self.progress.step);
+        Ok(true)
+    }
+
     /// Whether the last update diverged (then handled), checked before a checkpoint is written.
     fn diverged_before_save(&mut self) -> Result<bool> {
         match self.trainer.divergence(None)? {
@@ -601,24 +621,26 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
         }
     }
 
-    /// Stops on interruption after `step`, with everything saved.
+    /// Stops on interruption after `step`, with everything saved (or, when the state of `step`
+    /// is not finite, at the last good state, which is on disk).
     fn stop(&mut self, step: u64) -> Result<Outcome> {
-        if self.saved_at != Some(step) {
-            self.trainer.save(&self.progress)?;
+        if self.saved_at != Some(step) && self.save()? {
             (self.on_event)(&Event::Saved { step });
         }
         self.metrics.plot()?;
         self.trainer.engine.set_dropout(None)?;
-        Ok(Outcome::Interrupted { step })
+        Ok(Outcome::Interrupted {
+            step: self.progress.step,
+        })
     }
 
     /// Ends a pass that took every step (or none: `took_steps` false).
-    fn finish(self, took_steps: bool) -> Result<Outcome> {
+    fn finish(mut self, took_steps: bool) -> Result<Outcome> {
         if !took_steps && self.saved_at.is_none() {
             // Zero steps, or a resume of a finished run: still leave a consistent directory.
             // (After steps, the last one saved unless it diverged; then the last good
             // checkpoint stays.)
-            self.trainer.save(&self.progress)?;
+            self.save()?;
         }
         self.metrics.plot()?;
         // Leave the engine as evaluation and sampling expect it.

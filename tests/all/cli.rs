@@ -32,7 +32,7 @@ pub fn ok(args: &[&str]) -> Output {
 
 /// Runs a command that must fail: exit status 2 for a usage error (`usage`) or 1 for a runtime
 /// one, a message containing `needle`, no panic.
-fn fails_with(args: &[&str], needle: &str, usage: bool) {
+pub(crate) fn fails_with(args: &[&str], needle: &str, usage: bool) {
     let out = unroll(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -54,7 +54,7 @@ fn misused(args: &[&str], needle: &str) {
     fails_with(args, needle, true)
 }
 
-fn write_corpus(dir: &Path, name: &str) -> (String, String) {
+pub(crate) fn write_corpus(dir: &Path, name: &str) -> (String, String) {
     let mut rng = common::rng(name);
     let text = crate::training::generated_corpus(&mut rng, 200);
     let path = dir.join(format!("{name}.txt"));
