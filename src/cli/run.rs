@@ -96,7 +96,7 @@ fn refuse_a_run(a: &TrainArgs, out: &Path) -> anyhow::Result<()> {
     };
     usage!(
         "{dir} already holds a run ({}): {resume}choose another --out, or start over with \
-         --force (which replaces those files of unroll's and nothing else)",
+         --force (which replaces only these files)",
         found.join(", ")
     );
 }

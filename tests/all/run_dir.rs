@@ -22,22 +22,10 @@ fn bin() -> Command {
 
 /// A small CPU run of `steps` steps on `corpus` into `out`, with `extra` options.
 fn train_args(corpus: &Path, out: &Path, steps: u64, extra: &[&str]) -> Vec<OsString> {
-    let mut args: Vec<OsString> = [
-        "train",
-        "--hidden",
-        "8",
-        "--batch",
-        "2",
-        "--seq-len",
-        "8",
-        "--sample",
-        "0",
-        "--device",
-        "cpu",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
+    let mut args = vec![OsString::from("train")];
+    for (flag, value) in common::TINY_CPU_RUN {
+        args.extend([flag.into(), value.into()]);
+    }
     for (flag, value) in [("--corpus", corpus.as_os_str()), ("--out", out.as_os_str())] {
         args.push(flag.into());
         args.push(value.to_owned());
@@ -362,6 +350,48 @@ fn a_relative_non_utf8_corpus_path_resumes_from_another_directory() {
         .args(steps)
         .arg(&out)
         .args(["--steps", "4", "--sample", "0", "--device", "cpu"])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_ok(&resumed);
+    assert_eq!(saved_step(&out), 4);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_relative_non_utf8_pairs_path_resumes_from_another_directory() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let name = OsStr::from_bytes(b"pairs-\xff.jsonl");
+    let example = [
+        "example", "parity", "--count", "40", "--length", "3..6", "--out",
+    ];
+    let made = bin()
+        .args(example)
+        .arg(name)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_ok(&made);
+    let out = dir.path().join("run");
+    let options = ["--input", "real", "--output", "binary", "--hidden", "8"];
+    let fresh = bin()
+        .args(["train", "--pairs"])
+        .arg(name)
+        .args(options)
+        .args(["--batch", "4", "--steps", "2", "--device", "cpu", "--out"])
+        .arg(&out)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_ok(&fresh);
+    let run = TrainState::load(&out).unwrap().run;
+    let canonical = dir.path().join(name).canonicalize().unwrap();
+    assert_eq!(run.corpus_path(), Some(canonical));
+    let resumed = bin()
+        .args(["train", "--resume"])
+        .arg(&out)
+        .args(["--steps", "4", "--device", "cpu"])
         .current_dir("/")
         .output()
         .unwrap();
