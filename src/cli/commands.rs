@@ -138,7 +138,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
 }
 
 /// The largest absolute value of `values`.
-fn largest_magnitude(values: &[f32]) -> f32 {
+pub(super) fn largest_magnitude(values: &[f32]) -> f32 {
     values.iter().fold(0.0, |m, v| m.max(v.abs()))
 }
 

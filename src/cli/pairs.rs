@@ -2,6 +2,7 @@
 //! resumed, through the run driver of `run.rs`), `unroll predict` and `unroll example`.
 
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -9,6 +10,7 @@ use clap::{Args, ValueEnum};
 use unroll::data::EvalSet;
 use unroll::data::pairs::{Expect, PairBatches, PairEval, Pairs, PairsFormat, StepKind};
 use unroll::data::tasks::{Task, TaskOptions, generate};
+use unroll::engine::Batch;
 use unroll::engine::select::create_engine;
 use unroll::model::{Checkpoint, ModelConfig};
 use unroll::train::state::TrainState;
@@ -16,6 +18,7 @@ use unroll::train::trainer::{Validation, argmax, count_correct, eval_rows, evalu
 
 use unroll::train::rundir::RunLock;
 
+use super::commands::largest_magnitude;
 use super::run::{
     Driver, Signals, absolute, check_fresh_out, fresh_engine, load_resumed, refuse_kept_on_resume,
     resumed_engine,
@@ -305,22 +308,101 @@ fn steps_json(
         .collect()
 }
 
-/// The JSON line of one prediction from the outputs `p` of its steps (`len * V`): class ids for
-/// a softmax output, 0/1 decisions and their probabilities `p` for a sigmoid, values for an
-/// identity output.
-fn prediction_json(config: &ModelConfig, p: &[f32]) -> serde_json::Value {
-    let v = config.output_size;
-    let number = |x: f32| serde_json::json!(x);
-    match PairsFormat::of_config(config).output.kind {
-        StepKind::Class => {
-            let ids: Vec<usize> = p.chunks(v).map(argmax).collect();
-            serde_json::json!({ "y": ids })
+/// What `predict` keeps of one pair's steps as the outputs come in, chunk by chunk: the most
+/// likely class of each step for a softmax output (not its V probabilities), else each step's
+/// V values.
+#[derive(Clone, Debug, Default)]
+struct Prediction {
+    classes: Vec<usize>,
+    values: Vec<f32>,
+}
+
+impl Prediction {
+    /// Adds the outputs `p` (V values) of the pair's next step.
+    fn push(&mut self, kind: StepKind, p: &[f32]) {
+        match kind {
+            StepKind::Class => self.classes.push(argmax(p)),
+            StepKind::Binary | StepKind::Real => self.values.extend_from_slice(p),
         }
-        StepKind::Binary => serde_json::json!({
-            "y": steps_json(p, v, |x| serde_json::json!(u8::from(x >= 0.5))),
-            "p": steps_json(p, v, number),
-        }),
-        StepKind::Real => serde_json::json!({ "y": steps_json(p, v, number) }),
+    }
+
+    /// The JSON line of the prediction: class ids for a softmax output, 0/1 decisions and
+    /// their probabilities `p` for a sigmoid, values for an identity output.
+    fn json(&self, kind: StepKind, v: usize) -> serde_json::Value {
+        let number = |x: f32| serde_json::json!(x);
+        match kind {
+            StepKind::Class => serde_json::json!({ "y": self.classes }),
+            StepKind::Binary => serde_json::json!({
+                "y": steps_json(&self.values, v, |x| serde_json::json!(u8::from(x >= 0.5))),
+                "p": steps_json(&self.values, v, number),
+            }),
+            StepKind::Real => serde_json::json!({ "y": steps_json(&self.values, v, number) }),
+        }
+    }
+}
+
+/// The predictions of every pair of `data` and, when it has y, the accuracy's tally, collected
+/// from the outputs of `set`'s batches as the engine gives them (a chunk of rows at a time).
+struct Collected<'d> {
+    data: &'d Pairs,
+    config: &'d ModelConfig,
+    indices: &'d [Vec<usize>],
+    kind: StepKind,
+    /// Batches seen so far (a batch's first chunk starts at row 0).
+    batches: usize,
+    predictions: Vec<Prediction>,
+    with_y: bool,
+    correct: f64,
+    judged: f64,
+    /// The first pair (index) with an output that is not finite.
+    overflow: Option<usize>,
+}
+
+impl<'d> Collected<'d> {
+    fn new(data: &'d Pairs, config: &'d ModelConfig, set: &'d PairEval, with_y: bool) -> Self {
+        Collected {
+            data,
+            config,
+            indices: set.batch_indices(),
+            kind: PairsFormat::of_config(config).output.kind,
+            batches: 0,
+            predictions: vec![Prediction::default(); data.len()],
+            with_y,
+            correct: 0.0,
+            judged: 0.0,
+            overflow: None,
+        }
+    }
+
+    /// Takes the outputs `p` of `rows` of `batch` (time-major, `rows.len() * V`).
+    fn take(&mut self, batch: &Batch, rows: Range<usize>, p: &[f32]) -> unroll::Result<()> {
+        if rows.start == 0 {
+            self.batches += 1;
+        }
+        let indices = self
+            .batches
+            .checked_sub(1)
+            .and_then(|k| self.indices.get(k))
+            .ok_or_else(|| unroll::Error::Misuse("outputs of a batch that was not cut".into()))?;
+        let v = self.config.output_size;
+        for (i, r) in rows.clone().enumerate() {
+            let (t, b) = (r / batch.rows, r % batch.rows);
+            if let Some(&pair) = indices.get(b)
+                && t < self.data.pairs[pair].len
+            {
+                let step = &p[i * v..(i + 1) * v];
+                if self.overflow.is_none() && step.iter().any(|x| !x.is_finite()) {
+                    self.overflow = Some(pair);
+                }
+                self.predictions[pair].push(self.kind, step);
+            }
+        }
+        if self.with_y {
+            let (c, j) = count_correct(self.config, batch, rows, p);
+            self.correct += c;
+            self.judged += j;
+        }
+        Ok(())
     }
 }
 
@@ -346,46 +428,45 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let (mut engine, note) = create_engine(a.device.into(), &config, &ckpt.params)?;
     eprintln!("{note}");
     let set = PairEval::new(&data, (0..data.len()).collect(), a.batch)?;
-    let v = config.output_size;
-    let mut outputs: Vec<Vec<f32>> = vec![Vec::new(); data.len()];
-    let (mut next, mut correct, mut judged) = (0usize, 0.0, 0.0);
-    let mut keep = |batch: &unroll::engine::Batch, p: &[f32]| {
-        for (b, &i) in set.batch_indices()[next].iter().enumerate() {
-            let out = &mut outputs[i];
-            for t in 0..data.pairs[i].len {
-                let r = t * batch.rows + b;
-                out.extend_from_slice(&p[r * v..(r + 1) * v]);
-            }
-        }
-        next += 1;
-        if with_y {
-            let (c, j) = count_correct(&config, batch, p);
-            correct += c;
-            judged += j;
-        }
-        Ok(())
-    };
-    let loss = evaluate_with(engine.as_mut(), &set, Some(&mut keep))?;
-    let mut sink: Box<dyn Write> = match &a.out {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
-    for p in &outputs {
-        writeln!(sink, "{}", prediction_json(&config, p))?;
+    let mut collected = Collected::new(&data, &config, &set, with_y);
+    let mut take = |batch: &Batch, rows: Range<usize>, p: &[f32]| collected.take(batch, rows, p);
+    let loss = evaluate_with(engine.as_mut(), &set, Some(&mut take))?;
+    if let Some(pair) = collected.overflow {
+        bail!(
+            "the outputs of {} for pair {} of {} are not finite: the model's outputs overflow \
+             (its largest parameter is {:e}); no prediction was written",
+            a.model.display(),
+            pair + 1,
+            path.display(),
+            largest_magnitude(&ckpt.params)
+        );
     }
-    sink.flush().context("writing the predictions")?;
+    write_predictions(a.out.as_deref(), &collected)?;
     if with_y {
         let summary = serde_json::json!({
             "pairs": data.len(),
             "steps": data.steps(),
             "loss": loss.mean(),
-            "accuracy": (judged > 0.0).then(|| correct / judged),
+            "accuracy": (collected.judged > 0.0).then(|| collected.correct / collected.judged),
         });
         eprintln!("{summary}");
     }
     Ok(())
+}
+
+/// Writes one JSON line per prediction to `out` (standard output when `None`).
+fn write_predictions(out: Option<&Path>, collected: &Collected) -> anyhow::Result<()> {
+    let mut sink: Box<dyn Write> = match out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let v = collected.config.output_size;
+    for p in &collected.predictions {
+        writeln!(sink, "{}", p.json(collected.kind, v))?;
+    }
+    sink.flush().context("writing the predictions")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -40,6 +40,13 @@ impl CorpusText {
                 path.display()
             )));
         }
+        if !meta.is_file() {
+            // A device or a pipe has no length to map: reading one would not end.
+            return Err(Error::Data(format!(
+                "corpus {} is not a regular file (a device or pipe): give a text file",
+                path.display()
+            )));
+        }
         if meta.len() == 0 {
             return Err(Error::Data(format!("corpus {} is empty", path.display())));
         }

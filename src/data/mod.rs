@@ -4,6 +4,7 @@
 
 pub mod corpus;
 pub mod guard;
+pub mod jsonl;
 pub mod lines;
 pub mod lm;
 pub mod pairs;

@@ -4,9 +4,10 @@
 //! Format: one pair per line, `{"x": [...], "y": [...]}`, each an array of n >= 1 time steps. A
 //! step is a number (a vector of size 1) or an array of numbers; every step of a field has the
 //! same size across the file. Class steps are integer ids `0..C`. Other keys of a line are
-//! ignored, and so are blank lines (line numbers in errors count every line of the file). The
-//! whole file is read and checked before anything uses it, and an error names the line and the
-//! field.
+//! ignored, and so are blank lines (line numbers in errors count every line of the file), and a
+//! UTF-8 byte order mark at the start of the file. The whole file is read and checked before
+//! anything uses it, a line at a time with a bound on each (`data::jsonl`), and an error names
+//! the line and the field.
 //!
 //! Batches: the pairs of a batch are padded to the longest and the padding masked out; every
 //! batch has B rows (a short last batch gets empty rows, all masked) and starts from a zero state.
@@ -23,6 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::data::jsonl::JsonLines;
 use crate::data::{EvalSet, TrainBatches};
 use crate::engine::{Batch, Inputs, Targets};
 use crate::error::{Error, Result};
@@ -147,19 +149,22 @@ pub struct Pairs {
 
 impl Pairs {
     /// Reads and checks a whole JSON Lines file; `output: None` reads only x (any y is ignored).
+    /// The file is read a line at a time, each line at most [`crate::data::jsonl::MAX_LINE`] bytes, so a
+    /// file that is not JSON Lines is refused after a bounded read.
     pub fn read(path: &Path, input: Expect, output: Option<Expect>) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io("read pairs file", path, e))?;
-        Self::parse_lines(&bytes, input, output)
+        let file = std::fs::File::open(path).map_err(|e| Error::io("read pairs file", path, e))?;
+        let lines = JsonLines::new(std::io::BufReader::new(file));
+        Self::parse_lines(lines, input, output)
             .map_err(|m| Error::Data(format!("{}: {m}", path.display())))
     }
 
     /// Parses and checks JSON Lines text; the error names the line and the field.
     pub fn parse(bytes: &[u8], input: Expect, output: Option<Expect>) -> Result<Self> {
-        Self::parse_lines(bytes, input, output).map_err(Error::Data)
+        Self::parse_lines(JsonLines::new(bytes), input, output).map_err(Error::Data)
     }
 
-    fn parse_lines(
-        bytes: &[u8],
+    fn parse_lines<R: std::io::BufRead>(
+        mut lines: JsonLines<R>,
         input: Expect,
         output: Option<Expect>,
     ) -> std::result::Result<Self, String> {
@@ -169,10 +174,11 @@ impl Pairs {
         let mut xs = Side::new("x", input);
         let mut ys = output.map(|o| Side::new("y", o));
         let mut pairs = Vec::new();
-        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        for (i, raw) in lines.by_ref().enumerate() {
+            let raw = raw?;
             let line = i + 1;
             let at = |m: String| format!("line {line}: {m}");
-            let text = std::str::from_utf8(raw).map_err(|_| at("is not UTF-8 text".into()))?;
+            let text = std::str::from_utf8(&raw).map_err(|_| at("is not UTF-8 text".into()))?;
             let text = text.trim();
             if text.is_empty() {
                 continue;
@@ -207,7 +213,7 @@ impl Pairs {
             pairs.push(Pair { line, len, x, y });
         }
         if pairs.is_empty() {
-            return Err(if bytes.is_empty() {
+            return Err(if lines.was_empty() {
                 "the file is empty: it holds no pairs".into()
             } else {
                 "the file holds no pairs, only blank lines".into()

@@ -363,6 +363,26 @@ impl Vocab {
         Ok(v)
     }
 
+    /// Parses the JSON form of a vocabulary that must hold `tokens` tokens (the model's input
+    /// size), counting its symbols first without building them, so that a vocabulary of the
+    /// wrong size is refused before it takes any memory.
+    pub fn from_json_of(s: &str, tokens: usize) -> Result<Self> {
+        let size: VocabSize =
+            serde_json::from_str(s).map_err(|e| Error::Data(format!("invalid vocabulary: {e}")))?;
+        let base = match size.kind {
+            VocabKind::Bytes => 256,
+            VocabKind::Chars | VocabKind::Words => size.symbols.map_or(0, |c| c.0),
+        };
+        let len = base + if size.line_tokens { 2 } else { 0 };
+        if len != tokens {
+            return Err(Error::Data(format!(
+                "vocabulary of {len} tokens for a model of {tokens} inputs: the checkpoint is \
+                 damaged or was not written by unroll"
+            )));
+        }
+        Self::from_json(s)
+    }
+
     fn check_words(&self, symbols: &[String]) -> Result<()> {
         let bad = |m: String| Err(Error::Data(format!("invalid word vocabulary: {m}")));
         if symbols.first().map(String::as_str) != Some(UNKNOWN) {
@@ -379,5 +399,42 @@ impl Vocab {
             }
         }
         Ok(())
+    }
+}
+
+/// What [`Vocab::from_json_of`] reads of a vocabulary before building it: its kind and how many
+/// symbols it lists (every other field, and the symbols themselves, skipped without a copy).
+#[derive(Deserialize)]
+struct VocabSize {
+    kind: VocabKind,
+    #[serde(default)]
+    symbols: Option<Count>,
+    #[serde(default)]
+    line_tokens: bool,
+}
+
+/// The length of a JSON array, counted without keeping its elements.
+struct Count(usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Counter;
+        impl<'de> serde::de::Visitor<'de> for Counter {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of symbols")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Count, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Count(n))
+            }
+        }
+        d.deserialize_seq(Counter)
     }
 }

@@ -251,8 +251,18 @@ pub trait Engine {
     }
     /// Output probabilities (after f2) of the last forward, `T * B * V` time-major. Only kept when
     /// the output layer ran in one chunk (see [`Engine::set_logit_budget`]); otherwise an error
-    /// says so.
+    /// says so, and [`Engine::outputs_of`] gives them a chunk at a time.
     fn outputs(&mut self) -> Result<Vec<f32>>;
+    /// How the output layer of the last forward ran: its N rows in chunks of how many.
+    fn output_chunks(&mut self) -> Result<OutputChunks>;
+    /// The output probabilities (after f2) of `rows` of the last forward, `rows.len() * V`
+    /// time-major, for any V: read from the kept outputs when the output layer ran in one chunk
+    /// (the values [`Engine::outputs`] returns), else computed again from the top layer's kept
+    /// states with the current parameters, one chunk at a time as the backward does (the values
+    /// the forward computed, as long as the parameters did not change since). `rows` must lie
+    /// within one of the chunks of [`Engine::output_chunks`]; [`for_each_output_chunk`] walks
+    /// them all.
+    fn outputs_of(&mut self, rows: std::ops::Range<usize>) -> Result<Vec<f32>>;
     /// The most logits (rows times V) the output layer holds at once; at least one row. When a
     /// batch's `T * B * V` logits exceed it, the output layer runs in chunks of
     /// [`logit_chunk_rows`] rows: the forward keeps only the loss, and the backward computes each
@@ -323,6 +333,52 @@ pub fn logit_chunks(n: usize, rows: usize) -> impl Iterator<Item = std::ops::Ran
 pub fn outputs_not_kept(n: usize, v: usize, rows: usize) -> Error {
     Error::Shape(format!(
         "the outputs of the last forward ({n} rows of {v}) were not kept: the output layer ran in \
-         chunks of {rows} rows; run fewer rows per forward to read them"
+         chunks of {rows} rows; read them a chunk at a time (outputs_of)"
     ))
+}
+
+/// How the output layer of a forward ran: `rows` (N = T * B) in chunks of `chunk_rows` (N when
+/// it ran in one, which keeps the outputs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputChunks {
+    pub rows: usize,
+    pub chunk_rows: usize,
+}
+
+impl OutputChunks {
+    /// The row ranges of the chunks, in order.
+    pub fn ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
+        logit_chunks(self.rows, self.chunk_rows)
+    }
+
+    /// The chunk holding `rows`, or [`Error::Shape`] when they are empty, reach past N or
+    /// cross a chunk's end.
+    pub fn chunk_of(&self, rows: &std::ops::Range<usize>) -> Result<std::ops::Range<usize>> {
+        let step = self.chunk_rows.max(1);
+        let start = rows.start / step * step;
+        let chunk = start..(start + step).min(self.rows);
+        if rows.is_empty() || rows.end > chunk.end {
+            return Err(Error::Shape(format!(
+                "output rows {}..{} are not within one chunk of the last forward's {} rows in \
+                 chunks of {}",
+                rows.start, rows.end, self.rows, self.chunk_rows
+            )));
+        }
+        Ok(chunk)
+    }
+}
+
+/// Calls `f` with each chunk of the last forward's outputs in order: its rows and their
+/// probabilities (`rows.len() * V`), so that no more than one chunk of them is held at once.
+/// When the output layer ran in one chunk this is one call with all of them.
+pub fn for_each_output_chunk(
+    engine: &mut dyn Engine,
+    mut f: impl FnMut(std::ops::Range<usize>, &[f32]) -> Result<()>,
+) -> Result<()> {
+    let chunks = engine.output_chunks()?;
+    for rows in chunks.ranges() {
+        let p = engine.outputs_of(rows.clone())?;
+        f(rows, &p)?;
+    }
+    Ok(())
 }

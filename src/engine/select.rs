@@ -1,10 +1,10 @@
 //! Engine selection for `--device auto|gpu|cpu`.
 
-use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::gpu::GpuEngine;
 use crate::engine::gpu::context::GpuContext;
-use crate::error::Result;
+use crate::engine::{DEFAULT_LOGIT_BUDGET, Engine};
+use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 
 /// Which engine a command runs on.
@@ -18,6 +18,31 @@ pub enum DeviceChoice {
     Cpu,
 }
 
+/// The environment variable that sets the logit budget ([`Engine::set_logit_budget`]) of the
+/// engines [`create_engine`] makes: the most logits the output layer holds at once. Lowering it
+/// trades memory for one more output GEMM per chunk; the tests use it to run small output
+/// layers in chunks.
+pub const LOGIT_BUDGET_VAR: &str = "UNROLL_LOGIT_BUDGET";
+
+/// The logit budget of the engines [`create_engine`] makes: [`LOGIT_BUDGET_VAR`] when it is
+/// set and not empty, else [`DEFAULT_LOGIT_BUDGET`].
+pub fn logit_budget() -> Result<usize> {
+    match std::env::var(LOGIT_BUDGET_VAR) {
+        Err(std::env::VarError::NotPresent) => Ok(DEFAULT_LOGIT_BUDGET),
+        Ok(v) if v.is_empty() => Ok(DEFAULT_LOGIT_BUDGET),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(Error::Config(format!(
+                "{LOGIT_BUDGET_VAR}={v:?} is not a number of logits >= 1; set a positive number \
+                 or unset it"
+            ))),
+        },
+        Err(_) => Err(Error::Config(format!(
+            "{LOGIT_BUDGET_VAR} is not UTF-8; set a positive number or unset it"
+        ))),
+    }
+}
+
 fn cpu(config: &ModelConfig, params: &[f32], why: &str) -> Result<(Box<dyn Engine>, String)> {
     let e = CpuEngine::<f32>::new(config, params)?;
     let note = format!("device: {}{why}", e.describe());
@@ -26,6 +51,17 @@ fn cpu(config: &ModelConfig, params: &[f32], why: &str) -> Result<(Box<dyn Engin
 
 /// An engine for `config` with `params` on the chosen device, and a line saying which it took.
 pub fn create_engine(
+    choice: DeviceChoice,
+    config: &ModelConfig,
+    params: &[f32],
+) -> Result<(Box<dyn Engine>, String)> {
+    let budget = logit_budget()?;
+    let (mut engine, note) = create_engine_on(choice, config, params)?;
+    engine.set_logit_budget(budget)?;
+    Ok((engine, note))
+}
+
+fn create_engine_on(
     choice: DeviceChoice,
     config: &ModelConfig,
     params: &[f32],

@@ -12,6 +12,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
+use crate::model::file::{SafetensorsKind, read_safetensors};
 use crate::model::layout::ParamLayout;
 
 /// File name of the latest model inside a checkpoint directory.
@@ -88,7 +89,7 @@ impl Checkpoint {
         } else {
             path.to_path_buf()
         };
-        let bytes = fs::read(&file).map_err(|e| Error::io("read checkpoint", &file, e))?;
+        let bytes = read_safetensors(&file, SafetensorsKind::Checkpoint)?;
         Self::from_bytes(&bytes, &file)
     }
 
@@ -97,7 +98,8 @@ impl Checkpoint {
         let bad = |m: String| Error::checkpoint(path, m);
         let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-        let meta = header.metadata().clone().unwrap_or_default();
+        let empty = std::collections::HashMap::new();
+        let meta = header.metadata().as_ref().unwrap_or(&empty);
         match meta.get(FORMAT_KEY) {
             Some(f) if f == FORMAT => {}
             Some(f) => return Err(bad(format!("format {f:?} is not {FORMAT:?}"))),
@@ -111,7 +113,9 @@ impl Checkpoint {
             })?;
         let layout = ParamLayout::new(&config).map_err(|e| bad(e.to_string()))?;
         let vocab = match meta.get(VOCAB_KEY) {
-            Some(v) => Some(Vocab::from_json(v).map_err(|e| bad(e.to_string()))?),
+            Some(v) => {
+                Some(Vocab::from_json_of(v, config.input_size).map_err(|e| bad(e.to_string()))?)
+            }
             None => None,
         };
         let tensors = SafeTensors::deserialize(bytes)

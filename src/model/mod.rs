@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod file;
 pub mod init;
 pub mod layout;
 

@@ -13,6 +13,7 @@ use crate::data::vocab::Vocab;
 use crate::engine::Dropout;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{Tensor, serialize, write_atomic};
+use crate::model::file::{SafetensorsKind, read_safetensors};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState};
 use crate::train::schedule::{LrSchedule, ScheduleState};
@@ -328,7 +329,7 @@ impl TrainState {
     /// Reads `dir/state.safetensors`, checking every tensor against the stored config.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(STATE_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io("read training state", &path, e))?;
+        let bytes = read_safetensors(&path, SafetensorsKind::TrainingState)?;
         let bad = |m: String| Error::checkpoint(&path, m);
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
@@ -355,7 +356,9 @@ impl TrainState {
         let progress: Progress = field(&meta, "progress", &bad)?;
         let opt_step: u64 = field(&meta, "optimizer_step", &bad)?;
         let vocab = match meta.get("vocab") {
-            Some(v) => Some(Vocab::from_json(v).map_err(|e| bad(e.to_string()))?),
+            Some(v) => {
+                Some(Vocab::from_json_of(v, config.input_size).map_err(|e| bad(e.to_string()))?)
+            }
             None => None,
         };
         let n = ParamLayout::new(&config)

@@ -4,6 +4,7 @@
 //! checkpoints (`model.safetensors`, `best.safetensors`, `state.safetensors`) and a clean stop
 //! on interruption.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -12,7 +13,7 @@ use crate::data::corpus::Tokens;
 use crate::data::lm::StreamEval;
 use crate::data::vocab::Vocab;
 use crate::data::{EvalSet, SequenceKind, TrainBatches};
-use crate::engine::{Batch, Engine, LossStats, Targets};
+use crate::engine::{Batch, Engine, LossStats, Targets, for_each_output_chunk};
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, ModelConfig, OutputKind};
 use crate::train::metrics::{Metrics, Record};
@@ -48,11 +49,13 @@ pub fn evaluate(engine: &mut dyn Engine, set: &dyn EvalSet) -> Result<LossStats>
     evaluate_with(engine, set, None)
 }
 
-/// Called with every evaluated batch and the engine's outputs for it (`T * B * V`).
-pub type OnOutputs<'a> = &'a mut dyn FnMut(&Batch, &[f32]) -> Result<()>;
+/// Called with every evaluated batch chunk by chunk, as the output layer ran it: the batch, the
+/// rows of the chunk and the engine's outputs for them (`rows.len() * V`).
+pub type OnOutputs<'a> = &'a mut dyn FnMut(&Batch, Range<usize>, &[f32]) -> Result<()>;
 
-/// Like [`evaluate`], calling `on_outputs` with every batch and the engine's outputs for it
-/// (`T * B * V`, read back only when `on_outputs` is given).
+/// Like [`evaluate`], calling `on_outputs` with every batch and the engine's outputs for it,
+/// one chunk of rows at a time (read back only when `on_outputs` is given), so that no more
+/// than one chunk of `T * B * V` outputs is held at once.
 pub fn evaluate_with(
     engine: &mut dyn Engine,
     set: &dyn EvalSet,
@@ -77,7 +80,7 @@ pub fn evaluate_with(
         total.sum += l.sum;
         total.count += l.count;
         if let Some(f) = on_outputs.as_mut() {
-            f(&batch, &engine.outputs()?)?;
+            for_each_output_chunk(engine, |rows, p| f(&batch, rows, p))?;
         }
         if set.carries_state() {
             engine.carry_state()?;
@@ -87,29 +90,35 @@ pub fn evaluate_with(
     Ok(total)
 }
 
-/// Correct predictions among the counted targets of `batch`, given the outputs `p` (`T * B * V`):
-/// `(correct, judged)`. A softmax step is correct when its most likely class is the target; each
-/// sigmoid output is judged on its own, correct when `p >= 0.5` agrees with `y >= 0.5`. Identity
-/// outputs have no accuracy: `(0, 0)`.
-pub fn count_correct(config: &ModelConfig, batch: &Batch, p: &[f32]) -> (f64, f64) {
+/// Correct predictions among the counted targets of `rows` of `batch`, given their outputs `p`
+/// (`rows.len() * V`): `(correct, judged)`. A softmax step is correct when its most likely
+/// class is the target; each sigmoid output is judged on its own, correct when `p >= 0.5`
+/// agrees with `y >= 0.5`. Identity outputs have no accuracy: `(0, 0)`.
+pub fn count_correct(
+    config: &ModelConfig,
+    batch: &Batch,
+    rows: Range<usize>,
+    p: &[f32],
+) -> (f64, f64) {
     let v = config.output_size;
-    let n = batch.steps * batch.rows;
-    let counted = |r: usize| batch.mask.as_ref().is_none_or(|m| m[r] > 0.0);
+    let counted = |r: &usize| batch.mask.as_ref().is_none_or(|m| m[*r] > 0.0);
     let (mut correct, mut judged) = (0.0, 0.0);
-    if p.len() < n * v {
+    if p.len() < rows.len() * v || rows.end > batch.steps * batch.rows {
         return (correct, judged);
     }
+    let start = rows.start;
+    let step = |r: usize| &p[(r - start) * v..(r - start + 1) * v];
     match (&batch.targets, config.output_kind) {
         (Targets::Classes(y), OutputKind::Softmax) => {
-            for r in (0..n).filter(|&r| counted(r)) {
-                correct += f64::from(argmax(&p[r * v..(r + 1) * v]) == y[r] as usize);
+            for r in rows.filter(counted) {
+                correct += f64::from(argmax(step(r)) == y[r] as usize);
                 judged += 1.0;
             }
         }
         (Targets::Dense(y), OutputKind::Sigmoid) => {
-            for r in (0..n).filter(|&r| counted(r)) {
-                for k in r * v..(r + 1) * v {
-                    correct += f64::from((p[k] >= 0.5) == (y[k] >= 0.5));
+            for r in rows.filter(counted) {
+                for (&pk, &yk) in step(r).iter().zip(&y[r * v..(r + 1) * v]) {
+                    correct += f64::from((pk >= 0.5) == (yk >= 0.5));
                     judged += 1.0;
                 }
             }
@@ -139,8 +148,8 @@ pub fn evaluate_accuracy(
     }
     let config = engine.config().clone();
     let (mut correct, mut judged) = (0.0, 0.0);
-    let mut tally = |batch: &Batch, p: &[f32]| {
-        let (c, j) = count_correct(&config, batch, p);
+    let mut tally = |batch: &Batch, rows: Range<usize>, p: &[f32]| {
+        let (c, j) = count_correct(&config, batch, rows, p);
         correct += c;
         judged += j;
         Ok(())

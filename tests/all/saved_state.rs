@@ -290,6 +290,56 @@ fn a_model_whose_outputs_overflow_is_not_scored() {
 }
 
 #[test]
+fn predictions_of_a_model_whose_outputs_overflow_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("echo.jsonl");
+    ok(&[
+        "example",
+        "echo",
+        "--count",
+        "20",
+        "--out",
+        pairs.to_str().unwrap(),
+    ]);
+    let run = dir.path().join("run");
+    ok(&[
+        "train",
+        "--pairs",
+        pairs.to_str().unwrap(),
+        "--input",
+        "class",
+        "--output",
+        "class",
+        "--hidden",
+        "8",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let mut model = Checkpoint::load(&run).unwrap();
+    model.params.iter_mut().for_each(|p| *p = 3e38);
+    let path = dir.path().join("huge.safetensors");
+    model.save(&path).unwrap();
+    let args = [
+        "predict",
+        "--model",
+        path.to_str().unwrap(),
+        "--pairs",
+        pairs.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    fails_with(&args, "overflow", false);
+    assert!(
+        unroll(&args).stdout.is_empty(),
+        "no prediction holds a null"
+    );
+}
+
+#[test]
 fn a_model_or_state_with_a_value_that_is_not_finite_is_not_written() {
     let dir = tempfile::tempdir().unwrap();
     let (run, _) = small_run(dir.path(), "refused");

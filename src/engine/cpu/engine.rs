@@ -7,7 +7,8 @@ use ndarray::{Array2, s};
 
 use crate::engine::profile::{self, PhaseClock, PhaseTimes, StepPhase};
 use crate::engine::{
-    Batch, DEFAULT_LOGIT_BUDGET, Dropout, Engine, Inputs, LossStats, Targets, outputs_not_kept,
+    Batch, DEFAULT_LOGIT_BUDGET, Dropout, Engine, Inputs, LossStats, OutputChunks, Targets,
+    outputs_not_kept,
 };
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ParamLayout};
@@ -15,8 +16,8 @@ use crate::train::optim::{OptimizerConfig, OptimizerState, clip_scale};
 
 use super::dropout::MaskKey;
 use super::layers::{
-    dropout_input, embed_tokens, input_backward, layer_backward, layer_below, layer_forward,
-    output_backward, output_forward, view, weight_grads,
+    chunk_outputs, dropout_input, embed_tokens, input_backward, layer_backward, layer_below,
+    layer_forward, output_backward, output_forward, view, weight_grads,
 };
 use super::{Float, optim, pool, reduce};
 
@@ -496,6 +497,23 @@ impl<F: Float> Engine for CpuEngine<F> {
                 ))
             }
         }
+    }
+
+    fn output_chunks(&mut self) -> Result<OutputChunks> {
+        let cache = self.cache()?;
+        let batch = needed(&self.batch, "no batch has been uploaded yet")?;
+        Ok(OutputChunks {
+            rows: batch.steps * batch.rows,
+            chunk_rows: cache.chunk_rows,
+        })
+    }
+
+    fn outputs_of(&mut self, rows: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        let chunk = self.output_chunks()?.chunk_of(&rows)?;
+        let cache = self.cache()?;
+        let batch = needed(&self.batch, "no batch has been uploaded yet")?;
+        let model = (&self.layout, &self.params[..]);
+        chunk_outputs(&self.config, model, (cache, batch), chunk, rows)
     }
 
     fn set_logit_budget(&mut self, elements: usize) -> Result<()> {

@@ -201,6 +201,29 @@ pub(super) fn output_forward<F: Float>(
     Ok((None, chunk_rows, sum))
 }
 
+/// The output probabilities of `rows`, which lie within the output layer's chunk `chunk` of
+/// the last forward (twin: the GPU engine's `outputs_of`), as f32: the kept ones when it ran in
+/// one chunk, else the whole chunk computed again from the top layer's states, as the backward
+/// does, so each value is the one the forward computed. `rows.len() * V` values.
+pub(super) fn chunk_outputs<F: Float>(
+    cfg: &ModelConfig,
+    (layout, p): (&ParamLayout, &[F]),
+    (cache, batch): (&Cache<F>, &PreparedBatch<F>),
+    chunk: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+) -> Result<Vec<f32>> {
+    let f32s = |a: ArrayView2<F>| a.iter().map(|v| v.to_f32_lossy()).collect();
+    if let Some((probs, _)) = &cache.kept {
+        return Ok(f32s(probs.slice(s![rows, ..])));
+    }
+    let top = cache.layers[cfg.layers - 1]
+        .states
+        .slice(s![batch.rows.., ..]);
+    let probs = output_chunk(cfg, layout, p, top, batch, chunk.clone(), None)?.0;
+    let within = rows.start - chunk.start..rows.end - chunk.start;
+    Ok(f32s(probs.slice(s![within, ..])))
+}
+
 /// The output layer's backward, chunk by chunk (the kept gradient, or each chunk computed
 /// again): dW_o += dlogits^T S, db_o += colsum(dlogits). Returns dS = dlogits W_o [N, H], the
 /// gradient reaching the top layer's states.

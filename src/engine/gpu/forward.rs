@@ -35,7 +35,7 @@ pub fn record_forward(r: &Recording<'_>, out: &mut Calls) -> Result<()> {
     let n = r.n();
     out.mark(StepPhase::Output);
     for rows in logit_chunks(n, r.shape.output.chunk_rows) {
-        record_output_chunk(r, rows, out)?;
+        out.output_chunk(|out| record_output_chunk(r, rows, out))?;
     }
     out.extend(reduce::sum(
         r.ctx,

@@ -47,7 +47,7 @@ pub mod shape;
 
 use std::collections::HashMap;
 
-use crate::engine::{Batch, Dropout, Engine, Inputs, LossStats, Recurrence, Targets};
+use crate::engine::{Batch, Dropout, Engine, Inputs, LossStats, OutputChunks, Recurrence, Targets};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState};
@@ -560,6 +560,42 @@ impl Engine for GpuEngine {
         }
         let logits = output.logits.clone();
         self.read_all(&logits, 0, n * v)
+    }
+
+    fn output_chunks(&mut self) -> Result<OutputChunks> {
+        if !self.forward_done {
+            return Err(Error::Misuse("no forward pass has run yet".into()));
+        }
+        let shape = &self.current_shape()?.buffers;
+        Ok(OutputChunks {
+            rows: shape.steps * shape.rows,
+            chunk_rows: shape.output.chunk_rows,
+        })
+    }
+
+    fn outputs_of(&mut self, rows: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        let chunks = self.output_chunks()?;
+        let chunk = chunks.chunk_of(&rows)?;
+        let shape = self
+            .current
+            .and_then(|k| self.shapes.get(&k))
+            .ok_or_else(|| Error::Misuse("no batch has been uploaded yet".into()))?;
+        let logits = shape.buffers.output.logits.clone();
+        if chunks.chunk_rows < chunks.rows {
+            // The chunk's output GEMM and output kernel, as the forward (and the backward) ran
+            // them; the loss sum of the forward is not touched.
+            let part = shape
+                .plans
+                .output_chunks
+                .get(chunk.start / chunks.chunk_rows)
+                .cloned()
+                .ok_or_else(|| Error::Misuse(format!("no output chunk at row {}", chunk.start)))?;
+            let forward = &shape.plans.forward;
+            self.recorder.record_part(forward, part);
+            self.pending_reads_batch = true;
+        }
+        let v = self.config.output_size;
+        self.read_all(&logits, (rows.start - chunk.start) * v, rows.len() * v)
     }
 
     fn set_logit_budget(&mut self, elements: usize) -> Result<()> {

@@ -279,6 +279,12 @@ impl Recorder {
             .extend(plan.dispatches.iter().cloned().map(Op::Dispatch));
     }
 
+    /// Appends the dispatches `part` of `plan`.
+    pub fn record_part(&mut self, plan: &Plan, part: std::ops::Range<usize>) {
+        self.ops
+            .extend(plan.dispatches[part].iter().cloned().map(Op::Dispatch));
+    }
+
     /// Appends one command.
     pub fn push(&mut self, op: Op) {
         self.ops.push(op);

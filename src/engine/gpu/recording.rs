@@ -118,6 +118,8 @@ pub struct Calls {
     marks: Vec<(usize, StepPhase)>,
     loss: Vec<LossSlot>,
     dropout: Vec<DropoutSlot>,
+    /// The calls of each chunk of the output layer, in order.
+    output_chunks: Vec<Range<usize>>,
 }
 
 impl Calls {
@@ -128,7 +130,17 @@ impl Calls {
             marks: Vec::new(),
             loss: Vec::new(),
             dropout: Vec::new(),
+            output_chunks: Vec::new(),
         }
+    }
+
+    /// Appends the calls of one chunk of the output layer that `record` pushes, remembering
+    /// where they are, so that the chunk can be run again on its own.
+    pub fn output_chunk(&mut self, record: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        let first = self.calls.len();
+        record(self)?;
+        self.output_chunks.push(first..self.calls.len());
+        Ok(())
     }
 
     /// The calls from here on belong to `phase`.
@@ -176,6 +188,9 @@ pub struct ShapePlans {
     /// output layer runs in several chunks).
     pub loss_slots: Vec<LossSlot>,
     pub dropout_slots: Vec<DropoutSlot>,
+    /// The forward plan's dispatches of each chunk of the output layer, in order: run again
+    /// on their own, they compute that chunk's outputs of the last forward once more.
+    pub output_chunks: Vec<Range<usize>>,
 }
 
 impl ShapePlans {
@@ -189,6 +204,7 @@ impl ShapePlans {
         loss_slots.extend(bwd.loss);
         let mut dropout_slots = fwd.dropout;
         dropout_slots.extend(bwd.dropout);
+        let output_chunks = fwd.output_chunks;
         let forward = Plan::build(r.ctx, pipes, "forward", fwd.calls)?.in_phases(&fwd.marks);
         let backward = Plan::build(r.ctx, pipes, "backward", bwd.calls)?.in_phases(&bwd.marks);
         Ok(ShapePlans {
@@ -196,6 +212,7 @@ impl ShapePlans {
             backward,
             loss_slots,
             dropout_slots,
+            output_chunks,
         })
     }
 
