@@ -64,6 +64,16 @@ pub enum Error {
         available: u128,
         message: String,
     },
+    /// Another process holds the lock of a run directory: a run is training in it, and nothing
+    /// in it may be read for a resume or written until it ends. `pid`: the process the lock
+    /// file names.
+    #[error(
+        "{} is in use: another unroll run{} is training in it; wait for it to end (or stop it), \
+         or choose another directory",
+        dir.display(),
+        pid.map_or(String::new(), |p| format!(" (process {p})"))
+    )]
+    RunLocked { dir: PathBuf, pid: Option<u32> },
 }
 
 impl Error {

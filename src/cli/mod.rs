@@ -463,10 +463,15 @@ pub fn run() -> anyhow::Result<u8> {
         Command::Train(a) => {
             // Word options without --vocab words are refused for pairs runs too.
             train::word_options(&a)?;
+            // A resumed run's directory is locked before anything in it is read.
+            let lock = match &a.resume {
+                Some(dir) => run::lock_resumed(dir)?,
+                None => None,
+            };
             if pairs::wants_pairs(&a)? {
-                pairs::train(*a)
+                pairs::train(*a, lock)
             } else {
-                train::train(*a)
+                train::train(*a, lock)
             }
         }
         Command::Sample(a) => commands::sample(a).map(|()| 0),

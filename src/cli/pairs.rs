@@ -16,9 +16,11 @@ use unroll::model::{Checkpoint, ModelConfig};
 use unroll::train::state::TrainState;
 use unroll::train::trainer::{Validation, argmax, count_correct, eval_rows, evaluate_with};
 
+use unroll::train::rundir::RunLock;
+
 use super::commands::largest_magnitude;
 use super::run::{
-    Driver, Signals, check_fresh_out, fresh_engine, load_resumed, refuse_kept_on_resume,
+    Driver, Signals, absolute, check_fresh_out, fresh_engine, load_resumed, refuse_kept_on_resume,
     resumed_engine,
 };
 use super::settings::{Settings, fresh_model};
@@ -159,11 +161,11 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
     let guard =
         |c: &ModelConfig| check_training(c, (s.batch, longest), longest, &option, false, device);
     let params = fresh_model(&s, &a.given, &mut config, checkpoint, guard)?;
-    let run = s.run_spec(optimization, Some(path.display().to_string()), data.len())?;
-    let engine = fresh_engine(a, &config, &params, s.batch, &s.out)?;
+    let run = s.run_spec(optimization, Some(&absolute(path)), data.len())?;
+    let claimed = fresh_engine(a, &config, &params, s.batch, &s.out)?;
     Ok(Setup {
         data,
-        driver: Driver::fresh(s.out, run, engine),
+        driver: Driver::fresh(s.out, run, claimed),
     })
 }
 
@@ -181,13 +183,11 @@ fn read_for(path: &Path, config: &ModelConfig, with_y: bool) -> anyhow::Result<P
     )?)
 }
 
-fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
+fn resume_setup(a: &TrainArgs, dir: &Path, lock: Option<RunLock>) -> anyhow::Result<Setup> {
     let (state, run) = load_resumed(a, dir)?;
-    let path = PathBuf::from(
-        run.corpus
-            .clone()
-            .context("the saved run names no pairs file")?,
-    );
+    let path = run
+        .corpus_path()
+        .context("the saved run names no pairs file")?;
     let data = read_for(&path, &state.config, true)?;
     if data.len() != run.corpus_tokens {
         bail!(
@@ -202,7 +202,7 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
     let engine = resumed_engine(a, &state, dir, &run, (steps.0, &steps.1))?;
     Ok(Setup {
         data,
-        driver: Driver::resumed(dir, run, state.progress, engine),
+        driver: Driver::resumed(dir, run, state.progress, engine, lock),
     })
 }
 
@@ -215,13 +215,13 @@ fn describe(s: StepKind, size: usize) -> String {
 }
 
 /// `unroll train --pairs FILE` or `--resume DIR` of such a run.
-pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
+pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
     if a.seq_len.is_some() {
         usage!("--seq-len does not apply to --pairs: every batch is as long as its longest pair");
     }
     let signals = Signals::install()?;
     let Setup { data, mut driver } = match (&a.resume, &a.pairs.pairs) {
-        (Some(dir), _) => resume_setup(&a, dir)?,
+        (Some(dir), _) => resume_setup(&a, dir, lock)?,
         (None, Some(path)) => fresh_setup(&a, path)?,
         (None, None) => usage!("--pairs FILE is required"),
     };

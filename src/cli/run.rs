@@ -15,8 +15,8 @@ use unroll::data::{SequenceKind, TrainBatches};
 use unroll::engine::Engine;
 use unroll::engine::select::create_engine;
 use unroll::model::ModelConfig;
-use unroll::model::checkpoint::MODEL_FILE;
 use unroll::train::metrics::Metrics;
+use unroll::train::rundir::{RunLock, remove_run_files, run_files_in};
 use unroll::train::state::{Progress, RunSpec, STATE_FILE, TrainState};
 use unroll::train::trainer::{Event, Outcome, Trainer, Validation};
 
@@ -76,37 +76,73 @@ impl Signals {
     }
 }
 
-fn holds_a_run(dir: &Path) -> bool {
-    dir.join(STATE_FILE).exists() || dir.join(MODEL_FILE).exists()
+/// Refuses `out` for a fresh run when a live run holds it, or when it holds the files of a run
+/// (without --force). A first check before the options are worked out; [`claim_out`] repeats it
+/// under the directory's lock.
+pub fn check_fresh_out(a: &TrainArgs, out: &Path) -> anyhow::Result<()> {
+    RunLock::check_free(out)?;
+    refuse_a_run(a, out)
 }
 
-/// Refuses `out` for a fresh run when it holds another run (without --force).
-pub fn check_fresh_out(a: &TrainArgs, out: &Path) -> anyhow::Result<()> {
-    if holds_a_run(out) && !a.force {
-        usage!(
-            "{} already holds a run: continue it with --resume {}, choose another --out, or \
-             overwrite it with --force",
-            out.display(),
-            out.display()
-        );
+/// Refuses `out` when it holds any file a run writes, unless --force.
+fn refuse_a_run(a: &TrainArgs, out: &Path) -> anyhow::Result<()> {
+    let found = run_files_in(out);
+    if found.is_empty() || a.force {
+        return Ok(());
     }
-    Ok(())
+    let dir = out.display();
+    let resume = match found.iter().any(|f| f == STATE_FILE) {
+        true => format!("continue it with --resume {dir}, "),
+        false => String::new(),
+    };
+    usage!(
+        "{dir} already holds a run ({}): {resume}choose another --out, or start over with \
+         --force (which replaces only these files)",
+        found.join(", ")
+    );
+}
+
+/// Creates `out` and locks it for the run; under the lock, checks again that it holds no run
+/// (or, with --force, removes the previous run's files, before anything new is written).
+pub fn claim_out(a: &TrainArgs, out: &Path) -> anyhow::Result<RunLock> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let lock = RunLock::acquire(out)?;
+    refuse_a_run(a, out)?;
+    remove_run_files(out, &lock)?;
+    Ok(lock)
+}
+
+/// The lock of the run directory of `--resume DIR`, taken before anything in it is read.
+/// `None` when DIR holds no training state (reading it then fails with its own message).
+pub fn lock_resumed(dir: &Path) -> anyhow::Result<Option<RunLock>> {
+    if !dir.join(STATE_FILE).exists() {
+        return Ok(None);
+    }
+    Ok(Some(RunLock::acquire(dir)?))
+}
+
+/// `path` as a run stores it: absolute and canonical, so a resume from another working
+/// directory finds the same file (as given when it cannot be resolved).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The engine of a fresh run on `--device`, with a zero state of `batch` rows, and the output
-/// directory created (only now that every option has been checked).
+/// directory created and locked (only now that every option has been checked).
 pub fn fresh_engine(
     a: &TrainArgs,
     config: &ModelConfig,
     params: &[f32],
     batch: usize,
     out: &Path,
-) -> anyhow::Result<Box<dyn Engine>> {
+) -> anyhow::Result<(Box<dyn Engine>, RunLock)> {
     let (mut engine, note) = create_engine(a.device.into(), config, params)?;
     engine.reset_state(batch)?;
     eprintln!("{note}");
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    Ok(engine)
+    let lock = claim_out(a, out)?;
+    Ok((engine, lock))
 }
 
 /// Refuses, beside `--resume`, the options the run keeps from its start (before the saved run is
@@ -178,28 +214,38 @@ pub struct Driver {
     pub progress: Progress,
     pub engine: Box<dyn Engine>,
     pub resumed: bool,
+    /// The run directory's lock, held for the whole run.
+    _lock: Option<RunLock>,
 }
 
 impl Driver {
     /// A fresh run of `run` writing into `out`.
-    pub fn fresh(out: PathBuf, run: RunSpec, engine: Box<dyn Engine>) -> Self {
+    pub fn fresh(out: PathBuf, run: RunSpec, (engine, lock): (Box<dyn Engine>, RunLock)) -> Self {
         Driver {
             out,
             run,
             progress: Progress::start(),
             engine,
             resumed: false,
+            _lock: Some(lock),
         }
     }
 
-    /// The run saved in `dir`, continued from `progress`.
-    pub fn resumed(dir: &Path, run: RunSpec, progress: Progress, engine: Box<dyn Engine>) -> Self {
+    /// The run saved in `dir` (locked by `lock`), continued from `progress`.
+    pub fn resumed(
+        dir: &Path,
+        run: RunSpec,
+        progress: Progress,
+        engine: Box<dyn Engine>,
+        lock: Option<RunLock>,
+    ) -> Self {
         Driver {
             out: dir.to_path_buf(),
             run,
             progress,
             engine,
             resumed: true,
+            _lock: lock,
         }
     }
 

@@ -202,10 +202,10 @@ impl Settings {
     pub fn run_spec(
         &self,
         optimization: Optimization,
-        corpus: Option<String>,
+        corpus: Option<&Path>,
         corpus_tokens: usize,
     ) -> anyhow::Result<RunSpec> {
-        let run = RunSpec {
+        let mut run = RunSpec {
             steps: optimization.steps,
             batch: self.batch,
             seq_len: self.seq_len,
@@ -216,7 +216,7 @@ impl Settings {
             checkpoint_every: self.checkpoint_every,
             log_every: self.log_every,
             seed: self.seed,
-            corpus,
+            corpus: None,
             corpus_tokens,
             val_frac: self.val_frac,
             val_limit: self.val_limit,
@@ -224,7 +224,12 @@ impl Settings {
             sequences: self.sequences,
             on_nan: self.on_nan,
             dropout: self.model.dropout,
+            corpus_path_bytes: None,
+            corpus_fingerprint: None,
         };
+        if let Some(path) = corpus {
+            run.set_corpus_path(path);
+        }
         run.validate()?;
         Ok(run)
     }

@@ -1,21 +1,27 @@
 //! `unroll train`: resolve the options (or the saved run of `--resume`), open the corpus, build
 //! the engine, and drive the trainer with a progress bar, metrics and signal handling.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use unroll::data::corpus::{Corpus, Tokens};
+use unroll::data::guard::{FileStamp, report_truncation};
 use unroll::data::lines::{Lines, LinesSource};
 use unroll::data::lm::{StreamBatches, StreamEval, StreamSource};
 use unroll::data::vocab::{Vocab, VocabKind, WordOptions};
 use unroll::data::{EvalSet, Sequences, TrainBatches};
+use unroll::model::checkpoint::MODEL_FILE;
 use unroll::model::{Cell, Checkpoint, ModelConfig};
 use unroll::sample::SampleOptions;
 use unroll::train::state::RunSpec;
 use unroll::train::trainer::{Validation, eval_rows};
 
+use unroll::train::rundir::RunLock;
+
 use super::commands::write_sample;
-use super::run::{Driver, Signals, check_fresh_out, fresh_engine, load_resumed, resumed_engine};
+use super::run::{
+    Driver, Signals, absolute, check_fresh_out, fresh_engine, load_resumed, resumed_engine,
+};
 use super::settings::{Settings, fresh_model};
 use super::sizes::check_training;
 use super::{TrainArgs, VocabArg};
@@ -195,19 +201,103 @@ fn loss_text(vocab: &Vocab) -> impl Fn(f64) -> String {
 struct Setup {
     corpus: Corpus,
     driver: Driver,
+    /// The corpus file as it was before it was opened (`None`: the built-in corpus).
+    watch: Option<Watch>,
 }
 
-fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
-    let (state, run) = load_resumed(a, dir)?;
+/// A corpus file and its stamp, taken before it was opened.
+struct Watch {
+    path: PathBuf,
+    stamp: FileStamp,
+}
+
+impl Watch {
+    fn of(path: Option<&Path>) -> anyhow::Result<Option<Watch>> {
+        let Some(path) = path else { return Ok(None) };
+        Ok(Some(Watch {
+            path: path.to_path_buf(),
+            stamp: FileStamp::of(path)?,
+        }))
+    }
+}
+
+/// A training source over a memory-mapped corpus that checks the file's stamp before every
+/// batch, so a run stops with an error (saving nothing from the changed data) when the corpus
+/// is changed under it.
+struct Watched<'a> {
+    inner: Box<dyn TrainBatches + 'a>,
+    watch: Watch,
+    dir: PathBuf,
+}
+
+impl TrainBatches for Watched<'_> {
+    fn next_batch(&mut self) -> unroll::Result<(unroll::engine::Batch, bool)> {
+        self.watch.stamp.check(&self.watch.path, &self.dir)?;
+        self.inner.next_batch()
+    }
+    fn position(&self) -> serde_json::Value {
+        self.inner.position()
+    }
+    fn seek(&mut self, position: &serde_json::Value) -> unroll::Result<()> {
+        self.inner.seek(position)
+    }
+}
+
+/// The training source of `corpus`, watched when it is memory-mapped from its file (with a
+/// message instead of a signal death when the file is truncated under a read).
+fn watched<'a>(
+    train: Box<dyn TrainBatches + 'a>,
+    corpus: &Corpus,
+    watch: Option<Watch>,
+    dir: &Path,
+) -> anyhow::Result<Box<dyn TrainBatches + 'a>> {
+    match watch {
+        Some(watch) if corpus.is_mapped() => {
+            report_truncation(&watch.path, dir)?;
+            Ok(Box::new(Watched {
+                inner: train,
+                watch,
+                dir: dir.to_path_buf(),
+            }))
+        }
+        _ => Ok(train),
+    }
+}
+
+/// Refuses a corpus whose content is not the one the run was started on (same length, other
+/// bytes); a run saved before runs kept the fingerprint is told so and keeps it from now on.
+fn check_fingerprint(run: &mut RunSpec, corpus: &Corpus, dir: &Path) -> anyhow::Result<()> {
+    let now = corpus.fingerprint();
+    let name = run.corpus.as_deref().unwrap_or("(built-in)");
+    match run.corpus_fingerprint {
+        Some(saved) if saved != now => bail!(
+            "the corpus {name} changed since the run was started: it has as many tokens but \
+             other content (its fingerprint differs), so the run cannot continue on it; restore \
+             the corpus, or start a new run from these weights with --init {}",
+            dir.join(MODEL_FILE).display()
+        ),
+        Some(_) => {}
+        None => {
+            eprintln!(
+                "note: {} was saved without a fingerprint of its corpus, so only the corpus's \
+                 length is checked on this resume; the run keeps its fingerprint from now on",
+                dir.display()
+            );
+            run.corpus_fingerprint = Some(now);
+        }
+    }
+    Ok(())
+}
+
+fn resume_setup(a: &TrainArgs, dir: &Path, lock: Option<RunLock>) -> anyhow::Result<Setup> {
+    let (state, mut run) = load_resumed(a, dir)?;
     let vocab = state
         .vocab
         .clone()
         .context("the saved run has no vocabulary: it is not a language-model run")?;
-    let corpus = Corpus::open(
-        run.corpus.as_deref().map(Path::new),
-        vocab.kind(),
-        Some(vocab),
-    )?;
+    let path = run.corpus_path();
+    let watch = Watch::of(path.as_deref())?;
+    let corpus = Corpus::open(path.as_deref(), vocab.kind(), Some(vocab))?;
     if corpus.len() != run.corpus_tokens {
         bail!(
             "the corpus {} now has {} tokens, the run was started on {}: it changed since, so the \
@@ -217,10 +307,12 @@ fn resume_setup(a: &TrainArgs, dir: &Path) -> anyhow::Result<Setup> {
             run.corpus_tokens
         );
     }
+    check_fingerprint(&mut run, &corpus, dir)?;
     let engine = resumed_engine(a, &state, dir, &run, (run.seq_len, "--seq-len"))?;
     Ok(Setup {
         corpus,
-        driver: Driver::resumed(dir, run, state.progress, engine),
+        driver: Driver::resumed(dir, run, state.progress, engine, lock),
+        watch,
     })
 }
 
@@ -289,6 +381,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     let s = Settings::of(a);
     check_fresh_out(a, &s.out)?;
     s.check_val_frac()?;
+    let watch = Watch::of(a.corpus.as_deref())?;
     let init = match &a.init {
         Some(p) => Some(Checkpoint::load(p)?),
         None => None,
@@ -302,12 +395,14 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     let params = fresh_model(&s, &a.given, &mut config, checkpoint, guard)?;
     let split = Split::of(&corpus, s.sequences, s.val_frac);
     let optimization = s.optimization(batches_per_epoch(&corpus, &split, &s)?)?;
-    let path = a.corpus.as_ref().map(|p| p.display().to_string());
-    let run = s.run_spec(optimization, path, corpus.len())?;
-    let engine = fresh_engine(a, &config, &params, s.batch, &s.out)?;
+    let path = a.corpus.as_deref().map(absolute);
+    let mut run = s.run_spec(optimization, path.as_deref(), corpus.len())?;
+    run.corpus_fingerprint = Some(corpus.fingerprint());
+    let claimed = fresh_engine(a, &config, &params, s.batch, &s.out)?;
     Ok(Setup {
         corpus,
-        driver: Driver::fresh(s.out, run, engine),
+        driver: Driver::fresh(s.out, run, claimed),
+        watch,
     })
 }
 
@@ -369,10 +464,14 @@ fn sample_after(
 }
 
 /// `unroll train` of a language model, fresh or `--resume`d.
-pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
+pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
     let signals = Signals::install()?;
-    let Setup { corpus, mut driver } = match &a.resume {
-        Some(dir) => resume_setup(&a, dir)?,
+    let Setup {
+        corpus,
+        mut driver,
+        watch,
+    } = match &a.resume {
+        Some(dir) => resume_setup(&a, dir, lock)?,
         None => fresh_setup(&a)?,
     };
     let split = Split::of(&corpus, driver.run.sequences, driver.run.val_frac);
@@ -382,6 +481,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
     let run = driver.run.clone();
     let eval_rows = eval_rows(driver.engine.config(), run.batch, run.seq_len);
     let mut sources = split.sources(&corpus, &run, eval_rows)?;
+    sources.train = watched(sources.train, &corpus, watch, &driver.out)?;
     let val = Validation {
         periodic: sources.periodic.as_ref(),
         closing: sources.closing.as_deref(),

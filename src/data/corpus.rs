@@ -10,6 +10,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
+use crate::data::guard::{fingerprint, in_memory_max};
 use crate::data::vocab::{Vocab, VocabKind, WordOptions};
 use crate::data::words::{Tokenizer, UNKNOWN, WordCounts, WordEncoder};
 use crate::error::{Error, Result};
@@ -50,10 +51,36 @@ impl CorpusText {
             return Err(Error::Data(format!("corpus {} is empty", path.display())));
         }
         let file = File::open(path).map_err(|e| Error::io("open corpus", path, e))?;
+        if meta.len() <= in_memory_max() {
+            return Self::read(file, path);
+        }
         // SAFETY: the map is read-only; a file truncated by another process while mapped is the
-        // one case memory maps cannot guard against, as with every mmap-based reader.
+        // one case memory maps cannot guard against: see `guard` for what a run does about it.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("map corpus", path, e))?;
         Ok(CorpusText::Mapped(map))
+    }
+
+    /// Reads a small corpus into memory, where nothing done to the file can reach it.
+    fn read(file: File, path: &Path) -> Result<Self> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        file.take(in_memory_max().saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read corpus", path, e))?;
+        if bytes.is_empty() {
+            return Err(Error::Data(format!("corpus {} is empty", path.display())));
+        }
+        Ok(CorpusText::Owned(bytes))
+    }
+
+    /// Whether the text is a memory map of its file (which the file's truncation can reach).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, CorpusText::Mapped(_))
+    }
+
+    /// The [`fingerprint`] of the text, releasing the mapped pages it reads.
+    pub fn fingerprint(&self) -> u64 {
+        fingerprint(self.bytes(), |range| self.release(range))
     }
 
     /// Drops the mapped pages of `range` from this process's resident memory (they stay in the
@@ -481,6 +508,17 @@ impl Corpus {
     /// The raw bytes of the text.
     pub fn text_bytes(&self) -> &[u8] {
         self.text.bytes()
+    }
+
+    /// The fingerprint of the text (see [`crate::data::guard::fingerprint`]).
+    pub fn fingerprint(&self) -> u64 {
+        self.text.fingerprint()
+    }
+
+    /// Whether the text is memory-mapped from its file (a corpus larger than
+    /// [`crate::data::guard::in_memory_max`]).
+    pub fn is_mapped(&self) -> bool {
+        self.text.is_mapped()
     }
 
     /// Appends the token ids of the text in byte `range` (which must start and end at character

@@ -3,6 +3,7 @@
 //! streams, lines or pairs.
 
 pub mod corpus;
+pub mod guard;
 pub mod jsonl;
 pub mod lines;
 pub mod lm;

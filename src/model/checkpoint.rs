@@ -224,17 +224,19 @@ pub fn serialize(tensors: &[Tensor], meta: &BTreeMap<String, String>) -> Vec<u8>
     out
 }
 
-/// Writes `bytes` to `path` through `path.tmp`, fsyncs, then renames over `path`.
+/// Writes `bytes` to `path` through `path.tmp`, fsyncs, then renames over `path`. On any
+/// failure (a full disk, most often) the temporary file is removed, so a failed write leaves
+/// `path` as it was and nothing beside it. The temporary is created anew (a file or link left
+/// under its name is removed first, never written through), so the write stays in `path`'s
+/// directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io("write", &tmp, e))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| Error::io("rename into", path, e))?;
+    let tmp = tmp_path(path);
+    let written = write_new(&tmp, bytes)
+        .and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io("rename into", path, e)));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return written;
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && let Ok(d) = fs::File::open(dir)
     {
@@ -242,4 +244,77 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The temporary name [`write_atomic`] writes `path` through: `path.tmp`.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    PathBuf::from(tmp)
+}
+
+/// Creates `tmp` as a new file (replacing whatever had its name) holding `bytes`, synced.
+fn write_new(tmp: &Path, bytes: &[u8]) -> Result<()> {
+    match fs::remove_file(tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::io("remove the stale", tmp, e));
+        }
+        _ => {}
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(|e| Error::io("create", tmp, e))?;
+    fail_point(tmp)?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io("write", tmp, e))
+}
+
+/// A write failure injected for tests: with `UNROLL_FAIL_WRITE=NAME` in the environment of a
+/// debug build, writing the temporary of the file named `NAME` fails as on a full disk, after
+/// the temporary was created. Release builds never read the variable.
+fn fail_point(tmp: &Path) -> Result<()> {
+    if cfg!(debug_assertions)
+        && let Some(name) = std::env::var_os("UNROLL_FAIL_WRITE")
+        && tmp.file_name() == Some(tmp_path(Path::new(&name)).as_os_str())
+    {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        return Err(Error::io("write", tmp, full));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_removes_its_temporary_and_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A rename onto a non-empty directory fails after the temporary was written.
+        let path = dir.path().join("model.safetensors");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("kept"), "old").unwrap();
+        assert!(write_atomic(&path, b"new").is_err());
+        assert!(!tmp_path(&path).exists(), "the temporary was left behind");
+        assert_eq!(fs::read_to_string(path.join("kept")).unwrap(), "old");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_stale_temporary_link_is_replaced_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside.txt");
+        fs::write(&outside, "the user's").unwrap();
+        let run = dir.path().join("run");
+        fs::create_dir(&run).unwrap();
+        let path = run.join("state.safetensors");
+        std::os::unix::fs::symlink(&outside, tmp_path(&path)).unwrap();
+        write_atomic(&path, b"ours").unwrap();
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "the user's");
+        assert_eq!(fs::read(&path).unwrap(), b"ours");
+        assert!(!tmp_path(&path).exists());
+    }
 }

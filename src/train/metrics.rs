@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::write_atomic;
 
+/// File name of the metrics inside a run directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// File name of the loss curve inside a run directory.
+pub const PLOT_FILE: &str = "loss.svg";
+
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -73,7 +78,7 @@ impl Metrics {
     /// Opens `dir/metrics.jsonl`, keeping the records up to `keep_until` (the step a resumed
     /// run continues from) and dropping any later ones left by an interrupted run.
     pub fn open(dir: &Path, keep_until: Option<u64>) -> Result<Self> {
-        let path = dir.join("metrics.jsonl");
+        let path = dir.join(METRICS_FILE);
         let mut records = Vec::new();
         if let Some(limit) = keep_until
             && let Ok(f) = File::open(&path)
@@ -98,7 +103,7 @@ impl Metrics {
             .open(&path)
             .map_err(|e| Error::io("open", &path, e))?;
         Ok(Metrics {
-            svg: dir.join("loss.svg"),
+            svg: dir.join(PLOT_FILE),
             path,
             records,
             file,

@@ -3,6 +3,7 @@
 
 pub mod metrics;
 pub mod optim;
+pub mod rundir;
 pub mod schedule;
 pub mod state;
 pub mod trainer;

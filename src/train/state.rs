@@ -3,7 +3,7 @@
 //! metadata. It is self-contained (a resume needs no other file) and written atomically.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -62,9 +62,37 @@ pub struct RunSpec {
     /// Dropout between stacked layers (0: none); runs saved before it existed have none.
     #[serde(default)]
     pub dropout: f32,
+    /// The bytes of the corpus path when they are not UTF-8 (`corpus` then holds a lossy form
+    /// for display): the path a resume opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus_path_bytes: Option<Vec<u8>>,
+    /// The fingerprint of the corpus's content (`data::guard::fingerprint`), checked on resume;
+    /// `None` for runs on pairs (checked by their own digest) and runs saved before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus_fingerprint: Option<u64>,
 }
 
 impl RunSpec {
+    /// Records `path` as the run's corpus (or pairs file), losslessly: as text, and as its raw
+    /// bytes too when it is not UTF-8.
+    pub fn set_corpus_path(&mut self, path: &Path) {
+        self.corpus = Some(path.to_string_lossy().into_owned());
+        self.corpus_path_bytes = match path.to_str() {
+            Some(_) => None,
+            None => raw_path_bytes(path),
+        };
+    }
+
+    /// The path of the run's corpus (or pairs file); `None`: the built-in corpus.
+    pub fn corpus_path(&self) -> Option<PathBuf> {
+        if let Some(bytes) = &self.corpus_path_bytes
+            && let Some(path) = path_of_raw_bytes(bytes)
+        {
+            return Some(path);
+        }
+        self.corpus.as_ref().map(PathBuf::from)
+    }
+
     /// Refuses settings that no run can have, with the checks the command line makes: a state
     /// file is held to them too, whoever wrote it.
     pub fn validate(&self) -> Result<()> {
@@ -100,6 +128,28 @@ impl RunSpec {
             seed: self.seed ^ (step.wrapping_add(1)).wrapping_mul(0x9e37_79b9_7f4a_7c15),
         })
     }
+}
+
+#[cfg(unix)]
+fn raw_path_bytes(path: &Path) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    Some(path.as_os_str().as_bytes().to_vec())
+}
+
+#[cfg(not(unix))]
+fn raw_path_bytes(_path: &Path) -> Option<Vec<u8>> {
+    None
+}
+
+#[cfg(unix)]
+fn path_of_raw_bytes(bytes: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
+}
+
+#[cfg(not(unix))]
+fn path_of_raw_bytes(_bytes: &[u8]) -> Option<PathBuf> {
+    None
 }
 
 /// What a run does when it diverges (a non-finite loss or gradient norm). Either way the update

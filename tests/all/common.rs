@@ -160,6 +160,16 @@ pub fn gpu(test: &str) -> Option<unroll::engine::gpu::GpuContext> {
     }
 }
 
+/// The options of a tiny language model trained on the CPU (H = 8, B = 2, T = 8, no sample
+/// after training), for command-line tests that need a run, not its quality.
+pub const TINY_CPU_RUN: [(&str, &str); 5] = [
+    ("--hidden", "8"),
+    ("--batch", "2"),
+    ("--seq-len", "8"),
+    ("--sample", "0"),
+    ("--device", "cpu"),
+];
+
 /// Every optimizer the engines implement.
 pub const OPTIMIZERS: [OptimizerKind; 5] = [
     OptimizerKind::Sgd,

@@ -21,6 +21,7 @@ mod pairs_cli;
 mod pairs_data;
 mod pytorch;
 mod row_split;
+mod run_dir;
 mod saved_state;
 mod shaders;
 mod sizes;

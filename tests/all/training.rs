@@ -97,6 +97,8 @@ pub fn run_spec(
         sequences: Default::default(),
         on_nan: Default::default(),
         dropout: 0.0,
+        corpus_path_bytes: None,
+        corpus_fingerprint: None,
     }
 }
 
