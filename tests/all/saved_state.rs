@@ -8,6 +8,7 @@ use unroll::model::Checkpoint;
 use unroll::train::state::TrainState;
 
 use crate::cli::{fails_with, ok, unroll, write_corpus};
+use crate::common::TINY_CPU_RUN;
 
 /// The first 20 KB of the built-in corpus, written into `dir`.
 fn builtin_corpus_head(dir: &Path) -> String {
@@ -108,29 +109,19 @@ fn parameters_that_overflow_are_a_divergence_and_never_saved() {
     assert!(TrainState::load(&reduce).unwrap().progress.lr_scale < 1.0);
 }
 
+/// Trains the tiny CPU model of `common::TINY_CPU_RUN` on `corpus` into `out`, with `extra`.
+fn tiny_train(corpus: &str, out: &Path, extra: &[&str]) {
+    let mut args = vec!["train", "--corpus", corpus, "--out", out.to_str().unwrap()];
+    args.extend(TINY_CPU_RUN.iter().flat_map(|(k, v)| [*k, *v]));
+    args.extend(extra);
+    ok(&args);
+}
+
 /// A finished small run in `dir/run`, and its corpus.
 fn small_run(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
     let (corpus, _) = write_corpus(dir, name);
     let run = dir.join("run");
-    ok(&[
-        "train",
-        "--corpus",
-        &corpus,
-        "--hidden",
-        "8",
-        "--batch",
-        "2",
-        "--seq-len",
-        "8",
-        "--steps",
-        "2",
-        "--sample",
-        "0",
-        "--device",
-        "cpu",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    tiny_train(&corpus, &run, &["--steps", "2"]);
     (run, corpus)
 }
 
@@ -239,27 +230,7 @@ fn identical_runs_write_identical_files() {
     let (corpus, _) = write_corpus(dirs[0].path(), "identical");
     let runs: Vec<_> = dirs.iter().map(|d| d.path().join("run")).collect();
     for run in &runs {
-        ok(&[
-            "train",
-            "--corpus",
-            &corpus,
-            "--hidden",
-            "8",
-            "--batch",
-            "2",
-            "--seq-len",
-            "8",
-            "--steps",
-            "3",
-            "--eval-every",
-            "2",
-            "--sample",
-            "0",
-            "--device",
-            "cpu",
-            "--out",
-            run.to_str().unwrap(),
-        ]);
+        tiny_train(&corpus, run, &["--steps", "3", "--eval-every", "2"]);
     }
     for name in ["model.safetensors", "best.safetensors", "state.safetensors"] {
         let [a, b] = [&runs[0], &runs[1]].map(|r| std::fs::read(r.join(name)).unwrap());
