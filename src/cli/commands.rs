@@ -2,16 +2,17 @@
 
 use std::io::Write;
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use unroll::data::corpus::{Corpus, Tokens};
 use unroll::data::lines::Lines;
 use unroll::data::vocab::Vocab;
 use unroll::engine::select::create_engine;
+use unroll::model::checkpoint::MODEL_FILE;
 use unroll::model::{Checkpoint, InputKind, OutputKind};
 use unroll::sample::{SampleOptions, sample as generate};
-use unroll::train::trainer::{evaluate, evaluate_lm};
+use unroll::train::trainer::{BEST_FILE, evaluate, evaluate_lm};
 
 use super::sizes::check_evaluation;
 use super::{EvalArgs, SampleArgs};
@@ -137,8 +138,22 @@ pub fn write_sample(
     }
 }
 
+/// The checkpoint file `eval` scores: `--model` itself, or the directory's model.safetensors
+/// (best.safetensors with `--best`).
+fn scored_file(a: &EvalArgs) -> anyhow::Result<PathBuf> {
+    match (a.model.is_dir(), a.best) {
+        (true, best) => Ok(a.model.join(if best { BEST_FILE } else { MODEL_FILE })),
+        (false, false) => Ok(a.model.clone()),
+        (false, true) => usage!(
+            "--best picks best.safetensors of a run directory; {} is not a directory",
+            a.model.display()
+        ),
+    }
+}
+
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
-    let (ckpt, vocab) = load_lm(&a.model)?;
+    let file = scored_file(&a)?;
+    let (ckpt, vocab) = load_lm(&file)?;
     if a.batch == 0 || a.seq_len == 0 {
         usage!("--batch and --seq-len must be at least 1");
     }
@@ -169,11 +184,12 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         bail!(
             "the loss of {} on this corpus is {loss}: the model's outputs overflow (its largest \
              parameter is {:e}), so it cannot be scored",
-            a.model.display(),
+            file.display(),
             largest_magnitude(&ckpt.params)
         );
     }
     let mut json = serde_json::json!({
+        "model": file.display().to_string(),
         "loss": loss,
         "bits_per_token": loss / std::f64::consts::LN_2,
         "perplexity": loss.exp(),

@@ -440,9 +440,12 @@ pub struct SampleArgs {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Checkpoint directory (or .safetensors file).
+    /// Checkpoint directory (its model.safetensors) or .safetensors file.
     #[arg(long)]
     pub model: PathBuf,
+    /// Score the directory's best.safetensors (the best validation model) instead.
+    #[arg(long)]
+    pub best: bool,
     /// UTF-8 text file to evaluate on; without it, the built-in corpus.
     #[arg(long)]
     pub corpus: Option<PathBuf>,

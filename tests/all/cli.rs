@@ -206,6 +206,32 @@ fn train_sample_and_eval_end_to_end() {
     );
     let e = ok(&["eval", "--model", o, "--corpus", &corpus, "--device", "cpu"]);
     let json: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+    let scored = |json: &serde_json::Value| json["model"].as_str().unwrap().to_string();
+    assert_eq!(
+        scored(&json),
+        out.join("model.safetensors").display().to_string()
+    );
+    // --best scores the best validation model, exactly as naming its file does.
+    let best_file = out.join("best.safetensors");
+    let evaluated = |model: &str, best: &[&str]| -> serde_json::Value {
+        let args = [
+            &[
+                "eval", "--model", model, "--corpus", &corpus, "--device", "cpu",
+            ],
+            best,
+        ];
+        serde_json::from_slice(&ok(&args.concat()).stdout).unwrap()
+    };
+    let (best, named) = (
+        evaluated(o, &["--best"]),
+        evaluated(best_file.to_str().unwrap(), &[]),
+    );
+    assert_eq!(scored(&best), best_file.display().to_string());
+    assert_eq!(best["loss"], named["loss"]);
+    misused(
+        &["eval", "--model", best_file.to_str().unwrap(), "--best"],
+        "not a directory",
+    );
     let loss = json["loss"].as_f64().unwrap();
     let bits = json["bits_per_token"].as_f64().unwrap();
     assert!((bits - loss / std::f64::consts::LN_2).abs() < 1e-9);
