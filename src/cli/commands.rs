@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use unroll::data::corpus::{Corpus, Tokens};
+use unroll::data::guard::report_truncation_during;
 use unroll::data::lines::Lines;
 use unroll::data::vocab::Vocab;
 use unroll::engine::select::create_engine;
@@ -169,6 +170,12 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         "--batch or --seq-len",
         a.device.into(),
     )?;
+    if let Some(path) = &a.corpus {
+        // A large corpus is memory-mapped: a truncation under the read is a message, not a
+        // death by signal.
+        let then = "nothing was written: run `unroll eval` again once the corpus is restored";
+        report_truncation_during(path, "it was scored", then)?;
+    }
     let corpus = Corpus::open(a.corpus.as_deref(), vocab.kind(), Some(vocab))?;
     let (mut engine, note) = create_engine(a.device.into(), &ckpt.config, &ckpt.params)?;
     eprintln!("{note}");

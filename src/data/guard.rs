@@ -144,15 +144,24 @@ impl FileStamp {
 /// async-signal-safe; the checkpoints in `dir` are only ever replaced by rename, so the last
 /// one is intact.
 pub fn report_truncation(corpus: &Path, dir: &Path) -> Result<()> {
+    let then = format!(
+        "the last checkpoint in {} is intact: continue with `unroll train --resume {}` once the \
+         corpus is restored",
+        dir.display(),
+        dir.display()
+    );
+    report_truncation_during(corpus, "training", &then)
+}
+
+/// Like [`report_truncation`], for any command that reads a mapped corpus: the message says
+/// the corpus was truncated while `doing`, then `then` (what became of the command's work).
+pub fn report_truncation_during(corpus: &Path, doing: &str, then: &str) -> Result<()> {
     use std::io::Write;
     use std::os::fd::FromRawFd;
     let message = format!(
-        "error: the corpus {} was truncated while training (bus error reading its memory map); \
-         the last checkpoint in {} is intact: continue with `unroll train --resume {}` once the \
-         corpus is restored\n",
+        "error: the corpus {} was truncated while {doing} (bus error reading its memory map); \
+         {then}\n",
         corpus.display(),
-        dir.display(),
-        dir.display()
     )
     .into_bytes();
     let handler = move || {

@@ -256,6 +256,43 @@ fn a_corpus_truncated_under_a_mapped_run_stops_it_with_a_message_and_the_run_res
     assert_ok(&resume(&out, step + 2));
 }
 
+#[test]
+fn a_corpus_truncated_while_eval_reads_it_ends_with_a_message_not_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = write_corpus(dir.path(), "small.txt".as_ref(), 200);
+    let model = dir.path().join("model");
+    assert_ok(&run(&train_args(&small, &model, 0, &[])));
+    // Enough text that scoring it takes seconds, so the truncation meets a read.
+    let text = std::fs::read(&small).unwrap();
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, text.repeat((40 << 20) / text.len() + 1)).unwrap();
+    let log = std::fs::File::create(dir.path().join("eval.log")).unwrap();
+    let mut child = bin()
+        .args(["eval", "--device", "cpu", "--model"])
+        .arg(&model)
+        .arg("--corpus")
+        .arg(&big)
+        .env(IN_MEMORY_MAX_VAR, "0")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let status = wait_for(&mut child, Duration::from_secs(60));
+    let err = std::fs::read_to_string(dir.path().join("eval.log")).unwrap();
+    assert_eq!(status.code(), Some(1), "{status}: {err}");
+    let name = big.display().to_string();
+    for needle in [name.as_str(), "was truncated while it was scored", "again"] {
+        assert!(err.contains(needle), "no {needle:?} in: {err}");
+    }
+}
+
 /// The child half of the next test: reads a mapped corpus after truncating it.
 #[test]
 fn truncated_map_child() {
