@@ -130,6 +130,17 @@ fn saved_settings_out_of_range_are_refused_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     let (run, _) = small_run(dir.path(), "bad_state");
     let saved = TrainState::load(&run).unwrap();
+    let resume = [
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--sample",
+        "0",
+    ];
     type Edit = fn(&mut TrainState);
     let cases: [(&str, Edit, &str); 12] = [
         (
@@ -167,19 +178,7 @@ fn saved_settings_out_of_range_are_refused_on_resume() {
             err.contains("saved settings are not valid") && err.contains(needle),
             "{what}: {err}"
         );
-        fails_with(
-            &[
-                "train",
-                "--resume",
-                run.to_str().unwrap(),
-                "--device",
-                "cpu",
-                "--sample",
-                "0",
-            ],
-            needle,
-            false,
-        );
+        fails_with(&resume, needle, false);
     }
     // Settings that are legal alone but do not fit the saved run are refused further on, by
     // the data and the engine, as cleanly.
@@ -194,34 +193,10 @@ fn saved_settings_out_of_range_are_refused_on_resume() {
             state.state = vec![0.0; 3 * state.config.state_size_per_row()];
         }
         state.save(&run).unwrap();
-        fails_with(
-            &[
-                "train",
-                "--resume",
-                run.to_str().unwrap(),
-                "--steps",
-                "3",
-                "--device",
-                "cpu",
-                "--sample",
-                "0",
-            ],
-            needle,
-            false,
-        );
+        fails_with(&resume, needle, false);
     }
     saved.save(&run).unwrap();
-    ok(&[
-        "train",
-        "--resume",
-        run.to_str().unwrap(),
-        "--steps",
-        "3",
-        "--device",
-        "cpu",
-        "--sample",
-        "0",
-    ]);
+    ok(&resume);
 }
 
 #[test]
