@@ -171,8 +171,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         a.device.into(),
     )?;
     if let Some(path) = &a.corpus {
-        // A large corpus is memory-mapped: a truncation under the read is a message, not a
-        // death by signal.
+        // What a truncation of a memory-mapped corpus under the read says (see `guard`).
         let then = "nothing was written: run `unroll eval` again once the corpus is restored";
         report_truncation_during(path, "it was scored", then)?;
     }

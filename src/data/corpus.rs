@@ -10,7 +10,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use crate::data::guard::{fingerprint, in_memory_max};
+use crate::data::guard::{fingerprint, in_memory_max, report_truncation_when_mapped};
 use crate::data::vocab::{Vocab, VocabKind, WordOptions};
 use crate::data::words::{Tokenizer, UNKNOWN, WordCounts, WordEncoder};
 use crate::error::{Error, Result};
@@ -57,6 +57,7 @@ impl CorpusText {
         // SAFETY: the map is read-only; a file truncated by another process while mapped is the
         // one case memory maps cannot guard against: see `guard` for what a run does about it.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("map corpus", path, e))?;
+        report_truncation_when_mapped(path)?;
         Ok(CorpusText::Mapped(map))
     }
 

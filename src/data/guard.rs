@@ -8,10 +8,13 @@
 //!   file's [`FileStamp`] (length and modification time) before every batch and stops with an
 //!   error when it changed, and a SIGBUS (a read of mapped pages that a truncation took away,
 //!   which no check can rule out between two batches) ends the process with a message instead
-//!   of a signal death ([`report_truncation`]). The checkpoints are replaced only by rename,
+//!   of a signal death: the handler is installed when a corpus is mapped, and the command says
+//!   what the message adds ([`report_truncation`], [`report_truncation_during`]). The checkpoints are replaced only by rename,
 //!   so the last one is intact either way.
 
 use std::path::Path;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::SystemTime;
 
 use crate::error::{Error, Result};
@@ -155,27 +158,70 @@ pub fn report_truncation(corpus: &Path, dir: &Path) -> Result<()> {
 
 /// Like [`report_truncation`], for any command that reads a mapped corpus: the message says
 /// the corpus was truncated while `doing`, then `then` (what became of the command's work).
+/// The latest call's message is the one printed.
 pub fn report_truncation_during(corpus: &Path, doing: &str, then: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::fd::FromRawFd;
-    let message = format!(
+    let note = truncation_note(corpus, doing, then);
+    // The previous note is never freed: the handler may be reading it. A process sets a few.
+    NOTE.swap(Box::into_raw(Box::new(note)), Ordering::SeqCst);
+    install_handler(corpus)
+}
+
+/// Called when `corpus` is memory-mapped: from then on a SIGBUS is reported, with the message
+/// of the command reading it when it set one ([`report_truncation_during`]), else a plain one.
+pub(crate) fn report_truncation_when_mapped(corpus: &Path) -> Result<()> {
+    let then = "run the command again once the corpus is restored";
+    let note = Box::into_raw(Box::new(truncation_note(corpus, "it was read", then)));
+    if NOTE
+        .compare_exchange(
+            std::ptr::null_mut(),
+            note,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        )
+        .is_err()
+    {
+        // SAFETY: `note` was never published; this is its only owner.
+        drop(unsafe { Box::from_raw(note) });
+    }
+    install_handler(corpus)
+}
+
+/// What a SIGBUS prints: the latest note, set before any mapped read that it concerns.
+static NOTE: AtomicPtr<Vec<u8>> = AtomicPtr::new(std::ptr::null_mut());
+
+fn truncation_note(corpus: &Path, doing: &str, then: &str) -> Vec<u8> {
+    format!(
         "error: the corpus {} was truncated while {doing} (bus error reading its memory map); \
          {then}\n",
         corpus.display(),
     )
-    .into_bytes();
-    let handler = move || {
+    .into_bytes()
+}
+
+/// Installs the SIGBUS handler once per process: it writes [`NOTE`] and exits with status 1.
+fn install_handler(corpus: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    static INSTALLED: OnceLock<std::result::Result<(), std::io::ErrorKind>> = OnceLock::new();
+    let handler = || {
+        let note = NOTE.load(Ordering::SeqCst);
         // SAFETY: fd 2 (standard error) stays open for the process's life; the `File` is never
-        // dropped, so it is not closed. `write_all` calls write(2) and allocates nothing.
+        // dropped, so it is not closed. `write_all` calls write(2) and allocates nothing. A
+        // published note is never freed, so the pointer stays valid.
         let mut err = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(2) });
-        let _ = err.write_all(&message);
+        if let Some(note) = unsafe { note.as_ref() } {
+            let _ = err.write_all(note);
+        }
         signal_hook::low_level::exit(1);
     };
-    // SAFETY: the handler only writes a prepared buffer and calls `_exit` (async-signal-safe);
-    // it never returns, so the faulting read is not retried.
-    unsafe { signal_hook::low_level::register(signal_hook::consts::SIGBUS, handler) }
-        .map(|_| ())
-        .map_err(|e| Error::io("install a handler for the corpus", corpus, e))
+    let installed = INSTALLED.get_or_init(|| {
+        // SAFETY: the handler only writes a prepared buffer and calls `_exit`
+        // (async-signal-safe); it never returns, so the faulting read is not retried.
+        unsafe { signal_hook::low_level::register(signal_hook::consts::SIGBUS, handler) }
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    });
+    installed.map_err(|kind| Error::io("install a handler for the corpus", corpus, kind.into()))
 }
 
 #[cfg(test)]

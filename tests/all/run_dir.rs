@@ -302,7 +302,9 @@ fn truncated_map_child() {
     let path = PathBuf::from(path);
     let corpus = Corpus::open(Some(&path), VocabKind::Bytes, None).unwrap();
     assert!(corpus.is_mapped());
-    report_truncation(&path, Path::new("the-run")).unwrap();
+    if std::env::var_os("UNROLL_TEST_TRAINING_NOTE").is_some() {
+        report_truncation(&path, Path::new("the-run")).unwrap();
+    }
     std::fs::File::create(&path).unwrap();
     let mut tokens = Vec::new();
     corpus.read(0, corpus.len(), &mut tokens);
@@ -313,18 +315,34 @@ fn truncated_map_child() {
 fn a_read_of_a_truncated_map_ends_with_a_message_not_a_signal() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = write_corpus(dir.path(), "c.txt".as_ref(), 3000);
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["run_dir::truncated_map_child", "--exact", "--nocapture"])
-        .env("UNROLL_TEST_TRUNCATED_MAP", &corpus)
-        .env(IN_MEMORY_MAX_VAR, "0")
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{:?}: {err}", out.status);
+    let text = std::fs::read(&corpus).unwrap();
+    let child = |training: bool| {
+        // The child truncates the corpus: each one starts from the whole text.
+        std::fs::write(&corpus, &text).unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap());
+        child
+            .args(["run_dir::truncated_map_child", "--exact", "--nocapture"])
+            .env("UNROLL_TEST_TRUNCATED_MAP", &corpus)
+            .env(IN_MEMORY_MAX_VAR, "0")
+            .stdout(Stdio::null());
+        if training {
+            child.env("UNROLL_TEST_TRAINING_NOTE", "1");
+        }
+        child.output().unwrap()
+    };
     let name = corpus.display().to_string();
-    for needle in [name.as_str(), "was truncated while training", "the-run"] {
-        assert!(err.contains(needle), "no {needle:?} in: {err}");
+    // The training's note; and, without one, the plain note that mapping the corpus set.
+    for (training, says) in [
+        (true, "was truncated while training"),
+        (false, "while it was read"),
+    ] {
+        let out = child(training);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{:?}: {err}", out.status);
+        for needle in [name.as_str(), says] {
+            assert!(err.contains(needle), "no {needle:?} in: {err}");
+        }
+        assert_eq!(err.contains("the-run"), training, "{err}");
     }
 }
 
