@@ -128,20 +128,27 @@ fn product(factors: &[usize]) -> u128 {
 /// The number of parameters of `config`, in the order of [`crate::model::ParamLayout`], without
 /// building the layout (whose `usize` sums a hostile size could overflow).
 pub fn param_count(config: &ModelConfig) -> u128 {
-    let (h, g) = (config.hidden_size, config.cell.gates());
+    let (h, g, w) = (
+        config.hidden_size,
+        config.cell.gates(),
+        config.state_width(),
+    );
     let mut total = match config.embed {
         Some(e) => product(&[config.input_size, e]),
         None => 0,
     };
+    let biases = if config.bias { 2 } else { 0 };
+    let projection = config.proj_size.unwrap_or(0);
     for k in 0..config.layers {
         let input = config.layer_input_size(k);
-        total = total
-            .saturating_add(product(&[g, h, input]))
-            .saturating_add(product(&[g, h, h]))
-            .saturating_add(product(&[2, g, h]));
+        let direction = product(&[g, h, input])
+            .saturating_add(product(&[g, h, w]))
+            .saturating_add(product(&[biases, g, h]))
+            .saturating_add(product(&[projection, h]));
+        total = total.saturating_add(direction.saturating_mul(config.directions() as u128));
     }
     if !config.tie_weights {
-        total = total.saturating_add(product(&[config.output_size, h]));
+        total = total.saturating_add(product(&[config.output_size, config.output_width()]));
     }
     total.saturating_add(config.output_size as u128)
 }
@@ -160,7 +167,10 @@ fn activations(config: &ModelConfig, r: Rows, backward: bool) -> u128 {
     let per_layer = states
         .saturating_mul(memory)
         .saturating_add(n.saturating_mul(product(&[gated, g, h])));
-    let inputs = n.saturating_mul(product(&[config.layers.saturating_sub(1), h]));
+    let inputs = n.saturating_mul(product(&[
+        config.layers.saturating_sub(1),
+        config.output_width().max(h),
+    ]));
     let embedded = n.saturating_mul(config.embed.unwrap_or(0) as u128);
     let projection = n.saturating_mul(product(&[g, h]));
     let gradients = match backward {
@@ -168,7 +178,7 @@ fn activations(config: &ModelConfig, r: Rows, backward: bool) -> u128 {
         false => 0,
     };
     per_layer
-        .saturating_mul(config.layers as u128)
+        .saturating_mul(product(&[config.layers, config.directions()]))
         .saturating_add(inputs)
         .saturating_add(embedded)
         .saturating_add(projection)
@@ -449,17 +459,29 @@ mod tests {
 
     #[test]
     fn the_parameters_are_counted_as_the_layout_lays_them_out() {
+        let variants = [
+            (false, None, true),
+            (true, None, false),
+            (true, Some(5), true),
+        ];
         for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
             for (embed, tie, layers) in [(None, false, 1), (Some(7), false, 3), (Some(9), true, 2)]
             {
-                let config = ModelConfig {
-                    cell,
-                    embed,
-                    tie_weights: tie,
-                    ..ModelConfig::language_model(11, 9, layers)
-                };
-                let layout = ParamLayout::new(&config).unwrap();
-                assert_eq!(param_count(&config), layout.len() as u128, "{config:?}");
+                for (bidirectional, proj, bias) in variants {
+                    let proj_size = proj.filter(|_| cell == Cell::Lstm);
+                    let plain = !bidirectional && proj_size.is_none();
+                    let config = ModelConfig {
+                        cell,
+                        embed,
+                        tie_weights: tie && plain,
+                        bidirectional,
+                        proj_size,
+                        bias,
+                        ..ModelConfig::language_model(11, 9, layers)
+                    };
+                    let layout = ParamLayout::new(&config).unwrap();
+                    assert_eq!(param_count(&config), layout.len() as u128, "{config:?}");
+                }
             }
         }
     }

@@ -29,6 +29,7 @@ fn load_lm(path: &Path) -> anyhow::Result<(Checkpoint, Vocab)> {
             path.display()
         );
     }
+    super::refuse_non_causal(ckpt.config.bidirectional, "score or sample text")?;
     let vocab = ckpt
         .vocab
         .clone()

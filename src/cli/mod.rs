@@ -17,6 +17,21 @@ mod settings;
 mod sizes;
 mod train;
 
+/// Refuses a bidirectional model where a language model is needed (`doing`: "train on a
+/// corpus", ...): its reverse direction reads the tokens after each step, the very tokens a
+/// language model predicts.
+fn refuse_non_causal(bidirectional: bool, doing: &str) -> anyhow::Result<()> {
+    if bidirectional {
+        usage!(
+            "cannot {doing} with a bidirectional model: a language model predicts each token from \
+             the tokens before it, and a reverse direction would read the token it predicts; \
+             bidirectional layers label sequences whose whole input is known (train --pairs, \
+             predict)"
+        );
+    }
+    Ok(())
+}
+
 /// The value of `--val-tokens`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValTokens {
@@ -335,9 +350,21 @@ pub struct TrainArgs {
     #[arg(long)]
     pub embed: Option<usize>,
     /// Tie the output weights to the embedding (`out.weight` is `embed.weight`); needs
-    /// --embed equal to --hidden.
+    /// --embed equal to the top layer's output width (--hidden, or --proj-size).
     #[arg(long)]
     pub tie_weights: bool,
+    /// Bidirectional layers: each layer also runs over the sequence in reverse, with its own
+    /// parameters (`*_reverse`), and outputs [h_fwd; h_rev] (PyTorch's `bidirectional=True`).
+    /// With --pairs only: a language model must not read the tokens it predicts.
+    #[arg(long)]
+    pub bidirectional: bool,
+    /// LSTM: project the state to P < H values, h_t = W_hr (o * tanh(c_t)) with
+    /// `weight_hr_l{k}` [P, H] (PyTorch's `proj_size`).
+    #[arg(long, value_name = "P")]
+    pub proj_size: Option<usize>,
+    /// Recurrent layers without `bias_ih`/`bias_hh` (PyTorch's `bias=False`).
+    #[arg(long)]
+    pub no_bias: bool,
     /// State nonlinearity f1.
     #[arg(long, value_enum)]
     pub activation: Option<ActivationArg>,

@@ -28,6 +28,9 @@ pub struct ModelSettings {
     /// The embedding size; `None`: one-hot inputs (or the `--init` model's embedding).
     pub embed: Option<usize>,
     pub tie_weights: bool,
+    pub bidirectional: bool,
+    pub proj_size: Option<usize>,
+    pub no_bias: bool,
     pub forget_bias_one: bool,
 }
 
@@ -124,6 +127,9 @@ impl Settings {
                 dropout: a.dropout.unwrap_or(d::DROPOUT),
                 embed: a.embed,
                 tie_weights: a.tie_weights,
+                bidirectional: a.bidirectional,
+                proj_size: a.proj_size,
+                no_bias: a.no_bias,
                 forget_bias_one: a.forget_bias_one,
             },
             batch: a.batch.unwrap_or(d::BATCH),
@@ -255,6 +261,24 @@ pub fn fresh_model(
     });
     config.embed = m.embed.or(init_embed);
     config.tie_weights = m.tie_weights || (m.embed.is_none() && init_tie);
+    // ... and its directions, projection and biases: given options that differ are refused
+    // by the check against the --init model below.
+    let init_config = init.map(|(c, _)| &c.config);
+    config.bidirectional = m.bidirectional || init_config.is_some_and(|c| c.bidirectional);
+    config.proj_size = m.proj_size.or(init_config.and_then(|c| c.proj_size));
+    config.bias = !m.no_bias && init_config.is_none_or(|c| c.bias);
+    if m.proj_size == Some(0) {
+        usage!("--proj-size must be at least 1");
+    }
+    if config.proj_size.is_some() && config.cell != Cell::Lstm {
+        usage!("--proj-size needs --cell lstm");
+    }
+    if let Some(p) = config.proj_size.filter(|&p| p >= config.hidden_size) {
+        usage!(
+            "--proj-size {p} must be smaller than --hidden {} (the projection narrows the state)",
+            config.hidden_size
+        );
+    }
     check_embedding(m, config)?;
     config.validate()?;
     Dropout {
@@ -298,10 +322,16 @@ fn check_embedding(m: &ModelSettings, config: &ModelConfig) -> anyhow::Result<()
     if config.embed.is_some() && config.input_kind != InputKind::OneHot {
         usage!("--embed needs token input (a language model, or --input class)");
     }
-    if config.tie_weights && config.embed != Some(config.hidden_size) {
+    if config.tie_weights && config.embed != Some(config.output_width()) {
         usage!(
-            "--tie-weights needs --embed equal to --hidden ({})",
-            config.hidden_size
+            "--tie-weights needs --embed equal to the top layer's output width ({}: {})",
+            config.output_width(),
+            match (config.proj_size.is_some(), config.bidirectional) {
+                (false, false) => "--hidden",
+                (true, false) => "--proj-size",
+                (false, true) => "twice --hidden, for two directions",
+                (true, true) => "twice --proj-size, for two directions",
+            }
         );
     }
     if config.tie_weights

@@ -379,6 +379,7 @@ fn batches_per_epoch(corpus: &Corpus, split: &Split, s: &Settings) -> anyhow::Re
 
 fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     let s = Settings::of(a);
+    super::refuse_non_causal(a.bidirectional, "train on a corpus")?;
     check_fresh_out(a, &s.out)?;
     s.check_val_frac()?;
     let watch = Watch::of(a.corpus.as_deref())?;
@@ -393,6 +394,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     let (rows, device) = ((s.batch, s.seq_len), a.device.into());
     let guard = |c: &ModelConfig| check_training(c, rows, s.seq_len, "--seq-len", false, device);
     let params = fresh_model(&s, &a.given, &mut config, checkpoint, guard)?;
+    super::refuse_non_causal(config.bidirectional, "train on a corpus")?;
     let split = Split::of(&corpus, s.sequences, s.val_frac);
     let optimization = s.optimization(batches_per_epoch(&corpus, &split, &s)?)?;
     let path = a.corpus.as_deref().map(absolute);

@@ -89,6 +89,9 @@ impl PairsFormat {
             output_size: self.output.size,
             embed: None,
             tie_weights: false,
+            bidirectional: false,
+            proj_size: None,
+            bias: true,
         };
         config.validate()?;
         Ok(config)

@@ -85,9 +85,32 @@ pub struct ModelConfig {
     /// reads the one-hot vector itself (`W_ih x_t` is then a column gather).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embed: Option<usize>,
-    /// Tied input and output weights: `out.weight` IS `embed.weight` (needs E = H and V = I).
+    /// Tied input and output weights: `out.weight` IS `embed.weight` (needs E equal to the top
+    /// layer's output width and V = I).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tie_weights: bool,
+    /// Each layer runs a forward and a reverse direction over the sequence, with parameters of
+    /// its own (`weight_ih_l{k}_reverse`, ...); the layer's output is `[h_fwd; h_rev]`, twice the
+    /// state width (PyTorch's `bidirectional=True`). Sequence labelling only: a language model
+    /// must be causal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bidirectional: bool,
+    /// P: an LSTM's projection size (PyTorch's `proj_size`): `h_t = W_hr (o * tanh(c_t))` with
+    /// `weight_hr_l{k}` [P, H], so h (and what the next layer reads) is P wide while c stays H
+    /// wide. `None`: no projection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proj_size: Option<usize>,
+    /// Whether the recurrent layers have `bias_ih_l{k}` and `bias_hh_l{k}` (PyTorch's `bias`).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub bias: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl ModelConfig {
@@ -105,7 +128,26 @@ impl ModelConfig {
             output_size: vocab,
             embed: None,
             tie_weights: false,
+            bidirectional: false,
+            proj_size: None,
+            bias: true,
         }
+    }
+
+    /// Directions per layer: 2 when bidirectional, else 1.
+    pub fn directions(&self) -> usize {
+        if self.bidirectional { 2 } else { 1 }
+    }
+
+    /// The width of a layer's state h in one direction: P with a projection, else H.
+    pub fn state_width(&self) -> usize {
+        self.proj_size.unwrap_or(self.hidden_size)
+    }
+
+    /// The width of a layer's output, which the next layer and the output layer read:
+    /// `directions * state_width` (`[h_fwd; h_rev]` when bidirectional).
+    pub fn output_width(&self) -> usize {
+        self.directions() * self.state_width()
     }
 
     /// Whether layer 0 reads the one-hot input directly, so that `W_ih x_t` is a column gather
@@ -137,11 +179,25 @@ impl ModelConfig {
                 ));
             }
         }
-        if self.tie_weights {
-            if self.embed != Some(self.hidden_size) {
+        if let Some(p) = self.proj_size {
+            check("projection size", p)?;
+            if self.cell != Cell::Lstm {
+                return Err(Error::Config(
+                    "a projection (proj_size) needs an LSTM".into(),
+                ));
+            }
+            if p >= self.hidden_size {
                 return Err(Error::Config(format!(
-                    "tied weights need an embedding of the hidden size ({}), not {}",
-                    self.hidden_size,
+                    "the projection size ({p}) must be smaller than the hidden size ({})",
+                    self.hidden_size
+                )));
+            }
+        }
+        if self.tie_weights {
+            if self.embed != Some(self.output_width()) {
+                return Err(Error::Config(format!(
+                    "tied weights need an embedding of the top layer's output width ({}), not {}",
+                    self.output_width(),
                     self.embed.map_or("none".to_string(), |e| e.to_string())
                 )));
             }
@@ -160,21 +216,26 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Values of the carried state per sequence (row): `layers * H` of h, and as many again of c
-    /// for an LSTM. The state is laid out as h of every layer (layer-major, then row-major),
+    /// Values of the carried state per sequence (row): `layers * directions * W` of h (W the
+    /// state width, P or H), and `layers * directions * H` of c for an LSTM. The state is laid
+    /// out as h of every layer and direction (layer-major, then direction, then row-major),
     /// followed by c in the same order.
     pub fn state_size_per_row(&self) -> usize {
-        let parts = if self.cell.has_memory() { 2 } else { 1 };
-        parts * self.layers * self.hidden_size
+        let memory = if self.cell.has_memory() {
+            self.hidden_size
+        } else {
+            0
+        };
+        self.layers * self.directions() * (self.state_width() + memory)
     }
 
     /// Input size of layer `k`: for layer 0 the embedding size E, or the input size without an
-    /// embedding; H above it.
+    /// embedding; the output width of the layer below above it.
     pub fn layer_input_size(&self, k: usize) -> usize {
         if k == 0 {
             self.embed.unwrap_or(self.input_size)
         } else {
-            self.hidden_size
+            self.output_width()
         }
     }
 }

@@ -40,9 +40,11 @@ pub fn set_forget_bias_one(
     }
     let h = config.hidden_size;
     for k in 0..config.layers {
-        let lo = layout.layer(k);
-        params[lo.bias_ih + h..lo.bias_ih + 2 * h].fill(1.0);
-        params[lo.bias_hh + h..lo.bias_hh + 2 * h].fill(0.0);
+        for d in 0..config.directions() {
+            let (ih, hh) = layout.direction(k, d).biases()?;
+            params[ih + h..ih + 2 * h].fill(1.0);
+            params[hh + h..hh + 2 * h].fill(0.0);
+        }
     }
     Ok(())
 }

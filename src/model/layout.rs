@@ -35,26 +35,45 @@ impl ParamSpec {
     }
 }
 
-/// Offsets of one recurrent layer's four tensors.
+/// Offsets of the tensors of one recurrent layer in one direction (`_reverse` names the second
+/// direction of a bidirectional layer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LayerOffsets {
     /// `weight_ih_l{k}`: [G*H, I_k]
     pub weight_ih: usize,
-    /// `weight_hh_l{k}`: [G*H, H]
+    /// `weight_hh_l{k}`: [G*H, W] (W the state width: P with a projection, else H)
     pub weight_hh: usize,
-    /// `bias_ih_l{k}`: `[G*H]`
-    pub bias_ih: usize,
-    /// `bias_hh_l{k}`: `[G*H]`
-    pub bias_hh: usize,
+    /// `bias_ih_l{k}`: `[G*H]`; `None` without biases.
+    pub bias_ih: Option<usize>,
+    /// `bias_hh_l{k}`: `[G*H]`; `None` without biases.
+    pub bias_hh: Option<usize>,
+    /// `weight_hr_l{k}`: [P, H], an LSTM's projection; `None` without one.
+    pub weight_hr: Option<usize>,
+}
+
+impl LayerOffsets {
+    /// The offsets of `bias_ih` and `bias_hh`, or an error for a model without biases (for code
+    /// that needs them).
+    pub fn biases(&self) -> Result<(usize, usize)> {
+        match (self.bias_ih, self.bias_hh) {
+            (Some(ih), Some(hh)) => Ok((ih, hh)),
+            _ => Err(Error::Config(
+                "this model has no biases (bias=False)".to_string(),
+            )),
+        }
+    }
 }
 
 /// The layout of all parameters of a model in one flat buffer, in a fixed order:
-/// `embed.weight` [I, E] when the model has an embedding; for each layer k:
-/// `weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k}`; then `out.weight` [V, H]
-/// (absent with tied weights, where the output layer uses `embed.weight`), `out.bias` `[V]`.
+/// `embed.weight` [I, E] when the model has an embedding; for each layer k and each direction
+/// (PyTorch's order): `weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k}` (the biases
+/// only with `bias`), `weight_hr_l{k}` (only with a projection), each with the suffix
+/// `_reverse` in the second direction; then `out.weight` [V, D*W] (absent with tied weights,
+/// where the output layer uses `embed.weight`), `out.bias` `[V]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamLayout {
     specs: Vec<ParamSpec>,
+    directions: usize,
     embed: Option<usize>,
     layers: Vec<LayerOffsets>,
     out_weight: usize,
@@ -67,7 +86,7 @@ impl ParamLayout {
     pub fn new(config: &ModelConfig) -> Result<Self> {
         config.validate()?;
         let gh = config.cell.gates() * config.hidden_size;
-        let h = config.hidden_size;
+        let (h, w) = (config.hidden_size, config.state_width());
         let mut specs = Vec::new();
         let mut total = 0usize;
         let mut push = |name: String, shape: Vec<usize>| -> usize {
@@ -83,19 +102,39 @@ impl ParamLayout {
         let embed = config
             .embed
             .map(|e| push("embed.weight".into(), vec![config.input_size, e]));
-        let mut layers = Vec::with_capacity(config.layers);
+        let mut layers = Vec::with_capacity(config.layers * config.directions());
         for k in 0..config.layers {
             let input = config.layer_input_size(k);
-            layers.push(LayerOffsets {
-                weight_ih: push(format!("rnn.weight_ih_l{k}"), vec![gh, input]),
-                weight_hh: push(format!("rnn.weight_hh_l{k}"), vec![gh, h]),
-                bias_ih: push(format!("rnn.bias_ih_l{k}"), vec![gh]),
-                bias_hh: push(format!("rnn.bias_hh_l{k}"), vec![gh]),
-            });
+            for d in 0..config.directions() {
+                let sfx = if d == 1 { "_reverse" } else { "" };
+                let weight_ih = push(format!("rnn.weight_ih_l{k}{sfx}"), vec![gh, input]);
+                let weight_hh = push(format!("rnn.weight_hh_l{k}{sfx}"), vec![gh, w]);
+                let (bias_ih, bias_hh) = if config.bias {
+                    (
+                        Some(push(format!("rnn.bias_ih_l{k}{sfx}"), vec![gh])),
+                        Some(push(format!("rnn.bias_hh_l{k}{sfx}"), vec![gh])),
+                    )
+                } else {
+                    (None, None)
+                };
+                let weight_hr = config
+                    .proj_size
+                    .map(|p| push(format!("rnn.weight_hr_l{k}{sfx}"), vec![p, h]));
+                layers.push(LayerOffsets {
+                    weight_ih,
+                    weight_hh,
+                    bias_ih,
+                    bias_hh,
+                    weight_hr,
+                });
+            }
         }
         let out_weight = match embed {
             Some(e) if config.tie_weights => e,
-            _ => push("out.weight".into(), vec![config.output_size, h]),
+            _ => push(
+                "out.weight".into(),
+                vec![config.output_size, config.output_width()],
+            ),
         };
         let out_bias = push("out.bias".into(), vec![config.output_size]);
         if total > u32::MAX as usize {
@@ -105,6 +144,7 @@ impl ParamLayout {
         }
         Ok(ParamLayout {
             specs,
+            directions: config.directions(),
             embed,
             layers,
             out_weight,
@@ -160,9 +200,14 @@ impl ParamLayout {
         ))
     }
 
-    /// Offsets of layer `k`'s tensors.
+    /// Offsets of layer `k`'s tensors (its forward direction).
     pub fn layer(&self, k: usize) -> LayerOffsets {
-        self.layers[k]
+        self.direction(k, 0)
+    }
+
+    /// Offsets of the tensors of layer `k` in direction `d` (0 forward, 1 reverse).
+    pub fn direction(&self, k: usize, d: usize) -> LayerOffsets {
+        self.layers[k * self.directions + d]
     }
 
     /// Offset of `embed.weight` [I, E], when the model has an embedding.
@@ -170,7 +215,7 @@ impl ParamLayout {
         self.embed
     }
 
-    /// Offset of `out.weight` [V, H] (that of `embed.weight` with tied weights).
+    /// Offset of `out.weight` [V, D*W] (that of `embed.weight` with tied weights).
     pub fn out_weight(&self) -> usize {
         self.out_weight
     }

@@ -252,9 +252,26 @@ pub struct TrainState {
     pub state: Vec<f32>,
 }
 
-/// Leading dimension of the saved state: `layers` blocks of h, and as many of c for an LSTM.
-fn state_parts(config: &ModelConfig) -> usize {
-    config.state_size_per_row() / config.hidden_size
+/// The shape of the saved state of `rows` rows: `[parts, B, H]` (`layers * directions` blocks
+/// of h, and as many of c for an LSTM) when h and c are as wide; flat `[B * per_row]` with a
+/// projection, where h is P wide and c is H wide.
+fn state_shape(config: &ModelConfig, rows: usize) -> Vec<usize> {
+    let (per_row, h) = (config.state_size_per_row(), config.hidden_size);
+    if config.state_width() == h {
+        vec![per_row / h, rows, h]
+    } else {
+        vec![rows * per_row]
+    }
+}
+
+/// The rows of a saved state of `shape`, when the shape is one of `config`'s.
+fn state_rows_of(config: &ModelConfig, shape: &[usize]) -> Option<usize> {
+    let rows = match shape {
+        [_, rows, _] => *rows,
+        [len] => len / config.state_size_per_row().max(1),
+        _ => return None,
+    };
+    (state_shape(config, rows) == shape).then_some(rows)
 }
 
 impl TrainState {
@@ -291,7 +308,7 @@ impl TrainState {
                 format!("not saved: {what} (a training state is only saved when finite)"),
             ));
         }
-        let (n, h) = (self.params.len(), self.config.hidden_size);
+        let n = self.params.len();
         let tensors: Vec<Tensor> = vec![
             ("params", vec![n], &self.params),
             (
@@ -306,7 +323,7 @@ impl TrainState {
             ),
             (
                 "state",
-                vec![state_parts(&self.config), self.state_rows, h],
+                state_shape(&self.config, self.state_rows),
                 &self.state,
             ),
         ];
@@ -393,9 +410,9 @@ impl TrainState {
         let (_, m) = tensor("optimizer.m", Some(&[n]))?;
         let (_, v) = tensor("optimizer.v", Some(&[n]))?;
         let (shape, state) = tensor("state", None)?;
-        if shape.len() != 3 || shape[0] != state_parts(&config) || shape[2] != config.hidden_size {
+        let Some(state_rows) = state_rows_of(&config, &shape) else {
             return Err(bad(format!("tensor state has shape {shape:?}")));
-        }
+        };
         Ok(TrainState {
             config,
             vocab,
@@ -407,7 +424,7 @@ impl TrainState {
                 m,
                 v,
             },
-            state_rows: shape[1],
+            state_rows,
             state,
         })
     }

@@ -43,6 +43,9 @@ pub fn config(
         output_size: v,
         embed: None,
         tie_weights: false,
+        bidirectional: false,
+        proj_size: None,
+        bias: true,
     }
 }
 

@@ -260,19 +260,19 @@ fn gated_layouts_stack_the_gates_and_the_forget_bias_can_start_at_one() {
         assert_eq!(result.is_ok(), cell == Cell::Lstm);
         if cell == Cell::Lstm {
             for k in 0..2 {
-                let lo = layout.layer(k);
+                let (bias_ih, bias_hh) = layout.layer(k).biases().unwrap();
                 assert!(
-                    params[lo.bias_ih + h..lo.bias_ih + 2 * h]
+                    params[bias_ih + h..bias_ih + 2 * h]
                         .iter()
                         .all(|&b| b == 1.0)
                 );
                 assert!(
-                    params[lo.bias_hh + h..lo.bias_hh + 2 * h]
+                    params[bias_hh + h..bias_hh + 2 * h]
                         .iter()
                         .all(|&b| b == 0.0)
                 );
                 assert!(
-                    params[lo.bias_ih..lo.bias_ih + h]
+                    params[bias_ih..bias_ih + h]
                         .iter()
                         .all(|&b| b.abs() <= bound)
                 );

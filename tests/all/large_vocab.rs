@@ -28,6 +28,9 @@ fn word_model(
         cell,
         embed,
         tie_weights: tie,
+        bidirectional: false,
+        proj_size: None,
+        bias: true,
         ..ModelConfig::language_model(v, h, layers)
     }
 }

@@ -77,6 +77,9 @@ fn gated_checkpoints_load_into_pytorch_and_give_the_same_outputs() {
             cell,
             embed,
             tie_weights,
+            bidirectional: false,
+            proj_size: None,
+            bias: true,
             ..ModelConfig::language_model(7, 6, 2)
         };
         let params = common::uniform(&mut rng, ParamLayout::new(&cfg).unwrap().len(), 0.5);

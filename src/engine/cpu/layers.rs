@@ -292,8 +292,15 @@ pub(super) fn layer_forward<F: Float>(
         pool.pack_buffer(),
     )
     .parallel(parts == 1);
-    let b_ih = &p[lo.bias_ih..lo.bias_ih + gh];
-    let b_hh = &p[lo.bias_hh..lo.bias_hh + gh];
+    // Without biases (bias=False) the layer adds zeros.
+    let zeros;
+    let (b_ih, b_hh) = match lo.bias_ih.zip(lo.bias_hh) {
+        Some((ih, hh)) => (&p[ih..ih + gh], &p[hh..hh + gh]),
+        None => {
+            zeros = vec![F::zero(); gh];
+            (&zeros[..], &zeros[..])
+        }
+    };
     // Overwritten whole: rows 0..B by h0, the others by the input projection (tanh) or the
     // steps; likewise the gates (the input projection), a_hh (bias + product) and the memories.
     let mut states = pool.overwritten(((t_len + 1) * b, h));
@@ -427,8 +434,10 @@ pub(super) fn weight_grads<F: Float>(
         &mut view_mut(g, lo.weight_hh, gh, h),
         true,
     );
-    reduce::column_sums_accumulate(da_ih.view(), &mut g[lo.bias_ih..lo.bias_ih + gh]);
-    reduce::column_sums_accumulate(da_hh.view(), &mut g[lo.bias_hh..lo.bias_hh + gh]);
+    if let Some((ih, hh)) = lo.bias_ih.zip(lo.bias_hh) {
+        reduce::column_sums_accumulate(da_ih.view(), &mut g[ih..ih + gh]);
+        reduce::column_sums_accumulate(da_hh.view(), &mut g[hh..hh + gh]);
+    }
     let embedded = cache.embedded.as_ref();
     let below = layer_below(k, lc.input.as_ref(), &cache.layers, embedded, batch);
     let mut dw_ih = view_mut(g, lo.weight_ih, gh, input);

@@ -190,9 +190,10 @@ fn record_weight_gradients(
         None,
         true,
     )?);
+    let (bias_ih, bias_hh) = lo.biases()?;
     let sums: &[(&wgpu::Buffer, &[usize])] = match da_hh {
-        None => &[(da_ih, &[lo.bias_ih, lo.bias_hh])],
-        Some(da_hh) => &[(da_ih, &[lo.bias_ih]), (da_hh, &[lo.bias_hh])],
+        None => &[(da_ih, &[bias_ih, bias_hh])],
+        Some(da_hh) => &[(da_ih, &[bias_ih]), (da_hh, &[bias_hh])],
     };
     for &(da, biases) in sums {
         out.push(reduce::column_sums_accumulate(

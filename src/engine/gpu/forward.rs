@@ -111,10 +111,11 @@ fn record_input_projection(r: &Recording<'_>, k: usize, out: &mut Calls) -> Resu
     let (b, h, n) = (shape.rows, cfg.hidden_size, r.n());
     let gh = cfg.cell.gates() * h;
     let lo = r.layout.layer(k);
+    let (bias_ih, bias_hh) = lo.biases()?;
     let ik = cfg.layer_input_size(k);
     let (proj, bias2) = match shape.cell.gates(k) {
         Some(gates) => (at(gates, 0), None),
-        None => (at(&shape.layers[k].states, b * h), Some(lo.bias_hh)),
+        None => (at(&shape.layers[k].states, b * h), Some(bias_hh)),
     };
     if k == 0 && cfg.gathers_input() {
         let dims = Dims {
@@ -125,7 +126,7 @@ fn record_input_projection(r: &Recording<'_>, k: usize, out: &mut Calls) -> Resu
         };
         let weights = Weights {
             w: lo.weight_ih,
-            bias: lo.bias_ih,
+            bias: bias_ih,
             bias2,
         };
         let tokens = at(&shape.batch.inputs, 0);
@@ -136,7 +137,7 @@ fn record_input_projection(r: &Recording<'_>, k: usize, out: &mut Calls) -> Resu
     }
     let biases = Biases {
         buffer: p,
-        first: lo.bias_ih,
+        first: bias_ih,
         second: bias2,
     };
     out.extend(matmul(

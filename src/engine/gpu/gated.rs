@@ -25,13 +25,13 @@ fn gate_step(r: &Recording<'_>, t: usize) -> GateStep {
 }
 
 /// W_hh and b_hh of layer k, for the fused steps.
-fn recurrent<'a>(r: &Recording<'a>, k: usize) -> Recurrent<'a> {
+fn recurrent<'a>(r: &Recording<'a>, k: usize) -> Result<Recurrent<'a>> {
     let lo = r.layout.layer(k);
-    Recurrent {
+    Ok(Recurrent {
         params: r.params,
         weight: lo.weight_hh,
-        bias: lo.bias_hh,
-    }
+        bias: lo.biases()?.1,
+    })
 }
 
 /// The steps form's product of forward step t for all gates at once:
@@ -48,7 +48,7 @@ fn record_recurrent_product(
     let lo = r.layout.layer(k);
     let biases = Biases {
         buffer: r.params,
-        first: lo.bias_hh,
+        first: lo.biases()?.1,
         second: None,
     };
     out.extend(matmul(
@@ -104,7 +104,7 @@ pub fn record_gru_forward(
             out.push(gru::gru_step_forward_rows(
                 r.ctx,
                 step,
-                recurrent(r, k),
+                recurrent(r, k)?,
                 buffers,
             )?);
             continue;
@@ -137,7 +137,7 @@ pub fn record_lstm_forward(
             LstmProduct::Fused => out.push(lstm::lstm_step_forward_rows(
                 r.ctx,
                 step,
-                recurrent(r, k),
+                recurrent(r, k)?,
                 &layer.gates,
                 memories,
             )?),
@@ -179,7 +179,7 @@ pub fn record_gru_backward(
         let step = gate_step(r, t);
         if r.kernel.fuses_gates() {
             let last = t + 1 == t_len;
-            let call = gru::gru_step_backward_rows(r.ctx, step, recurrent(r, k), grads, last)?;
+            let call = gru::gru_step_backward_rows(r.ctx, step, recurrent(r, k)?, grads, last)?;
             out.push(call);
             continue;
         }
@@ -210,7 +210,7 @@ pub fn record_lstm_backward(
             LstmProduct::Fused => out.push(lstm::lstm_step_backward_rows(
                 r.ctx,
                 step,
-                recurrent(r, k),
+                recurrent(r, k)?,
                 forward,
                 (ds, dc, da),
                 last,
