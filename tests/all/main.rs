@@ -15,6 +15,7 @@ mod large_vocab;
 mod lines;
 mod lm_cli;
 mod lm_data;
+mod model_options;
 mod packed;
 mod padding;
 mod pairs_cli;
