@@ -392,3 +392,32 @@ fn only_a_bidirectional_model_learns_the_input_two_steps_later() {
     );
     assert!(both > 0.95, "the bidirectional model reached {both}");
 }
+
+#[test]
+fn repeated_steps_of_the_new_layers_allocate_no_new_step_arrays() {
+    use unroll::train::optim::{OptimizerConfig, OptimizerKind};
+    // Three bidirectional projected layers (the inputs of the upper ones through dropout) under
+    // an embedding: the pool keeps every step array for the next step.
+    let cfg = ModelConfig {
+        embed: Some(3),
+        ..model(Cell::Lstm, ONE_HOT, (7, 6, 7, 3), (true, Some(4), true))
+    };
+    let mut rng = common::rng("step allocations of the new layers");
+    let params = common::uniform(&mut rng, ParamLayout::new(&cfg).unwrap().len(), 0.3);
+    let mut e = CpuEngine::<f32>::new(&cfg, &params).unwrap();
+    e.set_dropout(Some(Dropout { p: 0.3, seed: 1 })).unwrap();
+    e.reset_state(2).unwrap();
+    let opt = OptimizerConfig::new(OptimizerKind::Sgd);
+    let mut after = Vec::new();
+    for _ in 0..4 {
+        let batch = common::random_batch(&mut rng, &cfg, 3, 2, Some(&[3, 2]));
+        e.upload_batch(&batch).unwrap();
+        e.zero_grads().unwrap();
+        e.forward().unwrap();
+        e.backward().unwrap();
+        e.optimizer_step(&opt, 0.1).unwrap();
+        after.push(e.step_allocations());
+    }
+    assert!(after[0] > 0, "the first step allocates its arrays");
+    assert_eq!(after[1], after[3], "later steps allocated {after:?}");
+}
