@@ -13,8 +13,9 @@ use unroll::model::{Cell, InputKind, ModelConfig, OutputKind, ParamLayout};
 use crate::common::{self, assert_close};
 use crate::gradcheck::{check_gradients, check_gradients_of};
 
-/// A model of `cell` with the given kinds, sizes (I, H, V, layers) and new options.
-fn model(
+/// A model of `cell` with the given kinds, sizes (I, H, V, layers) and new options
+/// (bidirectional, proj_size, bias).
+pub fn model(
     cell: Cell,
     (input, output): (InputKind, OutputKind),
     sizes: (usize, usize, usize, usize),

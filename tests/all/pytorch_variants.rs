@@ -220,14 +220,9 @@ fn model(
     cell: Cell,
     kind: OutputKind,
     sizes: (usize, usize, usize, usize),
-    (bidirectional, proj_size, bias): (bool, Option<usize>, bool),
+    options: (bool, Option<usize>, bool),
 ) -> ModelConfig {
-    ModelConfig {
-        bidirectional,
-        proj_size,
-        bias,
-        ..common::cell_config(cell, InputKind::Dense, kind, sizes)
-    }
+    crate::directions::model(cell, (InputKind::Dense, kind), sizes, options)
 }
 
 #[test]
