@@ -241,6 +241,9 @@ impl TrainBatches for Watched<'_> {
     fn seek(&mut self, position: &serde_json::Value) -> unroll::Result<()> {
         self.inner.seek(position)
     }
+    fn epochs_done(&self) -> u64 {
+        self.inner.epochs_done()
+    }
 }
 
 /// The training source of `corpus`, watched when it is memory-mapped from its file (with a
