@@ -329,12 +329,7 @@ pub struct TrainArgs {
     /// With --pairs: validate on the pairs of this file instead of a --val-frac share of the
     /// training pairs (all of which then train). Its steps must be of the kinds and class
     /// counts of the training pairs.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "pairs",
-        conflicts_with = "val_frac"
-    )]
+    #[arg(long, value_name = "FILE", conflicts_with = "val_frac")]
     pub val_pairs: Option<PathBuf>,
     /// How much each periodic evaluation scores: N predictions (lines in lines mode, pairs
     /// with --pairs), a fixed set spread evenly over the whole validation part, the same at
