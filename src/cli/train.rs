@@ -503,8 +503,12 @@ fn describe((corpus, val): (&Corpus, Option<&Corpus>), split: &Split, driver: &D
     if let Some(line) = unknown_summary(corpus, val, split.train_tokens) {
         eprintln!("{line}");
     }
+    let edges = match run.edge_dropout() {
+        e if e.is_on() => format!(" (embedding {}, output {})", e.embed, e.out),
+        _ => String::new(),
+    };
     eprintln!(
-        "model: {} H={} layers={} ({} parameters), dropout {}; {:?} lr {} {:?}, clip {}, B={} T={}, {} steps",
+        "model: {} H={} layers={} ({} parameters), dropout {}{edges}; {:?} lr {} {:?}, clip {}, B={} T={}, {} steps",
         match config.cell {
             Cell::Rnn => format!("rnn {:?}", config.activation),
             cell => format!("{cell:?}"),
