@@ -844,3 +844,96 @@ fn init_range_draws_the_edges_in_range_and_keeps_the_layers() {
         true,
     );
 }
+
+// ---- the pieces under them -----------------------------------------------------------------
+
+/// Takes batches from `source` and checks that `epochs_done` grows by one exactly with the
+/// batch that ends each pass of `per_pass` batches.
+fn check_epochs(source: &mut dyn unroll::data::TrainBatches, per_pass: usize, what: &str) {
+    assert_eq!(source.epochs_done(), 0, "{what}");
+    for i in 1..=3 * per_pass {
+        source.next_batch().unwrap();
+        let want = (i / per_pass) as u64;
+        assert_eq!(source.epochs_done(), want, "{what}: batch {i}");
+        // A resume continues from the saved position with the same count.
+        let at = source.position();
+        source.seek(&at).unwrap();
+        assert_eq!(source.epochs_done(), want, "{what}: batch {i} after a seek");
+    }
+}
+
+#[test]
+fn epochs_done_grows_with_the_batch_that_ends_a_pass() {
+    use unroll::data::TrainBatches;
+    use unroll::data::corpus::{Corpus, CorpusText};
+    use unroll::data::lines::{Lines, LinesSource};
+    use unroll::data::lm::StreamSource;
+    use unroll::data::pairs::{Expect, PairBatches, Pairs, StepKind};
+    use unroll::data::vocab::VocabKind;
+    let tokens: Vec<u32> = (0..101).map(|i| i % 7).collect();
+    let mut stream = StreamSource::new(tokens, 2, 8).unwrap();
+    let windows = stream.windows_per_epoch();
+    check_epochs(&mut stream, windows, "streams");
+    let text = "ab\nbca\n\nabcabcabc\nc\nba\n";
+    let chars = Corpus::from_string(text.to_string(), VocabKind::Chars).unwrap();
+    let vocab = chars.vocab().clone().for_lines();
+    let owned = CorpusText::Owned(text.as_bytes().to_vec());
+    let corpus = Corpus::from_text(owned, "lines", VocabKind::Chars, Some(vocab)).unwrap();
+    let all = 0..corpus.text_bytes().len();
+    let mut source = LinesSource::new(Lines::new(&corpus, all.clone(), 2, 4).unwrap()).unwrap();
+    // The batches of a pass, counted from the saved position, whose epoch turns with the first
+    // batch of the next pass.
+    let mut probe = LinesSource::new(Lines::new(&corpus, all, 2, 4).unwrap()).unwrap();
+    let mut taken = 0;
+    while probe.position()["epoch"] == 0 {
+        probe.next_batch().unwrap();
+        taken += 1;
+    }
+    let per_pass = taken - 1;
+    assert!(per_pass >= 2, "{per_pass}");
+    check_epochs(&mut source, per_pass, "lines");
+    let jsonl = (0..7)
+        .map(|i| format!("{{\"x\": [{i}], \"y\": [0]}}\n"))
+        .collect::<String>();
+    let class = Expect {
+        kind: StepKind::Class,
+        size: None,
+    };
+    let data = Pairs::parse(jsonl.as_bytes(), class, Some(class)).unwrap();
+    let mut pairs = PairBatches::new(&data, (0..7).collect(), 3, 1).unwrap();
+    check_epochs(&mut pairs, 3, "pairs");
+}
+
+#[test]
+fn run_settings_saved_before_these_options_load_with_them_off() {
+    let run = crate::training::run_spec(5, 2, 8, OptimizerConfig::new(OptimizerKind::Sgd), 0.1, 99);
+    let json = serde_json::to_value(&run).unwrap();
+    for key in [
+        "eval_each_epoch",
+        "dropout_embed",
+        "dropout_out",
+        "val_file",
+    ] {
+        assert!(json.get(key).is_none(), "{key} is written when off");
+    }
+    let back: unroll::train::state::RunSpec = serde_json::from_value(json).unwrap();
+    assert_eq!(back, run);
+    assert_eq!(
+        back.dropout_at(3),
+        None,
+        "no dropout anywhere: no seed either"
+    );
+    let edges = unroll::train::state::RunSpec {
+        dropout_out: 0.3,
+        ..run
+    };
+    let d = edges
+        .dropout_at(3)
+        .expect("the output dropout needs the step's seed");
+    assert_eq!(d.p, 0.0, "no dropout between layers");
+    let bad = unroll::train::state::RunSpec {
+        dropout_embed: 1.0,
+        ..edges
+    };
+    assert!(bad.validate().is_err());
+}
