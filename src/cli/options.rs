@@ -139,7 +139,7 @@ pub fn train_options() -> Vec<TrainOption> {
         o("dropout", Kept, shown(DROPOUT)),
         o("dropout_embed", Kept, shown(DROPOUT)),
         o("dropout_out", Kept, shown(DROPOUT)),
-        o("init_range", Kept, shown("PyTorch's, 1/sqrt(H)")),
+        o("init_range", Kept, None),
         o("forget_bias_one", Kept, None),
         o("activation", Kept, shown(name(ACTIVATION))),
         o("batch", Kept, shown(BATCH)),

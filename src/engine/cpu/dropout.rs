@@ -5,7 +5,7 @@
 //! `threshold = round(p * 2^24)` and `key_k` is derived from the step's seed and k on the host;
 //! a kept element is scaled by `1 / (1 - p)` (PyTorch's inverted dropout).
 //!
-//! The edge dropout ([`EdgeDropout`](crate::engine::EdgeDropout)) draws its masks the same way,
+//! The edge dropout ([`EdgeDropout`]) draws its masks the same way,
 //! keyed by the step's seed and a site of its own in place of k: [`EMBED_SITE`] for the
 //! embedded tokens, [`OUT_SITE`] for the top layer's output.
 
