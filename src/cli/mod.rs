@@ -49,6 +49,23 @@ impl ValTokens {
     }
 }
 
+/// The value of `--eval-every`: a number of steps, or the end of every pass over the training
+/// data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvalEvery {
+    Steps(u64),
+    Epoch,
+}
+
+fn parse_eval_every(text: &str) -> Result<EvalEvery, String> {
+    if text == "epoch" {
+        return Ok(EvalEvery::Epoch);
+    }
+    text.parse::<u64>()
+        .map(EvalEvery::Steps)
+        .map_err(|_| format!("expected a number of steps or `epoch`, got `{text}`"))
+}
+
 fn parse_val_tokens(text: &str) -> Result<ValTokens, String> {
     if text == "all" {
         return Ok(ValTokens::All);
@@ -303,6 +320,17 @@ pub struct TrainArgs {
     /// Fraction of the corpus, taken from its end, held out for validation.
     #[arg(long)]
     pub val_frac: Option<f64>,
+    /// Validate on this text file instead of a --val-frac tail of the corpus (the whole corpus
+    /// then trains). It is read with the training corpus's vocabulary: a word the vocabulary
+    /// lacks reads as <unk>, a character it lacks is skipped (and counted), as `unroll eval`
+    /// does.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["val_frac", "pairs"])]
+    pub val_corpus: Option<PathBuf>,
+    /// With --pairs: validate on the pairs of this file instead of a --val-frac share of the
+    /// training pairs (all of which then train). Its steps must be of the kinds and class
+    /// counts of the training pairs.
+    #[arg(long, value_name = "FILE", conflicts_with = "val_frac")]
+    pub val_pairs: Option<PathBuf>,
     /// How much each periodic evaluation scores: N predictions (lines in lines mode, pairs
     /// with --pairs), a fixed set spread evenly over the whole validation part, the same at
     /// every evaluation; `all`: all of it. After the last step all of it is scored once more
@@ -341,6 +369,19 @@ pub struct TrainArgs {
     /// PyTorch's `dropout=`).
     #[arg(long)]
     pub dropout: Option<f32>,
+    /// Dropout probability on the embedded tokens (the embedding's output, layer 0's input),
+    /// in training only; needs --embed.
+    #[arg(long, value_name = "P")]
+    pub dropout_embed: Option<f32>,
+    /// Dropout probability on the top layer's output (the output layer's input), in training
+    /// only.
+    #[arg(long, value_name = "P")]
+    pub dropout_out: Option<f32>,
+    /// Initialise the embedding and the output weights uniform in [-R, R] and the output bias
+    /// to 0, as PyTorch's word_language_model example does (R = 0.1 there); the recurrent
+    /// layers keep PyTorch's default initialisation.
+    #[arg(long, value_name = "R")]
+    pub init_range: Option<f32>,
     /// LSTM: initialise the forget-gate bias to 1 (bias_ih's f block 1, bias_hh's 0), as
     /// char-rnn does.
     #[arg(long)]
@@ -415,9 +456,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Evaluate on the validation split, save best.safetensors and redraw loss.svg every this
-    /// many steps; 0: only at the end.
-    #[arg(long)]
-    pub eval_every: Option<u64>,
+    /// many steps, or `epoch`: at the end of every pass over the training data (the log and
+    /// metrics.jsonl then name the epoch); 0: only at the end.
+    #[arg(long, value_name = "N|epoch", value_parser = parse_eval_every)]
+    pub eval_every: Option<EvalEvery>,
     /// Save model.safetensors and the training state every this many steps (besides every
     /// evaluation); 0: only then.
     #[arg(long)]

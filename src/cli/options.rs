@@ -137,6 +137,9 @@ pub fn train_options() -> Vec<TrainOption> {
         o("hidden", Kept, shown(HIDDEN)),
         o("layers", Kept, shown(LAYERS)),
         o("dropout", Kept, shown(DROPOUT)),
+        o("dropout_embed", Kept, shown(DROPOUT)),
+        o("dropout_out", Kept, shown(DROPOUT)),
+        o("init_range", Kept, None),
         o("forget_bias_one", Kept, None),
         o("activation", Kept, shown(name(ACTIVATION))),
         o("batch", Kept, shown(BATCH)),
@@ -191,6 +194,8 @@ pub fn train_options() -> Vec<TrainOption> {
                  {VAL_PAIRS} pairs]"
             )),
         ),
+        o("val_corpus", Conflicts, None),
+        o("val_pairs", Conflicts, None),
         o("seed", Conflicts, shown(SEED)),
         o("sequences", Conflicts, shown(name(SEQUENCES))),
         o("max_vocab", Conflicts, shown(words.max_vocab)),

@@ -13,7 +13,7 @@ use unroll::data::tasks::{Task, TaskOptions, generate};
 use unroll::engine::Batch;
 use unroll::engine::select::create_engine;
 use unroll::model::{Checkpoint, ModelConfig};
-use unroll::train::state::TrainState;
+use unroll::train::state::{TrainState, ValFile};
 use unroll::train::trainer::{Validation, argmax, count_correct, eval_rows, evaluate_with};
 
 use unroll::train::rundir::RunLock;
@@ -81,9 +81,13 @@ pub fn wants_pairs(a: &TrainArgs) -> anyhow::Result<bool> {
         refuse_kept_on_resume(a)?;
         return Ok(TrainState::load(dir)?.vocab.is_none());
     }
-    let given = a
-        .given
-        .flags(&["input", "output", "input_classes", "output_classes"]);
+    let given = a.given.flags(&[
+        "input",
+        "output",
+        "input_classes",
+        "output_classes",
+        "val_pairs",
+    ]);
     if !given.is_empty() {
         usage!("{} apply only with --pairs FILE", given.join(", "));
     }
@@ -93,7 +97,37 @@ pub fn wants_pairs(a: &TrainArgs) -> anyhow::Result<bool> {
 /// Everything a pairs run needs, fresh or resumed.
 struct Setup {
     data: Pairs,
+    /// The validation pairs (`--val-pairs`), read as the model reads its pairs.
+    val_data: Option<Pairs>,
     driver: Driver,
+}
+
+/// The validation pairs at `path`, read with the kinds and sizes of the model of `config`
+/// (those of the training pairs): a pair it cannot take is refused, naming its line.
+fn read_val_pairs(path: &Path, config: &ModelConfig) -> anyhow::Result<Pairs> {
+    read_for(path, config, true).with_context(|| {
+        format!(
+            "the validation pairs must be of the kinds and class counts of the training pairs \
+             ({})",
+            describe_format(config)
+        )
+    })
+}
+
+/// The size and fingerprint of validation pairs, as a run keeps them.
+fn val_fingerprint(data: &Pairs) -> (usize, u64) {
+    let all: Vec<usize> = (0..data.len()).collect();
+    (data.len(), data.digest(&all))
+}
+
+/// "x: class ids (of 5), y: real vectors of 2".
+fn describe_format(config: &ModelConfig) -> String {
+    let f = PairsFormat::of_config(config);
+    format!(
+        "x: {}, y: {}",
+        describe(f.input.kind, f.input.size),
+        describe(f.output.kind, f.output.size)
+    )
 }
 
 fn expect_classes(kind: StepKind, classes: Option<usize>, option: &str) -> anyhow::Result<Expect> {
@@ -161,10 +195,19 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
     let guard =
         |c: &ModelConfig| check_training(c, (s.batch, longest), longest, &option, false, device);
     let params = fresh_model(&s, &a.given, &mut config, checkpoint, guard)?;
-    let run = s.run_spec(optimization, Some(&absolute(path)), data.len())?;
+    let mut run = s.run_spec(optimization, Some(&absolute(path)), data.len())?;
+    let val_data = match &a.val_pairs {
+        Some(p) => Some(read_val_pairs(p, &config)?),
+        None => None,
+    };
+    if let (Some(p), Some(v)) = (&a.val_pairs, &val_data) {
+        let (pairs, digest) = val_fingerprint(v);
+        run.val_file = Some(ValFile::new(&absolute(p), pairs, digest));
+    }
     let claimed = fresh_engine(a, &config, &params, s.batch, &s.out)?;
     Ok(Setup {
         data,
+        val_data,
         driver: Driver::fresh(s.out, run, claimed),
     })
 }
@@ -198,10 +241,19 @@ fn resume_setup(a: &TrainArgs, dir: &Path, lock: Option<RunLock>) -> anyhow::Res
             run.corpus_tokens
         );
     }
+    let val_data = match &run.val_file {
+        Some(file) => {
+            let v = read_val_pairs(&file.path(), &state.config)?;
+            file.check(val_fingerprint(&v))?;
+            Some(v)
+        }
+        None => None,
+    };
     let steps = (longest_pair(&data).1, pair_steps_option(&data));
     let engine = resumed_engine(a, &state, dir, &run, (steps.0, &steps.1))?;
     Ok(Setup {
         data,
+        val_data,
         driver: Driver::resumed(dir, run, state.progress, engine, lock),
     })
 }
@@ -220,16 +272,29 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
         usage!("--seq-len does not apply to --pairs: every batch is as long as its longest pair");
     }
     let signals = Signals::install()?;
-    let Setup { data, mut driver } = match (&a.resume, &a.pairs.pairs) {
+    let Setup {
+        data,
+        val_data,
+        mut driver,
+    } = match (&a.resume, &a.pairs.pairs) {
         (Some(dir), _) => resume_setup(&a, dir, lock)?,
         (None, Some(path)) => fresh_setup(&a, path)?,
         (None, None) => usage!("--pairs FILE is required"),
     };
     let run = driver.run.clone();
     let (train_idx, val_idx) = data.split(run.val_frac, run.seed);
+    // Validation on the pairs of the validation file, all of them, or on the held-out share.
+    let (val, val_idx) = match &val_data {
+        Some(v) => (v, (0..v.len()).collect()),
+        None => (&data, val_idx),
+    };
     let format = data.format()?;
+    let from = match &run.val_file {
+        Some(file) => format!(" from {}", file.path),
+        None => String::new(),
+    };
     eprintln!(
-        "pairs: {}, {} pairs of {} steps in all ({} train, {} validation); x: {}, y: {}",
+        "pairs: {}, {} pairs of {} steps in all ({} train, {} validation{from}); x: {}, y: {}",
         run.corpus.as_deref().unwrap_or_default(),
         data.len(),
         data.steps(),
@@ -256,16 +321,12 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
     );
     let mut metrics = driver.metrics()?;
     let mut source = PairBatches::new(&data, train_idx, run.batch, run.seed)?;
-    let longest = val_idx
-        .iter()
-        .map(|&i| data.pairs[i].len)
-        .max()
-        .unwrap_or(1);
+    let longest = val_idx.iter().map(|&i| val.pairs[i].len).max().unwrap_or(1);
     let rows = eval_rows(&config, run.batch, longest);
     let (limit, closing) = (as_limit(run.val_limit), as_limit(run.final_val_limit));
-    let periodic = PairEval::spread(&data, val_idx.clone(), rows, limit)?;
+    let periodic = PairEval::spread(val, val_idx.clone(), rows, limit)?;
     let closing = (closing != limit && !periodic.is_whole())
-        .then(|| PairEval::spread(&data, val_idx, rows, closing))
+        .then(|| PairEval::spread(val, val_idx, rows, closing))
         .transpose()?;
     let val = Validation {
         periodic: &periodic,

@@ -20,9 +20,9 @@ use unroll::train::rundir::{RunLock, remove_run_files, run_files_in};
 use unroll::train::state::{Progress, RunSpec, STATE_FILE, TrainState};
 use unroll::train::trainer::{Event, Outcome, Trainer, Validation};
 
-use super::TrainArgs;
 use super::options::{changed_on_resume, kept_on_resume};
 use super::sizes::check_training;
+use super::{EvalEvery, TrainArgs};
 
 /// SIGINT and SIGTERM set a flag that the trainer checks after every step. A signal that comes
 /// more than [`SIGNAL_GRACE`] after the first ends the process at once (files on disk are only
@@ -168,8 +168,12 @@ pub fn load_resumed(a: &TrainArgs, dir: &Path) -> anyhow::Result<(TrainState, Ru
     if let Some(steps) = a.steps {
         run.steps = steps;
     }
+    match a.eval_every {
+        Some(EvalEvery::Steps(n)) => (run.eval_every, run.eval_each_epoch) = (n, false),
+        Some(EvalEvery::Epoch) => (run.eval_every, run.eval_each_epoch) = (0, true),
+        None => {}
+    }
     for (field, v) in [
-        (&mut run.eval_every, a.eval_every),
         (&mut run.checkpoint_every, a.checkpoint_every),
         (&mut run.log_every, a.log_every),
     ] {
@@ -444,6 +448,7 @@ impl Reporter<'_> {
             }
             Event::Eval {
                 step,
+                epoch,
                 loss,
                 best,
                 accuracy,
@@ -464,9 +469,10 @@ impl Reporter<'_> {
                 if !last {
                     self.val_msg = format!("  val {}{acc}", loss_text(loss));
                 }
+                let epoch = epoch.map_or(String::new(), |e| format!("epoch {e}  "));
                 self.line(format!(
-                    "step {step:>7}  {what}validation loss {}{acc}{}  ({sequences}{} {unit} in \
-                     {:.1} s)",
+                    "{epoch}step {step:>7}  {what}validation loss {}{acc}{}  ({sequences}{} {unit} \
+                     in {:.1} s)",
                     loss_text(loss),
                     if best { "  best so far" } else { "" },
                     scored.tokens,

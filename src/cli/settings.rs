@@ -6,17 +6,17 @@ use std::path::{Path, PathBuf};
 
 use unroll::data::Sequences;
 use unroll::data::vocab::VocabKind;
-use unroll::engine::Dropout;
+use unroll::engine::{Dropout, EdgeDropout};
 use unroll::model::{
     Activation, Cell, Checkpoint, InputKind, ModelConfig, OutputKind, ParamLayout, init_params,
-    set_forget_bias_one,
+    set_forget_bias_one, set_init_range,
 };
 use unroll::train::optim::OptimizerConfig;
 use unroll::train::schedule::LrSchedule;
 use unroll::train::state::{OnNan, RunSpec, check_lr, check_val_frac};
 
 use super::options::{self, Given};
-use super::{OnNanArg, ScheduleArg, SequencesArg, TrainArgs, ValTokens, VocabArg};
+use super::{EvalEvery, OnNanArg, ScheduleArg, SequencesArg, TrainArgs, ValTokens, VocabArg};
 
 /// The recurrent model of a fresh run.
 pub struct ModelSettings {
@@ -25,6 +25,10 @@ pub struct ModelSettings {
     pub hidden: usize,
     pub layers: usize,
     pub dropout: f32,
+    /// Dropout on the embedded tokens and on the top layer's output.
+    pub edges: EdgeDropout,
+    /// `--init-range R`: the embedding and output weights uniform in ±R, the output bias 0.
+    pub init_range: Option<f32>,
     /// The embedding size; `None`: one-hot inputs (or the `--init` model's embedding).
     pub embed: Option<usize>,
     pub tie_weights: bool,
@@ -56,6 +60,7 @@ pub struct Settings {
     pub out: PathBuf,
     pub vocab: VocabKind,
     pub sequences: Sequences,
+    /// 0 with a validation file: the whole corpus (all the pairs) trains.
     pub val_frac: f64,
     /// The most predictions (lines, pairs) a periodic evaluation scores; `None`: all.
     pub val_limit: Option<u64>,
@@ -72,6 +77,8 @@ pub struct Settings {
     pub length: Length,
     pub schedule: ScheduleSettings,
     pub eval_every: u64,
+    /// Evaluate at the end of every pass over the training data (`--eval-every epoch`).
+    pub eval_each_epoch: bool,
     pub checkpoint_every: u64,
     pub log_every: u64,
     pub on_nan: OnNan,
@@ -106,11 +113,11 @@ impl Settings {
                 VocabArg::Words => VocabKind::Words,
             },
             sequences,
-            val_frac: a.val_frac.unwrap_or(if pairs {
-                d::PAIRS_VAL_FRAC
-            } else {
-                d::VAL_FRAC
-            }),
+            val_frac: match (a.val_corpus.is_some() || a.val_pairs.is_some(), pairs) {
+                (true, _) => 0.0,
+                (false, true) => a.val_frac.unwrap_or(d::PAIRS_VAL_FRAC),
+                (false, false) => a.val_frac.unwrap_or(d::VAL_FRAC),
+            },
             val_limit: match a.val_tokens {
                 Some(bound) => bound.limit(),
                 None if pairs => Some(d::VAL_PAIRS),
@@ -125,6 +132,11 @@ impl Settings {
                 hidden: a.hidden.unwrap_or(d::HIDDEN),
                 layers: a.layers.unwrap_or(d::LAYERS),
                 dropout: a.dropout.unwrap_or(d::DROPOUT),
+                edges: EdgeDropout {
+                    embed: a.dropout_embed.unwrap_or(d::DROPOUT),
+                    out: a.dropout_out.unwrap_or(d::DROPOUT),
+                },
+                init_range: a.init_range,
                 embed: a.embed,
                 tie_weights: a.tie_weights,
                 bidirectional: a.bidirectional,
@@ -151,7 +163,12 @@ impl Settings {
                 min: a.lr_min.unwrap_or(d::LR_MIN),
                 patience: a.patience.unwrap_or(d::PATIENCE),
             },
-            eval_every: a.eval_every.unwrap_or(d::EVAL_EVERY),
+            eval_every: match a.eval_every {
+                Some(EvalEvery::Steps(n)) => n,
+                Some(EvalEvery::Epoch) => 0,
+                None => d::EVAL_EVERY,
+            },
+            eval_each_epoch: a.eval_every == Some(EvalEvery::Epoch),
             checkpoint_every: a.checkpoint_every.unwrap_or(d::CHECKPOINT_EVERY),
             log_every: a.log_every.unwrap_or(d::LOG_EVERY),
             on_nan: match a.on_nan.unwrap_or(d::ON_NAN) {
@@ -232,6 +249,10 @@ impl Settings {
             dropout: self.model.dropout,
             corpus_path_bytes: None,
             corpus_fingerprint: None,
+            eval_each_epoch: self.eval_each_epoch,
+            dropout_embed: self.model.edges.embed,
+            dropout_out: self.model.edges.out,
+            val_file: None,
         };
         if let Some(path) = corpus {
             run.set_corpus_path(path);
@@ -286,11 +307,20 @@ pub fn fresh_model(
         seed: 0,
     }
     .validate()?;
+    check_edge_dropout(m, config)?;
     if m.forget_bias_one && config.cell != Cell::Lstm {
         usage!("--forget-bias-one needs --cell lstm");
     }
-    if m.forget_bias_one && init.is_some() {
-        usage!("--forget-bias-one sets a fresh initialisation; it cannot change an --init model");
+    for (given, option) in [
+        (m.forget_bias_one, "--forget-bias-one"),
+        (m.init_range.is_some(), "--init-range"),
+    ] {
+        if given && init.is_some() {
+            usage!("{option} sets a fresh initialisation; it cannot change an --init model");
+        }
+    }
+    if let Some(r) = m.init_range.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        usage!("--init-range {r} must be a number > 0");
     }
     if given.has("activation") && config.cell != Cell::Rnn {
         usage!(
@@ -309,9 +339,31 @@ pub fn fresh_model(
             if m.forget_bias_one {
                 set_forget_bias_one(config, &layout, &mut params)?;
             }
+            if let Some(range) = m.init_range {
+                set_init_range(config, &layout, &mut params, range, s.seed)?;
+            }
             params
         }
     })
+}
+
+/// Refuses edge dropout outside [0, 1), and on an embedding that `config` does not have.
+fn check_edge_dropout(m: &ModelSettings, config: &ModelConfig) -> anyhow::Result<()> {
+    for (p, option) in [
+        (m.edges.embed, "--dropout-embed"),
+        (m.edges.out, "--dropout-out"),
+    ] {
+        if !(0.0..1.0).contains(&p) {
+            usage!("{option} {p} must be in [0, 1)");
+        }
+    }
+    if m.edges.embed > 0.0 && config.embed.is_none() {
+        usage!(
+            "--dropout-embed drops the embedded tokens: it needs --embed E (one-hot inputs have \
+             no embedding to drop)"
+        );
+    }
+    Ok(())
 }
 
 /// Refuses an embedding or tying that `config` cannot have.

@@ -13,7 +13,7 @@ use unroll::data::{EvalSet, Sequences, TrainBatches};
 use unroll::model::checkpoint::MODEL_FILE;
 use unroll::model::{Cell, Checkpoint, ModelConfig};
 use unroll::sample::SampleOptions;
-use unroll::train::state::RunSpec;
+use unroll::train::state::{RunSpec, ValFile};
 use unroll::train::trainer::{Validation, eval_rows};
 
 use unroll::train::rundir::RunLock;
@@ -70,12 +70,13 @@ impl Split {
         }
     }
 
-    /// The training batches and the validation sets of `run` over `corpus`: the one each
-    /// periodic evaluation scores (bounded by `run.val_limit`) and the closing one (bounded by
-    /// `run.final_val_limit`; `None` when it is the same), in batches of `eval_rows` rows.
+    /// The training batches and the validation sets of `run` over `corpus` (or over the
+    /// validation corpus `val_corpus`, all of it): the one each periodic evaluation scores
+    /// (bounded by `run.val_limit`) and the closing one (bounded by `run.final_val_limit`;
+    /// `None` when it is the same), in batches of `eval_rows` rows.
     fn sources<'a>(
         &self,
-        corpus: &'a Corpus,
+        (corpus, val_corpus): (&'a Corpus, Option<&'a Corpus>),
         run: &RunSpec,
         eval_rows: usize,
     ) -> anyhow::Result<Sources<'a>> {
@@ -85,9 +86,13 @@ impl Split {
             Sequences::Stream => {
                 let n = corpus.len();
                 let train = corpus.slice(0, self.train_tokens);
+                let val_tokens = match val_corpus {
+                    Some(v) => v.slice(0, v.len()),
+                    None => corpus.slice(self.train_tokens, n - self.train_tokens),
+                };
                 let val = |limit| {
                     Box::new(StreamEval {
-                        tokens: corpus.slice(self.train_tokens, n - self.train_tokens),
+                        tokens: val_tokens,
                         rows: eval_rows,
                         steps: run.seq_len,
                         limit,
@@ -101,10 +106,13 @@ impl Split {
                 }
             }
             Sequences::Lines => {
-                let end = corpus.text_bytes().len();
                 let train = Lines::new(corpus, 0..self.train_bytes, run.batch, run.seq_len)?;
+                let (val_text, val_bytes) = match val_corpus {
+                    Some(v) => (v, 0..v.text_bytes().len()),
+                    None => (corpus, self.train_bytes..corpus.text_bytes().len()),
+                };
                 let val = |limit| -> anyhow::Result<Box<dyn EvalSet + 'a>> {
-                    let lines = Lines::new(corpus, self.train_bytes..end, eval_rows, run.seq_len)?;
+                    let lines = Lines::new(val_text, val_bytes.clone(), eval_rows, run.seq_len)?;
                     Ok(Box::new(lines.spread(limit)))
                 };
                 let periodic = val(limit)?;
@@ -159,13 +167,16 @@ pub(super) fn word_options(a: &TrainArgs) -> anyhow::Result<Option<WordOptions>>
     Ok(Some(options))
 }
 
-/// The share of `<unk>` tokens in the training and validation parts of a word corpus, as a
-/// line for the run summary (`None` for other vocabularies).
-fn unknown_summary(corpus: &Corpus, train_tokens: usize) -> Option<String> {
+/// The share of `<unk>` tokens in the training and validation parts of a word corpus (the
+/// validation corpus, when there is one), as a line for the run summary (`None` for other
+/// vocabularies).
+fn unknown_summary(corpus: &Corpus, val: Option<&Corpus>, train_tokens: usize) -> Option<String> {
     let words = corpus.vocab().word_list()?;
-    let val_tokens = corpus.len() - train_tokens;
     let in_train = corpus.unknown_in(0, train_tokens);
-    let in_val = corpus.unknown() - in_train;
+    let (val_tokens, in_val) = match val {
+        Some(v) => (v.len(), v.unknown()),
+        None => (corpus.len() - train_tokens, corpus.unknown() - in_train),
+    };
     let share = |n: usize, of: usize| 100.0 * n as f64 / of.max(1) as f64;
     Some(format!(
         "words: <unk> and {} words{}; <unk> is {:.2}% of the training tokens ({in_train}) and \
@@ -200,6 +211,8 @@ fn loss_text(vocab: &Vocab) -> impl Fn(f64) -> String {
 /// Everything a language-model run needs, from fresh options or a saved state.
 struct Setup {
     corpus: Corpus,
+    /// The validation corpus (`--val-corpus`), read with the corpus's vocabulary.
+    val_corpus: Option<Corpus>,
     driver: Driver,
     /// The corpus file as it was before it was opened (`None`: the built-in corpus).
     watch: Option<Watch>,
@@ -240,6 +253,9 @@ impl TrainBatches for Watched<'_> {
     }
     fn seek(&mut self, position: &serde_json::Value) -> unroll::Result<()> {
         self.inner.seek(position)
+    }
+    fn epochs_done(&self) -> u64 {
+        self.inner.epochs_done()
     }
 }
 
@@ -289,6 +305,56 @@ fn check_fingerprint(run: &mut RunSpec, corpus: &Corpus, dir: &Path) -> anyhow::
     Ok(())
 }
 
+/// The validation corpus at `path`, read with the training corpus's `vocab`: a word it lacks
+/// reads as <unk> (counted in the run summary); a character it lacks is skipped, as `unroll
+/// eval` skips it, and said here.
+fn open_val_corpus(path: &Path, vocab: &Vocab) -> anyhow::Result<Corpus> {
+    let corpus = Corpus::open(Some(path), vocab.kind(), Some(vocab.clone()))?;
+    if corpus.len() < 2 {
+        bail!(
+            "the validation corpus {} has {} tokens in the training corpus's vocabulary: \
+             validation needs at least 2 (one prediction)",
+            path.display(),
+            corpus.len()
+        );
+    }
+    if vocab.kind() != VocabKind::Chars {
+        return Ok(corpus);
+    }
+    // In lines mode the line breaks frame the lines; they are not tokens.
+    let breaks = match vocab.start_token() {
+        Some(_) => (corpus.text_bytes().iter())
+            .filter(|&&b| b == b'\n' || b == b'\r')
+            .count(),
+        None => 0,
+    };
+    let skipped = corpus.unknown().saturating_sub(breaks);
+    if skipped > 0 {
+        eprintln!(
+            "note: {skipped} characters of the validation corpus {} are not in the training \
+             corpus's vocabulary: they are skipped (neither input nor target), as `unroll eval` \
+             skips them",
+            path.display()
+        );
+    }
+    Ok(corpus)
+}
+
+/// The fingerprint of a validation corpus: its size and content as a run keeps them.
+fn val_fingerprint(corpus: &Corpus) -> (usize, u64) {
+    (corpus.len(), corpus.fingerprint())
+}
+
+/// The validation corpus of a resumed run, refused when it changed since the run started.
+fn resumed_val_corpus(run: &RunSpec, vocab: &Vocab) -> anyhow::Result<Option<Corpus>> {
+    let Some(file) = &run.val_file else {
+        return Ok(None);
+    };
+    let corpus = open_val_corpus(&file.path(), vocab)?;
+    file.check(val_fingerprint(&corpus))?;
+    Ok(Some(corpus))
+}
+
 fn resume_setup(a: &TrainArgs, dir: &Path, lock: Option<RunLock>) -> anyhow::Result<Setup> {
     let (state, mut run) = load_resumed(a, dir)?;
     let vocab = state
@@ -308,9 +374,11 @@ fn resume_setup(a: &TrainArgs, dir: &Path, lock: Option<RunLock>) -> anyhow::Res
         );
     }
     check_fingerprint(&mut run, &corpus, dir)?;
+    let val_corpus = resumed_val_corpus(&run, corpus.vocab())?;
     let engine = resumed_engine(a, &state, dir, &run, (run.seq_len, "--seq-len"))?;
     Ok(Setup {
         corpus,
+        val_corpus,
         driver: Driver::resumed(dir, run, state.progress, engine, lock),
         watch,
     })
@@ -400,31 +468,47 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
     let path = a.corpus.as_deref().map(absolute);
     let mut run = s.run_spec(optimization, path.as_deref(), corpus.len())?;
     run.corpus_fingerprint = Some(corpus.fingerprint());
+    let val_corpus = match &a.val_corpus {
+        Some(p) => Some(open_val_corpus(p, corpus.vocab())?),
+        None => None,
+    };
+    if let (Some(p), Some(v)) = (&a.val_corpus, &val_corpus) {
+        let (tokens, fingerprint) = val_fingerprint(v);
+        run.val_file = Some(ValFile::new(&absolute(p), tokens, fingerprint));
+    }
     let claimed = fresh_engine(a, &config, &params, s.batch, &s.out)?;
     Ok(Setup {
         corpus,
+        val_corpus,
         driver: Driver::fresh(s.out, run, claimed),
         watch,
     })
 }
 
 /// Says what the run trains on and with what.
-fn describe(corpus: &Corpus, split: &Split, driver: &Driver) {
+fn describe((corpus, val): (&Corpus, Option<&Corpus>), split: &Split, driver: &Driver) {
     let (run, config) = (&driver.run, driver.engine.config());
+    let validation = match (val, &run.val_file) {
+        (Some(v), Some(file)) => format!("validation: {}, {} tokens", file.path, v.len()),
+        _ => format!("{} validation", corpus.len() - split.train_tokens),
+    };
     eprintln!(
-        "corpus: {}, {} tokens ({} train, {} validation), vocabulary {}, {:?} sequences",
+        "corpus: {}, {} tokens ({} train, {validation}), vocabulary {}, {:?} sequences",
         run.corpus.as_deref().unwrap_or("built-in"),
         corpus.len(),
         split.train_tokens,
-        corpus.len() - split.train_tokens,
         corpus.vocab().len(),
         run.sequences
     );
-    if let Some(line) = unknown_summary(corpus, split.train_tokens) {
+    if let Some(line) = unknown_summary(corpus, val, split.train_tokens) {
         eprintln!("{line}");
     }
+    let edges = match run.edge_dropout() {
+        e if e.is_on() => format!(" (embedding {}, output {})", e.embed, e.out),
+        _ => String::new(),
+    };
     eprintln!(
-        "model: {} H={} layers={} ({} parameters), dropout {}; {:?} lr {} {:?}, clip {}, B={} T={}, {} steps",
+        "model: {} H={} layers={} ({} parameters), dropout {}{edges}; {:?} lr {} {:?}, clip {}, B={} T={}, {} steps",
         match config.cell {
             Cell::Rnn => format!("rnn {:?}", config.activation),
             cell => format!("{cell:?}"),
@@ -470,6 +554,7 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
     let signals = Signals::install()?;
     let Setup {
         corpus,
+        val_corpus,
         mut driver,
         watch,
     } = match &a.resume {
@@ -477,12 +562,12 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
         None => fresh_setup(&a)?,
     };
     let split = Split::of(&corpus, driver.run.sequences, driver.run.val_frac);
-    describe(&corpus, &split, &driver);
+    describe((&corpus, val_corpus.as_ref()), &split, &driver);
     let mut metrics = driver.metrics()?;
     let vocab = corpus.vocab().clone();
     let run = driver.run.clone();
     let eval_rows = eval_rows(driver.engine.config(), run.batch, run.seq_len);
-    let mut sources = split.sources(&corpus, &run, eval_rows)?;
+    let mut sources = split.sources((&corpus, val_corpus.as_ref()), &run, eval_rows)?;
     sources.train = watched(sources.train, &corpus, watch, &driver.out)?;
     let val = Validation {
         periodic: sources.periodic.as_ref(),

@@ -290,6 +290,15 @@ impl TrainBatches for LinesSource<'_> {
         self.pos = pos;
         Ok(())
     }
+
+    fn epochs_done(&self) -> u64 {
+        // The pass ends with the batch that exhausts every stream; the next batch starts the
+        // next pass.
+        let lines = &self.lines;
+        let exhausted =
+            (self.pos.cursors.iter().enumerate()).all(|(b, c)| c.at >= lines.bounds[b + 1]);
+        self.pos.epoch + u64::from(exhausted)
+    }
 }
 
 impl EvalSet for Lines<'_> {

@@ -311,6 +311,10 @@ impl<T: Tokens> TrainBatches for StreamSource<T> {
             .map_err(|e| Error::Data(format!("saved stream position is invalid: {e}")))?;
         self.batches.seek(pos)
     }
+
+    fn epochs_done(&self) -> u64 {
+        self.batches.position().epoch
+    }
 }
 
 /// A token sequence evaluated as B carried streams of windows of T (see [`EvalBatches`]),

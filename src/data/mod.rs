@@ -55,6 +55,9 @@ pub trait TrainBatches {
     fn position(&self) -> serde_json::Value;
     /// Continues from a position saved by [`TrainBatches::position`].
     fn seek(&mut self, position: &serde_json::Value) -> Result<()>;
+    /// Passes over the training data completed so far: it grows by one with the batch that
+    /// ends a pass (and follows a seek).
+    fn epochs_done(&self) -> u64;
 }
 
 /// A held-out set, cut into batches that count every target once.

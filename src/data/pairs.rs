@@ -623,6 +623,10 @@ impl TrainBatches for PairBatches<'_> {
         self.pos = pos;
         Ok(())
     }
+
+    fn epochs_done(&self) -> u64 {
+        self.pos.epoch
+    }
 }
 
 /// Pairs evaluated in batches of B sorted by length, each from a zero state; every counted step

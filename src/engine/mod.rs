@@ -186,6 +186,46 @@ impl Dropout {
     }
 }
 
+/// Dropout at the model's edges, as PyTorch's word_language_model example applies it besides
+/// the dropout between layers: on the embedded tokens (`embed`, layer 0's input) and on the
+/// top layer's output (`out`, the output layer's input). In training only: the masks are keyed
+/// by the step's [`Dropout`] seed and a site of their own (see `engine::cpu::dropout`), and
+/// apply only while the engine has one.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EdgeDropout {
+    /// Probability of zeroing an element of the embedded tokens, in `[0, 1)`.
+    pub embed: f32,
+    /// Probability of zeroing an element of the top layer's output, in `[0, 1)`.
+    pub out: f32,
+}
+
+impl EdgeDropout {
+    /// Checks that both are probabilities below 1.
+    pub fn validate(&self) -> Result<()> {
+        for p in [self.embed, self.out] {
+            Dropout { p, seed: 0 }.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Whether either site drops anything.
+    pub fn is_on(&self) -> bool {
+        self.embed > 0.0 || self.out > 0.0
+    }
+
+    /// Checks the probabilities and that `config` has the sites they drop: the embedding
+    /// dropout needs an embedding.
+    pub fn check_for(&self, config: &ModelConfig) -> Result<()> {
+        self.validate()?;
+        if self.embed > 0.0 && config.embed.is_none() {
+            return Err(Error::Config(
+                "dropout on the embedding needs an embedding (--embed E)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The engine contract: see the module docs for the order of calls.
 pub trait Engine {
     /// A short description of the engine and its device, for logs.
@@ -248,6 +288,20 @@ pub trait Engine {
             ))),
             _ => Ok(()),
         }
+    }
+    /// Dropout at the model's edges for the training forwards that follow (see
+    /// [`EdgeDropout`]): it applies only while [`Engine::set_dropout`] has set a step's
+    /// dropout, whose seed keys its masks, and is off in evaluation and sampling. Engines
+    /// without it refuse a probability above 0.
+    fn set_edge_dropout(&mut self, edges: EdgeDropout) -> Result<()> {
+        edges.validate()?;
+        if edges.is_on() {
+            return Err(Error::Config(format!(
+                "{} does not support dropout on the embedding or the top layer's output",
+                self.describe()
+            )));
+        }
+        Ok(())
     }
     /// Output probabilities (after f2) of the last forward, `T * B * V` time-major. Only kept when
     /// the output layer ran in one chunk (see [`Engine::set_logit_budget`]); otherwise an error

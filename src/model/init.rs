@@ -48,3 +48,40 @@ pub fn set_forget_bias_one(
     }
     Ok(())
 }
+
+/// PyTorch's word_language_model initialisation of the model's edges: `embed.weight` (when the
+/// model has one) and `out.weight` uniform in `±range`, `out.bias` zero; the recurrent layers
+/// keep what [`init_params`] drew. The values come from their own ChaCha8 stream of `seed`, so
+/// the recurrent layers are those of the same seed without it. Refuses a range that is not a
+/// number > 0.
+pub fn set_init_range(
+    config: &ModelConfig,
+    layout: &ParamLayout,
+    params: &mut [f32],
+    range: f32,
+    seed: u64,
+) -> Result<()> {
+    if !(range.is_finite() && range > 0.0) {
+        return Err(Error::Config(format!(
+            "--init-range {range} must be a number > 0"
+        )));
+    }
+    // A stream of its own: the seed's stream continues into the recurrent layers' draws.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_1e55_ed9e_0000);
+    let width = config.output_width();
+    let out = layout.out_weight()..layout.out_weight() + config.output_size * width;
+    // Tied weights are one tensor, drawn once.
+    let embed = match (layout.embed(), config.embed) {
+        (Some(e), Some(size)) if e != out.start => Some(e..e + config.input_size * size),
+        _ => None,
+    };
+    let edges = embed.into_iter().chain(std::iter::once(out));
+    for tensor in edges {
+        for p in &mut params[tensor] {
+            *p = rng.random_range(-range..range);
+        }
+    }
+    let b = layout.out_bias();
+    params[b..b + config.output_size].fill(0.0);
+    Ok(())
+}

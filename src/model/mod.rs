@@ -8,5 +8,5 @@ pub mod layout;
 
 pub use checkpoint::Checkpoint;
 pub use config::{Activation, Cell, InputKind, ModelConfig, OutputKind};
-pub use init::{init_params, set_forget_bias_one};
+pub use init::{init_params, set_forget_bias_one, set_init_range};
 pub use layout::{LayerOffsets, ParamLayout, ParamSpec};

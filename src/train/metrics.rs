@@ -19,6 +19,10 @@ pub const PLOT_FILE: &str = "loss.svg";
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub step: u64,
+    /// The passes over the training data completed, on an evaluation at the end of one
+    /// (`--eval-every epoch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Sequences;
 use crate::data::vocab::Vocab;
-use crate::engine::Dropout;
+use crate::engine::{Dropout, EdgeDropout};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{Tensor, serialize, write_atomic};
 use crate::model::file::{SafetensorsKind, read_safetensors};
@@ -70,6 +70,82 @@ pub struct RunSpec {
     /// `None` for runs on pairs (checked by their own digest) and runs saved before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corpus_fingerprint: Option<u64>,
+    /// Evaluate at the end of every pass over the training data (besides every `eval_every`
+    /// steps, 0 with it); runs saved before it existed evaluate by steps.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub eval_each_epoch: bool,
+    /// Dropout on the embedded tokens (the output of the embedding), in training only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropout_embed: f32,
+    /// Dropout on the top layer's output (the input of the output layer), in training only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropout_out: f32,
+    /// The file validation scores instead of a `val_frac` tail of the corpus (or a share of
+    /// the pairs); `None`: the run validates on a part of its training data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_file: Option<ValFile>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(p: &f32) -> bool {
+    *p == 0.0
+}
+
+/// A validation file of a run, kept so that a resume scores the same data: its path (as
+/// [`RunSpec::corpus`] keeps the corpus's), its size in tokens (or pairs) and the fingerprint
+/// of its content, both checked on resume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ValFile {
+    pub path: String,
+    /// The bytes of the path when they are not UTF-8 (`path` then holds a lossy form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<Vec<u8>>,
+    /// Tokens of a corpus, pairs of a pairs file.
+    pub tokens: usize,
+    /// `data::guard::fingerprint` of a corpus's text, `Pairs::digest` of pairs.
+    pub fingerprint: u64,
+}
+
+impl ValFile {
+    /// The validation file at `path` of `tokens` tokens (or pairs) and `fingerprint`.
+    pub fn new(path: &Path, tokens: usize, fingerprint: u64) -> Self {
+        ValFile {
+            path: path.to_string_lossy().into_owned(),
+            path_bytes: match path.to_str() {
+                Some(_) => None,
+                None => raw_path_bytes(path),
+            },
+            tokens,
+            fingerprint,
+        }
+    }
+
+    /// The path a resume opens.
+    pub fn path(&self) -> PathBuf {
+        if let Some(bytes) = &self.path_bytes
+            && let Some(path) = path_of_raw_bytes(bytes)
+        {
+            return path;
+        }
+        PathBuf::from(&self.path)
+    }
+
+    /// Refuses a validation file that is not the one the run was started on: `now` is its
+    /// size and fingerprint as read by this resume.
+    pub fn check(&self, (tokens, fingerprint): (usize, u64)) -> Result<()> {
+        if tokens != self.tokens || fingerprint != self.fingerprint {
+            return Err(Error::Data(format!(
+                "the validation file {} changed since the run was started ({} then, {} now, or \
+                 other content), so its scores would not compare with the saved ones; restore \
+                 it, or start a new run from these weights with --init",
+                self.path, self.tokens, tokens
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl RunSpec {
@@ -113,20 +189,32 @@ impl RunSpec {
                 )));
             }
         }
-        Dropout {
-            p: self.dropout,
-            seed: 0,
+        for p in [self.dropout, self.dropout_embed, self.dropout_out] {
+            Dropout { p, seed: 0 }.validate()?;
         }
-        .validate()
+        Ok(())
     }
 
     /// The dropout of training step `step` (0-based): its own mask seed from the run's seed, so
-    /// a resumed run draws the masks an uninterrupted one would. `None` without dropout.
+    /// a resumed run draws the masks an uninterrupted one would. `None` without dropout
+    /// anywhere (between layers, on the embedding or on the top layer's output: the step's
+    /// seed keys the masks of [`RunSpec::edge_dropout`] too).
     pub fn dropout_at(&self, step: u64) -> Option<Dropout> {
-        (self.dropout > 0.0).then(|| Dropout {
+        let any = self.dropout > 0.0 || self.edge_dropout().is_on();
+        any.then(|| Dropout {
             p: self.dropout,
             seed: self.seed ^ (step.wrapping_add(1)).wrapping_mul(0x9e37_79b9_7f4a_7c15),
         })
+    }
+}
+
+impl RunSpec {
+    /// The dropout of the model's edges, the embedding's output and the top layer's output.
+    pub fn edge_dropout(&self) -> EdgeDropout {
+        EdgeDropout {
+            embed: self.dropout_embed,
+            out: self.dropout_out,
+        }
     }
 }
 

@@ -239,9 +239,11 @@ pub enum Event {
     /// Validation loss after `step` steps; `best` when it is the lowest so far. `accuracy`: the
     /// fraction of correct class or binary predictions, for sets that report it. `last`: the
     /// closing evaluation after the last step of a run whose periodic evaluations score a
-    /// subset (it is not compared with them).
+    /// subset (it is not compared with them). `epoch`: the passes over the training data
+    /// completed, when the evaluation is the one at the end of a pass (`--eval-every epoch`).
     Eval {
         step: u64,
+        epoch: Option<u64>,
         loss: f64,
         best: bool,
         accuracy: Option<f64>,
@@ -421,6 +423,9 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
         if !progress.position.is_null() {
             train.seek(&progress.position)?;
         }
+        trainer
+            .engine
+            .set_edge_dropout(trainer.run.edge_dropout())?;
         Ok(Pass {
             trainer,
             train,
@@ -441,7 +446,11 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
         let run = self.trainer.run;
         let progress = &mut self.progress;
         let lr = progress.schedule.lr(&run.schedule, run.lr, progress.step) * progress.lr_scale;
+        let epochs = self.train.epochs_done();
         let (batch, reset) = self.train.next_batch()?;
+        // The epoch this batch completed, when it ends one and evaluations follow epochs.
+        let epoch = (run.eval_each_epoch && self.train.epochs_done() > epochs)
+            .then(|| self.train.epochs_done());
         let engine = &mut *self.trainer.engine;
         engine.set_dropout(run.dropout_at(progress.step))?;
         train_step(engine, &batch, reset, &run.optimizer, lr)?;
@@ -454,9 +463,10 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
         if run.log_every > 0 && (step.is_multiple_of(run.log_every) || last) {
             diverged = self.report_loss(step, lr)?;
         }
-        let eval_now = (run.eval_every > 0 && step.is_multiple_of(run.eval_every)) || last;
+        let eval_now =
+            (run.eval_every > 0 && step.is_multiple_of(run.eval_every)) || epoch.is_some() || last;
         if eval_now && !self.val.periodic.is_empty() && !diverged {
-            diverged = self.evaluate(step, lr)?;
+            diverged = self.evaluate((step, epoch), lr)?;
             if let Some(closing) = self.val.closing.filter(|_| last && !diverged) {
                 self.evaluate_closing(closing, step, lr)?;
             }
@@ -524,7 +534,7 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
     /// Evaluates on the validation set after `step`: feeds the schedule, saves the best model,
     /// reports and records the loss; a loss that is not finite is a divergence. Whether the run
     /// diverged.
-    fn evaluate(&mut self, step: u64, lr: f32) -> Result<bool> {
+    fn evaluate(&mut self, (step, epoch): (u64, Option<u64>), lr: f32) -> Result<bool> {
         let (stats, accuracy, scored) = self.score(self.val.periodic)?;
         let loss = stats.mean();
         if !loss.is_finite() {
@@ -544,7 +554,7 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
             let best_file = self.trainer.out.join(BEST_FILE);
             self.trainer.checkpoint(params).save(&best_file)?;
         }
-        self.report_eval(step, lr, (loss, accuracy), best, scored, false)?;
+        self.report_eval((step, epoch), lr, (loss, accuracy), best, scored, false)?;
         Ok(false)
     }
 
@@ -552,7 +562,14 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
     /// nothing.
     fn evaluate_closing(&mut self, set: &dyn EvalSet, step: u64, lr: f32) -> Result<()> {
         let (stats, accuracy, scored) = self.score(set)?;
-        self.report_eval(step, lr, (stats.mean(), accuracy), false, scored, true)
+        self.report_eval(
+            (step, None),
+            lr,
+            (stats.mean(), accuracy),
+            false,
+            scored,
+            true,
+        )
     }
 
     /// Evaluates on `set`, timed.
@@ -571,7 +588,7 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
     /// Reports an evaluation's `(loss, accuracy)` and records it with what it scored.
     fn report_eval(
         &mut self,
-        step: u64,
+        (step, epoch): (u64, Option<u64>),
         lr: f32,
         (loss, accuracy): (f64, Option<f64>),
         best: bool,
@@ -580,6 +597,7 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
     ) -> Result<()> {
         (self.on_event)(&Event::Eval {
             step,
+            epoch,
             loss,
             best,
             accuracy,
@@ -599,6 +617,7 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
             val_lines: sequences(SequenceKind::Lines),
             val_pairs: sequences(SequenceKind::Pairs),
             val_final: last.then_some(true),
+            epoch,
             ..Record::of_loss(step, loss, self.classes, lr)
         })?;
         self.metrics.plot()

@@ -5,6 +5,7 @@ mod checkpoint;
 mod cli;
 mod common;
 mod directions;
+mod dropin;
 mod gating;
 mod gpu_gated;
 mod gpu_kernels;

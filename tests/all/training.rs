@@ -99,6 +99,10 @@ pub fn run_spec(
         dropout: 0.0,
         corpus_path_bytes: None,
         corpus_fingerprint: None,
+        eval_each_epoch: false,
+        dropout_embed: 0.0,
+        dropout_out: 0.0,
+        val_file: None,
     }
 }
 

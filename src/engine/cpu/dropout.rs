@@ -4,11 +4,15 @@
 //! Element `i` of layer k's output is kept when `hash(i, key_k) >> 8 >= threshold`, where
 //! `threshold = round(p * 2^24)` and `key_k` is derived from the step's seed and k on the host;
 //! a kept element is scaled by `1 / (1 - p)` (PyTorch's inverted dropout).
+//!
+//! The edge dropout ([`EdgeDropout`]) draws its masks the same way,
+//! keyed by the step's seed and a site of its own in place of k: [`EMBED_SITE`] for the
+//! embedded tokens, [`OUT_SITE`] for the top layer's output.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use crate::engine::Dropout;
 use crate::engine::cpu::Float;
+use crate::engine::{Dropout, EdgeDropout};
 
 /// The integer hash of the mask (lowbias32), the same in WGSL.
 pub fn mix32(mut x: u32) -> u32 {
@@ -30,7 +34,29 @@ pub struct MaskKey {
     pub scale: f32,
 }
 
+/// The mask site of the embedded tokens (layer 0's input); the masks between layers are keyed by
+/// the layer below them (0, 1, ...), far from it.
+pub const EMBED_SITE: usize = u32::MAX as usize;
+/// The mask site of the top layer's output (the output layer's input).
+pub const OUT_SITE: usize = u32::MAX as usize - 1;
+
 impl MaskKey {
+    /// The mask at the edge site `site` ([`EMBED_SITE`], [`OUT_SITE`]) with probability `p`,
+    /// keyed by the seed of the step's `dropout`; everything kept without one (evaluation).
+    pub fn edge(dropout: Option<Dropout>, p: f32, site: usize) -> Self {
+        MaskKey::new(dropout.map(|d| Dropout { p, seed: d.seed }), site)
+    }
+
+    /// The mask at `site` for `dropout` (the step's seed) and the edge dropout `edges`: after
+    /// layer `site` with `dropout`'s probability, or at an edge site with its own.
+    pub fn at(dropout: Option<Dropout>, edges: EdgeDropout, site: usize) -> Self {
+        match site {
+            EMBED_SITE => MaskKey::edge(dropout, edges.embed, site),
+            OUT_SITE => MaskKey::edge(dropout, edges.out, site),
+            layer => MaskKey::new(dropout, layer),
+        }
+    }
+
     /// The mask after layer `layer` for `dropout`.
     pub fn new(dropout: Option<Dropout>, layer: usize) -> Self {
         match dropout {

@@ -7,18 +7,18 @@ use ndarray::{Array2, ArrayView2, s};
 
 use crate::engine::profile::{self, PhaseClock, PhaseTimes, StepPhase};
 use crate::engine::{
-    Batch, DEFAULT_LOGIT_BUDGET, Dropout, Engine, Inputs, LossStats, OutputChunks, Targets,
-    outputs_not_kept,
+    Batch, DEFAULT_LOGIT_BUDGET, Dropout, EdgeDropout, Engine, Inputs, LossStats, OutputChunks,
+    Targets, outputs_not_kept,
 };
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState, clip_scale};
 
-use super::dropout::MaskKey;
+use super::dropout::{self, EMBED_SITE, MaskKey, OUT_SITE};
 use super::layers::{
     chunk_outputs, dropout_input, embed_tokens, in_time_order, input_backward, input_grad,
     input_weight_grads, layer_backward, layer_below, layer_forward, layer_output, output_backward,
-    output_forward, recurrent_grads, split_directions,
+    output_forward, output_input, recurrent_grads, split_directions,
 };
 use super::{Float, optim, pool, reduce, reverse};
 
@@ -95,14 +95,37 @@ pub(super) struct Cache<F> {
     pub(super) layers: Vec<LayerCache<F>>,
     /// The dropout mask after each layer but the last.
     pub(super) masks: Vec<MaskKey>,
-    /// With an embedding: layer 0's input, the embedded tokens [N, E].
+    /// With an embedding: layer 0's input, the embedded tokens [N, E] (after the embedding's
+    /// dropout, when it is on).
     pub(super) embedded: Option<Array2<F>>,
+    /// The masks of the embedded tokens and of the top layer's output (identity when off).
+    pub(super) edge_masks: EdgeMasks,
+    /// With dropout on the top layer's output: the output layer's input, the top layer's
+    /// states h_1..h_T through its mask [N, W].
+    pub(super) out_input: Option<Array2<F>>,
     /// When the output layer ran in one chunk: the output probabilities (after f2) and the
     /// gradient of the objective w.r.t. the logits, [N, V] each.
     pub(super) kept: Option<Kept<F>>,
     /// Rows per chunk of the output layer (N when it ran in one).
     pub(super) chunk_rows: usize,
     pub(super) loss: LossStats,
+}
+
+/// The masks of the model's edges in one forward (see [`EdgeDropout`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct EdgeMasks {
+    pub(super) embed: MaskKey,
+    pub(super) out: MaskKey,
+}
+
+impl EdgeMasks {
+    /// The masks of a forward under `dropout` (the step's seed; `None`: evaluation).
+    pub(super) fn new(dropout: Option<Dropout>, edges: EdgeDropout) -> Self {
+        EdgeMasks {
+            embed: MaskKey::edge(dropout, edges.embed, EMBED_SITE),
+            out: MaskKey::edge(dropout, edges.out, OUT_SITE),
+        }
+    }
 }
 
 /// The CPU engine in float type `F`.
@@ -121,6 +144,8 @@ pub struct CpuEngine<F: Float = f32> {
     /// other cells.
     c0: Vec<Array2<F>>,
     dropout: Option<Dropout>,
+    /// Dropout at the model's edges, applied while `dropout` is set.
+    edges: EdgeDropout,
     /// The most logits the output layer holds at once.
     logit_budget: usize,
     /// Output arrays of an earlier forward, for the next one to fill.
@@ -158,6 +183,7 @@ impl<F: Float> CpuEngine<F> {
             h0: Vec::new(),
             c0: Vec::new(),
             dropout: None,
+            edges: EdgeDropout::default(),
             logit_budget: DEFAULT_LOGIT_BUDGET,
             spare: None,
             pool: pool::Pool::default(),
@@ -238,7 +264,7 @@ impl<F: Float> CpuEngine<F> {
         for a in cache.layers.into_iter().flat_map(LayerCache::into_arrays) {
             self.pool.give(a);
         }
-        if let Some(x) = cache.embedded {
+        for x in [cache.embedded, cache.out_input].into_iter().flatten() {
             self.pool.give(x);
         }
     }
@@ -339,7 +365,15 @@ impl<F: Float> Engine for CpuEngine<F> {
         let masks: Vec<MaskKey> = (0..cfg.layers.saturating_sub(1))
             .map(|k| MaskKey::new(self.dropout, k))
             .collect();
-        let embedded = embed_tokens(cfg, model, batch, pool);
+        let edge_masks = EdgeMasks::new(self.dropout, self.edges);
+        let mut embedded = embed_tokens(cfg, model, batch, pool);
+        if let Some(x) = embedded
+            .as_mut()
+            .filter(|_| !edge_masks.embed.is_identity())
+        {
+            // In place: the embedded tokens are only read through their mask.
+            dropout::dropout_backward(edge_masks.embed, x.view_mut());
+        }
         // Each layer over all T steps, reading the one below (through dropout when it is on).
         let mut layers: Vec<LayerCache<F>> = Vec::with_capacity(cfg.layers);
         for k in 0..cfg.layers {
@@ -364,7 +398,13 @@ impl<F: Float> Engine for CpuEngine<F> {
         // The output layer over all N rows: the projection, the output nonlinearity, the loss
         // and its gradient.
         profile::enter(clock, StepPhase::Output);
-        let top = layers[cfg.layers - 1].output(batch.rows);
+        let out_input = (!edge_masks.out.is_identity()).then(|| {
+            let top = layers[cfg.layers - 1].output(batch.rows);
+            let mut x = pool.overwritten(top.dim());
+            dropout::dropout_forward(top, edge_masks.out, x.view_mut());
+            x
+        });
+        let top = output_input(cfg, &layers, out_input.as_ref(), batch.rows);
         let reuse = self.spare.take();
         let (kept, chunk_rows, sum) =
             output_forward(cfg, model, top, batch, self.logit_budget, reuse)?;
@@ -372,6 +412,8 @@ impl<F: Float> Engine for CpuEngine<F> {
             layers,
             masks,
             embedded,
+            edge_masks,
+            out_input,
             kept,
             chunk_rows,
             loss: LossStats {
@@ -545,6 +587,12 @@ impl<F: Float> Engine for CpuEngine<F> {
             d.validate()?;
         }
         self.dropout = dropout;
+        Ok(())
+    }
+
+    fn set_edge_dropout(&mut self, edges: EdgeDropout) -> Result<()> {
+        edges.check_for(&self.config)?;
+        self.edges = edges;
         Ok(())
     }
 

@@ -115,6 +115,20 @@ pub(super) fn layer_below<'a, F: Float>(
     }
 }
 
+/// The output layer's input [N, D*W]: the top layer's output (h_1..h_T of each direction), or
+/// `out_input`, that output through the output dropout when it is on.
+pub(super) fn output_input<'a, F: Float>(
+    cfg: &ModelConfig,
+    layers: &'a [LayerCache<F>],
+    out_input: Option<&'a Array2<F>>,
+    b: usize,
+) -> ArrayView2<'a, F> {
+    match out_input {
+        Some(x) => x.view(),
+        None => layers[cfg.layers - 1].output(b),
+    }
+}
+
 /// One chunk of the output layer: for `rows` of the top layer's output `top` [N, D*W], the logits
 /// `top[rows] W_o^T + b_o`, then the fused output nonlinearity, loss and gradient. Returns the
 /// probabilities and the gradient w.r.t. the logits, [rows, V] each, and the masked loss sum.
@@ -216,7 +230,7 @@ pub(super) fn chunk_outputs<F: Float>(
     if let Some((probs, _)) = &cache.kept {
         return Ok(f32s(probs.slice(s![rows, ..])));
     }
-    let top = cache.layers[cfg.layers - 1].output(batch.rows);
+    let top = output_input(cfg, &cache.layers, cache.out_input.as_ref(), batch.rows);
     let probs = output_chunk(cfg, layout, p, top, batch, chunk.clone(), None)?.0;
     let within = rows.start - chunk.start..rows.end - chunk.start;
     Ok(f32s(probs.slice(s![within, ..])))
@@ -224,7 +238,8 @@ pub(super) fn chunk_outputs<F: Float>(
 
 /// The output layer's backward, chunk by chunk (the kept gradient, or each chunk computed
 /// again): dW_o += dlogits^T S, db_o += colsum(dlogits). Returns dS = dlogits W_o [N, D*W], the
-/// gradient reaching the top layer's output.
+/// gradient reaching the top layer's output (back through the output dropout when it is on;
+/// S is then the dropped output).
 pub(super) fn output_backward<F: Float>(
     cfg: &ModelConfig,
     (layout, p): (&ParamLayout, &[F]),
@@ -234,7 +249,7 @@ pub(super) fn output_backward<F: Float>(
 ) -> Result<Array2<F>> {
     let (b, h, v) = (batch.rows, cfg.output_width(), cfg.output_size);
     let n = batch.steps * b;
-    let top = cache.layers[cfg.layers - 1].output(b);
+    let top = output_input(cfg, &cache.layers, cache.out_input.as_ref(), b);
     let (ow, ob) = (layout.out_weight(), layout.out_bias());
     // Written whole by the chunks' `dS = dlogits W_o` (not accumulated).
     let mut ds = pool.overwritten((n, h));
@@ -258,6 +273,9 @@ pub(super) fn output_backward<F: Float>(
             &mut ds.slice_mut(s![rows, ..]),
             false,
         );
+    }
+    if cache.out_input.is_some() {
+        dropout::dropout_backward(cache.edge_masks.out, ds.view_mut());
     }
     Ok(ds)
 }
@@ -665,6 +683,9 @@ pub(super) fn input_backward<F: Float>(
             dropout::dropout_backward(cache.masks[k - 1], dx.view_mut());
         }
         return dx;
+    }
+    if !cache.edge_masks.embed.is_identity() {
+        dropout::dropout_backward(cache.edge_masks.embed, dx.view_mut());
     }
     if let (Some(off), Some(tokens)) = (layout.embed(), &batch.tokens) {
         let e = dx.ncols();

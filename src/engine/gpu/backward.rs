@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use crate::engine::cpu::dropout::MaskKey;
+use crate::engine::cpu::dropout::{EMBED_SITE, MaskKey, OUT_SITE};
 use crate::engine::gpu::buffers::at;
 use crate::engine::gpu::forward::record_output_chunk;
 use crate::engine::gpu::matmul::{RowsEpilogue, matmul, matmul_rows, plain, transposed};
@@ -32,6 +32,13 @@ pub fn record_backward(r: &Recording<'_>, out: &mut Calls) -> Result<()> {
         out.mark(StepPhase::OutputBackward);
         record_output_backward(r, rows.clone(), out)?;
     }
+    if r.shape.out_input.is_some() {
+        // dS back through the output dropout (twin: `dropout::dropout_backward`).
+        let n = r.n() * r.cfg.output_width();
+        let key = MaskKey::at(r.dropout, r.edges, OUT_SITE);
+        let call = dropout::dropout_backward(r.ctx, n, at(&r.shape.ds[0], 0), key)?;
+        out.push_dropout(call, n, (0, 0), OUT_SITE);
+    }
     // The gradient reaching layer k's outputs is ds[cur]; layer k writes the one of the layer
     // below into the other.
     let mut cur = 0;
@@ -51,16 +58,15 @@ pub fn record_backward(r: &Recording<'_>, out: &mut Calls) -> Result<()> {
 /// dW_o += dlogits^T S, db_o += colsum(dlogits), and its rows of dS = dlogits W_o into ds[0].
 fn record_output_backward(r: &Recording<'_>, rows: Range<usize>, out: &mut Calls) -> Result<()> {
     let (ctx, shape, p, g) = (r.ctx, r.shape, r.params, r.grads);
-    let (b, h, v) = (shape.rows, r.cfg.hidden_size, r.cfg.output_size);
+    let (h, v) = (r.cfg.hidden_size, r.cfg.output_size);
     let (ow, ob) = (r.layout.out_weight(), r.layout.out_bias());
-    let top = &shape.layers[r.cfg.layers - 1].states;
     let dlogits = &shape.output.dlogits;
     let m = rows.len();
     out.extend(matmul(
         ctx,
         (v, h, m),
         transposed(at(dlogits, 0)),
-        plain(at(top, (b + rows.start) * h)),
+        plain(r.output_input(rows.start)),
         at(g, ow),
         None,
         true,
@@ -275,6 +281,12 @@ fn record_input_gradient(
         None,
         false,
     )?);
+    if r.edges.embed > 0.0 {
+        let n = n * e.width;
+        let key = MaskKey::at(r.dropout, r.edges, EMBED_SITE);
+        let call = dropout::dropout_backward(ctx, n, at(&e.d_embedded, 0), key)?;
+        out.push_dropout(call, n, (0, 0), EMBED_SITE);
+    }
     let dims = Dims {
         rows: r.shape.rows,
         hidden: e.width,

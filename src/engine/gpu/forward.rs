@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use crate::engine::cpu::dropout::MaskKey;
+use crate::engine::cpu::dropout::{EMBED_SITE, MaskKey, OUT_SITE};
 use crate::engine::gpu::buffers::at;
 use crate::engine::gpu::matmul::{Biases, RowsEpilogue, matmul, matmul_rows, plain, transposed};
 use crate::engine::gpu::profile::StepPhase;
@@ -34,6 +34,9 @@ pub fn record_forward(r: &Recording<'_>, out: &mut Calls) -> Result<()> {
     }
     let n = r.n();
     out.mark(StepPhase::Output);
+    if let Some(x) = &r.shape.out_input {
+        record_output_dropout(r, x, out)?;
+    }
     for rows in logit_chunks(n, r.shape.output.chunk_rows) {
         out.output_chunk(|out| record_output_chunk(r, rows, out))?;
     }
@@ -64,6 +67,25 @@ fn record_embedding(r: &Recording<'_>, e: &Embedding, out: &mut Calls) -> Result
         e.table,
         at(&e.embedded, 0),
     )?);
+    if r.edges.embed > 0.0 {
+        // Masked in place: the layer reads the embedded tokens only through the mask.
+        let n = r.n() * e.width;
+        let key = MaskKey::at(r.dropout, r.edges, EMBED_SITE);
+        let call = dropout::dropout_backward(r.ctx, n, at(&e.embedded, 0), key)?;
+        out.push_dropout(call, n, (0, 0), EMBED_SITE);
+    }
+    Ok(())
+}
+
+/// The output layer's input with dropout on the top layer's output: its states h_1..h_T
+/// through the mask, into `x` [N, W] (twin: `dropout::dropout_forward`).
+fn record_output_dropout(r: &Recording<'_>, x: &wgpu::Buffer, out: &mut Calls) -> Result<()> {
+    let (b, w) = (r.shape.rows, r.cfg.output_width());
+    let n = r.n() * w;
+    let top = &r.shape.layers[r.cfg.layers - 1].states;
+    let key = MaskKey::at(r.dropout, r.edges, OUT_SITE);
+    let call = dropout::dropout_forward(r.ctx, n, at(top, b * w), at(x, 0), key)?;
+    out.push_dropout(call, n, (b * w, 0), OUT_SITE);
     Ok(())
 }
 
@@ -204,8 +226,7 @@ fn record_tanh_forward(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<(
 /// output layer runs in several.
 pub fn record_output_chunk(r: &Recording<'_>, rows: Range<usize>, out: &mut Calls) -> Result<()> {
     let (cfg, shape, p) = (r.cfg, r.shape, r.params);
-    let (b, h, v) = (shape.rows, cfg.hidden_size, cfg.output_size);
-    let top = &shape.layers[cfg.layers - 1].states;
+    let (h, v) = (cfg.hidden_size, cfg.output_size);
     let o = &shape.output;
     let biases = Biases {
         buffer: p,
@@ -215,7 +236,7 @@ pub fn record_output_chunk(r: &Recording<'_>, rows: Range<usize>, out: &mut Call
     out.extend(matmul(
         r.ctx,
         (rows.len(), v, h),
-        plain(at(top, (b + rows.start) * h)),
+        plain(r.output_input(rows.start)),
         transposed(at(p, r.layout.out_weight())),
         at(&o.logits, 0),
         Some(biases),

@@ -47,7 +47,9 @@ pub mod shape;
 
 use std::collections::HashMap;
 
-use crate::engine::{Batch, Dropout, Engine, Inputs, LossStats, OutputChunks, Recurrence, Targets};
+use crate::engine::{
+    Batch, Dropout, EdgeDropout, Engine, Inputs, LossStats, OutputChunks, Recurrence, Targets,
+};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState};
@@ -81,6 +83,8 @@ pub struct GpuEngine {
     /// memories c in the same layout.
     h0: wgpu::Buffer,
     dropout: Option<Dropout>,
+    /// Dropout at the model's edges; a shape has its dispatches only where it is on.
+    edges: EdgeDropout,
     /// The most logits the output layer holds at once.
     logit_budget: usize,
     /// How the tanh/relu recurrence is dispatched.
@@ -164,6 +168,7 @@ impl GpuEngine {
             scratch,
             h0,
             dropout: None,
+            edges: EdgeDropout::default(),
             logit_budget: crate::engine::DEFAULT_LOGIT_BUDGET,
             recurrence: Recurrence::Auto,
             rows: 1,
@@ -215,13 +220,17 @@ impl GpuEngine {
         let cfg = &self.config;
         let kernel =
             RecurrenceKernel::resolve(&self.ctx, self.recurrence, cfg.cell, rows, cfg.hidden_size)?;
-        let buffers = ShapeBuffers::allocate(
+        let mut buffers = ShapeBuffers::allocate(
             &self.ctx,
             (cfg, &self.layout),
             (steps, rows),
             kernel,
             self.logit_budget,
         )?;
+        if self.edges.out > 0.0 {
+            let len = steps * rows * cfg.output_width();
+            buffers.out_input = Some(storage(&self.ctx, "out_input", len)?);
+        }
         let recording = Recording {
             ctx: &self.ctx,
             cfg,
@@ -230,6 +239,7 @@ impl GpuEngine {
             grads: &self.grads,
             scratch: &self.scratch,
             dropout: self.dropout,
+            edges: self.edges,
             shape: &buffers,
             kernel,
         };
@@ -250,7 +260,9 @@ impl GpuEngine {
             self.flush()?;
         }
         for shape in self.shapes.values() {
-            shape.plans.patch_dropout(&self.ctx, self.dropout)?;
+            shape
+                .plans
+                .patch_dropout(&self.ctx, self.dropout, self.edges)?;
         }
         Ok(())
     }
@@ -550,6 +562,21 @@ impl Engine for GpuEngine {
         if dropout != self.dropout {
             self.dropout = dropout;
             self.patch_dropout()?;
+        }
+        Ok(())
+    }
+
+    /// Changing it drops the shapes, whose plans have the edges' dispatches only where they
+    /// are on: set it before a batch is uploaded.
+    fn set_edge_dropout(&mut self, edges: EdgeDropout) -> Result<()> {
+        edges.check_for(&self.config)?;
+        if edges != self.edges {
+            // Recorded work may read the shapes' buffers.
+            self.flush()?;
+            self.edges = edges;
+            self.shapes.clear();
+            self.current = None;
+            self.forward_done = false;
         }
         Ok(())
     }

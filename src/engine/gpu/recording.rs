@@ -8,9 +8,8 @@ use std::ops::Range;
 
 use bytemuck::Pod;
 
-use crate::engine::Dropout;
 use crate::engine::cpu::dropout::MaskKey;
-use crate::engine::gpu::buffers::at;
+use crate::engine::gpu::buffers::{Region, at};
 use crate::engine::gpu::context::GpuContext;
 use crate::engine::gpu::dropout::DropoutArgs;
 use crate::engine::gpu::loss::LossArgs;
@@ -21,6 +20,7 @@ use crate::engine::gpu::profile::StepPhase;
 use crate::engine::gpu::rnn::Dims;
 use crate::engine::gpu::shape::{RecurrenceKernel, ShapeBuffers};
 use crate::engine::gpu::{backward, forward};
+use crate::engine::{Dropout, EdgeDropout};
 use crate::error::Result;
 use crate::model::{ModelConfig, ParamLayout};
 
@@ -55,14 +55,19 @@ pub struct DropoutSlot {
     pub n: usize,
     /// Element offsets of the source and the destination.
     pub offsets: (usize, usize),
-    /// The mask after this layer.
+    /// The mask after this layer, or an edge site (`engine::cpu::dropout::EMBED_SITE`,
+    /// `OUT_SITE`).
     pub boundary: usize,
 }
 
 impl DropoutSlot {
-    /// Its arguments under the dropout setting `dropout`.
-    pub fn args(&self, dropout: Option<Dropout>) -> Result<DropoutArgs> {
-        DropoutArgs::new(self.n, self.offsets, MaskKey::new(dropout, self.boundary))
+    /// Its arguments under the dropout setting `dropout` and the edge dropout `edges`.
+    pub fn args(&self, dropout: Option<Dropout>, edges: EdgeDropout) -> Result<DropoutArgs> {
+        DropoutArgs::new(
+            self.n,
+            self.offsets,
+            MaskKey::at(dropout, edges, self.boundary),
+        )
     }
 }
 
@@ -77,6 +82,8 @@ pub struct Recording<'a> {
     /// The loss sum's slot and the partial sums.
     pub scratch: &'a wgpu::Buffer,
     pub dropout: Option<Dropout>,
+    /// The edge dropout; the shape has its dispatches only where it is on.
+    pub edges: EdgeDropout,
     pub shape: &'a ShapeBuffers,
     pub kernel: RecurrenceKernel,
 }
@@ -94,6 +101,19 @@ impl Recording<'_> {
             hidden: self.cfg.hidden_size,
             inputs: self.cfg.layer_input_size(k),
             n: self.n(),
+        }
+    }
+
+    /// Row `row` of the output layer's input [N, W]: the top layer's states h_1..h_T, or
+    /// those states through the output dropout when it is on.
+    pub fn output_input(&self, row: usize) -> Region<'_> {
+        let (shape, w) = (self.shape, self.cfg.output_width());
+        match &shape.out_input {
+            Some(x) => at(x, row * w),
+            None => at(
+                &shape.layers[self.cfg.layers - 1].states,
+                (shape.rows + row) * w,
+            ),
         }
     }
 
@@ -237,10 +257,16 @@ impl ShapePlans {
         Ok(())
     }
 
-    /// Every dropout dispatch's arguments for the setting `dropout`.
-    pub fn patch_dropout(&self, ctx: &GpuContext, dropout: Option<Dropout>) -> Result<()> {
+    /// Every dropout dispatch's arguments for the setting `dropout` and the edge dropout
+    /// `edges`.
+    pub fn patch_dropout(
+        &self,
+        ctx: &GpuContext,
+        dropout: Option<Dropout>,
+        edges: EdgeDropout,
+    ) -> Result<()> {
         for slot in &self.dropout_slots {
-            self.patch(ctx, (slot.plan, slot.index), &slot.args(dropout)?);
+            self.patch(ctx, (slot.plan, slot.index), &slot.args(dropout, edges)?);
         }
         Ok(())
     }

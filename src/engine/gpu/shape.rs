@@ -200,6 +200,9 @@ pub struct ShapeBuffers {
     pub layers: Vec<LayerBuffers>,
     pub cell: CellBuffers,
     pub output: OutputBuffers,
+    /// With dropout on the top layer's output: the output layer's input, the top layer's states
+    /// h_1..h_T through its mask [N, W] (allocated by the engine, which knows the setting).
+    pub out_input: Option<wgpu::Buffer>,
     /// The gradient reaching a layer's outputs [N, H], two of them: layer k reads one and
     /// writes the gradient of the layer below into the other.
     pub ds: [wgpu::Buffer; 2],
@@ -247,6 +250,7 @@ impl ShapeBuffers {
             layers,
             cell,
             output,
+            out_input: None,
             ds,
         })
     }
