@@ -540,7 +540,6 @@ fn sigkill_while_checkpointing_always_leaves_a_loadable_resumable_run() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = corpus_file(dir.path(), 300, "sigkill");
     let mut rng = common::rng("sigkill delays");
-    let run = dir.path().join("run");
     let args = [
         &SMALL[..],
         &[
@@ -554,17 +553,14 @@ fn sigkill_while_checkpointing_always_leaves_a_loadable_resumable_run() {
     ]
     .concat();
     for attempt in 0..4 {
+        // A directory per attempt: the wait below must see this run's first checkpoint, not
+        // the file of the attempt before.
+        let run = dir.path().join(format!("run{attempt}"));
         let mut child = bin()
             .args(
                 [
                     &args[..],
-                    &[
-                        "--steps",
-                        "1000000",
-                        "--out",
-                        run.to_str().unwrap(),
-                        "--force",
-                    ],
+                    &["--steps", "1000000", "--out", run.to_str().unwrap()],
                 ]
                 .concat(),
             )
