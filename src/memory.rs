@@ -159,26 +159,42 @@ pub fn param_count(config: &ModelConfig) -> u128 {
 /// the layer being run. With `backward`, the temporaries of BPTT on top: the pre-activation
 /// gradients of a layer and the gradient passed down.
 fn activations(config: &ModelConfig, r: Rows, backward: bool) -> u128 {
-    let (h, g) = (config.hidden_size, config.cell.gates());
+    let (h, g, w) = (
+        config.hidden_size,
+        config.cell.gates(),
+        config.state_width(),
+    );
+    let (d, width) = (config.directions(), config.output_width());
     let n = product(&[r.rows, r.steps]);
-    let states = product(&[r.rows, r.steps.saturating_add(1), h]);
-    let memory = if config.cell.has_memory() { 2 } else { 1 };
+    let steps = r.steps.saturating_add(1);
+    // Per direction: h (W wide), an LSTM's c (H wide) and, with a projection, m = o * tanh(c)
+    // (H wide); the gates and recurrent pre-activations of a gated cell.
+    let memory = if config.cell.has_memory() { h } else { 0 };
+    let projected = if config.proj_size.is_some() { h } else { 0 };
     let gated = if g > 1 { 2 } else { 0 };
-    let per_layer = states
-        .saturating_mul(memory)
-        .saturating_add(n.saturating_mul(product(&[gated, g, h])));
-    let inputs = n.saturating_mul(product(&[
-        config.layers.saturating_sub(1),
-        config.output_width().max(h),
-    ]));
+    let per_direction = product(&[r.rows, steps, w])
+        .saturating_add(product(&[r.rows, steps, memory]))
+        .saturating_add(
+            n.saturating_mul(product(&[gated, g, h]).saturating_add(projected as u128)),
+        );
+    // A bidirectional layer also keeps its output [N, 2W] in time order.
+    let joined = if d > 1 {
+        n.saturating_mul(width as u128)
+    } else {
+        0
+    };
+    let per_layer = per_direction
+        .saturating_mul(d as u128)
+        .saturating_add(joined);
+    let inputs = n.saturating_mul(product(&[config.layers.saturating_sub(1), width]));
     let embedded = n.saturating_mul(config.embed.unwrap_or(0) as u128);
     let projection = n.saturating_mul(product(&[g, h]));
     let gradients = match backward {
-        true => n.saturating_mul(product(&[2, g, h]).saturating_add(h as u128)),
+        true => n.saturating_mul(product(&[2, g, h]).saturating_add(width as u128)),
         false => 0,
     };
     per_layer
-        .saturating_mul(product(&[config.layers, config.directions()]))
+        .saturating_mul(config.layers as u128)
         .saturating_add(inputs)
         .saturating_add(embedded)
         .saturating_add(projection)
