@@ -116,6 +116,11 @@ fn wanted(a: &ImportArgs) -> anyhow::Result<Option<(InputKind, OutputKind)>> {
 /// Refuses an --out that a live run holds, or that holds a run's files without --force.
 fn check_out(a: &ImportArgs) -> anyhow::Result<()> {
     RunLock::check_free(&a.out)?;
+    refuse_a_run(a)
+}
+
+/// Refuses an --out that holds a run's files, without --force.
+fn refuse_a_run(a: &ImportArgs) -> anyhow::Result<()> {
     let found = run_files_in(&a.out);
     if !found.is_empty() && !a.force {
         usage!(
@@ -221,11 +226,41 @@ fn describe(config: &ModelConfig) -> String {
     if config.tie_weights {
         parts.push("tied output weights".into());
     }
+    let input = match config.input_kind {
+        InputKind::OneHot => "token ids",
+        InputKind::Dense => "real vectors",
+    };
+    let output = match config.output_kind {
+        OutputKind::Softmax => "softmax",
+        OutputKind::Identity => "identity",
+        OutputKind::Sigmoid => "sigmoid",
+    };
     parts.push(format!(
-        "{:?} input of {}, {:?} output of {}",
-        config.input_kind, config.input_size, config.output_kind, config.output_size
+        "inputs: {input} of {}, output: {output} of {}",
+        config.input_size, config.output_size
     ));
     parts.join(", ")
+}
+
+/// Says which tensors were converted to f32, one line per type they were stored in.
+fn note_conversions(dict: &StateDict) {
+    let mut types: Vec<&str> = dict.converted.iter().map(|(_, t)| t.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    for t in types {
+        let mut names: Vec<&str> = dict
+            .converted
+            .iter()
+            .filter(|(_, d)| d == t)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        names.sort_unstable();
+        eprintln!(
+            "note: {} tensors stored as {t} are converted to f32 (what unroll computes in): {}",
+            names.len(),
+            names.join(", ")
+        );
+    }
 }
 
 /// Writes the checkpoint into --out under its lock, after checking again that it holds no run.
@@ -233,7 +268,7 @@ fn write(a: &ImportArgs, ckpt: &Checkpoint) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&a.out)
         .map_err(|e| unroll::Error::io("create directory", &a.out, e))?;
     let lock = RunLock::acquire(&a.out)?;
-    check_out(a)?;
+    refuse_a_run(a)?;
     if a.force {
         remove_run_files(&a.out, &lock)?;
     }
@@ -268,9 +303,7 @@ pub fn import(a: ImportArgs) -> anyhow::Result<()> {
         }
     };
     let params = dict.params(&config)?;
-    for (name, dtype) in &dict.converted {
-        eprintln!("note: tensor {name} converted from {dtype} to f32");
-    }
+    note_conversions(&dict);
     let ckpt = Checkpoint {
         config,
         vocab,
@@ -287,9 +320,7 @@ pub fn import(a: ImportArgs) -> anyhow::Result<()> {
         Some(_) => "unroll eval --model DIR, unroll sample --model DIR",
         None => "unroll predict --model DIR --inputs FILE",
     };
-    eprintln!(
-        "use it with {} or unroll train --init DIR",
-        next.replace("DIR", &a.out.display().to_string())
-    );
+    let line = format!("use it with {next} or unroll train --init DIR");
+    eprintln!("{}", line.replace("DIR", &a.out.display().to_string()));
     Ok(())
 }

@@ -60,7 +60,7 @@ impl StateDict {
             converted: Vec::new(),
         };
         for (name, view) in file.tensors() {
-            let values = dict.to_f32(&name, view.dtype(), view.data())?;
+            let values = dict.read_values(&name, view.dtype(), view.data())?;
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 return Err(dict.refuse(format!(
                     "tensor {name} holds a value that is not finite in f32 ({} at flat index \
@@ -80,7 +80,7 @@ impl StateDict {
     }
 
     /// The values of tensor `name` of type `dtype` as f32, recording a conversion.
-    fn to_f32(&mut self, name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
+    fn read_values(&mut self, name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
         let values: Vec<f32> = match dtype {
             Dtype::F32 => data
                 .chunks_exact(4)
