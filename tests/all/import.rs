@@ -728,3 +728,106 @@ fn a_state_dict_in_f64_is_converted_with_a_note() {
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 }
+
+/// `unroll bench ARGS --json` on a tiny LSTM of two layers: its exit status and output.
+fn bench(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let tiny = [
+        "bench",
+        "--cell",
+        "lstm",
+        "--layers",
+        "2",
+        "--hidden",
+        "6",
+        "--batch",
+        "3",
+        "--seq-len",
+        "4",
+        "--vocab-size",
+        "5",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--rounds",
+        "1",
+        "--json",
+    ];
+    let o = unroll(&[&tiny[..], args].concat());
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!err.contains("panicked"), "{err}");
+    let json = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    (o.status.code(), json, err)
+}
+
+#[test]
+fn bench_runs_layers_without_biases_beside_pytorch_on_the_cpu() {
+    let (code, v, err) = bench(&["--device", "cpu", "--no-bias", "--baseline", "pytorch"]);
+    assert_eq!(code, Some(0), "{err}");
+    let r = &v["results"][0];
+    assert_eq!(r["shape"]["bias"], false, "{v}");
+    assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    if has_torch() {
+        assert!(r["pytorch"]["tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    }
+}
+
+#[test]
+fn bench_runs_bidirectional_projected_layers_beside_pytorch_on_the_cpu() {
+    let options = [
+        "--bidirectional",
+        "--proj-size",
+        "4",
+        "--baseline",
+        "pytorch",
+    ];
+    let (code, v, err) = bench(&[&["--device", "cpu"], &options[..]].concat());
+    assert_eq!(code, Some(0), "{err}");
+    let r = &v["results"][0];
+    assert_eq!(r["shape"]["bidirectional"], true, "{v}");
+    assert_eq!(r["shape"]["proj_size"], 4, "{v}");
+    let loss = r["loss"].as_f64().unwrap();
+    assert!(loss.is_finite() && loss > 0.0, "{v}");
+    if has_torch() {
+        assert!(r["pytorch"]["tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    }
+}
+
+#[test]
+fn an_engine_that_refuses_a_benchmarked_option_says_which_and_the_bench_goes_on() {
+    if common::gpu("an_engine_that_refuses_a_benchmarked_option").is_none() {
+        return;
+    }
+    let options = ["--bidirectional", "--proj-size", "4", "--no-bias"];
+    let (code, v, err) = bench(&[&["--device", "gpu"], &options[..]].concat());
+    match code {
+        // The GPU engine runs every option: a measurement.
+        Some(0) => assert_eq!(v["results"][0]["device"], "gpu", "{v}"),
+        // It refuses one: the note names it, and nothing measured is a usage error.
+        _ => {
+            assert_eq!(code, Some(2), "{err}");
+            assert!(
+                err.contains("not measured") && err.contains("does not run"),
+                "{err}"
+            );
+            assert!(err.contains("nothing was measured"), "{err}");
+        }
+    }
+    // Beside an engine that runs the options, a refusal is a note and the others are measured.
+    let (code, v, err) = bench(&["--device", "cpu,gpu", "--no-bias"]);
+    assert_eq!(code, Some(0), "{err}");
+    let devices: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["device"].as_str().unwrap())
+        .collect();
+    assert!(devices.contains(&"cpu"), "{v}");
+    if !devices.contains(&"gpu") {
+        let notes = v["notes"].to_string();
+        assert!(
+            notes.contains("does not run layers without biases"),
+            "{notes}"
+        );
+    }
+}
