@@ -109,6 +109,15 @@ fn has_torch() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Whether the test must be skipped for want of PyTorch (saying so).
+fn skipped_without_torch() -> bool {
+    let skip = !has_torch();
+    if skip {
+        eprintln!("import: skipped, python3 with torch and safetensors is not installed");
+    }
+    skip
+}
+
 fn unroll(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_unroll"))
         .args(args)
@@ -116,8 +125,8 @@ fn unroll(args: &[&str]) -> Output {
         .expect("the unroll binary runs")
 }
 
-/// `unroll import --state-dict DICT --out OUT ARGS`, which must succeed.
-fn import(dict: &Path, out: &Path, args: &[&str]) -> Output {
+/// `unroll import --state-dict DICT --out OUT ARGS`.
+fn run_import(dict: &Path, out: &Path, args: &[&str]) -> Output {
     let mut all = vec![
         "import",
         "--state-dict",
@@ -126,10 +135,15 @@ fn import(dict: &Path, out: &Path, args: &[&str]) -> Output {
         out.to_str().unwrap(),
     ];
     all.extend(args);
-    let o = unroll(&all);
+    unroll(&all)
+}
+
+/// `unroll import --state-dict DICT --out OUT ARGS`, which must succeed.
+fn import(dict: &Path, out: &Path, args: &[&str]) -> Output {
+    let o = run_import(dict, out, args);
     assert!(
         o.status.success(),
-        "unroll {all:?} failed:\n{}",
+        "unroll import {args:?} failed:\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
     o
@@ -409,8 +423,7 @@ fn inputs(dir: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn pytorch_state_dicts_of_each_cell_import_and_give_pytorch_outputs() {
-    if !has_torch() {
-        eprintln!("import: skipped, python3 with torch and safetensors is not installed");
+    if skipped_without_torch() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -421,8 +434,7 @@ fn pytorch_state_dicts_of_each_cell_import_and_give_pytorch_outputs() {
 
 #[test]
 fn bidirectional_and_projected_pytorch_state_dicts_import_and_give_pytorch_outputs() {
-    if !has_torch() {
-        eprintln!("import: skipped, python3 with torch and safetensors is not installed");
+    if skipped_without_torch() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -464,8 +476,7 @@ fn through_torch(jobs: &[(&ModelConfig, &Path, &Path, &str)]) {
 
 #[test]
 fn checkpoints_taken_through_pytorch_import_with_identical_parameters() {
-    if !has_torch() {
-        eprintln!("import: skipped, python3 with torch and safetensors is not installed");
+    if skipped_without_torch() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -582,15 +593,7 @@ fn refused(dir: &Path, tensors: &[Raw], args: &[&str], needles: &[&str]) {
     let dict = dir.join("refused.safetensors");
     write_dict(&dict, tensors);
     let out = dir.join("refused-run");
-    let mut all = vec![
-        "import",
-        "--state-dict",
-        dict.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    all.extend(args);
-    let o = unroll(&all);
+    let o = run_import(&dict, &out, args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{needles:?}: {err}");
     for n in needles {
@@ -676,6 +679,11 @@ fn state_dicts_that_fit_no_unroll_model_are_refused_naming_the_tensor() {
         &["--vocab", "bytes"],
         &["256 tokens", "reads 3"],
     );
+    // A file that is not one: refused before it is read, nothing written.
+    let o = run_import(Path::new("/dev/zero"), &d.join("zero"), &seq);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(!o.status.success() && !d.join("zero").exists(), "{err}");
     // Nothing says how the model reads and writes.
     refused(d, &rnn_dict("F32"), &[], &["--input real|class"]);
     refused(
@@ -714,17 +722,7 @@ fn a_state_dict_in_f64_is_converted_with_a_note() {
         assert_eq!(&ckpt.params[spec.range()], want.as_slice(), "{name}");
     }
     // The imported directory is a run: a second import is refused without --force.
-    let again = unroll(&[
-        "import",
-        "--state-dict",
-        dict.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--input",
-        "real",
-        "--output",
-        "real",
-    ]);
+    let again = run_import(&dict, &run, &["--input", "real", "--output", "real"]);
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 }
