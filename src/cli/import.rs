@@ -208,8 +208,8 @@ fn describe(config: &ModelConfig) -> String {
         cell => format!("{cell:?}").to_lowercase(),
     };
     let mut parts = vec![format!(
-        "{cell}, {} layers, H={}",
-        config.layers, config.hidden_size
+        "{cell}, H={}, layers={}",
+        config.hidden_size, config.layers
     )];
     if let Some(p) = config.proj_size {
         parts.push(format!("projection P={p}"));

@@ -264,7 +264,13 @@ impl Inferred {
                 "embed.weight is {e} wide but rnn.weight_ih_l0 reads {input_width} inputs"
             )));
         }
-        let output_size = match dict.need("out.bias")?.shape.as_slice() {
+        let out_bias = dict.tensors.get("out.bias").ok_or_else(|| {
+            dict.refuse(
+                "tensor out.bias is missing: unroll's output layer is an nn.Linear with a bias"
+                    .into(),
+            )
+        })?;
+        let output_size = match out_bias.shape.as_slice() {
             &[v] => v,
             shape => return Err(dict.refuse(format!("tensor out.bias has shape {shape:?}"))),
         };
