@@ -3,11 +3,14 @@
 
 Step: one-hot input over V tokens (F.one_hot on the token ids, as float32; with --embed E an
 nn.Embedding(V, E) instead, as word-level models have it), nn.RNN (tanh) /
-nn.GRU / nn.LSTM over T steps (time-major [T, B, V]), nn.Linear(H, V) on every step, mean
-cross-entropy, zero_grad, backward, clip_grad_norm_(5), SGD step, and the final state carried
-(detached) into the next step. fp32 throughout, TF32 off, `torch.set_num_threads(--threads)`.
-Batches are random tokens (targets: the next token of the same stream) built on the device
-before the clock starts and rotated among four.
+nn.GRU / nn.LSTM over T steps (time-major [T, B, V]; with --bidirectional, --proj-size P and
+--no-bias as `bidirectional=True`, `proj_size=P`, `bias=False`), nn.Linear(D*W, V) on every
+step (D directions of W = P or H values), mean cross-entropy, zero_grad, backward,
+clip_grad_norm_(5), SGD step, and the final state carried (detached) into the next step. fp32
+throughout, TF32 off, `torch.set_num_threads(--threads)`. Batches are random tokens (targets:
+the next token of the same stream) built on the device before the clock starts and rotated
+among four. A bidirectional step is a labelling step: the targets are random labels and every
+batch starts from a zero state (nothing is carried).
 
 Protocol, as unroll's: --warmup untimed steps, then --repeats samples of a block of --block steps,
 each block synchronised (torch.cuda.synchronize on CUDA) before the clock is read and divided
@@ -45,6 +48,9 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--bidirectional", action="store_true")
+    ap.add_argument("--proj-size", type=int, default=0)
+    ap.add_argument("--no-bias", action="store_true")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--block", type=int, default=1)
@@ -75,8 +81,11 @@ def main():
     cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[a.cell]
     E = a.embed
     emb = torch.nn.Embedding(V, E).to(dev) if E else None
-    rnn = cls(E or V, H, num_layers=L).to(dev)
-    out = torch.nn.Linear(H, V).to(dev)
+    D, W = (2 if a.bidirectional else 1), (a.proj_size or H)
+    extra = {"proj_size": a.proj_size} if a.proj_size else {}
+    rnn = cls(E or V, H, num_layers=L, bidirectional=a.bidirectional, bias=not a.no_bias,
+              **extra).to(dev)
+    out = torch.nn.Linear(D * W, V).to(dev)
     params = list(rnn.parameters()) + list(out.parameters())
     if emb is not None:
         params += list(emb.parameters())
@@ -86,10 +95,13 @@ def main():
     batches = []
     for _ in range(4):
         s = torch.randint(0, V, (T + 1, B), generator=gen)
-        batches.append((s[:-1].contiguous().to(dev), s[1:].contiguous().to(dev)))
+        y = torch.randint(0, V, (T, B), generator=gen) if a.bidirectional else s[1:]
+        batches.append((s[:-1].contiguous().to(dev), y.contiguous().to(dev)))
 
-    zeros = torch.zeros(L, B, H, device=dev)
-    state = (zeros, zeros.clone()) if a.cell == "lstm" else zeros
+    h0 = torch.zeros(L * D, B, W, device=dev)
+    c0 = torch.zeros(L * D, B, H, device=dev)
+    zero_state = (h0, c0) if a.cell == "lstm" else h0
+    state = zero_state
     counter = [0]
 
     def step():
@@ -104,7 +116,10 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, a.clip)
         opt.step()
-        state = tuple(t.detach() for t in last) if isinstance(last, tuple) else last.detach()
+        if a.bidirectional:
+            state = zero_state
+        else:
+            state = tuple(t.detach() for t in last) if isinstance(last, tuple) else last.detach()
         return loss
 
     def sync():

@@ -8,7 +8,9 @@
 //! `block` (throughput); on the GPU also `repeats` single steps, each waited (latency). Every
 //! step is [`train_step`]: upload a batch, zero the gradients, forward, BPTT, optimizer, carry the
 //! state, as `unroll train` runs it. Batches are random tokens from a seeded stream, the targets
-//! the next token of the same stream, rotated among a few pre-built batches.
+//! the next token of the same stream, rotated among a few pre-built batches. With bidirectional
+//! layers the step is a labelling step, as `unroll train --pairs` runs it: random labels, and
+//! the state reset to zero before every batch instead of carried.
 //!
 //! `pytorch` runs the same step through PyTorch for a side-by-side ratio; `matmul` times the WGSL
 //! GEMM alone.
@@ -95,6 +97,21 @@ pub struct StepShape {
     /// E: a learned embedding of the tokens before the first layer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embed: Option<usize>,
+    /// Bidirectional layers. The step is then a labelling step: every step's label is drawn
+    /// at random, the state starts from zero at every batch (nothing is carried), and every
+    /// step counts in the loss.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bidirectional: bool,
+    /// P: an LSTM's projection size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proj_size: Option<usize>,
+    /// Whether the recurrent layers have biases.
+    #[serde(skip_serializing_if = "is_true")]
+    pub bias: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn serialize_cell<S: serde::Serializer>(cell: &Cell, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -112,6 +129,9 @@ impl StepShape {
             seq_len,
             layers: 1,
             embed: None,
+            bidirectional: false,
+            proj_size: None,
+            bias: true,
         }
     }
 
@@ -120,6 +140,9 @@ impl StepShape {
         let mut cfg = ModelConfig::language_model(self.vocab, self.hidden, self.layers);
         cfg.cell = self.cell;
         cfg.embed = self.embed;
+        cfg.bidirectional = self.bidirectional;
+        cfg.proj_size = self.proj_size;
+        cfg.bias = self.bias;
         cfg.validate()?;
         if self.vocab < 2 {
             return Err(Error::Config(format!(
@@ -331,7 +354,8 @@ impl BenchEngine {
 }
 
 /// `count` random batches for `shape`: B token streams of T + 1 tokens each, inputs the first T
-/// and targets the last T (time-major), from a ChaCha8 stream seeded with `seed`.
+/// and targets the last T (time-major), from a ChaCha8 stream seeded with `seed`. A
+/// bidirectional model (which would read the next token) is given labels drawn on their own.
 pub fn random_batches(shape: &StepShape, count: usize, seed: u64) -> Vec<Batch> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (b, t) = (shape.batch, shape.seq_len);
@@ -342,7 +366,12 @@ pub fn random_batches(shape: &StepShape, count: usize, seed: u64) -> Vec<Batch> 
                 .collect();
             let at = |step: usize, row: usize| streams[row * (t + 1) + step];
             let inputs = (0..t * b).map(|r| at(r / b, r % b)).collect();
-            let targets = (0..t * b).map(|r| at(r / b + 1, r % b)).collect();
+            let targets = match shape.bidirectional {
+                true => (0..t * b)
+                    .map(|_| rng.random_range(0..shape.vocab as u32))
+                    .collect(),
+                false => (0..t * b).map(|r| at(r / b + 1, r % b)).collect(),
+            };
             Batch {
                 steps: t,
                 rows: b,
@@ -398,7 +427,9 @@ impl StepBench {
     pub fn step(&mut self) -> Result<()> {
         let batch = &self.batches[self.next % self.batches.len()];
         self.next += 1;
-        train_step(self.engine.engine(), batch, false, &self.opt, BENCH_LR)
+        // A labelling step (bidirectional) starts every batch from a zero state.
+        let reset = self.shape.bidirectional;
+        train_step(self.engine.engine(), batch, reset, &self.opt, BENCH_LR)
     }
 
     /// `n` steps, then a wait: returns the wall-clock milliseconds.
@@ -480,9 +511,14 @@ impl StepBench {
         for _ in 0..repeats.max(1) {
             let batch = self.batches[self.next % self.batches.len()].clone();
             self.next += 1;
-            let opt = self.opt;
+            let (opt, reset) = (self.opt, self.shape.bidirectional);
             let calls: [&mut EngineCall; 5] = [
-                &mut |e| e.upload_batch(&batch),
+                &mut |e| {
+                    if reset {
+                        e.reset_state(batch.rows)?;
+                    }
+                    e.upload_batch(&batch)
+                },
                 &mut |e| e.forward(),
                 &mut |e| {
                     e.zero_grads()?;

@@ -102,7 +102,10 @@ pub fn run(
     ]
     .into_iter()
     .chain(shape.embed.map(|e| ("--embed", e.to_string())))
+    .chain(shape.proj_size.map(|p| ("--proj-size", p.to_string())))
     .flat_map(|(k, v)| [k.to_string(), v])
+    .chain(shape.bidirectional.then(|| "--bidirectional".to_string()))
+    .chain((!shape.bias).then(|| "--no-bias".to_string()))
     .collect();
     let fail = |m: String| Error::Config(format!("PyTorch baseline: {m}"));
     let mut child = Command::new(python)

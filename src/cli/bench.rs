@@ -137,6 +137,17 @@ pub struct BenchArgs {
     /// baseline), as word-level models do.
     #[arg(long)]
     pub embed: Option<usize>,
+    /// Bidirectional layers (`bidirectional=True` in the PyTorch baseline). The step is then a
+    /// labelling step: random labels on every step, and the state reset to zero before every
+    /// batch instead of carried.
+    #[arg(long)]
+    pub bidirectional: bool,
+    /// LSTM: project the state to P values (`proj_size=P`).
+    #[arg(long, value_name = "P")]
+    pub proj_size: Option<usize>,
+    /// Recurrent layers without biases (`bias=False`).
+    #[arg(long)]
+    pub no_bias: bool,
     /// GPU: how the recurrent products are dispatched: `wide` (one dispatch per time step, a
     /// few output columns per workgroup; a gated step's gate work fused in), `steps` (one tiled
     /// product per time step, and a gate kernel for gated cells), `rows` (tanh/relu: one
@@ -293,6 +304,9 @@ fn shapes(a: &BenchArgs, device: DeviceKind) -> anyhow::Result<Vec<StepShape>> {
     for s in &mut out {
         s.layers = a.layers;
         s.embed = a.embed;
+        s.bidirectional = a.bidirectional;
+        s.proj_size = a.proj_size;
+        s.bias = !a.no_bias;
         let rows = Rows {
             rows: s.batch,
             steps: s.seq_len,
@@ -332,6 +346,21 @@ fn fmt_tokens(t: f64) -> String {
     }
 }
 
+/// The cell and the layer options of `s`, as the table's cell column shows them.
+fn model_name(s: &StepShape) -> String {
+    let mut name = cell_name(s.cell);
+    if s.bidirectional {
+        name.push_str(" bidirectional");
+    }
+    if let Some(p) = s.proj_size {
+        name.push_str(&format!(" P={p}"));
+    }
+    if !s.bias {
+        name.push_str(" no-bias");
+    }
+    name
+}
+
 fn print_table(rows: &[Row], with_torch: bool) {
     let mut head = vec![
         "device",
@@ -365,7 +394,7 @@ fn print_table(rows: &[Row], with_torch: bool) {
                 Some(k) => format!("{device} ({k})"),
                 None => device,
             },
-            cell_name(s.cell),
+            model_name(s),
             s.hidden.to_string(),
             s.batch.to_string(),
             s.seq_len.to_string(),
@@ -536,7 +565,7 @@ impl Measure<'_> {
         let label = format!(
             "{:?} {} H={} B={} T={} L={} V={}{}",
             device,
-            cell_name(shape.cell),
+            model_name(&shape),
             shape.hidden,
             shape.batch,
             shape.seq_len,
@@ -545,8 +574,15 @@ impl Measure<'_> {
             shape.embed.map_or(String::new(), |e| format!(" E={e}"))
         );
         eprintln!("measuring {label} ...");
-        let mut bench =
-            StepBench::new(device, shape, a.seed).with_context(|| format!("setting up {label}"))?;
+        let mut bench = match StepBench::new(device, shape, a.seed) {
+            Ok(b) => b,
+            // The configuration was checked: the engine does not run one of its options.
+            Err(e @ unroll::Error::Config(_)) => {
+                notes.push(format!("{label}: not measured: {e}"));
+                return Ok(None);
+            }
+            Err(e) => return Err(e).with_context(|| format!("setting up {label}")),
+        };
         bench.engine.engine().set_recurrence(a.recurrence.into())?;
         let mut row: Option<Row> = None;
         for round in 0..a.rounds.max(1) {
@@ -692,6 +728,9 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     let machine = Machine::after(threads, before);
     for n in &notes {
         eprintln!("note: {n}");
+    }
+    if rows.is_empty() {
+        usage!("nothing was measured: no engine asked for runs this configuration (see the notes)");
     }
     let out = json!({
         "machine": machine.json(),

@@ -10,6 +10,7 @@ macro_rules! usage {
 
 mod bench;
 mod commands;
+mod import;
 mod options;
 mod pairs;
 mod run;
@@ -167,6 +168,9 @@ pub enum Command {
     Example(pairs::ExampleArgs),
     /// List the GPU adapters wgpu sees and which one `--device auto` and `--device gpu` take.
     Devices,
+    /// Import a model trained in PyTorch (a state_dict saved with safetensors) into a run
+    /// directory that eval, sample, predict and train --init use.
+    Import(Box<import::ImportArgs>),
     /// Measure training throughput (tokens/s) on the GPU and CPU engines, optionally against
     /// PyTorch.
     Bench(Box<bench::BenchArgs>),
@@ -551,6 +555,7 @@ pub fn run() -> anyhow::Result<u8> {
         Command::Predict(a) => pairs::predict(a).map(|()| 0),
         Command::Example(a) => pairs::example(a).map(|()| 0),
         Command::Devices => commands::devices().map(|()| 0),
+        Command::Import(a) => import::import(*a).map(|()| 0),
         Command::Bench(a) => bench::bench(*a),
     }
 }

@@ -30,6 +30,8 @@ struct Entry {
 pub enum SafetensorsKind {
     Checkpoint,
     TrainingState,
+    /// A PyTorch `state_dict()` saved with safetensors, for `unroll import`.
+    StateDict,
 }
 
 impl SafetensorsKind {
@@ -37,6 +39,7 @@ impl SafetensorsKind {
         match self {
             SafetensorsKind::Checkpoint => "checkpoint",
             SafetensorsKind::TrainingState => "training state",
+            SafetensorsKind::StateDict => "state dict",
         }
     }
 
@@ -44,6 +47,7 @@ impl SafetensorsKind {
         match self {
             SafetensorsKind::Checkpoint => "read checkpoint",
             SafetensorsKind::TrainingState => "read training state",
+            SafetensorsKind::StateDict => "read state dict",
         }
     }
 }

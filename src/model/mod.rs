@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod file;
+pub mod import;
 pub mod init;
 pub mod layout;
 

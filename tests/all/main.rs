@@ -11,6 +11,7 @@ mod gpu_gated;
 mod gpu_kernels;
 mod gpu_training;
 mod gradcheck;
+mod import;
 mod interfaces;
 mod large_outputs;
 mod large_vocab;
