@@ -35,9 +35,26 @@ struct Args {
     bias_off: u32,
     x_off: u32,
     has_x: u32,
+    // 1: the fused forward adds b_hh at bias_off; 0: the layer has no biases.
+    has_bias: u32,
+    // Direction strides: workgroup z = 1 runs the second direction of a bidirectional layer,
+    // its arrays this many elements further (all 0 for one direction): in the parameters (W_hh,
+    // b_hh), the states and the state gradient, the memories, the gate arrays (gates, a_hh,
+    // da_ih, da_hh, da), and dc.
+    dir_w: u32,
+    dir_state: u32,
+    dir_cell: u32,
+    dir_gate: u32,
+    dir_dc: u32,
     _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
+}
+
+// b_hh[i] of the fused forward, i an element of the parameters (0 without biases).
+fn hh_bias(i: u32) -> f32 {
+    if (args.has_bias == 1u) {
+        return s_w[i];
+    }
+    return 0.0;
 }
 
 @group(0) @binding(0) var<uniform> args: Args;
@@ -205,10 +222,10 @@ fn lstm_step_forward_rows(
             let gi = args.gates_off + b * 4u * h + j;
             let bi = args.bias_off + j;
             let a = vec4<f32>(
-                sf_gates[gi] + (s_w[bi] + rows_sum(slot, lane)),
-                sf_gates[gi + h] + (s_w[bi + h] + rows_sum(slot, units + lane)),
-                sf_gates[gi + 2u * h] + (s_w[bi + 2u * h] + rows_sum(slot, 2u * units + lane)),
-                sf_gates[gi + 3u * h] + (s_w[bi + 3u * h] + rows_sum(slot, 3u * units + lane)),
+                sf_gates[gi] + (hh_bias(bi) + rows_sum(slot, lane)),
+                sf_gates[gi + h] + (hh_bias(bi + h) + rows_sum(slot, units + lane)),
+                sf_gates[gi + 2u * h] + (hh_bias(bi + 2u * h) + rows_sum(slot, 2u * units + lane)),
+                sf_gates[gi + 3u * h] + (hh_bias(bi + 3u * h) + rows_sum(slot, 3u * units + lane)),
             );
             let idx = b * h + j;
             let cell = cell_forward(a, sf_cells[args.src_off + idx]);

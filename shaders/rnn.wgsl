@@ -33,9 +33,9 @@ struct Args {
     tok_off: u32,
     starts_off: u32,
     sorted_off: u32,
-    // input_gather_onehot: 1 adds both bias vectors (tanh cell), 0 only the first (gated cells,
-    // whose b_hh joins the recurrent product).
-    two_biases: u32,
+    // input_gather_onehot: how many bias vectors it adds: 2 both (tanh cell), 1 only the first
+    // (gated cells, whose b_hh joins the recurrent product), 0 none (a model without biases).
+    biases: u32,
 }
 
 @group(0) @binding(0) var<uniform> args: Args;
@@ -52,7 +52,7 @@ fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
 @group(0) @binding(3) var<storage, read_write> g_out: array<f32>;
 
 // One-hot input projection, a column gather (no matmul):
-// U[r, j] = W_ih[j, tok_r] + b_ih[j] (+ b_hh[j] when two_biases = 1); W_ih [GH, I], U [N, GH]
+// U[r, j] = W_ih[j, tok_r] + b_ih[j] (+ b_hh[j] when biases = 2; neither when biases = 0); W_ih [GH, I], U [N, GH]
 // written at dst_off (hidden = GH here).
 // Grid: N * H threads, linearised over (x, y) workgroups.
 @compute @workgroup_size(WG)
@@ -68,8 +68,11 @@ fn input_gather_onehot(
     let r = i / args.hidden;
     let j = i % args.hidden;
     let tok = g_tokens[args.tok_off + r];
-    var bsum = g_params[args.bias_off + j];
-    if (args.two_biases == 1u) {
+    var bsum = 0.0;
+    if (args.biases >= 1u) {
+        bsum = g_params[args.bias_off + j];
+    }
+    if (args.biases == 2u) {
         bsum += g_params[args.bias2_off + j];
     }
     g_out[args.dst_off + i] = g_params[args.w_off + j * args.inputs + tok] + bsum;

@@ -8,6 +8,7 @@ mod gating;
 mod gpu_gated;
 mod gpu_kernels;
 mod gpu_training;
+mod gpu_variants;
 mod gradcheck;
 mod interfaces;
 mod large_outputs;

@@ -190,19 +190,20 @@ fn record_weight_gradients(
         None,
         true,
     )?);
-    let (bias_ih, bias_hh) = lo.biases()?;
-    let sums: &[(&wgpu::Buffer, &[usize])] = match da_hh {
-        None => &[(da_ih, &[bias_ih, bias_hh])],
-        Some(da_hh) => &[(da_ih, &[bias_ih]), (da_hh, &[bias_hh])],
-    };
-    for &(da, biases) in sums {
-        out.push(reduce::column_sums_accumulate(
-            ctx,
-            (n, gh),
-            at(da, 0),
-            g,
-            biases,
-        )?);
+    if let (Some(bias_ih), Some(bias_hh)) = (lo.bias_ih, lo.bias_hh) {
+        let sums: &[(&wgpu::Buffer, &[usize])] = match da_hh {
+            None => &[(da_ih, &[bias_ih, bias_hh])],
+            Some(da_hh) => &[(da_ih, &[bias_ih]), (da_hh, &[bias_hh])],
+        };
+        for &(da, biases) in sums {
+            out.push(reduce::column_sums_accumulate(
+                ctx,
+                (n, gh),
+                at(da, 0),
+                g,
+                biases,
+            )?);
+        }
     }
     if k == 0 && cfg.gathers_input() {
         let dims = Dims {

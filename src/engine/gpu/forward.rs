@@ -111,11 +111,11 @@ fn record_input_projection(r: &Recording<'_>, k: usize, out: &mut Calls) -> Resu
     let (b, h, n) = (shape.rows, cfg.hidden_size, r.n());
     let gh = cfg.cell.gates() * h;
     let lo = r.layout.layer(k);
-    let (bias_ih, bias_hh) = lo.biases()?;
+    let (bias_ih, bias_hh) = (lo.bias_ih, lo.bias_hh);
     let ik = cfg.layer_input_size(k);
     let (proj, bias2) = match shape.cell.gates(k) {
         Some(gates) => (at(gates, 0), None),
-        None => (at(&shape.layers[k].states, b * h), Some(bias_hh)),
+        None => (at(&shape.layers[k].states, b * h), bias_hh),
     };
     if k == 0 && cfg.gathers_input() {
         let dims = Dims {
@@ -135,18 +135,13 @@ fn record_input_projection(r: &Recording<'_>, k: usize, out: &mut Calls) -> Resu
         )?);
         return Ok(());
     }
-    let biases = Biases {
-        buffer: p,
-        first: bias_ih,
-        second: bias2,
-    };
     out.extend(matmul(
         r.ctx,
         (n, gh, ik),
         r.below(k),
         transposed(at(p, lo.weight_ih)),
         proj,
-        Some(biases),
+        Biases::of(p, bias_ih, bias2),
         false,
     )?);
     Ok(())

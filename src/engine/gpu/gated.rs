@@ -30,7 +30,7 @@ fn recurrent<'a>(r: &Recording<'a>, k: usize) -> Result<Recurrent<'a>> {
     Ok(Recurrent {
         params: r.params,
         weight: lo.weight_hh,
-        bias: lo.biases()?.1,
+        bias: lo.bias_hh,
     })
 }
 
@@ -46,18 +46,13 @@ fn record_recurrent_product(
     let (b, h) = (r.shape.rows, r.cfg.hidden_size);
     let gh = r.cfg.cell.gates() * h;
     let lo = r.layout.layer(k);
-    let biases = Biases {
-        buffer: r.params,
-        first: lo.biases()?.1,
-        second: None,
-    };
     out.extend(matmul(
         r.ctx,
         (b, gh, h),
         plain(at(states, t * b * h)),
         transposed(at(r.params, lo.weight_hh)),
         at(a_hh, t * b * gh),
-        Some(biases),
+        Biases::of(r.params, lo.bias_hh, None),
         false,
     )?);
     Ok(())

@@ -77,6 +77,30 @@ pub struct Biases<'a> {
     pub second: Option<usize>,
 }
 
+impl<'a> Biases<'a> {
+    /// Those of the bias vectors at `first` and `second` of `buffer` that exist: none for a
+    /// layer without biases.
+    pub fn of(
+        buffer: &'a wgpu::Buffer,
+        first: Option<usize>,
+        second: Option<usize>,
+    ) -> Option<Self> {
+        match (first, second) {
+            (Some(first), second) => Some(Biases {
+                buffer,
+                first,
+                second,
+            }),
+            (None, Some(first)) => Some(Biases {
+                buffer,
+                first,
+                second: None,
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
 /// `C[m, n] = op(A)[m, k] op(B)[k, n] + biases` (`accumulate = false`) or `C += op(A) op(B)`.
 /// The CPU twin is `engine::cpu::matmul::matmul`. One dispatch per [`MAX_DEPTH_PER_DISPATCH`] of
 /// the depth k.

@@ -113,7 +113,7 @@ impl GpuEngine {
             crate::engine::Supports {
                 bidirectional: false,
                 projection: false,
-                no_bias: false,
+                no_bias: true,
             },
         )?;
         let n = layout.len();
