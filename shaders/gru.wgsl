@@ -57,6 +57,31 @@ fn hh_bias(i: u32) -> f32 {
     return 0.0;
 }
 
+// The offsets of direction z (workgroup z): the arguments' offsets moved by its strides.
+struct Offsets {
+    gates: u32,
+    ahh: u32,
+    src: u32,
+    dst: u32,
+    grad: u32,
+    prev_grad: u32,
+    w: u32,
+    bias: u32,
+    // The product's rows of the fused BPTT step (da_hh_{t+1}, a gate array).
+    x: u32,
+}
+
+fn offsets(z: u32) -> Offsets {
+    let s = z * args.dir_state;
+    let g = z * args.dir_gate;
+    let w = z * args.dir_w;
+    return Offsets(
+        args.gates_off + g, args.ahh_off + g, args.src_off + s, args.dst_off + s,
+        args.grad_off + s, args.prev_grad_off + s, args.w_off + w, args.bias_off + w,
+        args.x_off + g,
+    );
+}
+
 @group(0) @binding(0) var<uniform> args: Args;
 
 fn sigmoid(x: f32) -> f32 {
@@ -114,6 +139,7 @@ fn gru_step_forward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    let o = offsets(wid.z);
     let i = element(wid, nwg, lid);
     let h = args.hidden;
     if (i >= args.rows * h) {
@@ -121,17 +147,17 @@ fn gru_step_forward(
     }
     let b = i / h;
     let j = i % h;
-    let g = args.gates_off + b * 3u * h + j;
-    let a = args.ahh_off + b * 3u * h + j;
+    let g = o.gates + b * 3u * h + j;
+    let a = o.ahh + b * 3u * h + j;
     let unit = unit_forward(
         vec3<f32>(f_gates[g], f_gates[g + h], f_gates[g + 2u * h]),
         vec3<f32>(f_ahh[a], f_ahh[a + h], f_ahh[a + 2u * h]),
-        f_states[args.src_off + i],
+        f_states[o.src + i],
     );
     f_gates[g] = unit.gates.x;
     f_gates[g + h] = unit.gates.y;
     f_gates[g + 2u * h] = unit.gates.z;
-    f_states[args.dst_off + i] = unit.h;
+    f_states[o.dst + i] = unit.h;
 }
 
 // ---- gru_step_backward --------------------------------------------------------------------
@@ -155,6 +181,7 @@ fn gru_step_backward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    let o = offsets(wid.z);
     let i = element(wid, nwg, lid);
     let h = args.hidden;
     if (i >= args.rows * h) {
@@ -162,11 +189,11 @@ fn gru_step_backward(
     }
     let b = i / h;
     let j = i % h;
-    let g = args.gates_off + b * 3u * h + j;
-    let a = args.ahh_off + b * 3u * h + j;
+    let g = o.gates + b * 3u * h + j;
+    let a = o.ahh + b * 3u * h + j;
     let gates = vec3<f32>(b_gates[g], b_gates[g + h], b_gates[g + 2u * h]);
-    let d = b_ds[args.grad_off + i];
-    let grad = unit_backward(gates, b_ahh[a + 2u * h], b_states[args.src_off + i], d);
+    let d = b_ds[o.grad + i];
+    let grad = unit_backward(gates, b_ahh[a + 2u * h], b_states[o.src + i], d);
     b_da_ih[g] = grad.da_ih.x;
     b_da_ih[g + h] = grad.da_ih.y;
     b_da_ih[g + 2u * h] = grad.da_ih.z;
@@ -174,7 +201,7 @@ fn gru_step_backward(
     b_da_hh[a + h] = grad.da_hh.y;
     b_da_hh[a + 2u * h] = grad.da_hh.z;
     if (args.has_prev == 1u) {
-        let p = args.prev_grad_off + i;
+        let p = o.prev_grad + i;
         b_ds[p] = b_ds[p] + grad.d_prev;
     }
 }
@@ -199,8 +226,9 @@ fn gru_step_forward_rows(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    let o = offsets(wid.z);
     let h = args.hidden;
-    let p = gates_forward(args.rows, h, 3u, args.src_off, args.w_off);
+    let p = gates_forward(args.rows, h, 3u, o.src, o.w);
     let units = p.units;
     let j0 = wid.x * units;
     let lane = lid.x % LANES;
@@ -210,9 +238,9 @@ fn gru_step_forward_rows(
         let b = b0 + slot;
         let j = j0 + lane;
         if (lane < units && b < args.rows && j < h) {
-            let g = args.gates_off + b * 3u * h + j;
-            let a = args.ahh_off + b * 3u * h + j;
-            let bi = args.bias_off + j;
+            let g = o.gates + b * 3u * h + j;
+            let a = o.ahh + b * 3u * h + j;
+            let bi = o.bias + j;
             let a_hh = vec3<f32>(
                 hh_bias(bi) + rows_sum(slot, lane),
                 hh_bias(bi + h) + rows_sum(slot, units + lane),
@@ -225,12 +253,12 @@ fn gru_step_forward_rows(
             let unit = unit_forward(
                 vec3<f32>(sf_gates[g], sf_gates[g + h], sf_gates[g + 2u * h]),
                 a_hh,
-                s_io[args.src_off + idx],
+                s_io[o.src + idx],
             );
             sf_gates[g] = unit.gates.x;
             sf_gates[g + h] = unit.gates.y;
             sf_gates[g + 2u * h] = unit.gates.z;
-            s_io[args.dst_off + idx] = unit.h;
+            s_io[o.dst + idx] = unit.h;
         }
         // `partial` is written again by the next row pass.
         workgroupBarrier();
@@ -250,9 +278,10 @@ fn gru_step_backward_rows(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    let o = offsets(wid.z);
     let h = args.hidden;
     let j0 = wid.x * ROWS_COLS;
-    let p = gates_backward(args.rows, h, 3u, args.x_off, args.has_x, args.w_off);
+    let p = gates_backward(args.rows, h, 3u, o.x, args.has_x, o.w);
     let lane = lid.x % LANES;
     let slot = lid.x / LANES;
     for (var b0 = 0u; b0 < args.rows; b0 += ROWS_WG / LANES) {
@@ -261,11 +290,11 @@ fn gru_step_backward_rows(
         let j = j0 + lane;
         if (lane < ROWS_COLS && b < args.rows && j < h) {
             let idx = b * h + j;
-            let g = args.gates_off + b * 3u * h + j;
-            let a = args.ahh_off + b * 3u * h + j;
+            let g = o.gates + b * 3u * h + j;
+            let a = o.ahh + b * 3u * h + j;
             let gates = vec3<f32>(sb_gates[g], sb_gates[g + h], sb_gates[g + 2u * h]);
-            let d = rows_sum(slot, lane) + sb_ds[args.grad_off + idx];
-            let grad = unit_backward(gates, sb_ahh[a + 2u * h], sb_states[args.src_off + idx], d);
+            let d = rows_sum(slot, lane) + sb_ds[o.grad + idx];
+            let grad = unit_backward(gates, sb_ahh[a + 2u * h], sb_states[o.src + idx], d);
             sb_da_ih[g] = grad.da_ih.x;
             sb_da_ih[g + h] = grad.da_ih.y;
             sb_da_ih[g + 2u * h] = grad.da_ih.z;
@@ -273,7 +302,7 @@ fn gru_step_backward_rows(
             s_io[a + h] = grad.da_hh.y;
             s_io[a + 2u * h] = grad.da_hh.z;
             if (args.has_prev == 1u) {
-                let q = args.prev_grad_off + idx;
+                let q = o.prev_grad + idx;
                 sb_ds[q] = sb_ds[q] + grad.d_prev;
             }
         }

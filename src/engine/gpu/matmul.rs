@@ -36,7 +36,11 @@ args_mirror! {
         /// The slice of the depth this dispatch sums.
         pub k_begin: u32,
         pub k_end: u32,
-        pub pad: [u32; 2],
+        /// Strides of the products batched over workgroup z (the directions of a layer).
+        pub a_dir: u32,
+        pub b_dir: u32,
+        pub c_dir: u32,
+        pub bias_dir: u32,
     }
 }
 
@@ -130,7 +134,7 @@ pub fn matmul(
         biases: biases.map_or(0, |x| 1 + x.second.is_some() as u32),
         k_begin: 0,
         k_end: offset32("depth", k)?,
-        pad: [0; 2],
+        ..MatmulArgs::default()
     };
     let bias_buffer = biases.map_or(b.at.buffer, |x| x.buffer);
     let grid = grid_2d(ctx, "matmul", m, n, 4 * wy, 4 * wx)?;
@@ -171,7 +175,10 @@ args_mirror! {
         pub has_x: u32,
         pub derivative: u32,
         pub activation: u32,
-        pub pad: u32,
+        /// Direction strides (workgroup z), of W and of X, the output and s.
+        pub dir_w: u32,
+        pub dir_state: u32,
+        pub pad: [u32; 3],
     }
 }
 
@@ -221,7 +228,7 @@ pub fn matmul_rows(
         has_x: x.is_some() as u32,
         derivative,
         activation: crate::engine::gpu::rnn::activation_index(activation),
-        pad: 0,
+        ..RowsArgs::default()
     };
     let (overrides, groups) = rows_launch(ctx, ROWS_UNITS, ROWS_UNITS, n, depth)?;
     // Without s, W's buffer fills the binding (read only, never read).

@@ -41,6 +41,7 @@ pub mod plan;
 pub mod profile;
 pub mod recording;
 pub mod reduce;
+pub mod reverse;
 pub mod rnn;
 pub mod shaders;
 pub mod shape;

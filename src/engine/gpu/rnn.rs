@@ -57,6 +57,10 @@ args_mirror! {
         pub starts_off: u32,
         pub sorted_off: u32,
         pub biases: u32,
+        /// Direction strides (workgroup z) of the recurrence, of W_hh and of the states.
+        pub dir_w: u32,
+        pub dir_state: u32,
+        pub pad: [u32; 2],
     }
 }
 
