@@ -11,10 +11,12 @@ use crate::engine::gpu::matmul::{Biases, RowsEpilogue, matmul, matmul_rows, plai
 use crate::engine::gpu::profile::StepPhase;
 use crate::engine::gpu::recording::{Calls, Recording};
 use crate::engine::gpu::reduce::{self, LOSS_SLOT};
+use crate::engine::gpu::reverse;
 use crate::engine::gpu::rnn::{self, Dims, Weights};
 use crate::engine::gpu::shape::{CellBuffers, Embedding, RecurrenceKernel};
 use crate::engine::gpu::{dropout, gated, loss};
 use crate::engine::logit_chunks;
+use crate::engine::reverse::RowGather;
 use crate::error::Result;
 
 /// The forward pass (twin: `Engine::forward` of the CPU engine): the embedding, every layer
@@ -67,8 +69,8 @@ fn record_embedding(r: &Recording<'_>, e: &Embedding, out: &mut Calls) -> Result
     Ok(())
 }
 
-/// The input of layer k > 0: the states h_1..h_T of layer k-1 through the dropout mask after
-/// it, into `input` [N, H] (twin: `dropout::dropout_forward`; an unscaled copy when dropout is
+/// The input of layer k > 0: the output of layer k-1 (h_1..h_T, both directions) through the
+/// dropout mask after it, into `input` [N, D*H] (twin: `dropout::dropout_forward`; an unscaled copy when dropout is
 /// off). Its arguments follow the dropout setting.
 fn record_dropout_forward(
     r: &Recording<'_>,
@@ -76,16 +78,16 @@ fn record_dropout_forward(
     input: &wgpu::Buffer,
     out: &mut Calls,
 ) -> Result<()> {
-    let (b, h) = (r.shape.rows, r.cfg.hidden_size);
-    let n = r.n() * h;
+    let n = r.n() * r.cfg.output_width();
+    let below = r.layer_output(k - 1);
     let call = dropout::dropout_forward(
         r.ctx,
         n,
-        at(&r.shape.layers[k - 1].states, b * h),
+        below,
         at(input, 0),
         MaskKey::new(r.dropout, k - 1),
     )?;
-    out.push_dropout(call, n, (b * h, 0), k - 1);
+    out.push_dropout(call, n, (below.offset, 0), k - 1);
     Ok(())
 }
 
@@ -93,29 +95,76 @@ fn record_dropout_forward(
 /// over all N rows at once, then the recurrence one step (or, for the rows kernels, one layer)
 /// per dispatch.
 pub fn record_layer_forward(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<()> {
-    record_input_projection(r, k, out)?;
+    for d in 0..r.cfg.directions() {
+        record_input_projection(r, k, d, out)?;
+    }
     out.mark(StepPhase::ForwardRecurrence);
     match &r.shape.cell {
-        CellBuffers::Tanh => record_tanh_forward(r, k, out),
-        CellBuffers::Gru { layers, .. } => gated::record_gru_forward(r, k, &layers[k], out),
-        CellBuffers::Lstm { layers, .. } => gated::record_lstm_forward(r, k, &layers[k], out),
+        CellBuffers::Tanh => record_tanh_forward(r, k, out)?,
+        CellBuffers::Gru { layers, .. } => gated::record_gru_forward(r, k, &layers[k], out)?,
+        CellBuffers::Lstm { layers, .. } => gated::record_lstm_forward(r, k, &layers[k], out)?,
     }
+    record_layer_output(r, k, out)
 }
 
-/// The input projection over all N rows: the tanh cell writes it where its states go (with
-/// both biases), a gated cell into its gate array (b_hh joins the recurrent product). One-hot
-/// layer 0 gathers columns of W_ih (twin: `rnn::input_gather_onehot`), the others run a GEMM
-/// (twin: `rnn::input_projection_dense`).
-fn record_input_projection(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<()> {
+/// A bidirectional layer's output [N, 2H] from its states (twin: `RowGather::apply`): per row
+/// `[h_fwd; h_rev]`, the second direction's states taken back to time order. Nothing for one
+/// direction, whose output is its states.
+fn record_layer_output(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<()> {
+    let layer = &r.shape.layers[k];
+    let Some(output) = &layer.output else {
+        return Ok(());
+    };
+    let (t, b, h) = (r.shape.steps, r.shape.rows, r.cfg.hidden_size);
+    let gather = RowGather {
+        steps: t,
+        rows: b,
+        width: h,
+        src: (b * h, h, (t + 1) * b * h),
+        dst: (0, 2 * h, h),
+        directions: 2,
+        reverse: 0b10,
+    };
+    let lengths = &r.shape.batch.lengths;
+    out.push(reverse::permute_rows(
+        r.ctx,
+        &gather,
+        lengths,
+        &layer.states,
+        output,
+    )?);
+    Ok(())
+}
+
+/// Direction d's input projection over all N rows: the tanh cell writes it where its states
+/// go (with both biases), a gated cell into its gate array (b_hh joins the recurrent product).
+/// One-hot layer 0 gathers columns of W_ih (twin: `rnn::input_gather_onehot`), the others run
+/// a GEMM (twin: `rnn::input_projection_dense`). The second direction's is then reversed in
+/// time (twin: `RowGather::apply`), as its recurrence runs over each sequence reversed.
+fn record_input_projection(r: &Recording<'_>, k: usize, d: usize, out: &mut Calls) -> Result<()> {
     let (cfg, p, shape) = (r.cfg, r.params, r.shape);
-    let (b, h, n) = (shape.rows, cfg.hidden_size, r.n());
+    let (t_len, b, h, n) = (shape.steps, shape.rows, cfg.hidden_size, r.n());
     let gh = cfg.cell.gates() * h;
-    let lo = r.layout.layer(k);
+    let lo = r.layout.direction(k, d);
     let (bias_ih, bias_hh) = (lo.bias_ih, lo.bias_hh);
     let ik = cfg.layer_input_size(k);
-    let (proj, bias2) = match shape.cell.gates(k) {
-        Some(gates) => (at(gates, 0), None),
-        None => (at(&shape.layers[k].states, b * h), bias_hh),
+    // Direction d's block of the gate array [N, G*H], or of the states [(T+1) * B, H] from row B.
+    let (dst, dst_off, bias2) = match shape.cell.gates(k) {
+        Some(gates) => (gates, d * n * gh, None),
+        None => (
+            &shape.layers[k].states,
+            d * (t_len + 1) * b * h + b * h,
+            bias_hh,
+        ),
+    };
+    // The second direction projects into the work array, then reverses it into place.
+    let work = match (&shape.reverse, d) {
+        (Some(rev), 1) => Some(&rev.work),
+        _ => None,
+    };
+    let proj = match work {
+        Some(w) => at(w, 0),
+        None => at(dst, dst_off),
     };
     if k == 0 && cfg.gathers_input() {
         let dims = Dims {
@@ -133,17 +182,35 @@ fn record_input_projection(r: &Recording<'_>, k: usize, out: &mut Calls) -> Resu
         out.push(rnn::input_gather_onehot(
             r.ctx, dims, tokens, p, weights, proj,
         )?);
-        return Ok(());
+    } else {
+        out.extend(matmul(
+            r.ctx,
+            (n, gh, ik),
+            r.below(k),
+            transposed(at(p, lo.weight_ih)),
+            proj,
+            Biases::of(p, bias_ih, bias2),
+            false,
+        )?);
     }
-    out.extend(matmul(
-        r.ctx,
-        (n, gh, ik),
-        r.below(k),
-        transposed(at(p, lo.weight_ih)),
-        proj,
-        Biases::of(p, bias_ih, bias2),
-        false,
-    )?);
+    if let Some(w) = work {
+        let gather = RowGather {
+            steps: t_len,
+            rows: b,
+            width: gh,
+            src: (0, gh, 0),
+            dst: (dst_off, gh, 0),
+            directions: 1,
+            reverse: 1,
+        };
+        out.push(reverse::permute_rows(
+            r.ctx,
+            &gather,
+            &shape.batch.lengths,
+            w,
+            dst,
+        )?);
+    }
     Ok(())
 }
 
@@ -159,34 +226,34 @@ fn record_tanh_forward(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<(
     if r.kernel == RecurrenceKernel::Rows {
         // The rows kernels loop over the T steps themselves.
         let dims = Dims { n: t_len, ..dims };
-        out.push(rnn::rnn_forward_rows(
-            ctx,
-            dims,
-            p,
-            w_hh,
-            at(states, 0),
-            act,
-        )?);
+        let call = rnn::rnn_forward_rows(ctx, dims, p, w_hh, at(states, 0), act)?;
+        out.push(r.rnn_call(k, call)?);
         return Ok(());
     }
     for t in 0..t_len {
         out.push(match r.kernel {
-            RecurrenceKernel::Steps => rnn::rnn_step_forward(
-                ctx,
-                dims,
-                p,
-                w_hh,
-                states,
-                (t * b * h, (t + 1) * b * h),
-                act,
+            RecurrenceKernel::Steps => r.rnn_call(
+                k,
+                rnn::rnn_step_forward(
+                    ctx,
+                    dims,
+                    p,
+                    w_hh,
+                    states,
+                    (t * b * h, (t + 1) * b * h),
+                    act,
+                )?,
             )?,
-            _ => matmul_rows(
-                ctx,
-                (b, h, h),
-                Some(t * b * h),
-                transposed(at(p, w_hh)),
-                at(states, (t + 1) * b * h),
-                RowsEpilogue::Activate(act),
+            _ => r.rows_call(
+                k,
+                matmul_rows(
+                    ctx,
+                    (b, h, h),
+                    Some(t * b * h),
+                    transposed(at(p, w_hh)),
+                    at(states, (t + 1) * b * h),
+                    RowsEpilogue::Activate(act),
+                )?,
             )?,
         });
     }
@@ -199,8 +266,8 @@ fn record_tanh_forward(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<(
 /// output layer runs in several.
 pub fn record_output_chunk(r: &Recording<'_>, rows: Range<usize>, out: &mut Calls) -> Result<()> {
     let (cfg, shape, p) = (r.cfg, r.shape, r.params);
-    let (b, h, v) = (shape.rows, cfg.hidden_size, cfg.output_size);
-    let top = &shape.layers[cfg.layers - 1].states;
+    let (dh, v) = (cfg.output_width(), cfg.output_size);
+    let top = r.layer_output(cfg.layers - 1);
     let o = &shape.output;
     let biases = Biases {
         buffer: p,
@@ -209,8 +276,8 @@ pub fn record_output_chunk(r: &Recording<'_>, rows: Range<usize>, out: &mut Call
     };
     out.extend(matmul(
         r.ctx,
-        (rows.len(), v, h),
-        plain(at(top, (b + rows.start) * h)),
+        (rows.len(), v, dh),
+        plain(at(top.buffer, top.offset + rows.start * dh)),
         transposed(at(p, r.layout.out_weight())),
         at(&o.logits, 0),
         Some(biases),

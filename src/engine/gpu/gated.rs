@@ -46,7 +46,7 @@ fn record_recurrent_product(
     let (b, h) = (r.shape.rows, r.cfg.hidden_size);
     let gh = r.cfg.cell.gates() * h;
     let lo = r.layout.layer(k);
-    out.extend(matmul(
+    let calls = matmul(
         r.ctx,
         (b, gh, h),
         plain(at(states, t * b * h)),
@@ -54,7 +54,8 @@ fn record_recurrent_product(
         at(a_hh, t * b * gh),
         Biases::of(r.params, lo.bias_hh, None),
         false,
-    )?);
+    )?;
+    out.extend(r.matmul_calls(k, calls, |d| [d.state, d.w, d.gate, d.w])?);
     Ok(())
 }
 
@@ -70,7 +71,7 @@ fn record_recurrent_grad(
 ) -> Result<()> {
     let (b, h) = (r.shape.rows, r.cfg.hidden_size);
     let gh = r.cfg.cell.gates() * h;
-    out.extend(matmul(
+    let calls = matmul(
         r.ctx,
         (b, h, gh),
         plain(at(da, t * b * gh)),
@@ -78,7 +79,8 @@ fn record_recurrent_grad(
         at(ds, (t - 1) * b * h),
         None,
         true,
-    )?);
+    )?;
+    out.extend(r.matmul_calls(k, calls, |d| [d.gate, d.w, d.state, 0])?);
     Ok(())
 }
 
@@ -96,22 +98,13 @@ pub fn record_gru_forward(
         let step = gate_step(r, t);
         if fused {
             let buffers = (&layer.gates, &layer.a_hh, states);
-            out.push(gru::gru_step_forward_rows(
-                r.ctx,
-                step,
-                recurrent(r, k)?,
-                buffers,
-            )?);
+            let call = gru::gru_step_forward_rows(r.ctx, step, recurrent(r, k)?, buffers)?;
+            out.push(r.gate_call(k, call)?);
             continue;
         }
         record_recurrent_product(r, k, t, (states, &layer.a_hh), out)?;
-        out.push(gru::gru_step_forward(
-            r.ctx,
-            step,
-            &layer.gates,
-            &layer.a_hh,
-            states,
-        )?);
+        let call = gru::gru_step_forward(r.ctx, step, &layer.gates, &layer.a_hh, states)?;
+        out.push(r.gate_call(k, call)?);
     }
     Ok(())
 }
@@ -128,25 +121,16 @@ pub fn record_lstm_forward(
     let memories = (&layer.cells, states);
     for t in 0..r.shape.steps {
         let step = gate_step(r, t);
-        match &layer.product {
-            LstmProduct::Fused => out.push(lstm::lstm_step_forward_rows(
-                r.ctx,
-                step,
-                recurrent(r, k)?,
-                &layer.gates,
-                memories,
-            )?),
+        let call = match &layer.product {
+            LstmProduct::Fused => {
+                lstm::lstm_step_forward_rows(r.ctx, step, recurrent(r, k)?, &layer.gates, memories)?
+            }
             LstmProduct::Separate { a_hh } => {
                 record_recurrent_product(r, k, t, (states, a_hh), out)?;
-                out.push(lstm::lstm_step_forward(
-                    r.ctx,
-                    step,
-                    &layer.gates,
-                    a_hh,
-                    memories,
-                )?);
+                lstm::lstm_step_forward(r.ctx, step, &layer.gates, a_hh, memories)?
             }
-        }
+        };
+        out.push(r.gate_call(k, call)?);
     }
     Ok(())
 }
@@ -175,10 +159,10 @@ pub fn record_gru_backward(
         if r.kernel.fuses_gates() {
             let last = t + 1 == t_len;
             let call = gru::gru_step_backward_rows(r.ctx, step, recurrent(r, k)?, grads, last)?;
-            out.push(call);
+            out.push(r.gate_call(k, call)?);
             continue;
         }
-        out.push(gru::gru_step_backward(r.ctx, step, grads)?);
+        out.push(r.gate_call(k, gru::gru_step_backward(r.ctx, step, grads)?)?);
         if t > 0 {
             record_recurrent_grad(r, k, t, (da_hh, ds), out)?;
         }
@@ -201,23 +185,16 @@ pub fn record_lstm_backward(
     for t in (0..t_len).rev() {
         let step = gate_step(r, t);
         let last = t + 1 == t_len;
+        let grads = (ds, dc, da);
         match layer.product {
-            LstmProduct::Fused => out.push(lstm::lstm_step_backward_rows(
-                r.ctx,
-                step,
-                recurrent(r, k)?,
-                forward,
-                (ds, dc, da),
-                last,
-            )?),
+            LstmProduct::Fused => {
+                let w = recurrent(r, k)?;
+                let call = lstm::lstm_step_backward_rows(r.ctx, step, w, forward, grads, last)?;
+                out.push(r.gate_call(k, call)?);
+            }
             LstmProduct::Separate { .. } => {
-                out.push(lstm::lstm_step_backward(
-                    r.ctx,
-                    step,
-                    forward,
-                    (ds, dc, da),
-                    last,
-                )?);
+                let call = lstm::lstm_step_backward(r.ctx, step, forward, grads, last)?;
+                out.push(r.gate_call(k, call)?);
                 if t > 0 {
                     record_recurrent_grad(r, k, t, (da, ds), out)?;
                 }

@@ -48,6 +48,7 @@ pub mod shape;
 
 use std::collections::HashMap;
 
+use crate::engine::reverse::sequence_lengths;
 use crate::engine::{Batch, Dropout, Engine, Inputs, LossStats, OutputChunks, Recurrence, Targets};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ParamLayout};
@@ -112,7 +113,7 @@ impl GpuEngine {
             config,
             "GPU",
             crate::engine::Supports {
-                bidirectional: false,
+                bidirectional: true,
                 projection: false,
                 no_bias: true,
             },
@@ -378,6 +379,10 @@ impl Engine for GpuEngine {
             Some(m) => write(ctx, &buffers.mask, 0, m),
             None => write(ctx, &buffers.mask, 0, &vec![1.0f32; n]),
         }
+        if self.config.bidirectional {
+            let lengths = sequence_lengths(batch.mask.as_deref(), batch.steps, batch.rows);
+            write(ctx, &buffers.lengths, 0, &lengths);
+        }
         shape
             .plans
             .patch_losses(ctx, self.config.output_size, count)?;
@@ -391,15 +396,17 @@ impl Engine for GpuEngine {
             .current
             .and_then(|k| self.shapes.get(&k))
             .ok_or_else(|| Error::Misuse("forward called before upload_batch".into()))?;
-        let bh = shape.buffers.rows * self.config.hidden_size;
-        for (k, states) in shape.buffers.carried().into_iter().enumerate() {
+        let rows = shape.buffers.rows;
+        let mut h0_off = 0;
+        for (states, offset, width) in shape.buffers.carried(&self.config) {
             self.recorder.push(Op::Copy {
                 src: self.h0.clone(),
-                src_offset: k * bh,
-                dst: (*states).clone(),
-                dst_offset: 0,
-                elements: bh,
+                src_offset: h0_off,
+                dst: states.clone(),
+                dst_offset: offset,
+                elements: rows * width,
             });
+            h0_off += rows * width;
         }
         self.recorder.record(&shape.plans.forward);
         self.pending_reads_batch = true;
@@ -508,21 +515,19 @@ impl Engine for GpuEngine {
             return Err(Error::Misuse("carry_state called before forward".into()));
         }
         let shape = self.current_shape()?;
-        let bh = shape.buffers.rows * self.config.hidden_size;
-        let last = shape.buffers.steps * bh;
-        let ops: Vec<Op> = shape
-            .buffers
-            .carried()
-            .into_iter()
-            .enumerate()
-            .map(|(k, s)| Op::Copy {
-                src: (*s).clone(),
-                src_offset: last,
+        let (steps, rows) = (shape.buffers.steps, shape.buffers.rows);
+        let mut h0_off = 0;
+        let mut ops = Vec::new();
+        for (states, offset, width) in shape.buffers.carried(&self.config) {
+            ops.push(Op::Copy {
+                src: states.clone(),
+                src_offset: offset + steps * rows * width,
                 dst: self.h0.clone(),
-                dst_offset: k * bh,
-                elements: bh,
-            })
-            .collect();
+                dst_offset: h0_off,
+                elements: rows * width,
+            });
+            h0_off += rows * width;
+        }
         for op in ops {
             self.recorder.push(op);
         }

@@ -61,7 +61,9 @@ impl Call {
         if self.args_mirror != A::LAYOUT.name || self.args.len() != A::LAYOUT.size {
             return Err(Error::Gpu(format!(
                 "{} takes {} arguments, not {}",
-                self.kernel.entry, self.args_mirror, A::LAYOUT.name
+                self.kernel.entry,
+                self.args_mirror,
+                A::LAYOUT.name
             )));
         }
         let mut args: A = bytemuck::pod_read_unaligned(&self.args);
