@@ -47,6 +47,20 @@ pub struct RowGather {
 }
 
 impl RowGather {
+    /// One direction's [N, width] block from element `src` into time-reversed order at element
+    /// `dst` (and, the reversal being an involution, back).
+    pub fn reversed(steps: usize, rows: usize, width: usize, (src, dst): (usize, usize)) -> Self {
+        RowGather {
+            steps,
+            rows,
+            width,
+            src: (src, width, 0),
+            dst: (dst, width, 0),
+            directions: 1,
+            reverse: 1,
+        }
+    }
+
     /// The gather on the CPU (twin: `permute_rows`), with the rows' lengths `lengths` [B].
     pub fn apply<F: Copy>(&self, lengths: &[u32], src: &[F], dst: &mut [F]) {
         let (b_len, w) = (self.rows, self.width);

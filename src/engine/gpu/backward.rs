@@ -93,16 +93,7 @@ fn record_gradients_below(
         let da_ih = match (&r.shape.reverse, d) {
             (Some(rev), 1) => {
                 let (t, b) = (r.shape.steps, r.shape.rows);
-                let gh = grads.width;
-                let gather = RowGather {
-                    steps: t,
-                    rows: b,
-                    width: gh,
-                    src: (grads.stride, gh, 0),
-                    dst: (0, gh, 0),
-                    directions: 1,
-                    reverse: 1,
-                };
+                let gather = RowGather::reversed(t, b, grads.width, (grads.stride, 0));
                 let lengths = &r.shape.batch.lengths;
                 out.push(reverse::permute_rows(
                     r.ctx,

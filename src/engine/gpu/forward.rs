@@ -194,15 +194,7 @@ fn record_input_projection(r: &Recording<'_>, k: usize, d: usize, out: &mut Call
         )?);
     }
     if let Some(w) = work {
-        let gather = RowGather {
-            steps: t_len,
-            rows: b,
-            width: gh,
-            src: (0, gh, 0),
-            dst: (dst_off, gh, 0),
-            directions: 1,
-            reverse: 1,
-        };
+        let gather = RowGather::reversed(t_len, b, gh, (0, dst_off));
         out.push(reverse::permute_rows(
             r.ctx,
             &gather,

@@ -2,8 +2,8 @@
 //!
 //! Parameters, gradients and the two optimizer moments are four flat storage buffers in
 //! `ParamLayout` order. Per batch shape (T, B) the engine allocates once the buffers named in
-//! `shape.rs` (the batch, per layer the states `[(T+1) * B, H]` with rows 0..B the initial
-//! state, the per-cell arrays such as a gated layer's gate activations `[N, G*H]` and an LSTM's
+//! `shape.rs` (the batch, per layer and direction the states `[(T+1) * B, H]` with rows 0..B
+//! the initial state, the per-cell arrays such as a gated layer's gate activations `[N, G*H]` and an LSTM's
 //! memories, the logits and their gradient), resolves the shape's recurrence form once
 //! (`shape::RecurrenceKernel`), and records two plans (`recording.rs`): forward (`forward.rs`:
 //! dropout of the layer below, input projection over all N rows, T steps, output GEMM, fused
@@ -79,8 +79,8 @@ pub struct GpuEngine {
     moment_v: wgpu::Buffer,
     /// Result slots (loss sum, gradient norm) and partial sums.
     scratch: wgpu::Buffer,
-    /// Initial states of the next forward: per layer [B, H], layer-major, then (LSTM) the
-    /// memories c in the same layout.
+    /// Initial states of the next forward: per layer and direction [B, H], layer-major, then
+    /// (LSTM) the memories c in the same layout.
     h0: wgpu::Buffer,
     dropout: Option<Dropout>,
     /// The most logits the output layer holds at once.
@@ -193,8 +193,8 @@ impl GpuEngine {
         self.recorder.counts()
     }
 
-    /// How the current batch shape's recurrent products run ("rows": one dispatch per layer and
-    /// direction; "wide" or "steps": one per time step), once a batch has been uploaded.
+    /// How the current batch shape's recurrent products run ("rows": one dispatch per layer,
+    /// both directions; "wide" or "steps": one per time step), once a batch has been uploaded.
     pub fn recurrence_kernel(&self) -> Option<&'static str> {
         self.current_shape().ok().map(|s| s.recurrence.name())
     }
