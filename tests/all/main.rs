@@ -4,6 +4,7 @@ mod bench;
 mod checkpoint;
 mod cli;
 mod common;
+mod directions;
 mod gating;
 mod gpu_gated;
 mod gpu_kernels;

@@ -8,7 +8,7 @@ use unroll::model::{Activation, InputKind, ModelConfig, OutputKind, ParamLayout}
 use crate::common;
 
 /// Row `b` of a time-major batch, cut to its first `len` steps, as a batch of one.
-fn row_of(batch: &Batch, cfg: &ModelConfig, b: usize, len: usize) -> Batch {
+pub fn row_of(batch: &Batch, cfg: &ModelConfig, b: usize, len: usize) -> Batch {
     let rows = batch.rows;
     let pick = |v: &[f32], width: usize| -> Vec<f32> {
         (0..len)
@@ -32,7 +32,7 @@ fn row_of(batch: &Batch, cfg: &ModelConfig, b: usize, len: usize) -> Batch {
     }
 }
 
-fn check(cfg: &ModelConfig, name: &str) {
+pub fn check(cfg: &ModelConfig, name: &str) {
     let mut rng = common::rng(name);
     let layout = ParamLayout::new(cfg).unwrap();
     let params = common::uniform(&mut rng, layout.len(), 0.5);

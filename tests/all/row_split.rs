@@ -13,9 +13,9 @@ use unroll::train::optim::{OptimizerConfig, OptimizerKind};
 use crate::common::{self, assert_close};
 
 /// Loss, gradients, parameters and state after each of two training steps.
-type Trace = Vec<(f64, Vec<f64>, Vec<f64>, Vec<f64>)>;
+pub type Trace = Vec<(f64, Vec<f64>, Vec<f64>, Vec<f64>)>;
 
-fn trace<E: Engine + Send>(
+pub fn trace<E: Engine + Send>(
     threads: usize,
     make: &(dyn Fn() -> E + Sync),
     batches: &[unroll::engine::Batch],
@@ -47,7 +47,7 @@ fn trace<E: Engine + Send>(
     })
 }
 
-fn same(what: &str, one: &Trace, three: &Trace) {
+pub fn same(what: &str, one: &Trace, three: &Trace) {
     for (step, (a, b)) in one.iter().zip(three).enumerate() {
         let w = format!("{what} step {step}");
         assert_close(&format!("{w} loss"), &[b.0], &[a.0], 1e-6, 1e-7);

@@ -3,7 +3,7 @@
 //! `backward` read as the pass they are: the input side, each layer in turn, the output layer
 //! (and back), with the per-layer work in `layers.rs`.
 
-use ndarray::{Array2, s};
+use ndarray::{Array2, ArrayView2, s};
 
 use crate::engine::profile::{self, PhaseClock, PhaseTimes, StepPhase};
 use crate::engine::{
@@ -16,10 +16,11 @@ use crate::train::optim::{OptimizerConfig, OptimizerState, clip_scale};
 
 use super::dropout::MaskKey;
 use super::layers::{
-    chunk_outputs, dropout_input, embed_tokens, input_backward, layer_backward, layer_below,
-    layer_forward, output_backward, output_forward, view, weight_grads,
+    chunk_outputs, dropout_input, embed_tokens, in_time_order, input_backward, input_grad,
+    input_weight_grads, layer_backward, layer_below, layer_forward, layer_output, output_backward,
+    output_forward, recurrent_grads, split_directions,
 };
-use super::{Float, optim, pool, reduce};
+use super::{Float, optim, pool, reduce, reverse};
 
 /// The current batch converted to the engine's float type.
 pub(super) struct PreparedBatch<F> {
@@ -30,11 +31,15 @@ pub(super) struct PreparedBatch<F> {
     pub(super) targets: Targets,
     pub(super) mask: Option<Vec<f32>>,
     pub(super) count: f64,
+    /// Bidirectional: the permutation of the N rows that reverses each sequence within its
+    /// length (`reverse.rs`).
+    pub(super) reverse: Option<Vec<u32>>,
 }
 
-/// Activations of one layer in the last forward pass.
-pub(super) struct LayerCache<F> {
-    /// h: [(T+1) * B, H], rows 0..B the initial state.
+/// Activations of one direction of one layer in the last forward pass (the reverse direction's
+/// in its own time order: its step t of row b is the sequence's step L_b-1-t, `reverse.rs`).
+pub(super) struct DirectionCache<F> {
+    /// h: [(T+1) * B, W], rows 0..B the initial state (W the state width, P or H).
     pub(super) states: Array2<F>,
     /// LSTM c: [(T+1) * B, H], rows 0..B the initial state.
     pub(super) cells: Option<Array2<F>>,
@@ -42,8 +47,43 @@ pub(super) struct LayerCache<F> {
     pub(super) gates: Array2<F>,
     /// Recurrent pre-activations `h_{t-1} W_hh^T + b_hh`, [N, G*H]; empty for the tanh cell.
     pub(super) a_hh: Array2<F>,
-    /// The input of layer k > 0 after dropout, [N, H]; `None` when no dropout is applied.
+    /// An LSTM with a projection: `m_t = o_t * tanh(c_t)` [N, H], the state before W_hr.
+    pub(super) unprojected: Option<Array2<F>>,
+}
+
+/// Activations of one layer in the last forward pass.
+pub(super) struct LayerCache<F> {
+    /// Each direction's run: the forward one, then the reverse one when bidirectional.
+    pub(super) directions: Vec<DirectionCache<F>>,
+    /// Bidirectional: the layer's output `[h_fwd ; h_rev]` in the sequence's time order,
+    /// [N, 2W]; `None` with one direction, whose output is its states' rows B.. .
+    pub(super) output: Option<Array2<F>>,
+    /// The input of layer k > 0 after dropout, [N, D*W]; `None` when no dropout is applied.
     pub(super) input: Option<Array2<F>>,
+}
+
+impl<F: Float> LayerCache<F> {
+    /// What the layer above and the output layer read, [N, D*W] (`b`: the batch rows B).
+    pub(super) fn output(&self, b: usize) -> ArrayView2<'_, F> {
+        match &self.output {
+            Some(out) => out.view(),
+            None => self.directions[0].states.slice(s![b.., ..]),
+        }
+    }
+
+    /// Every array the layer holds, to hand back to the pool.
+    fn into_arrays(self) -> impl Iterator<Item = Array2<F>> {
+        let runs = self.directions.into_iter().flat_map(|d| {
+            [
+                Some(d.states),
+                d.cells,
+                Some(d.gates),
+                Some(d.a_hh),
+                d.unprojected,
+            ]
+        });
+        runs.chain([self.output, self.input]).flatten()
+    }
 }
 
 /// The output layer's probabilities (after f2) and the gradient of the objective w.r.t. the
@@ -75,9 +115,10 @@ pub struct CpuEngine<F: Float = f32> {
     moments_v: Vec<F>,
     opt_step: u64,
     last_norm: f64,
-    /// Initial state of the next forward: per layer [B, H].
+    /// Initial state of the next forward: per layer and direction (`k * D + d`) [B, W].
     h0: Vec<Array2<F>>,
-    /// LSTM: initial memory of the next forward, per layer [B, H]; empty for other cells.
+    /// LSTM: initial memory of the next forward, per layer and direction [B, H]; empty for
+    /// other cells.
     c0: Vec<Array2<F>>,
     dropout: Option<Dropout>,
     /// The most logits the output layer holds at once.
@@ -94,8 +135,8 @@ pub struct CpuEngine<F: Float = f32> {
 
 /// The model options this engine runs.
 const SUPPORTS: crate::engine::Supports = crate::engine::Supports {
-    bidirectional: false,
-    projection: false,
+    bidirectional: true,
+    projection: true,
     no_bias: true,
 };
 
@@ -194,19 +235,8 @@ impl<F: Float> CpuEngine<F> {
         if let Some(kept) = cache.kept {
             self.spare = Some(kept);
         }
-        for lc in cache.layers {
-            for a in [
-                Some(lc.states),
-                lc.cells,
-                Some(lc.gates),
-                Some(lc.a_hh),
-                lc.input,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                self.pool.give(a);
-            }
+        for a in cache.layers.into_iter().flat_map(LayerCache::into_arrays) {
+            self.pool.give(a);
         }
         if let Some(x) = cache.embedded {
             self.pool.give(x);
@@ -288,6 +318,11 @@ impl<F: Float> Engine for CpuEngine<F> {
             targets: batch.targets.clone(),
             mask: batch.mask.clone(),
             count: batch.count(),
+            reverse: self.config.bidirectional.then(|| {
+                let lengths =
+                    reverse::sequence_lengths(batch.mask.as_deref(), batch.steps, batch.rows);
+                reverse::reversal(&lengths, batch.steps)
+            }),
         });
         self.recycle_cache();
         Ok(())
@@ -311,14 +346,25 @@ impl<F: Float> Engine for CpuEngine<F> {
             profile::enter(clock, StepPhase::Input);
             let input = dropout_input(cfg, k, &masks, &layers, batch.rows, pool);
             let below = layer_below(k, input.as_ref(), &layers, embedded.as_ref(), batch);
-            let init = (&self.h0[k], self.c0.get(k));
-            let layer = layer_forward(cfg, model, k, batch, below, init, (pool, clock));
-            layers.push(LayerCache { input, ..layer });
+            // Each direction over all T steps (the reverse one over each sequence reversed).
+            let mut directions = Vec::with_capacity(cfg.directions());
+            for d in 0..cfg.directions() {
+                let i = k * cfg.directions() + d;
+                let init = (&self.h0[i], self.c0.get(i));
+                let run = layer_forward(cfg, model, (k, d), batch, below, init, (pool, clock));
+                directions.push(run);
+            }
+            let output = layer_output(&directions, batch, pool);
+            layers.push(LayerCache {
+                directions,
+                output,
+                input,
+            });
         }
         // The output layer over all N rows: the projection, the output nonlinearity, the loss
         // and its gradient.
         profile::enter(clock, StepPhase::Output);
-        let top = layers[cfg.layers - 1].states.slice(s![batch.rows.., ..]);
+        let top = layers[cfg.layers - 1].output(batch.rows);
         let reuse = self.spare.take();
         let (kept, chunk_rows, sum) =
             output_forward(cfg, model, top, batch, self.logit_budget, reuse)?;
@@ -346,8 +392,7 @@ impl<F: Float> Engine for CpuEngine<F> {
         let cache = needed(&self.cache, "backward called before forward")?;
         let batch = needed(&self.batch, "backward called before upload_batch")?;
         let cfg = &self.config;
-        let (b, h) = (batch.rows, cfg.hidden_size);
-        let gh = cfg.cell.gates() * h;
+        let b = batch.rows;
         let model = (&self.layout, &self.params[..]);
         let g = &mut self.grads;
         let pool = &mut self.pool;
@@ -358,20 +403,29 @@ impl<F: Float> Engine for CpuEngine<F> {
         let mut ds = output_backward(cfg, model, g, step, (pool, clock))?;
         for k in (0..cfg.layers).rev() {
             let lc = &cache.layers[k];
-            // BPTT through the layer: the gradients of the input-side and recurrent-side
-            // pre-activations, [N, G*H] each (the same array for the tanh cell and the LSTM).
-            profile::enter(clock, StepPhase::BackwardRecurrence);
-            let w_hh = view(&self.params, self.layout.layer(k).weight_hh, gh, h);
-            let (da_ih, da_hh_own) = layer_backward(cfg, w_hh, lc, b, ds, pool);
-            profile::enter(clock, StepPhase::WeightGradients);
-            let da_hh = da_hh_own.as_ref().unwrap_or(&da_ih);
-            weight_grads(cfg, &self.layout, g, k, step, (&da_ih, da_hh));
-            // The gradient of the layer's input: passed down, or into the embedding.
-            ds = input_backward(cfg, model, g, k, step, &da_ih, pool);
-            pool.give(da_ih);
-            if let Some(a) = da_hh_own {
-                pool.give(a);
+            let mut dx = None;
+            let per_direction = split_directions(ds, batch, cfg.directions(), pool);
+            for (d, ds_d) in per_direction.into_iter().enumerate() {
+                let run = &lc.directions[d];
+                // BPTT through the direction: the gradients of the input-side and
+                // recurrent-side pre-activations, [N, G*H] each (the same array for the tanh
+                // cell and the LSTM).
+                profile::enter(clock, StepPhase::BackwardRecurrence);
+                let grads = layer_backward(cfg, model, (k, d), run, b, ds_d, pool);
+                profile::enter(clock, StepPhase::WeightGradients);
+                recurrent_grads(cfg, &self.layout, g, (k, d), run, &grads);
+                let mut da_ih = grads.da_ih;
+                in_time_order(&mut da_ih, batch, d);
+                input_weight_grads(cfg, &self.layout, g, (k, d), step, &da_ih);
+                // The gradient of the layer's input, summed over the directions.
+                let embedded = cache.embedded.is_some();
+                input_grad(cfg, model, (k, d), embedded, &da_ih, &mut dx, pool);
+                for a in [Some(da_ih), grads.da_hh, grads.dh].into_iter().flatten() {
+                    pool.give(a);
+                }
             }
+            // Passed down, or into the embedding.
+            ds = input_backward(cfg, &self.layout, g, k, step, dx, pool);
         }
         profile::stop(clock);
         Ok(())
@@ -431,10 +485,12 @@ impl<F: Float> Engine for CpuEngine<F> {
         if rows == 0 {
             return Err(Error::Shape("the state needs at least one row".into()));
         }
-        let zeros = |_| Array2::zeros((rows, self.config.hidden_size));
-        self.h0 = (0..self.config.layers).map(zeros).collect();
-        self.c0 = if self.config.cell.has_memory() {
-            (0..self.config.layers).map(zeros).collect()
+        let cfg = &self.config;
+        let runs = cfg.layers * cfg.directions();
+        let zeros = |width| (0..runs).map(|_| Array2::zeros((rows, width))).collect();
+        self.h0 = zeros(cfg.state_width());
+        self.c0 = if cfg.cell.has_memory() {
+            zeros(cfg.hidden_size)
         } else {
             Vec::new()
         };
@@ -444,10 +500,12 @@ impl<F: Float> Engine for CpuEngine<F> {
     fn carry_state(&mut self) -> Result<()> {
         let cache = needed(&self.cache, "carry_state called before forward")?;
         let b = self.rows();
-        for (k, lc) in cache.layers.iter().enumerate() {
-            let last = lc.states.nrows() - b;
-            self.h0[k].assign(&lc.states.slice(s![last.., ..]));
-            if let (Some(c0), Some(cells)) = (self.c0.get_mut(k), &lc.cells) {
+        // Each direction's state after its last step, in the order of `h0`.
+        let runs = cache.layers.iter().flat_map(|lc| &lc.directions);
+        for (i, run) in runs.enumerate() {
+            let last = run.states.nrows() - b;
+            self.h0[i].assign(&run.states.slice(s![last.., ..]));
+            if let (Some(c0), Some(cells)) = (self.c0.get_mut(i), &run.cells) {
                 c0.assign(&cells.slice(s![last.., ..]));
             }
         }
@@ -461,16 +519,14 @@ impl<F: Float> Engine for CpuEngine<F> {
             rows * self.config.state_size_per_row(),
         )?;
         self.reset_state(rows)?;
-        let per_part = rows * self.config.hidden_size;
-        for (a, src) in self
-            .h0
-            .iter_mut()
-            .chain(self.c0.iter_mut())
-            .zip(state.chunks_exact(per_part))
-        {
+        // h of every layer and direction, then c likewise, each [B, width] row-major.
+        let mut rest = state;
+        for a in self.h0.iter_mut().chain(self.c0.iter_mut()) {
+            let (src, tail) = rest.split_at(a.len());
             for (d, &s) in a.iter_mut().zip(src) {
                 *d = F::from_f32_lossless(s);
             }
+            rest = tail;
         }
         Ok(())
     }
@@ -497,7 +553,7 @@ impl<F: Float> Engine for CpuEngine<F> {
         match &cache.kept {
             Some((p, _)) => Ok(p.iter().map(|v| v.to_f32_lossy()).collect()),
             None => {
-                let n = cache.layers[0].states.nrows() - self.rows();
+                let n = cache.layers[0].directions[0].states.nrows() - self.rows();
                 Err(outputs_not_kept(
                     n,
                     self.config.output_size,

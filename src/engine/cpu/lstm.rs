@@ -5,6 +5,7 @@
 
 use ndarray::{Array1, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
 
+use crate::engine::cpu::packed::StepWeight;
 use crate::engine::cpu::{Float, sigmoid, tanh_via_sigmoid};
 
 /// Forward LSTM step for all B rows, with `a = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh`
@@ -139,4 +140,29 @@ pub fn lstm_step_backward<F: Float>(
             .and(&f)
             .for_each(|dct, &f| *dct = *dct * f);
     }
+}
+
+/// An LSTM's projection (PyTorch's `proj_size`) for all B rows of one step:
+/// `h_t = m_t W_hr^T`, where `m_t = o ⊙ tanh(c_t)` is what [`lstm_step_forward`] wrote.
+/// Shapes: `m_t` [B, H], `w_hr_t` W_hr^T [H, P] (held for the time loop), `h_t` [B, P] (written).
+pub fn lstm_projection_forward<F: Float>(
+    m_t: ArrayView2<F>,
+    w_hr_t: &StepWeight<'_, F>,
+    mut h_t: ArrayViewMut2<F>,
+) {
+    h_t.fill(F::zero());
+    w_hr_t.product(m_t, &mut h_t);
+}
+
+/// The projection's BPTT for all B rows of one step: `dm_t = dh_t W_hr`, the gradient that
+/// [`lstm_step_backward`] reads as its `dh` (dW_hr += dh^T m is summed over all steps at once).
+/// Shapes: `dh` [B, P] (the whole gradient reaching h_t), `w_hr` W_hr [P, H] (held for the time
+/// loop), `dm` [B, H] (written).
+pub fn lstm_projection_backward<F: Float>(
+    dh: ArrayView2<F>,
+    w_hr: &StepWeight<'_, F>,
+    mut dm: ArrayViewMut2<F>,
+) {
+    dm.fill(F::zero());
+    w_hr.product(dh, &mut dm);
 }

@@ -72,6 +72,7 @@ pub mod optim;
 pub mod packed;
 pub mod pool;
 pub mod reduce;
+pub mod reverse;
 pub mod rnn;
 mod rows;
 #[cfg(test)]

@@ -127,13 +127,15 @@ impl<F: Float> TanhGradRows<'_, F> {
     }
 }
 
-/// A gated layer's forward arrays for a block of batch rows, per time step: states and memories
-/// [T+1, B', H], gates and a_hh [T, B', G*H].
+/// A gated layer's forward arrays for a block of batch rows, per time step: states [T+1, B', W]
+/// and memories [T+1, B', H], gates and a_hh [T, B', G*H], and with a projection the states
+/// before it [T, B', H].
 pub(super) struct GatedRows<'a, F: Float> {
     pub(super) states: ndarray::ArrayViewMut3<'a, F>,
     pub(super) cells: Option<ndarray::ArrayViewMut3<'a, F>>,
     pub(super) gates: ndarray::ArrayViewMut3<'a, F>,
     pub(super) a_hh: ndarray::ArrayViewMut3<'a, F>,
+    pub(super) unprojected: Option<ndarray::ArrayViewMut3<'a, F>>,
 }
 
 impl<F: Float> RowBlock for GatedRows<'_, F> {
@@ -145,30 +147,51 @@ impl<F: Float> RowBlock for GatedRows<'_, F> {
         let (s0, s1) = self.states.split_at(Axis(1), r);
         let (g0, g1) = self.gates.split_at(Axis(1), r);
         let (a0, a1) = self.a_hh.split_at(Axis(1), r);
-        let (c0, c1) = match self.cells.map(|c| c.split_at(Axis(1), r)) {
-            Some((c0, c1)) => (Some(c0), Some(c1)),
-            None => (None, None),
-        };
+        let (c0, c1) = split_option(self.cells, r);
+        let (m0, m1) = split_option(self.unprojected, r);
         (
             GatedRows {
                 states: s0,
                 cells: c0,
                 gates: g0,
                 a_hh: a0,
+                unprojected: m0,
             },
             GatedRows {
                 states: s1,
                 cells: c1,
                 gates: g1,
                 a_hh: a1,
+                unprojected: m1,
             },
         )
     }
 }
 
+/// Rows 0..r and r.. of an optional [steps, B', width] array.
+fn split_option<'a, F: Float>(
+    a: Option<ndarray::ArrayViewMut3<'a, F>>,
+    r: usize,
+) -> (
+    Option<ndarray::ArrayViewMut3<'a, F>>,
+    Option<ndarray::ArrayViewMut3<'a, F>>,
+) {
+    match a.map(|a| a.split_at(Axis(1), r)) {
+        Some((a0, a1)) => (Some(a0), Some(a1)),
+        None => (None, None),
+    }
+}
+
 impl<F: Float> GatedRows<'_, F> {
-    /// Steps 0..T of these rows: a_hh = h_{t-1} W_hh^T + b_hh, then the gates and the state.
-    pub(super) fn forward(mut self, step_w: &StepWeight<'_, F>, b_hh: &[F]) {
+    /// Steps 0..T of these rows: a_hh = h_{t-1} W_hh^T + b_hh, then the gates and the state;
+    /// with a projection (`w_hr`: W_hr^T), the LSTM's `o * tanh(c_t)` goes to `unprojected` and
+    /// the state is `h_t = m_t W_hr^T`.
+    pub(super) fn forward(
+        mut self,
+        step_w: &StepWeight<'_, F>,
+        b_hh: &[F],
+        w_hr: Option<&StepWeight<'_, F>>,
+    ) {
         for t in 0..self.gates.len_of(Axis(0)) {
             let (prev, mut cur) = self.states.view_mut().split_at(Axis(0), t + 1);
             let h_prev = prev.index_axis(Axis(0), t);
@@ -179,8 +202,8 @@ impl<F: Float> GatedRows<'_, F> {
             }
             step_w.product(h_prev.view(), &mut a_hh_t);
             let gates_t = self.gates.index_axis_mut(Axis(0), t);
-            match self.cells.as_mut() {
-                Some(c) => {
+            match (self.cells.as_mut(), self.unprojected.as_mut(), w_hr) {
+                (Some(c), None, _) => {
                     let (c_prev, mut c_cur) = c.view_mut().split_at(Axis(0), t + 1);
                     lstm::lstm_step_forward(
                         gates_t,
@@ -190,7 +213,19 @@ impl<F: Float> GatedRows<'_, F> {
                         h_t,
                     );
                 }
-                None => gru::gru_step_forward(gates_t, a_hh_t.view(), h_prev, h_t),
+                (Some(c), Some(m), Some(w_hr)) => {
+                    let (c_prev, mut c_cur) = c.view_mut().split_at(Axis(0), t + 1);
+                    let mut m_t = m.index_axis_mut(Axis(0), t);
+                    lstm::lstm_step_forward(
+                        gates_t,
+                        a_hh_t.view(),
+                        c_prev.index_axis(Axis(0), t),
+                        c_cur.index_axis_mut(Axis(0), 0),
+                        m_t.view_mut(),
+                    );
+                    lstm::lstm_projection_forward(m_t.view(), w_hr, h_t);
+                }
+                _ => gru::gru_step_forward(gates_t, a_hh_t.view(), h_prev, h_t),
             }
         }
     }
@@ -208,10 +243,12 @@ pub(super) struct GatedGradRows<'a, F: Float> {
 /// What the BPTT of one kind of gated cell reads and writes besides [`GatedGradRows`]'s arrays.
 pub(super) enum CellGrad<'a, F: Float> {
     /// The memories [T+1, B', H] and the gradient carried to c_{t-1} [B', H]; da_ih is also the
-    /// recurrent side's gradient.
+    /// recurrent side's gradient. With a projection, `dm` [B', H] holds each step's gradient of
+    /// the state before it.
     Lstm {
         cells: ndarray::ArrayView3<'a, F>,
         dc: ArrayViewMut2<'a, F>,
+        dm: Option<ArrayViewMut2<'a, F>>,
     },
     /// a_hh [T, B', 3H], the states [T+1, B', H] and da_hh [T, B', 3H].
     Gru {
@@ -231,12 +268,24 @@ impl<F: Float> RowBlock for GatedGradRows<'_, F> {
         let (d0, d1) = self.ds.split_at(Axis(1), r);
         let (i0, i1) = self.da_ih.split_at(Axis(1), r);
         let (cell0, cell1) = match self.cell {
-            CellGrad::Lstm { cells, dc } => {
+            CellGrad::Lstm { cells, dc, dm } => {
                 let (c0, c1) = cells.split_at(Axis(1), r);
                 let (e0, e1) = dc.split_at(Axis(0), r);
+                let (m0, m1) = match dm.map(|m| m.split_at(Axis(0), r)) {
+                    Some((m0, m1)) => (Some(m0), Some(m1)),
+                    None => (None, None),
+                };
                 (
-                    CellGrad::Lstm { cells: c0, dc: e0 },
-                    CellGrad::Lstm { cells: c1, dc: e1 },
+                    CellGrad::Lstm {
+                        cells: c0,
+                        dc: e0,
+                        dm: m0,
+                    },
+                    CellGrad::Lstm {
+                        cells: c1,
+                        dc: e1,
+                        dm: m1,
+                    },
                 )
             }
             CellGrad::Gru {
@@ -279,8 +328,9 @@ impl<F: Float> RowBlock for GatedGradRows<'_, F> {
 }
 
 impl<F: Float> GatedGradRows<'_, F> {
-    /// Steps T-1..0 of these rows: the gate derivatives, then dh_{t-1} += da_hh W_hh.
-    pub(super) fn backward(mut self, step_w: &StepWeight<'_, F>) {
+    /// Steps T-1..0 of these rows: the gate derivatives, then dh_{t-1} += da_hh W_hh; with a
+    /// projection (`w_hr`: W_hr), the LSTM's step reads `dm_t = dh_t W_hr`.
+    pub(super) fn backward(mut self, step_w: &StepWeight<'_, F>, w_hr: Option<&StepWeight<'_, F>>) {
         for t in (0..self.gates.len_of(Axis(0))).rev() {
             let (before, cur) = self.ds.view_mut().split_at(Axis(0), t);
             let dh = cur.index_axis(Axis(0), 0);
@@ -288,12 +338,19 @@ impl<F: Float> GatedGradRows<'_, F> {
             let gates_t = self.gates.index_axis(Axis(0), t);
             let da_ih_t = self.da_ih.index_axis_mut(Axis(0), t);
             let da_rec = match &mut self.cell {
-                CellGrad::Lstm { cells, dc } => {
+                CellGrad::Lstm { cells, dc, dm } => {
+                    let dm = match (dm.as_mut(), w_hr) {
+                        (Some(dm), Some(w_hr)) => {
+                            lstm::lstm_projection_backward(dh, w_hr, dm.view_mut());
+                            dm.view()
+                        }
+                        _ => dh,
+                    };
                     lstm::lstm_step_backward(
                         gates_t,
                         cells.index_axis(Axis(0), t),
                         cells.index_axis(Axis(0), t + 1),
-                        dh,
+                        dm,
                         dc.view_mut(),
                         da_ih_t,
                     );
