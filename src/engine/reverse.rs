@@ -7,20 +7,12 @@
 //! (t >= L_b): an involution, so the same gather takes an array into reversed order and back.
 //! [`RowGather::apply`] is the CPU twin of the GPU kernel `permute_rows` (shaders/reverse.wgsl).
 
-/// The length of every row of a time-major batch of `steps` x `rows` (row r = t * B + b): 1 +
-/// the last step with a non-zero mask weight, 0 when it has none; `steps` without a mask.
+/// The length of every row of a time-major batch of `steps` x `rows` as the GPU uploads it
+/// (the CPU engine's `reverse::sequence_lengths`, as u32).
 pub fn sequence_lengths(mask: Option<&[f32]>, steps: usize, rows: usize) -> Vec<u32> {
-    (0..rows)
-        .map(|b| {
-            let len = match mask {
-                None => steps,
-                Some(m) => (0..steps)
-                    .rev()
-                    .find(|&t| m.get(t * rows + b).is_some_and(|&w| w != 0.0))
-                    .map_or(0, |t| t + 1),
-            };
-            len as u32
-        })
+    crate::engine::cpu::reverse::sequence_lengths(mask, steps, rows)
+        .into_iter()
+        .map(|l| l as u32)
         .collect()
 }
 

@@ -329,3 +329,66 @@ fn a_padded_bidirectional_batch_gives_the_sequences_one_by_one_on_the_gpu() {
         }
     }
 }
+
+#[test]
+fn lstm_projections_match_cpu_alone_and_bidirectional() {
+    for (layers, bidirectional, input, output, shape, dropout) in [
+        (
+            1,
+            false,
+            InputKind::OneHot,
+            OutputKind::Softmax,
+            (5, 3),
+            0.0,
+        ),
+        (
+            2,
+            false,
+            InputKind::Dense,
+            OutputKind::Identity,
+            (3, 2),
+            0.3,
+        ),
+        (1, true, InputKind::OneHot, OutputKind::Softmax, (4, 3), 0.0),
+        (2, true, InputKind::Dense, OutputKind::Sigmoid, (1, 1), 0.0),
+    ] {
+        let cfg = ModelConfig {
+            proj_size: Some(4),
+            bidirectional,
+            ..model(Cell::Lstm, input, output, layers)
+        };
+        // Auto picks the steps form for a projection; Steps names it.
+        for recurrence in [Recurrence::Auto, Recurrence::Steps] {
+            let case = Case {
+                cfg: &cfg,
+                shape,
+                dropout,
+                recurrence,
+                steps: 5,
+            };
+            let name =
+                format!("projection L={layers} bidirectional={bidirectional} {recurrence:?}");
+            steps_match(&case, &name);
+        }
+    }
+}
+
+#[test]
+fn the_wide_recurrence_refuses_lstm_projections_by_name() {
+    let Some(ctx) = common::gpu("wide projection") else {
+        return;
+    };
+    let mut rng = common::rng("wide projection");
+    let cfg = ModelConfig {
+        proj_size: Some(4),
+        ..model(Cell::Lstm, InputKind::OneHot, OutputKind::Softmax, 1)
+    };
+    let params = common::uniform(&mut rng, ParamLayout::new(&cfg).unwrap().len(), 0.5);
+    let mut gpu = GpuEngine::new(ctx, &cfg, &params).unwrap();
+    gpu.set_recurrence(Recurrence::Wide).unwrap();
+    let batch = common::random_batch(&mut rng, &cfg, 2, 1, None);
+    match gpu.upload_batch(&batch) {
+        Err(unroll::Error::Config(m)) => assert!(m.contains("--proj-size"), "{m}"),
+        other => panic!("the wide form ran a projection: {other:?}"),
+    }
+}

@@ -59,13 +59,13 @@ fn record_split_directions<'a>(
     let Some(rev) = &r.shape.reverse else {
         return Ok(ds);
     };
-    let (t, b, h) = (r.shape.steps, r.shape.rows, r.cfg.hidden_size);
+    let (t, b, w) = (r.shape.steps, r.shape.rows, r.cfg.state_width());
     let gather = RowGather {
         steps: t,
         rows: b,
-        width: h,
-        src: (0, 2 * h, h),
-        dst: (0, h, (t + 1) * b * h),
+        width: w,
+        src: (0, 2 * w, w),
+        dst: (0, w, (t + 1) * b * w),
         directions: 2,
         reverse: 0b10,
     };
@@ -154,6 +154,9 @@ fn record_output_backward(r: &Recording<'_>, rows: Range<usize>, out: &mut Calls
 /// recurrent-side ones (for the tanh cell, whose BPTT turns `ds` into dz in place, and the LSTM
 /// they are the same buffer).
 pub struct LayerGrads<'a> {
+    /// The state gradient the BPTT read (the whole dh_t of every step once it is done), per
+    /// direction [(T+1) * B, W] apart.
+    pub ds: &'a wgpu::Buffer,
     pub da_ih: &'a wgpu::Buffer,
     pub da_hh: Option<&'a wgpu::Buffer>,
     /// G*H.
@@ -176,6 +179,7 @@ pub fn record_layer_backward<'a>(
     let gh = r.cfg.cell.gates() * h;
     out.mark(StepPhase::BackwardRecurrence);
     let grads = |da_ih, da_hh, stride| LayerGrads {
+        ds,
         da_ih,
         da_hh,
         width: gh,
@@ -194,8 +198,14 @@ pub fn record_layer_backward<'a>(
             gated::record_gru_backward(r, k, &layers[k], (da_ih, da_hh), ds, out)?;
             Ok(grads(da_ih, Some(da_hh), n * gh))
         }
-        CellBuffers::Lstm { layers, da, dc } => {
-            gated::record_lstm_backward(r, k, &layers[k], (da, dc), ds, out)?;
+        CellBuffers::Lstm { layers, da, dc, dm } => {
+            let grads_of = gated::LstmGrads {
+                da,
+                dc,
+                dm: dm.as_ref(),
+                ds,
+            };
+            gated::record_lstm_backward(r, k, &layers[k], grads_of, out)?;
             Ok(grads(da, None, n * gh))
         }
     }
@@ -258,16 +268,17 @@ fn record_weight_gradients(
     out: &mut Calls,
 ) -> Result<()> {
     let (ctx, cfg, shape, g) = (r.ctx, r.cfg, r.shape, r.grads);
-    let (h, n, gh) = (cfg.hidden_size, r.n(), grads.width);
+    let (w, n, gh) = (cfg.state_width(), r.n(), grads.width);
     let lo = r.layout.direction(k, d);
     let ik = cfg.layer_input_size(k);
     let own = d * grads.stride;
     let da_hh = grads.da_hh.unwrap_or(grads.da_ih);
     let states = &shape.layers[k].states;
-    let state_block = (shape.steps + 1) * shape.rows * h;
+    let state_block = (shape.steps + 1) * shape.rows * w;
+    record_projection_gradient(r, (k, d), grads.ds, out)?;
     out.extend(matmul(
         ctx,
-        (gh, h, n),
+        (gh, w, n),
         transposed(at(da_hh, own)),
         plain(at(states, d * state_block)),
         at(g, lo.weight_hh),
@@ -313,6 +324,35 @@ fn record_weight_gradients(
         transposed(da_ih),
         r.below(k),
         at(g, lo.weight_ih),
+        None,
+        true,
+    )?);
+    Ok(())
+}
+
+/// Direction d of an LSTM projection's weight gradient, dW_hr += sum_t dh_t^T m_t over all N
+/// rows (dh_t the whole state gradient `ds` the BPTT leaves, m_t the unprojected outputs);
+/// nothing without a projection.
+fn record_projection_gradient(
+    r: &Recording<'_>,
+    (k, d): (usize, usize),
+    ds: &wgpu::Buffer,
+    out: &mut Calls,
+) -> Result<()> {
+    let CellBuffers::Lstm { layers, .. } = &r.shape.cell else {
+        return Ok(());
+    };
+    let (Some(m), Some(w_hr)) = (&layers[k].unprojected, r.layout.direction(k, d).weight_hr) else {
+        return Ok(());
+    };
+    let (h, w, n) = (r.cfg.hidden_size, r.cfg.state_width(), r.n());
+    let block = (r.shape.steps + 1) * r.shape.rows;
+    out.extend(matmul(
+        r.ctx,
+        (w, h, n),
+        transposed(at(ds, d * block * w)),
+        plain(at(m, d * block * h + r.shape.rows * h)),
+        at(r.grads, w_hr),
         None,
         true,
     )?);

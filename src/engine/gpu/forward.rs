@@ -107,7 +107,7 @@ pub fn record_layer_forward(r: &Recording<'_>, k: usize, out: &mut Calls) -> Res
     record_layer_output(r, k, out)
 }
 
-/// A bidirectional layer's output [N, 2H] from its states (twin: `RowGather::apply`): per row
+/// A bidirectional layer's output [N, 2W] from its states (twin: `RowGather::apply`): per row
 /// `[h_fwd; h_rev]`, the second direction's states taken back to time order. Nothing for one
 /// direction, whose output is its states.
 fn record_layer_output(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<()> {
@@ -115,13 +115,13 @@ fn record_layer_output(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<(
     let Some(output) = &layer.output else {
         return Ok(());
     };
-    let (t, b, h) = (r.shape.steps, r.shape.rows, r.cfg.hidden_size);
+    let (t, b, w) = (r.shape.steps, r.shape.rows, r.cfg.state_width());
     let gather = RowGather {
         steps: t,
         rows: b,
-        width: h,
-        src: (b * h, h, (t + 1) * b * h),
-        dst: (0, 2 * h, h),
+        width: w,
+        src: (b * w, w, (t + 1) * b * w),
+        dst: (0, 2 * w, w),
         directions: 2,
         reverse: 0b10,
     };

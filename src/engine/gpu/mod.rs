@@ -114,7 +114,7 @@ impl GpuEngine {
             "GPU",
             crate::engine::Supports {
                 bidirectional: true,
-                projection: false,
+                projection: true,
                 no_bias: true,
             },
         )?;
@@ -216,7 +216,8 @@ impl GpuEngine {
     fn build_shape(&mut self, steps: usize, rows: usize) -> Result<Shape> {
         let cfg = &self.config;
         let kernel =
-            RecurrenceKernel::resolve(&self.ctx, self.recurrence, cfg.cell, rows, cfg.hidden_size)?;
+            RecurrenceKernel::resolve(&self.ctx, self.recurrence, cfg.cell, rows, cfg.hidden_size)?
+                .for_projection(cfg.proj_size.is_some(), self.recurrence)?;
         let buffers = ShapeBuffers::allocate(
             &self.ctx,
             (cfg, &self.layout),

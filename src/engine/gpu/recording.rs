@@ -107,7 +107,7 @@ impl Recording<'_> {
         let layer = &self.shape.layers[k];
         match &layer.output {
             Some(o) => at(o, 0),
-            None => at(&layer.states, self.shape.rows * self.cfg.hidden_size),
+            None => at(&layer.states, self.shape.rows * self.cfg.state_width()),
         }
     }
 
@@ -118,11 +118,11 @@ impl Recording<'_> {
         }
         let (b, h) = (self.shape.rows, self.cfg.hidden_size);
         let w = self.layout.direction(k, 1).weight_hh - self.layout.direction(k, 0).weight_hh;
-        let state = (self.shape.steps + 1) * b * h;
+        let block = (self.shape.steps + 1) * b;
         Ok(Some(Dirs {
             w: offset32("stride", w)?,
-            state: offset32("stride", state)?,
-            cell: offset32("stride", state)?,
+            state: offset32("stride", block * self.cfg.state_width())?,
+            cell: offset32("stride", block * h)?,
             gate: offset32("stride", self.n() * self.cfg.cell.gates() * h)?,
             dc: offset32("stride", b * h)?,
         }))
@@ -133,9 +133,16 @@ impl Recording<'_> {
         let Some(d) = self.dirs(k)? else {
             return Ok(call);
         };
+        // With a projection the gate kernels read and write m and dm, laid out as the
+        // memories, in place of the states and their gradient.
+        let state = if self.shape.cell.projected(k) {
+            d.cell
+        } else {
+            d.state
+        };
         call.over_directions::<GateArgs>(2, |a| {
             (a.dir_w, a.dir_state, a.dir_cell, a.dir_gate, a.dir_dc) =
-                (d.w, d.state, d.cell, d.gate, d.dc);
+                (d.w, state, d.cell, d.gate, d.dc);
         })
     }
 
@@ -190,8 +197,8 @@ impl Recording<'_> {
 }
 
 /// How far apart, in elements, a bidirectional layer's two directions are in each of its
-/// arrays: the parameters (W_hh, b_hh), the states and the state gradient, the memories, the
-/// gate arrays (gates, a_hh, da), and dc. The second direction runs as workgroup z = 1 of the
+/// arrays: the parameters (W_hh, b_hh, W_hr), the states and the state gradient, the memories
+/// (and an LSTM projection's m and dm), the gate arrays (gates, a_hh, da), and dc. The second direction runs as workgroup z = 1 of the
 /// same dispatches.
 #[derive(Clone, Copy, Debug)]
 pub struct Dirs {

@@ -62,6 +62,21 @@ impl RecurrenceKernel {
         }
     }
 
+    /// The form a layer with an LSTM projection runs: `Steps`, whose per-step products are
+    /// GEMMs of their own (the projection is one more), under any setting but `Wide`, which
+    /// fuses the product into the gate kernel and cannot project; `self` without a projection.
+    pub fn for_projection(self, projected: bool, setting: Recurrence) -> Result<Self> {
+        match (projected, setting) {
+            (false, _) => Ok(self),
+            (true, Recurrence::Wide) => Err(Error::Config(
+                "the wide recurrence does not run LSTM projections (--proj-size); \
+                 use the steps recurrence (or auto, which picks it)"
+                    .into(),
+            )),
+            (true, _) => Ok(RecurrenceKernel::Steps),
+        }
+    }
+
     /// "rows", "wide" or "steps".
     pub fn name(self) -> &'static str {
         match self {
@@ -144,6 +159,9 @@ pub struct LstmLayer {
     pub gates: wgpu::Buffer,
     /// Where the recurrent product goes.
     pub product: LstmProduct,
+    /// With a projection: m = o ⊙ tanh(c) [(T+1) * B, H] (rows B.., laid out as the memories),
+    /// which `h_t = m_t W_hr^T` projects to the P-wide state; `None` without one.
+    pub unprojected: Option<wgpu::Buffer>,
 }
 
 /// The LSTM's recurrent product per step: fused into the gate kernel, which keeps no a_hh, or
@@ -173,6 +191,8 @@ pub enum CellBuffers {
         da: wgpu::Buffer,
         /// The gradient carried to c_{t-1} [B, H].
         dc: wgpu::Buffer,
+        /// With a projection: dm_t = dh_t W_hr, laid out as the memories; `None` without one.
+        dm: Option<wgpu::Buffer>,
     },
 }
 
@@ -192,6 +212,12 @@ impl CellBuffers {
             CellBuffers::Lstm { layers, .. } => layers.iter().map(|l| &l.cells).collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// Whether layer k's cell writes m = o ⊙ tanh(c) apart from its states (an LSTM with a
+    /// projection).
+    pub fn projected(&self, k: usize) -> bool {
+        matches!(self, CellBuffers::Lstm { layers, .. } if layers[k].unprojected.is_some())
     }
 }
 
@@ -235,13 +261,13 @@ impl ShapeBuffers {
         kernel: RecurrenceKernel,
         logit_budget: usize,
     ) -> Result<Self> {
-        let (h, n, dirs) = (cfg.hidden_size, steps * rows, cfg.directions());
+        let (w, n, dirs) = (cfg.state_width(), steps * rows, cfg.directions());
         let dh = cfg.output_width();
         let batch = allocate_batch(ctx, cfg, (n, rows))?;
         let layers = (0..cfg.layers)
             .map(|k| {
                 Ok(LayerBuffers {
-                    states: storage(ctx, &format!("states_l{k}"), dirs * (steps + 1) * rows * h)?,
+                    states: storage(ctx, &format!("states_l{k}"), dirs * (steps + 1) * rows * w)?,
                     output: cfg
                         .bidirectional
                         .then(|| storage(ctx, &format!("output_l{k}"), n * dh))
@@ -266,8 +292,8 @@ impl ShapeBuffers {
         let ds = [storage(ctx, "ds_a", n * dh)?, storage(ctx, "ds_b", n * dh)?];
         let reverse = if cfg.bidirectional {
             Some(ReverseBuffers {
-                ds: storage(ctx, "ds_dirs", dirs * (steps + 1) * rows * h)?,
-                work: storage(ctx, "reverse_work", n * cfg.cell.gates() * h)?,
+                ds: storage(ctx, "ds_dirs", dirs * (steps + 1) * rows * w)?,
+                work: storage(ctx, "reverse_work", n * cfg.cell.gates() * cfg.hidden_size)?,
             })
         } else {
             None
@@ -290,13 +316,13 @@ impl ShapeBuffers {
     /// [(T+1) * B, width] block, width). Its first B rows are the initial state and its last B
     /// rows are carried to the next batch.
     pub fn carried(&self, cfg: &ModelConfig) -> Vec<(&wgpu::Buffer, usize, usize)> {
-        let (h, dirs) = (cfg.hidden_size, cfg.directions());
-        let block = (self.steps + 1) * self.rows * h;
-        let states = self.layers.iter().map(|l| &l.states);
-        let memories = self.cell.memories().into_iter();
+        let (h, w, dirs) = (cfg.hidden_size, cfg.state_width(), cfg.directions());
+        let rows = (self.steps + 1) * self.rows;
+        let states = self.layers.iter().map(|l| (&l.states, w));
+        let memories = self.cell.memories().into_iter().map(|c| (c, h));
         states
             .chain(memories)
-            .flat_map(|b| (0..dirs).map(move |d| (b, d * block, h)))
+            .flat_map(|(b, width)| (0..dirs).map(move |d| (b, d * rows * width, width)))
             .collect()
     }
 }
@@ -333,6 +359,7 @@ fn allocate_cell(
     // Every array per direction, the second after the first.
     let n = dirs * steps * rows;
     let gh = cfg.cell.gates() * h;
+    let (projected, cells) = (cfg.proj_size.is_some(), dirs * (steps + 1) * rows * h);
     let per_layer = |name: &str, k: usize, len: usize| storage(ctx, &format!("{name}_l{k}"), len);
     Ok(match cfg.cell {
         Cell::Rnn => CellBuffers::Tanh,
@@ -352,7 +379,7 @@ fn allocate_cell(
             layers: (0..cfg.layers)
                 .map(|k| {
                     Ok(LstmLayer {
-                        cells: per_layer("cells", k, dirs * (steps + 1) * rows * h)?,
+                        cells: per_layer("cells", k, cells)?,
                         gates: per_layer("gates", k, n * gh)?,
                         product: if kernel.fuses_gates() {
                             LstmProduct::Fused
@@ -361,11 +388,15 @@ fn allocate_cell(
                                 a_hh: per_layer("a_hh", k, n * gh)?,
                             }
                         },
+                        unprojected: projected
+                            .then(|| per_layer("unprojected", k, cells))
+                            .transpose()?,
                     })
                 })
                 .collect::<Result<_>>()?,
             da: storage(ctx, "da_ih", n * gh)?,
             dc: storage(ctx, "dc", dirs * rows * h)?,
+            dm: projected.then(|| storage(ctx, "dm", cells)).transpose()?,
         },
     })
 }
