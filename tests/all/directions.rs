@@ -13,8 +13,9 @@ use unroll::model::{Cell, InputKind, ModelConfig, OutputKind, ParamLayout};
 use crate::common::{self, assert_close};
 use crate::gradcheck::{check_gradients, check_gradients_of};
 
-/// A model of `cell` with the given kinds, sizes (I, H, V, layers) and new options.
-fn model(
+/// A model of `cell` with the given kinds, sizes (I, H, V, layers) and new options
+/// (bidirectional, proj_size, bias).
+pub fn model(
     cell: Cell,
     (input, output): (InputKind, OutputKind),
     sizes: (usize, usize, usize, usize),
@@ -317,4 +318,107 @@ fn projected_bidirectional_layers_with_packed_weights_match_the_f64_engine() {
     assert_close("packed loss", &[out[0].0], &[out[1].0], 1e-5, 1e-5);
     let (g32, g64) = (common::to_f64(&out[0].1), common::to_f64(&out[1].1));
     assert_close("packed gradients", &g32, &g64, 1e-3, 1e-5);
+}
+
+/// A labelling task that needs the future: x is `count` sequences of class ids 1..=4 of
+/// lengths 5..=12, and y_t is x_{t+2} (0 for the last two steps).
+fn lookahead_pairs(path: &std::path::Path, count: usize, seed: u64) {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut text = String::new();
+    for _ in 0..count {
+        let len = rng.random_range(5..=12);
+        let x: Vec<u32> = (0..len).map(|_| rng.random_range(1..=4)).collect();
+        let y: Vec<u32> = (0..len)
+            .map(|t| x.get(t + 2).copied().unwrap_or(0))
+            .collect();
+        text.push_str(&serde_json::json!({ "x": x, "y": y }).to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn only_a_bidirectional_model_learns_the_input_two_steps_later() {
+    // Through the command line: train --pairs, then predict on held-out pairs. A forward model
+    // cannot see x_{t+2} (chance is about 1/4 per step); the reverse direction has read it.
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (
+        dir.path().join("train.jsonl"),
+        dir.path().join("test.jsonl"),
+    );
+    lookahead_pairs(&train, 400, 1);
+    lookahead_pairs(&test, 200, 2);
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let accuracy = |extra: &[&str]| {
+        let out = path(&dir.path().join(format!("run{}", extra.len())));
+        let args = [
+            "train",
+            "--pairs",
+            &path(&train),
+            "--input",
+            "class",
+            "--output",
+            "class",
+            "--cell",
+            "gru",
+            "--hidden",
+            "16",
+            "--batch",
+            "16",
+            "--steps",
+            "300",
+            "--lr",
+            "0.02",
+            "--eval-every",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            &out,
+        ];
+        crate::cli::ok(&[&args[..], extra].concat());
+        let pred = crate::cli::ok(&["predict", "--model", &out, "--pairs", &path(&test)]);
+        let stderr = String::from_utf8_lossy(&pred.stderr);
+        let summary: serde_json::Value =
+            serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+        eprintln!("lookahead {extra:?}: {summary}");
+        summary["accuracy"].as_f64().unwrap()
+    };
+    let forward = accuracy(&[]);
+    let both = accuracy(&["--bidirectional"]);
+    assert!(
+        forward < 0.6,
+        "a forward model learned the future: {forward}"
+    );
+    assert!(both > 0.95, "the bidirectional model reached {both}");
+}
+
+#[test]
+fn repeated_steps_of_the_new_layers_allocate_no_new_step_arrays() {
+    use unroll::train::optim::{OptimizerConfig, OptimizerKind};
+    // Three bidirectional projected layers (the inputs of the upper ones through dropout) under
+    // an embedding: the pool keeps every step array for the next step.
+    let cfg = ModelConfig {
+        embed: Some(3),
+        ..model(Cell::Lstm, ONE_HOT, (7, 6, 7, 3), (true, Some(4), true))
+    };
+    let mut rng = common::rng("step allocations of the new layers");
+    let params = common::uniform(&mut rng, ParamLayout::new(&cfg).unwrap().len(), 0.3);
+    let mut e = CpuEngine::<f32>::new(&cfg, &params).unwrap();
+    e.set_dropout(Some(Dropout { p: 0.3, seed: 1 })).unwrap();
+    e.reset_state(2).unwrap();
+    let opt = OptimizerConfig::new(OptimizerKind::Sgd);
+    let mut after = Vec::new();
+    for _ in 0..4 {
+        let batch = common::random_batch(&mut rng, &cfg, 3, 2, Some(&[3, 2]));
+        e.upload_batch(&batch).unwrap();
+        e.zero_grads().unwrap();
+        e.forward().unwrap();
+        e.backward().unwrap();
+        e.optimizer_step(&opt, 0.1).unwrap();
+        after.push(e.step_allocations());
+    }
+    assert!(after[0] > 0, "the first step allocates its arrays");
+    assert_eq!(after[1], after[3], "later steps allocated {after:?}");
 }

@@ -86,7 +86,7 @@ pub fn check_gradients_of(
                 })
                 .collect();
             if let unroll::engine::Targets::Classes(y) = &batch.targets {
-                let h = cfg.hidden_size;
+                let h = cfg.output_width();
                 for &c in y {
                     let row = layout.out_weight() + c as usize * h;
                     picked.extend(row..row + h);

@@ -22,6 +22,7 @@ mod padding;
 mod pairs_cli;
 mod pairs_data;
 mod pytorch;
+mod pytorch_variants;
 mod row_split;
 mod run_dir;
 mod saved_state;

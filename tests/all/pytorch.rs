@@ -50,7 +50,7 @@ err_s = (final.reshape(-1) - torch.tensor(case["final"], dtype=torch.float64)).a
 print(json.dumps({"probs": err_p, "state": err_s}))
 "#;
 
-fn has_torch() -> bool {
+pub fn has_torch() -> bool {
     Command::new("python3")
         .args(["-c", "import torch"])
         .output()

@@ -10,7 +10,8 @@
 //! 1. **Finite differences -> the CPU engine in f64.** `tests/all/gradcheck.rs` checks every
 //!    gradient of `CpuEngine<f64>` against central finite differences of its own loss, for every
 //!    cell, activation, output kind, with dropout, at one step and one row, on masked batches of
-//!    unequal lengths with a carried-in state; `tests/all/large_vocab.rs` does the same for the
+//!    unequal lengths with a carried-in state (`tests/all/directions.rs` for bidirectional
+//!    layers, projections and layers without biases); `tests/all/large_vocab.rs` does the same for the
 //!    output layer in chunks, the embedding and tied weights. `tests/all/padding.rs` holds a
 //!    padded batch to its sequences run one by one, and `tests/all/training.rs` the optimizer
 //!    to PyTorch's equations. In f64 the engine runs the plain code: the library `exp` and
@@ -43,8 +44,11 @@
 //! - `engine.rs`: [`CpuEngine`], the `Engine` impl and what a step keeps between its calls
 //!   (the prepared batch, the activations of the last forward). Its `forward` and `backward`
 //!   are the pass in order: the input side, each layer, the output layer.
-//! - `layers.rs`: the passes of one layer (forward, BPTT, weight and input gradients), the
-//!   output layer in chunks, the embedding and dropout between layers. Plain specification.
+//! - `layers.rs`: the passes of one layer (forward, BPTT, weight and input gradients, per
+//!   direction), the output layer in chunks, the embedding and dropout between layers. Plain
+//!   specification.
+//! - `reverse.rs`: the reversal of each sequence within its length that the reverse direction
+//!   of a bidirectional layer runs over.
 //! - `rows.rs`: the time loops by blocks of batch rows on rayon's threads (fast path, step 3).
 //! - `float.rs`: [`Float`] (f32 and f64) and the elementwise functions; the library ones in f64,
 //!   the vectorisable f32 approximations (fast paths, step 2).
@@ -56,9 +60,27 @@
 //!
 //! The input-independent GEMMs run once over all `T * B` rows; only the recurrence is
 //! sequential. Shapes: T time steps, B rows, H state size, I input size, V output size,
-//! N = T * B. Layer k keeps its states as one [(T+1) * B, H] array whose first B rows are the
-//! initial state (and an LSTM its memories c the same way); gated cells also keep their gate
-//! activations and recurrent pre-activations, [N, G*H] each.
+//! N = T * B, W the state width (P with an LSTM projection, else H), D the directions.
+//! Each direction of layer k keeps its states as one [(T+1) * B, W] array whose first B rows
+//! are the initial state (and an LSTM its memories c the same way, [(T+1) * B, H]); gated cells
+//! also keep their gate activations and recurrent pre-activations, [N, G*H] each.
+//!
+//! # Bidirectional layers and projections
+//!
+//! The reverse direction of a bidirectional layer is the same time loop run over each sequence
+//! reversed within its own length, as `pack_padded_sequence` does (`reverse.rs`): the input
+//! projection's rows are permuted by the batch's reversal (an involution of the N rows, which
+//! leaves the padding in place, after the real steps) before the loop, the loop's states are
+//! read through it into the layer's output `[h_fwd ; h_rev]` [N, 2W], and in the backward the
+//! gradient from above is read through it into the loop's order and `da_ih` permuted back
+//! before the input-side gradients. The weights' gradients over all N rows do not depend on
+//! the order, so nothing else changes. An LSTM with a projection keeps `m_t = o * tanh(c_t)`
+//! [N, H] and runs `h_t = m_t W_hr^T` as a second step product (`lstm.rs`:
+//! `lstm_projection_forward`, `lstm_projection_backward`); `dW_hr += dh^T M` runs once over
+//! all N rows after the loop, from the whole gradient of each h_t that the BPTT leaves in ds.
+//! `tests/all/directions.rs` checks every new gradient against finite differences and padded
+//! batches against their sequences one by one; `tests/all/pytorch_variants.rs` holds the
+//! outputs and gradients to PyTorch's.
 
 pub mod dropout;
 mod engine;

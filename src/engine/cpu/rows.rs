@@ -202,37 +202,33 @@ impl<F: Float> GatedRows<'_, F> {
             }
             step_w.product(h_prev.view(), &mut a_hh_t);
             let gates_t = self.gates.index_axis_mut(Axis(0), t);
-            match (self.cells.as_mut(), self.unprojected.as_mut(), w_hr) {
-                (Some(c), None, _) => {
+            match self.cells.as_mut() {
+                Some(c) => {
                     let (c_prev, mut c_cur) = c.view_mut().split_at(Axis(0), t + 1);
+                    // With a projection the step writes m_t, and h_t = m_t W_hr^T.
+                    let (mut out, projection) = match (self.unprojected.as_mut(), w_hr) {
+                        (Some(m), Some(w_hr)) => (m.index_axis_mut(Axis(0), t), Some((w_hr, h_t))),
+                        _ => (h_t, None),
+                    };
                     lstm::lstm_step_forward(
                         gates_t,
                         a_hh_t.view(),
                         c_prev.index_axis(Axis(0), t),
                         c_cur.index_axis_mut(Axis(0), 0),
-                        h_t,
+                        out.view_mut(),
                     );
+                    if let Some((w_hr, h_t)) = projection {
+                        lstm::lstm_projection_forward(out.view(), w_hr, h_t);
+                    }
                 }
-                (Some(c), Some(m), Some(w_hr)) => {
-                    let (c_prev, mut c_cur) = c.view_mut().split_at(Axis(0), t + 1);
-                    let mut m_t = m.index_axis_mut(Axis(0), t);
-                    lstm::lstm_step_forward(
-                        gates_t,
-                        a_hh_t.view(),
-                        c_prev.index_axis(Axis(0), t),
-                        c_cur.index_axis_mut(Axis(0), 0),
-                        m_t.view_mut(),
-                    );
-                    lstm::lstm_projection_forward(m_t.view(), w_hr, h_t);
-                }
-                _ => gru::gru_step_forward(gates_t, a_hh_t.view(), h_prev, h_t),
+                None => gru::gru_step_forward(gates_t, a_hh_t.view(), h_prev, h_t),
             }
         }
     }
 }
 
 /// A gated layer's BPTT arrays for a block of batch rows, per time step: the forward's gates
-/// [T, B', G*H], the state gradient ds [T, B', H], da_ih [T, B', G*H], and the cell's own.
+/// [T, B', G*H], the state gradient ds [T, B', W], da_ih [T, B', G*H], and the cell's own.
 pub(super) struct GatedGradRows<'a, F: Float> {
     pub(super) gates: ndarray::ArrayView3<'a, F>,
     pub(super) ds: ndarray::ArrayViewMut3<'a, F>,
