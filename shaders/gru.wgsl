@@ -35,9 +35,51 @@ struct Args {
     bias_off: u32,
     x_off: u32,
     has_x: u32,
+    // 1: the fused forward adds b_hh at bias_off; 0: the layer has no biases.
+    has_bias: u32,
+    // Direction strides: workgroup z = 1 runs the second direction of a bidirectional layer,
+    // its arrays this many elements further (all 0 for one direction): in the parameters (W_hh,
+    // b_hh), the states and the state gradient, the memories, the gate arrays (gates, a_hh,
+    // da_ih, da_hh, da), and dc.
+    dir_w: u32,
+    dir_state: u32,
+    dir_cell: u32,
+    dir_gate: u32,
+    dir_dc: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+}
+
+// b_hh[i] of the fused forward, i an element of the parameters (0 without biases).
+fn hh_bias(i: u32) -> f32 {
+    if (args.has_bias == 1u) {
+        return s_w[i];
+    }
+    return 0.0;
+}
+
+// The offsets of direction z (workgroup z): the arguments' offsets moved by its strides.
+struct Offsets {
+    gates: u32,
+    ahh: u32,
+    src: u32,
+    dst: u32,
+    grad: u32,
+    prev_grad: u32,
+    w: u32,
+    bias: u32,
+    // The product's rows of the fused BPTT step (da_hh_{t+1}, a gate array).
+    x: u32,
+}
+
+fn offsets(z: u32) -> Offsets {
+    let s = z * args.dir_state;
+    let g = z * args.dir_gate;
+    let w = z * args.dir_w;
+    return Offsets(
+        args.gates_off + g, args.ahh_off + g, args.src_off + s, args.dst_off + s,
+        args.grad_off + s, args.prev_grad_off + s, args.w_off + w, args.bias_off + w,
+        args.x_off + g,
+    );
 }
 
 @group(0) @binding(0) var<uniform> args: Args;
@@ -97,6 +139,7 @@ fn gru_step_forward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    let o = offsets(wid.z);
     let i = element(wid, nwg, lid);
     let h = args.hidden;
     if (i >= args.rows * h) {
@@ -104,17 +147,17 @@ fn gru_step_forward(
     }
     let b = i / h;
     let j = i % h;
-    let g = args.gates_off + b * 3u * h + j;
-    let a = args.ahh_off + b * 3u * h + j;
+    let g = o.gates + b * 3u * h + j;
+    let a = o.ahh + b * 3u * h + j;
     let unit = unit_forward(
         vec3<f32>(f_gates[g], f_gates[g + h], f_gates[g + 2u * h]),
         vec3<f32>(f_ahh[a], f_ahh[a + h], f_ahh[a + 2u * h]),
-        f_states[args.src_off + i],
+        f_states[o.src + i],
     );
     f_gates[g] = unit.gates.x;
     f_gates[g + h] = unit.gates.y;
     f_gates[g + 2u * h] = unit.gates.z;
-    f_states[args.dst_off + i] = unit.h;
+    f_states[o.dst + i] = unit.h;
 }
 
 // ---- gru_step_backward --------------------------------------------------------------------
@@ -138,6 +181,7 @@ fn gru_step_backward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    let o = offsets(wid.z);
     let i = element(wid, nwg, lid);
     let h = args.hidden;
     if (i >= args.rows * h) {
@@ -145,11 +189,11 @@ fn gru_step_backward(
     }
     let b = i / h;
     let j = i % h;
-    let g = args.gates_off + b * 3u * h + j;
-    let a = args.ahh_off + b * 3u * h + j;
+    let g = o.gates + b * 3u * h + j;
+    let a = o.ahh + b * 3u * h + j;
     let gates = vec3<f32>(b_gates[g], b_gates[g + h], b_gates[g + 2u * h]);
-    let d = b_ds[args.grad_off + i];
-    let grad = unit_backward(gates, b_ahh[a + 2u * h], b_states[args.src_off + i], d);
+    let d = b_ds[o.grad + i];
+    let grad = unit_backward(gates, b_ahh[a + 2u * h], b_states[o.src + i], d);
     b_da_ih[g] = grad.da_ih.x;
     b_da_ih[g + h] = grad.da_ih.y;
     b_da_ih[g + 2u * h] = grad.da_ih.z;
@@ -157,7 +201,7 @@ fn gru_step_backward(
     b_da_hh[a + h] = grad.da_hh.y;
     b_da_hh[a + 2u * h] = grad.da_hh.z;
     if (args.has_prev == 1u) {
-        let p = args.prev_grad_off + i;
+        let p = o.prev_grad + i;
         b_ds[p] = b_ds[p] + grad.d_prev;
     }
 }
@@ -182,8 +226,9 @@ fn gru_step_forward_rows(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    let o = offsets(wid.z);
     let h = args.hidden;
-    let p = gates_forward(args.rows, h, 3u, args.src_off, args.w_off);
+    let p = gates_forward(args.rows, h, 3u, o.src, o.w);
     let units = p.units;
     let j0 = wid.x * units;
     let lane = lid.x % LANES;
@@ -193,13 +238,13 @@ fn gru_step_forward_rows(
         let b = b0 + slot;
         let j = j0 + lane;
         if (lane < units && b < args.rows && j < h) {
-            let g = args.gates_off + b * 3u * h + j;
-            let a = args.ahh_off + b * 3u * h + j;
-            let bi = args.bias_off + j;
+            let g = o.gates + b * 3u * h + j;
+            let a = o.ahh + b * 3u * h + j;
+            let bi = o.bias + j;
             let a_hh = vec3<f32>(
-                s_w[bi] + rows_sum(slot, lane),
-                s_w[bi + h] + rows_sum(slot, units + lane),
-                s_w[bi + 2u * h] + rows_sum(slot, 2u * units + lane),
+                hh_bias(bi) + rows_sum(slot, lane),
+                hh_bias(bi + h) + rows_sum(slot, units + lane),
+                hh_bias(bi + 2u * h) + rows_sum(slot, 2u * units + lane),
             );
             sf_ahh[a] = a_hh.x;
             sf_ahh[a + h] = a_hh.y;
@@ -208,12 +253,12 @@ fn gru_step_forward_rows(
             let unit = unit_forward(
                 vec3<f32>(sf_gates[g], sf_gates[g + h], sf_gates[g + 2u * h]),
                 a_hh,
-                s_io[args.src_off + idx],
+                s_io[o.src + idx],
             );
             sf_gates[g] = unit.gates.x;
             sf_gates[g + h] = unit.gates.y;
             sf_gates[g + 2u * h] = unit.gates.z;
-            s_io[args.dst_off + idx] = unit.h;
+            s_io[o.dst + idx] = unit.h;
         }
         // `partial` is written again by the next row pass.
         workgroupBarrier();
@@ -233,9 +278,10 @@ fn gru_step_backward_rows(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    let o = offsets(wid.z);
     let h = args.hidden;
     let j0 = wid.x * ROWS_COLS;
-    let p = gates_backward(args.rows, h, 3u, args.x_off, args.has_x, args.w_off);
+    let p = gates_backward(args.rows, h, 3u, o.x, args.has_x, o.w);
     let lane = lid.x % LANES;
     let slot = lid.x / LANES;
     for (var b0 = 0u; b0 < args.rows; b0 += ROWS_WG / LANES) {
@@ -244,11 +290,11 @@ fn gru_step_backward_rows(
         let j = j0 + lane;
         if (lane < ROWS_COLS && b < args.rows && j < h) {
             let idx = b * h + j;
-            let g = args.gates_off + b * 3u * h + j;
-            let a = args.ahh_off + b * 3u * h + j;
+            let g = o.gates + b * 3u * h + j;
+            let a = o.ahh + b * 3u * h + j;
             let gates = vec3<f32>(sb_gates[g], sb_gates[g + h], sb_gates[g + 2u * h]);
-            let d = rows_sum(slot, lane) + sb_ds[args.grad_off + idx];
-            let grad = unit_backward(gates, sb_ahh[a + 2u * h], sb_states[args.src_off + idx], d);
+            let d = rows_sum(slot, lane) + sb_ds[o.grad + idx];
+            let grad = unit_backward(gates, sb_ahh[a + 2u * h], sb_states[o.src + idx], d);
             sb_da_ih[g] = grad.da_ih.x;
             sb_da_ih[g + h] = grad.da_ih.y;
             sb_da_ih[g + 2u * h] = grad.da_ih.z;
@@ -256,7 +302,7 @@ fn gru_step_backward_rows(
             s_io[a + h] = grad.da_hh.y;
             s_io[a + 2u * h] = grad.da_hh.z;
             if (args.has_prev == 1u) {
-                let q = args.prev_grad_off + idx;
+                let q = o.prev_grad + idx;
                 sb_ds[q] = sb_ds[q] + grad.d_prev;
             }
         }

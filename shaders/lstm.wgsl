@@ -35,9 +35,55 @@ struct Args {
     bias_off: u32,
     x_off: u32,
     has_x: u32,
+    // 1: the fused forward adds b_hh at bias_off; 0: the layer has no biases.
+    has_bias: u32,
+    // Direction strides: workgroup z = 1 runs the second direction of a bidirectional layer,
+    // its arrays this many elements further (all 0 for one direction): in the parameters (W_hh,
+    // b_hh), the states and the state gradient, the memories, the gate arrays (gates, a_hh,
+    // da_ih, da_hh, da), and dc.
+    dir_w: u32,
+    dir_state: u32,
+    dir_cell: u32,
+    dir_gate: u32,
+    dir_dc: u32,
     _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
+}
+
+// b_hh[i] of the fused forward, i an element of the parameters (0 without biases).
+fn hh_bias(i: u32) -> f32 {
+    if (args.has_bias == 1u) {
+        return s_w[i];
+    }
+    return 0.0;
+}
+
+// The offsets of direction z (workgroup z): the arguments' offsets moved by its strides.
+struct Offsets {
+    gates: u32,
+    ahh: u32,
+    // h_{t-1} and h_t (and dh_t) rows, then c_{t-1} and c_t rows.
+    src: u32,
+    dst: u32,
+    grad: u32,
+    c_src: u32,
+    c_dst: u32,
+    w: u32,
+    bias: u32,
+    // The product's rows of the fused BPTT step (da_{t+1}, a gate array).
+    x: u32,
+    dc: u32,
+}
+
+fn offsets(z: u32) -> Offsets {
+    let s = z * args.dir_state;
+    let c = z * args.dir_cell;
+    let g = z * args.dir_gate;
+    let w = z * args.dir_w;
+    return Offsets(
+        args.gates_off + g, args.ahh_off + g, args.src_off + s, args.dst_off + s,
+        args.grad_off + s, args.src_off + c, args.dst_off + c, args.w_off + w,
+        args.bias_off + w, args.x_off + g, z * args.dir_dc,
+    );
 }
 
 @group(0) @binding(0) var<uniform> args: Args;
@@ -106,6 +152,7 @@ fn lstm_step_forward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    let o = offsets(wid.z);
     let idx = element(wid, nwg, lid);
     let h = args.hidden;
     if (idx >= args.rows * h) {
@@ -113,21 +160,21 @@ fn lstm_step_forward(
     }
     let b = idx / h;
     let j = idx % h;
-    let gi = args.gates_off + b * 4u * h + j;
-    let ai = args.ahh_off + b * 4u * h + j;
+    let gi = o.gates + b * 4u * h + j;
+    let ai = o.ahh + b * 4u * h + j;
     let a = vec4<f32>(
         f_gates[gi] + f_ahh[ai],
         f_gates[gi + h] + f_ahh[ai + h],
         f_gates[gi + 2u * h] + f_ahh[ai + 2u * h],
         f_gates[gi + 3u * h] + f_ahh[ai + 3u * h],
     );
-    let cell = cell_forward(a, f_cells[args.src_off + idx]);
+    let cell = cell_forward(a, f_cells[o.c_src + idx]);
     f_gates[gi] = cell.gates.x;
     f_gates[gi + h] = cell.gates.y;
     f_gates[gi + 2u * h] = cell.gates.z;
     f_gates[gi + 3u * h] = cell.gates.w;
-    f_cells[args.dst_off + idx] = cell.c;
-    f_states[args.dst_off + idx] = cell.h;
+    f_cells[o.c_dst + idx] = cell.c;
+    f_states[o.dst + idx] = cell.h;
 }
 
 // ---- lstm_step_backward -------------------------------------------------------------------
@@ -150,6 +197,7 @@ fn lstm_step_backward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    let o = offsets(wid.z);
     let idx = element(wid, nwg, lid);
     let h = args.hidden;
     if (idx >= args.rows * h) {
@@ -157,19 +205,19 @@ fn lstm_step_backward(
     }
     let b = idx / h;
     let j = idx % h;
-    let gi = args.gates_off + b * 4u * h + j;
+    let gi = o.gates + b * 4u * h + j;
     let gates = vec4<f32>(b_gates[gi], b_gates[gi + h], b_gates[gi + 2u * h], b_gates[gi + 3u * h]);
     var dc = 0.0;
     if (args.has_next == 1u) {
-        dc = b_dc[idx];
+        dc = b_dc[o.dc + idx];
     }
-    let d = b_ds[args.grad_off + idx];
-    let grad = cell_backward(gates, b_cells[args.src_off + idx], b_cells[args.dst_off + idx], d, dc);
+    let d = b_ds[o.grad + idx];
+    let grad = cell_backward(gates, b_cells[o.c_src + idx], b_cells[o.c_dst + idx], d, dc);
     b_da[gi] = grad.da.x;
     b_da[gi + h] = grad.da.y;
     b_da[gi + 2u * h] = grad.da.z;
     b_da[gi + 3u * h] = grad.da.w;
-    b_dc[idx] = grad.dc;
+    b_dc[o.dc + idx] = grad.dc;
 }
 
 // ---- lstm_step_forward_rows, lstm_step_backward_rows: a whole step in one dispatch ---------
@@ -191,8 +239,9 @@ fn lstm_step_forward_rows(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    let o = offsets(wid.z);
     let h = args.hidden;
-    let p = gates_forward(args.rows, h, 4u, args.src_off, args.w_off);
+    let p = gates_forward(args.rows, h, 4u, o.src, o.w);
     let units = p.units;
     let j0 = wid.x * units;
     let lane = lid.x % LANES;
@@ -202,22 +251,22 @@ fn lstm_step_forward_rows(
         let b = b0 + slot;
         let j = j0 + lane;
         if (lane < units && b < args.rows && j < h) {
-            let gi = args.gates_off + b * 4u * h + j;
-            let bi = args.bias_off + j;
+            let gi = o.gates + b * 4u * h + j;
+            let bi = o.bias + j;
             let a = vec4<f32>(
-                sf_gates[gi] + (s_w[bi] + rows_sum(slot, lane)),
-                sf_gates[gi + h] + (s_w[bi + h] + rows_sum(slot, units + lane)),
-                sf_gates[gi + 2u * h] + (s_w[bi + 2u * h] + rows_sum(slot, 2u * units + lane)),
-                sf_gates[gi + 3u * h] + (s_w[bi + 3u * h] + rows_sum(slot, 3u * units + lane)),
+                sf_gates[gi] + (hh_bias(bi) + rows_sum(slot, lane)),
+                sf_gates[gi + h] + (hh_bias(bi + h) + rows_sum(slot, units + lane)),
+                sf_gates[gi + 2u * h] + (hh_bias(bi + 2u * h) + rows_sum(slot, 2u * units + lane)),
+                sf_gates[gi + 3u * h] + (hh_bias(bi + 3u * h) + rows_sum(slot, 3u * units + lane)),
             );
             let idx = b * h + j;
-            let cell = cell_forward(a, sf_cells[args.src_off + idx]);
+            let cell = cell_forward(a, sf_cells[o.c_src + idx]);
             sf_gates[gi] = cell.gates.x;
             sf_gates[gi + h] = cell.gates.y;
             sf_gates[gi + 2u * h] = cell.gates.z;
             sf_gates[gi + 3u * h] = cell.gates.w;
-            sf_cells[args.dst_off + idx] = cell.c;
-            s_io[args.dst_off + idx] = cell.h;
+            sf_cells[o.c_dst + idx] = cell.c;
+            s_io[o.dst + idx] = cell.h;
         }
         // `partial` is written again by the next row pass.
         workgroupBarrier();
@@ -237,9 +286,10 @@ fn lstm_step_backward_rows(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    let o = offsets(wid.z);
     let h = args.hidden;
     let j0 = wid.x * ROWS_COLS;
-    let p = gates_backward(args.rows, h, 4u, args.x_off, args.has_x, args.w_off);
+    let p = gates_backward(args.rows, h, 4u, o.x, args.has_x, o.w);
     let lane = lid.x % LANES;
     let slot = lid.x / LANES;
     for (var b0 = 0u; b0 < args.rows; b0 += ROWS_WG / LANES) {
@@ -248,19 +298,19 @@ fn lstm_step_backward_rows(
         let j = j0 + lane;
         if (lane < ROWS_COLS && b < args.rows && j < h) {
             let idx = b * h + j;
-            let gi = args.gates_off + b * 4u * h + j;
+            let gi = o.gates + b * 4u * h + j;
             let gates = vec4<f32>(sb_gates[gi], sb_gates[gi + h], sb_gates[gi + 2u * h], sb_gates[gi + 3u * h]);
             var dc = 0.0;
             if (args.has_next == 1u) {
-                dc = sb_dc[idx];
+                dc = sb_dc[o.dc + idx];
             }
-            let d = rows_sum(slot, lane) + sb_ds[args.grad_off + idx];
-            let grad = cell_backward(gates, sb_cells[args.src_off + idx], sb_cells[args.dst_off + idx], d, dc);
+            let d = rows_sum(slot, lane) + sb_ds[o.grad + idx];
+            let grad = cell_backward(gates, sb_cells[o.c_src + idx], sb_cells[o.c_dst + idx], d, dc);
             s_io[gi] = grad.da.x;
             s_io[gi + h] = grad.da.y;
             s_io[gi + 2u * h] = grad.da.z;
             s_io[gi + 3u * h] = grad.da.w;
-            sb_dc[idx] = grad.dc;
+            sb_dc[o.dc + idx] = grad.dc;
         }
         workgroupBarrier();
     }

@@ -38,8 +38,12 @@ struct Args {
     // depth).
     k_begin: u32,
     k_end: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // Batched over workgroup z (the two directions of a bidirectional layer): product z reads
+    // A, B and the biases and writes C these many elements further; 0 for one product.
+    a_dir: u32,
+    b_dir: u32,
+    c_dir: u32,
+    bias_dir: u32,
 }
 
 @group(0) @binding(0) var<uniform> args: Args;
@@ -51,26 +55,26 @@ struct Args {
 var<workgroup> tile_a: array<f32, TILE_K * WG_Y * MICRO>;
 var<workgroup> tile_b: array<f32, TILE_K * WG_X * MICRO>;
 
-fn load_a(row: u32, col: u32) -> f32 {
+fn load_a(row: u32, col: u32, a_off: u32) -> f32 {
     // op(A)[row, col], zero outside [m, k].
     if (row >= args.m || col >= args.k_end) {
         return 0.0;
     }
     if (args.trans_a == 1u) {
-        return a[args.a_off + col * args.m + row];
+        return a[a_off + col * args.m + row];
     }
-    return a[args.a_off + row * args.k + col];
+    return a[a_off + row * args.k + col];
 }
 
-fn load_b(row: u32, col: u32) -> f32 {
+fn load_b(row: u32, col: u32, b_off: u32) -> f32 {
     // op(B)[row, col], zero outside [k, n].
     if (row >= args.k_end || col >= args.n) {
         return 0.0;
     }
     if (args.trans_b == 1u) {
-        return b[args.b_off + col * args.k + row];
+        return b[b_off + col * args.k + row];
     }
-    return b[args.b_off + row * args.n + col];
+    return b[b_off + row * args.n + col];
 }
 
 // C[m, n] (+)= op(A)[m, k] op(B)[k, n] + sum of `biases` bias vectors [n] (broadcast over rows).
@@ -83,6 +87,8 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     let col0 = wid.x * tile_n;
     let threads = WG_X * WG_Y;
     let tid = lid.y * WG_X + lid.x;
+    let a_off = args.a_off + wid.z * args.a_dir;
+    let b_off = args.b_off + wid.z * args.b_dir;
     var acc: array<f32, 16>;
     for (var i = 0u; i < 16u; i++) {
         acc[i] = 0.0;
@@ -93,12 +99,12 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         for (var i = tid; i < TILE_K * tile_m; i += threads) {
             let kk = i / tile_m;
             let r = i % tile_m;
-            tile_a[i] = load_a(row0 + r, k0 + kk);
+            tile_a[i] = load_a(row0 + r, k0 + kk, a_off);
         }
         for (var i = tid; i < TILE_K * tile_n; i += threads) {
             let kk = i / tile_n;
             let cc = i % tile_n;
-            tile_b[i] = load_b(k0 + kk, col0 + cc);
+            tile_b[i] = load_b(k0 + kk, col0 + cc, b_off);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
@@ -124,13 +130,14 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
                 var v = acc[i * MICRO + j];
                 if (args.biases >= 1u) {
                     // (b1 + b2) + product, the CPU twin's order of additions.
-                    var bsum = bias[args.bias_off + col];
+                    let z_bias = wid.z * args.bias_dir;
+                    var bsum = bias[args.bias_off + z_bias + col];
                     if (args.biases >= 2u) {
-                        bsum += bias[args.bias2_off + col];
+                        bsum += bias[args.bias2_off + z_bias + col];
                     }
                     v = bsum + v;
                 }
-                let idx = args.c_off + row * args.n + col;
+                let idx = args.c_off + wid.z * args.c_dir + row * args.n + col;
                 if (args.accumulate == 1u) {
                     v += c[idx];
                 }
@@ -167,7 +174,13 @@ struct RowsArgs {
     has_x: u32,
     derivative: u32,
     activation: u32,
+    // Direction strides: workgroup z = 1 runs the second direction of a bidirectional layer,
+    // W dir_w elements further and X, the output and s dir_state elements further; 0 for one.
+    dir_w: u32,
+    dir_state: u32,
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> rargs: RowsArgs;
@@ -184,8 +197,9 @@ fn matmul_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         col_stride = rargs.depth;
         depth_stride = 1u;
     }
+    let zs = wid.z * rargs.dir_state;
     let p = RowsProduct(
-        rargs.rows, rargs.depth, rargs.x_off, rargs.has_x, rargs.w_off,
+        rargs.rows, rargs.depth, rargs.x_off + zs, rargs.has_x, rargs.w_off + wid.z * rargs.dir_w,
         ROWS_COLS, n, 0u, col_stride, depth_stride,
     );
     let lane = lid.x % LANES;
@@ -195,10 +209,10 @@ fn matmul_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         let b = b0 + slot;
         let j = j0 + lane;
         if (lane < ROWS_COLS && b < rargs.rows && j < n) {
-            let idx = rargs.out_off + b * n + j;
+            let idx = rargs.out_off + zs + b * n + j;
             let z = s_io[idx] + rows_sum(slot, lane);
             if (rargs.derivative == 1u) {
-                let s = r_act[rargs.act_off + b * n + j];
+                let s = r_act[rargs.act_off + zs + b * n + j];
                 var d = z;
                 if (rargs.activation == 1u) {
                     if (s <= 0.0) {

@@ -33,9 +33,16 @@ struct Args {
     tok_off: u32,
     starts_off: u32,
     sorted_off: u32,
-    // input_gather_onehot: 1 adds both bias vectors (tanh cell), 0 only the first (gated cells,
-    // whose b_hh joins the recurrent product).
-    two_biases: u32,
+    // input_gather_onehot: how many bias vectors it adds: 2 both (tanh cell), 1 only the first
+    // (gated cells, whose b_hh joins the recurrent product), 0 none (a model without biases).
+    biases: u32,
+    // The recurrence's direction strides: workgroup z = 1 runs the second direction of a
+    // bidirectional layer, W_hh dir_w elements further in the parameters and its states (and
+    // state gradient) dir_state elements further; 0 for one direction.
+    dir_w: u32,
+    dir_state: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> args: Args;
@@ -52,7 +59,7 @@ fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
 @group(0) @binding(3) var<storage, read_write> g_out: array<f32>;
 
 // One-hot input projection, a column gather (no matmul):
-// U[r, j] = W_ih[j, tok_r] + b_ih[j] (+ b_hh[j] when two_biases = 1); W_ih [GH, I], U [N, GH]
+// U[r, j] = W_ih[j, tok_r] + b_ih[j] (+ b_hh[j] when biases = 2; neither when biases = 0); W_ih [GH, I], U [N, GH]
 // written at dst_off (hidden = GH here).
 // Grid: N * H threads, linearised over (x, y) workgroups.
 @compute @workgroup_size(WG)
@@ -68,8 +75,11 @@ fn input_gather_onehot(
     let r = i / args.hidden;
     let j = i % args.hidden;
     let tok = g_tokens[args.tok_off + r];
-    var bsum = g_params[args.bias_off + j];
-    if (args.two_biases == 1u) {
+    var bsum = 0.0;
+    if (args.biases >= 1u) {
+        bsum = g_params[args.bias_off + j];
+    }
+    if (args.biases == 2u) {
         bsum += g_params[args.bias2_off + j];
     }
     g_out[args.dst_off + i] = g_params[args.w_off + j * args.inputs + tok] + bsum;
@@ -167,8 +177,10 @@ var<workgroup> tile_w: array<f32, TILE * TILE>;
 // sum_k X[b, k] * W'[k, j] for the thread's (b, j), X = the rows at src_off of s_work [B, H],
 // W' = W_hh^T (transpose_w = 0: W_hh[j, k]) or W_hh (transpose_w = 1: W_hh[k, j]).
 // Called in uniform control flow by every thread of the workgroup.
-fn recurrent_product(b: u32, j: u32, lid: vec3<u32>, transpose_w: bool) -> f32 {
+fn recurrent_product(b: u32, j: u32, lid: vec3<u32>, transpose_w: bool, z: u32) -> f32 {
     let h = args.hidden;
+    let src = args.src_off + z * args.dir_state;
+    let w_off = args.w_off + z * args.dir_w;
     let b0 = b - lid.y;
     let j0 = j - lid.x;
     var acc = 0.0;
@@ -178,7 +190,7 @@ fn recurrent_product(b: u32, j: u32, lid: vec3<u32>, transpose_w: bool) -> f32 {
         let xk = k0 + lid.x;
         var xv = 0.0;
         if (xb < args.rows && xk < h) {
-            xv = s_work[args.src_off + xb * h + xk];
+            xv = s_work[src + xb * h + xk];
         }
         tile_x[lid.y * TILE + lid.x] = xv;
         let wk = k0 + lid.y;
@@ -186,9 +198,9 @@ fn recurrent_product(b: u32, j: u32, lid: vec3<u32>, transpose_w: bool) -> f32 {
         var wv = 0.0;
         if (wk < h && wj < h) {
             if (transpose_w) {
-                wv = s_params[args.w_off + wk * h + wj];
+                wv = s_params[w_off + wk * h + wj];
             } else {
-                wv = s_params[args.w_off + wj * h + wk];
+                wv = s_params[w_off + wj * h + wk];
             }
         }
         tile_w[lid.y * TILE + lid.x] = wv;
@@ -209,9 +221,9 @@ fn recurrent_product(b: u32, j: u32, lid: vec3<u32>, transpose_w: bool) -> f32 {
 fn rnn_step_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let b = gid.y;
     let j = gid.x;
-    let acc = recurrent_product(b, j, lid, false);
+    let acc = recurrent_product(b, j, lid, false, gid.z);
     if (b < args.rows && j < args.hidden) {
-        let idx = args.dst_off + b * args.hidden + j;
+        let idx = args.dst_off + gid.z * args.dir_state + b * args.hidden + j;
         let z = s_work[idx] + acc;
         if (args.activation == 1u) {
             s_work[idx] = max(z, 0.0);
@@ -232,11 +244,11 @@ fn rnn_step_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(loc
     let j = gid.x;
     var acc = 0.0;
     if (args.has_src == 1u) {
-        acc = recurrent_product(b, j, lid, true);
+        acc = recurrent_product(b, j, lid, true, gid.z);
     }
     if (b < args.rows && j < args.hidden) {
-        let idx = args.dst_off + b * args.hidden + j;
-        let s = s_act[args.act_off + b * args.hidden + j];
+        let idx = args.dst_off + gid.z * args.dir_state + b * args.hidden + j;
+        let s = s_act[args.act_off + gid.z * args.dir_state + b * args.hidden + j];
         var d = s_work[idx] + acc;
         if (args.activation == 1u) {
             if (s <= 0.0) {
@@ -270,17 +282,19 @@ var<workgroup> rows_h: array<f32, 2u * MAX_H>;
 fn rnn_forward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let b = wid.x;
     let h = args.hidden;
+    let dst = args.dst_off + wid.z * args.dir_state;
+    let w_off = args.w_off + wid.z * args.dir_w;
     for (var j = lid.x; j < h; j += WG) {
-        rows_h[j] = s_work[args.dst_off + b * h + j];
+        rows_h[j] = s_work[dst + b * h + j];
     }
     workgroupBarrier();
     for (var t = 0u; t < args.n; t++) {
         let cur = (t % 2u) * MAX_H;
         let nxt = MAX_H - cur;
-        let row = args.dst_off + ((t + 1u) * args.rows + b) * h;
+        let row = dst + ((t + 1u) * args.rows + b) * h;
         for (var j = lid.x; j < h; j += WG) {
             var acc = 0.0;
-            let w = args.w_off + j * h;
+            let w = w_off + j * h;
             for (var k = 0u; k < h; k++) {
                 acc = fma(s_params[w + k], rows_h[cur + k], acc);
             }
@@ -304,6 +318,9 @@ fn rnn_forward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
 fn rnn_backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let b = wid.x;
     let h = args.hidden;
+    let dst = args.dst_off + wid.z * args.dir_state;
+    let act = args.act_off + wid.z * args.dir_state;
+    let w_off = args.w_off + wid.z * args.dir_w;
     for (var j = lid.x; j < h; j += WG) {
         rows_h[j] = 0.0;
     }
@@ -312,12 +329,12 @@ fn rnn_backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
         let t = args.n - 1u - i;
         let cur = (i % 2u) * MAX_H;
         let nxt = MAX_H - cur;
-        let row = args.dst_off + (t * args.rows + b) * h;
-        let srow = args.act_off + ((t + 1u) * args.rows + b) * h;
+        let row = dst + (t * args.rows + b) * h;
+        let srow = act + ((t + 1u) * args.rows + b) * h;
         for (var j = lid.x; j < h; j += WG) {
             var acc = 0.0;
             for (var k = 0u; k < h; k++) {
-                acc = fma(s_params[args.w_off + k * h + j], rows_h[cur + k], acc);
+                acc = fma(s_params[w_off + k * h + j], rows_h[cur + k], acc);
             }
             let s = s_act[srow + j];
             var d = s_work[row + j] + acc;

@@ -15,6 +15,7 @@
 pub mod cpu;
 pub mod gpu;
 pub mod profile;
+pub mod reverse;
 pub mod select;
 
 use crate::error::{Error, Result};

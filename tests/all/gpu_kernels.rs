@@ -422,7 +422,7 @@ fn one_hot_input_gather_and_gradient_match_cpu() {
             };
             let weights = rnn::Weights {
                 w: GUARD,
-                bias: GUARD + h * vocab,
+                bias: Some(GUARD + h * vocab),
                 bias2: Some(GUARD + h * vocab + h),
             };
             let call = rnn::input_gather_onehot(
@@ -793,7 +793,7 @@ fn fused_gated_steps_match_the_cpu_product_and_step() {
             let recurrent = gru::Recurrent {
                 params: &params,
                 weight: GUARD,
-                bias: GUARD + gh * h,
+                bias: Some(GUARD + gh * h),
             };
             let w_hh = arr(&w, gh, h);
             let step = |t| gru::GateStep {

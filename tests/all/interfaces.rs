@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use naga::{AddressSpace, GlobalVariable, Handle, Module, StorageAccess, TypeInner};
 use unroll::engine::gpu::pipelines::{ARGS_SLOT, Access, ArgsLayout, Kernel};
 use unroll::engine::gpu::shaders::Shader;
-use unroll::engine::gpu::{dropout, gru, loss, lstm, matmul, optim, reduce, rnn};
+use unroll::engine::gpu::{dropout, gru, loss, lstm, matmul, optim, reduce, reverse, rnn};
 
 /// Every registered kernel: the `KERNELS` list of each launcher file.
 fn registry() -> Vec<&'static Kernel> {
@@ -18,6 +18,7 @@ fn registry() -> Vec<&'static Kernel> {
         gru::KERNELS,
         lstm::KERNELS,
         dropout::KERNELS,
+        reverse::KERNELS,
         loss::KERNELS,
         reduce::KERNELS,
         optim::KERNELS,

@@ -10,6 +10,7 @@ mod gating;
 mod gpu_gated;
 mod gpu_kernels;
 mod gpu_training;
+mod gpu_variants;
 mod gradcheck;
 mod import;
 mod interfaces;

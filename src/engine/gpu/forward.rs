@@ -11,10 +11,12 @@ use crate::engine::gpu::matmul::{Biases, RowsEpilogue, matmul, matmul_rows, plai
 use crate::engine::gpu::profile::StepPhase;
 use crate::engine::gpu::recording::{Calls, Recording};
 use crate::engine::gpu::reduce::{self, LOSS_SLOT};
+use crate::engine::gpu::reverse;
 use crate::engine::gpu::rnn::{self, Dims, Weights};
 use crate::engine::gpu::shape::{CellBuffers, Embedding, RecurrenceKernel};
 use crate::engine::gpu::{dropout, gated, loss};
 use crate::engine::logit_chunks;
+use crate::engine::reverse::RowGather;
 use crate::error::Result;
 
 /// The forward pass (twin: `Engine::forward` of the CPU engine): the embedding, every layer
@@ -77,20 +79,19 @@ fn record_embedding(r: &Recording<'_>, e: &Embedding, out: &mut Calls) -> Result
     Ok(())
 }
 
-/// The output layer's input with dropout on the top layer's output: its states h_1..h_T
-/// through the mask, into `x` [N, W] (twin: `dropout::dropout_forward`).
+/// The output layer's input with dropout on the top layer's output: its output (h_1..h_T of
+/// every direction) through the mask, into `x` [N, D*W] (twin: `dropout::dropout_forward`).
 fn record_output_dropout(r: &Recording<'_>, x: &wgpu::Buffer, out: &mut Calls) -> Result<()> {
-    let (b, w) = (r.shape.rows, r.cfg.output_width());
-    let n = r.n() * w;
-    let top = &r.shape.layers[r.cfg.layers - 1].states;
+    let n = r.n() * r.cfg.output_width();
+    let top = r.layer_output(r.cfg.layers - 1);
     let key = MaskKey::at(r.dropout, r.edges, OUT_SITE);
-    let call = dropout::dropout_forward(r.ctx, n, at(top, b * w), at(x, 0), key)?;
-    out.push_dropout(call, n, (b * w, 0), OUT_SITE);
+    let call = dropout::dropout_forward(r.ctx, n, top, at(x, 0), key)?;
+    out.push_dropout(call, n, (top.offset, 0), OUT_SITE);
     Ok(())
 }
 
-/// The input of layer k > 0: the states h_1..h_T of layer k-1 through the dropout mask after
-/// it, into `input` [N, H] (twin: `dropout::dropout_forward`; an unscaled copy when dropout is
+/// The input of layer k > 0: the output of layer k-1 (h_1..h_T, both directions) through the
+/// dropout mask after it, into `input` [N, D*H] (twin: `dropout::dropout_forward`; an unscaled copy when dropout is
 /// off). Its arguments follow the dropout setting.
 fn record_dropout_forward(
     r: &Recording<'_>,
@@ -98,16 +99,16 @@ fn record_dropout_forward(
     input: &wgpu::Buffer,
     out: &mut Calls,
 ) -> Result<()> {
-    let (b, h) = (r.shape.rows, r.cfg.hidden_size);
-    let n = r.n() * h;
+    let n = r.n() * r.cfg.output_width();
+    let below = r.layer_output(k - 1);
     let call = dropout::dropout_forward(
         r.ctx,
         n,
-        at(&r.shape.layers[k - 1].states, b * h),
+        below,
         at(input, 0),
         MaskKey::new(r.dropout, k - 1),
     )?;
-    out.push_dropout(call, n, (b * h, 0), k - 1);
+    out.push_dropout(call, n, (below.offset, 0), k - 1);
     Ok(())
 }
 
@@ -115,29 +116,76 @@ fn record_dropout_forward(
 /// over all N rows at once, then the recurrence one step (or, for the rows kernels, one layer)
 /// per dispatch.
 pub fn record_layer_forward(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<()> {
-    record_input_projection(r, k, out)?;
+    for d in 0..r.cfg.directions() {
+        record_input_projection(r, k, d, out)?;
+    }
     out.mark(StepPhase::ForwardRecurrence);
     match &r.shape.cell {
-        CellBuffers::Tanh => record_tanh_forward(r, k, out),
-        CellBuffers::Gru { layers, .. } => gated::record_gru_forward(r, k, &layers[k], out),
-        CellBuffers::Lstm { layers, .. } => gated::record_lstm_forward(r, k, &layers[k], out),
+        CellBuffers::Tanh => record_tanh_forward(r, k, out)?,
+        CellBuffers::Gru { layers, .. } => gated::record_gru_forward(r, k, &layers[k], out)?,
+        CellBuffers::Lstm { layers, .. } => gated::record_lstm_forward(r, k, &layers[k], out)?,
     }
+    record_layer_output(r, k, out)
 }
 
-/// The input projection over all N rows: the tanh cell writes it where its states go (with
-/// both biases), a gated cell into its gate array (b_hh joins the recurrent product). One-hot
-/// layer 0 gathers columns of W_ih (twin: `rnn::input_gather_onehot`), the others run a GEMM
-/// (twin: `rnn::input_projection_dense`).
-fn record_input_projection(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<()> {
+/// A bidirectional layer's output [N, 2W] from its states (twin: `RowGather::apply`): per row
+/// `[h_fwd; h_rev]`, the second direction's states taken back to time order. Nothing for one
+/// direction, whose output is its states.
+fn record_layer_output(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<()> {
+    let layer = &r.shape.layers[k];
+    let Some(output) = &layer.output else {
+        return Ok(());
+    };
+    let (t, b, w) = (r.shape.steps, r.shape.rows, r.cfg.state_width());
+    let gather = RowGather {
+        steps: t,
+        rows: b,
+        width: w,
+        src: (b * w, w, (t + 1) * b * w),
+        dst: (0, 2 * w, w),
+        directions: 2,
+        reverse: 0b10,
+    };
+    let lengths = &r.shape.batch.lengths;
+    out.push(reverse::permute_rows(
+        r.ctx,
+        &gather,
+        lengths,
+        &layer.states,
+        output,
+    )?);
+    Ok(())
+}
+
+/// Direction d's input projection over all N rows: the tanh cell writes it where its states
+/// go (with both biases), a gated cell into its gate array (b_hh joins the recurrent product).
+/// One-hot layer 0 gathers columns of W_ih (twin: `rnn::input_gather_onehot`), the others run
+/// a GEMM (twin: `rnn::input_projection_dense`). The second direction's is then reversed in
+/// time (twin: `RowGather::apply`), as its recurrence runs over each sequence reversed.
+fn record_input_projection(r: &Recording<'_>, k: usize, d: usize, out: &mut Calls) -> Result<()> {
     let (cfg, p, shape) = (r.cfg, r.params, r.shape);
-    let (b, h, n) = (shape.rows, cfg.hidden_size, r.n());
+    let (t_len, b, h, n) = (shape.steps, shape.rows, cfg.hidden_size, r.n());
     let gh = cfg.cell.gates() * h;
-    let lo = r.layout.layer(k);
-    let (bias_ih, bias_hh) = lo.biases()?;
+    let lo = r.layout.direction(k, d);
+    let (bias_ih, bias_hh) = (lo.bias_ih, lo.bias_hh);
     let ik = cfg.layer_input_size(k);
-    let (proj, bias2) = match shape.cell.gates(k) {
-        Some(gates) => (at(gates, 0), None),
-        None => (at(&shape.layers[k].states, b * h), Some(bias_hh)),
+    // Direction d's block of the gate array [N, G*H], or of the states [(T+1) * B, H] from row B.
+    let (dst, dst_off, bias2) = match shape.cell.gates(k) {
+        Some(gates) => (gates, d * n * gh, None),
+        None => (
+            &shape.layers[k].states,
+            d * (t_len + 1) * b * h + b * h,
+            bias_hh,
+        ),
+    };
+    // The second direction projects into the work array, then reverses it into place.
+    let work = match (&shape.reverse, d) {
+        (Some(rev), 1) => Some(&rev.work),
+        _ => None,
+    };
+    let proj = match work {
+        Some(w) => at(w, 0),
+        None => at(dst, dst_off),
     };
     if k == 0 && cfg.gathers_input() {
         let dims = Dims {
@@ -155,22 +203,27 @@ fn record_input_projection(r: &Recording<'_>, k: usize, out: &mut Calls) -> Resu
         out.push(rnn::input_gather_onehot(
             r.ctx, dims, tokens, p, weights, proj,
         )?);
-        return Ok(());
+    } else {
+        out.extend(matmul(
+            r.ctx,
+            (n, gh, ik),
+            r.below(k),
+            transposed(at(p, lo.weight_ih)),
+            proj,
+            Biases::of(p, bias_ih, bias2),
+            false,
+        )?);
     }
-    let biases = Biases {
-        buffer: p,
-        first: bias_ih,
-        second: bias2,
-    };
-    out.extend(matmul(
-        r.ctx,
-        (n, gh, ik),
-        r.below(k),
-        transposed(at(p, lo.weight_ih)),
-        proj,
-        Some(biases),
-        false,
-    )?);
+    if let Some(w) = work {
+        let gather = RowGather::reversed(t_len, b, gh, (0, dst_off));
+        out.push(reverse::permute_rows(
+            r.ctx,
+            &gather,
+            &shape.batch.lengths,
+            w,
+            dst,
+        )?);
+    }
     Ok(())
 }
 
@@ -186,34 +239,34 @@ fn record_tanh_forward(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<(
     if r.kernel == RecurrenceKernel::Rows {
         // The rows kernels loop over the T steps themselves.
         let dims = Dims { n: t_len, ..dims };
-        out.push(rnn::rnn_forward_rows(
-            ctx,
-            dims,
-            p,
-            w_hh,
-            at(states, 0),
-            act,
-        )?);
+        let call = rnn::rnn_forward_rows(ctx, dims, p, w_hh, at(states, 0), act)?;
+        out.push(r.rnn_call(k, call)?);
         return Ok(());
     }
     for t in 0..t_len {
         out.push(match r.kernel {
-            RecurrenceKernel::Steps => rnn::rnn_step_forward(
-                ctx,
-                dims,
-                p,
-                w_hh,
-                states,
-                (t * b * h, (t + 1) * b * h),
-                act,
+            RecurrenceKernel::Steps => r.rnn_call(
+                k,
+                rnn::rnn_step_forward(
+                    ctx,
+                    dims,
+                    p,
+                    w_hh,
+                    states,
+                    (t * b * h, (t + 1) * b * h),
+                    act,
+                )?,
             )?,
-            _ => matmul_rows(
-                ctx,
-                (b, h, h),
-                Some(t * b * h),
-                transposed(at(p, w_hh)),
-                at(states, (t + 1) * b * h),
-                RowsEpilogue::Activate(act),
+            _ => r.rows_call(
+                k,
+                matmul_rows(
+                    ctx,
+                    (b, h, h),
+                    Some(t * b * h),
+                    transposed(at(p, w_hh)),
+                    at(states, (t + 1) * b * h),
+                    RowsEpilogue::Activate(act),
+                )?,
             )?,
         });
     }
@@ -226,7 +279,7 @@ fn record_tanh_forward(r: &Recording<'_>, k: usize, out: &mut Calls) -> Result<(
 /// output layer runs in several.
 pub fn record_output_chunk(r: &Recording<'_>, rows: Range<usize>, out: &mut Calls) -> Result<()> {
     let (cfg, shape, p) = (r.cfg, r.shape, r.params);
-    let (h, v) = (cfg.hidden_size, cfg.output_size);
+    let (dh, v) = (cfg.output_width(), cfg.output_size);
     let o = &shape.output;
     let biases = Biases {
         buffer: p,
@@ -235,7 +288,7 @@ pub fn record_output_chunk(r: &Recording<'_>, rows: Range<usize>, out: &mut Call
     };
     out.extend(matmul(
         r.ctx,
-        (rows.len(), v, h),
+        (rows.len(), v, dh),
         plain(r.output_input(rows.start)),
         transposed(at(p, r.layout.out_weight())),
         at(&o.logits, 0),

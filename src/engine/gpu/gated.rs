@@ -30,7 +30,7 @@ fn recurrent<'a>(r: &Recording<'a>, k: usize) -> Result<Recurrent<'a>> {
     Ok(Recurrent {
         params: r.params,
         weight: lo.weight_hh,
-        bias: lo.biases()?.1,
+        bias: lo.bias_hh,
     })
 }
 
@@ -43,23 +43,19 @@ fn record_recurrent_product(
     (states, a_hh): (&wgpu::Buffer, &wgpu::Buffer),
     out: &mut Calls,
 ) -> Result<()> {
-    let (b, h) = (r.shape.rows, r.cfg.hidden_size);
+    let (b, h, w) = (r.shape.rows, r.cfg.hidden_size, r.cfg.state_width());
     let gh = r.cfg.cell.gates() * h;
     let lo = r.layout.layer(k);
-    let biases = Biases {
-        buffer: r.params,
-        first: lo.biases()?.1,
-        second: None,
-    };
-    out.extend(matmul(
+    let calls = matmul(
         r.ctx,
-        (b, gh, h),
-        plain(at(states, t * b * h)),
+        (b, gh, w),
+        plain(at(states, t * b * w)),
         transposed(at(r.params, lo.weight_hh)),
         at(a_hh, t * b * gh),
-        Some(biases),
+        Biases::of(r.params, lo.bias_hh, None),
         false,
-    )?);
+    )?;
+    out.extend(r.matmul_calls(k, calls, |d| [d.state, d.w, d.gate, d.w])?);
     Ok(())
 }
 
@@ -73,17 +69,18 @@ fn record_recurrent_grad(
     (da, ds): (&wgpu::Buffer, &wgpu::Buffer),
     out: &mut Calls,
 ) -> Result<()> {
-    let (b, h) = (r.shape.rows, r.cfg.hidden_size);
+    let (b, h, w) = (r.shape.rows, r.cfg.hidden_size, r.cfg.state_width());
     let gh = r.cfg.cell.gates() * h;
-    out.extend(matmul(
+    let calls = matmul(
         r.ctx,
-        (b, h, gh),
+        (b, w, gh),
         plain(at(da, t * b * gh)),
         plain(at(r.params, r.layout.layer(k).weight_hh)),
-        at(ds, (t - 1) * b * h),
+        at(ds, (t - 1) * b * w),
         None,
         true,
-    )?);
+    )?;
+    out.extend(r.matmul_calls(k, calls, |d| [d.gate, d.w, d.state, 0])?);
     Ok(())
 }
 
@@ -101,28 +98,20 @@ pub fn record_gru_forward(
         let step = gate_step(r, t);
         if fused {
             let buffers = (&layer.gates, &layer.a_hh, states);
-            out.push(gru::gru_step_forward_rows(
-                r.ctx,
-                step,
-                recurrent(r, k)?,
-                buffers,
-            )?);
+            let call = gru::gru_step_forward_rows(r.ctx, step, recurrent(r, k)?, buffers)?;
+            out.push(r.gate_call(k, call)?);
             continue;
         }
         record_recurrent_product(r, k, t, (states, &layer.a_hh), out)?;
-        out.push(gru::gru_step_forward(
-            r.ctx,
-            step,
-            &layer.gates,
-            &layer.a_hh,
-            states,
-        )?);
+        let call = gru::gru_step_forward(r.ctx, step, &layer.gates, &layer.a_hh, states)?;
+        out.push(r.gate_call(k, call)?);
     }
     Ok(())
 }
 
 /// The LSTM recurrence of layer k, T steps (twin: `GatedRows::forward`, each step
-/// `lstm::lstm_step_forward`).
+/// `lstm::lstm_step_forward`). With a projection the step writes m_t = o ⊙ tanh(c_t) into
+/// `unprojected` and a GEMM projects it, h_t = m_t W_hr^T, into the states.
 pub fn record_lstm_forward(
     r: &Recording<'_>,
     k: usize,
@@ -130,29 +119,76 @@ pub fn record_lstm_forward(
     out: &mut Calls,
 ) -> Result<()> {
     let states = &r.shape.layers[k].states;
-    let memories = (&layer.cells, states);
+    let memories = (&layer.cells, layer.unprojected.as_ref().unwrap_or(states));
     for t in 0..r.shape.steps {
         let step = gate_step(r, t);
-        match &layer.product {
-            LstmProduct::Fused => out.push(lstm::lstm_step_forward_rows(
-                r.ctx,
-                step,
-                recurrent(r, k)?,
-                &layer.gates,
-                memories,
-            )?),
+        let call = match &layer.product {
+            LstmProduct::Fused => {
+                lstm::lstm_step_forward_rows(r.ctx, step, recurrent(r, k)?, &layer.gates, memories)?
+            }
             LstmProduct::Separate { a_hh } => {
                 record_recurrent_product(r, k, t, (states, a_hh), out)?;
-                out.push(lstm::lstm_step_forward(
-                    r.ctx,
-                    step,
-                    &layer.gates,
-                    a_hh,
-                    memories,
-                )?);
+                lstm::lstm_step_forward(r.ctx, step, &layer.gates, a_hh, memories)?
             }
+        };
+        out.push(r.gate_call(k, call)?);
+        if let Some(m) = &layer.unprojected {
+            record_projection(r, k, t, (m, states), out)?;
         }
     }
+    Ok(())
+}
+
+/// Step t of an LSTM projection, h_t = m_t W_hr^T [B, P] into the states (twin: the
+/// projection of `GatedRows::forward`).
+fn record_projection(
+    r: &Recording<'_>,
+    k: usize,
+    t: usize,
+    (m, states): (&wgpu::Buffer, &wgpu::Buffer),
+    out: &mut Calls,
+) -> Result<()> {
+    let (b, h, w) = (r.shape.rows, r.cfg.hidden_size, r.cfg.state_width());
+    let w_hr = r.layout.layer(k).weight_hr.ok_or_else(|| {
+        crate::error::Error::Misuse(format!("layer {k} has no projection weights"))
+    })?;
+    let calls = matmul(
+        r.ctx,
+        (b, w, h),
+        plain(at(m, (t + 1) * b * h)),
+        transposed(at(r.params, w_hr)),
+        at(states, (t + 1) * b * w),
+        None,
+        false,
+    )?;
+    out.extend(r.matmul_calls(k, calls, |d| [d.cell, d.w, d.state, 0])?);
+    Ok(())
+}
+
+/// Step t of an LSTM projection's BPTT, dm_t = dh_t W_hr [B, H] from the state gradient `ds`
+/// (the whole dh_t by then) into `dm`, which the step kernel reads in place of `ds` (twin: the
+/// projection of `GatedGradRows::backward`).
+fn record_projection_grad(
+    r: &Recording<'_>,
+    k: usize,
+    t: usize,
+    (ds, dm): (&wgpu::Buffer, &wgpu::Buffer),
+    out: &mut Calls,
+) -> Result<()> {
+    let (b, h, w) = (r.shape.rows, r.cfg.hidden_size, r.cfg.state_width());
+    let w_hr = r.layout.layer(k).weight_hr.ok_or_else(|| {
+        crate::error::Error::Misuse(format!("layer {k} has no projection weights"))
+    })?;
+    let calls = matmul(
+        r.ctx,
+        (b, h, w),
+        plain(at(ds, t * b * w)),
+        plain(at(r.params, w_hr)),
+        at(dm, t * b * h),
+        None,
+        false,
+    )?;
+    out.extend(r.matmul_calls(k, calls, |d| [d.state, d.w, d.cell, 0])?);
     Ok(())
 }
 
@@ -180,10 +216,10 @@ pub fn record_gru_backward(
         if r.kernel.fuses_gates() {
             let last = t + 1 == t_len;
             let call = gru::gru_step_backward_rows(r.ctx, step, recurrent(r, k)?, grads, last)?;
-            out.push(call);
+            out.push(r.gate_call(k, call)?);
             continue;
         }
-        out.push(gru::gru_step_backward(r.ctx, step, grads)?);
+        out.push(r.gate_call(k, gru::gru_step_backward(r.ctx, step, grads)?)?);
         if t > 0 {
             record_recurrent_grad(r, k, t, (da_hh, ds), out)?;
         }
@@ -191,14 +227,23 @@ pub fn record_gru_backward(
     Ok(())
 }
 
+/// The buffers of an LSTM layer's BPTT: `da` [N, 4H] written, `dc` [B, H] carried, `dm` (with
+/// a projection) and the state gradient `ds` [N, W] read.
+pub struct LstmGrads<'a> {
+    pub da: &'a wgpu::Buffer,
+    pub dc: &'a wgpu::Buffer,
+    pub dm: Option<&'a wgpu::Buffer>,
+    pub ds: &'a wgpu::Buffer,
+}
+
 /// The LSTM's BPTT through layer k, T steps from the last (twin: `GatedGradRows::backward` with
-/// `CellGrad::Lstm`): reads dh from `ds` [N, H], carries `dc` [B, H], writes `da` [N, 4H].
+/// `CellGrad::Lstm`): reads dh from `ds` [N, W] (through dm_t = dh_t W_hr with a projection),
+/// carries `dc` [B, H], writes `da` [N, 4H].
 pub fn record_lstm_backward(
     r: &Recording<'_>,
     k: usize,
     layer: &LstmLayer,
-    (da, dc): (&wgpu::Buffer, &wgpu::Buffer),
-    ds: &wgpu::Buffer,
+    g: LstmGrads<'_>,
     out: &mut Calls,
 ) -> Result<()> {
     let forward = (&layer.gates, &layer.cells);
@@ -206,25 +251,21 @@ pub fn record_lstm_backward(
     for t in (0..t_len).rev() {
         let step = gate_step(r, t);
         let last = t + 1 == t_len;
+        if let Some(dm) = g.dm {
+            record_projection_grad(r, k, t, (g.ds, dm), out)?;
+        }
+        let grads = (g.dm.unwrap_or(g.ds), g.dc, g.da);
         match layer.product {
-            LstmProduct::Fused => out.push(lstm::lstm_step_backward_rows(
-                r.ctx,
-                step,
-                recurrent(r, k)?,
-                forward,
-                (ds, dc, da),
-                last,
-            )?),
+            LstmProduct::Fused => {
+                let w = recurrent(r, k)?;
+                let call = lstm::lstm_step_backward_rows(r.ctx, step, w, forward, grads, last)?;
+                out.push(r.gate_call(k, call)?);
+            }
             LstmProduct::Separate { .. } => {
-                out.push(lstm::lstm_step_backward(
-                    r.ctx,
-                    step,
-                    forward,
-                    (ds, dc, da),
-                    last,
-                )?);
+                let call = lstm::lstm_step_backward(r.ctx, step, forward, grads, last)?;
+                out.push(r.gate_call(k, call)?);
                 if t > 0 {
-                    record_recurrent_grad(r, k, t, (da, ds), out)?;
+                    record_recurrent_grad(r, k, t, (g.da, g.ds), out)?;
                 }
             }
         }

@@ -46,7 +46,18 @@ args_mirror! {
         pub bias_off: u32,
         pub x_off: u32,
         pub has_x: u32,
-        pub pad: [u32; 3],
+        /// 1: the fused forward adds b_hh at `bias_off`; 0: the layer has no biases.
+        pub has_bias: u32,
+        /// Direction strides (the second direction of a bidirectional layer runs as
+        /// workgroup z = 1, its arrays this many elements further; all 0 for one direction):
+        /// in the parameters (W_hh, b_hh), the states and the state gradient, the memories,
+        /// the gate arrays (gates, a_hh, da), and the carried dc.
+        pub dir_w: u32,
+        pub dir_state: u32,
+        pub dir_cell: u32,
+        pub dir_gate: u32,
+        pub dir_dc: u32,
+        pub pad: u32,
     }
 }
 
@@ -94,7 +105,8 @@ impl GateStep {
         let (b, h, g) = (self.rows, self.hidden, self.gates);
         let mut args = self.args(flag)?;
         args.w_off = offset32("offset", w.weight)?;
-        args.bias_off = offset32("offset", w.bias)?;
+        args.bias_off = offset32("offset", w.bias.unwrap_or(0))?;
+        args.has_bias = w.bias.is_some() as u32;
         let (cols, units, depth) = match pass {
             Pass::Forward => {
                 args.has_x = 1;
@@ -132,13 +144,14 @@ pub enum Pass {
     },
 }
 
-/// The recurrent weights of a fused step: W_hh [G*H, H] and b_hh `[G*H]` at these element offsets
-/// of the parameter buffer.
+/// The recurrent weights of a fused step: W_hh [G*H, H] and b_hh `[G*H]` (if the layer has
+/// biases) at these element offsets of the parameter buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct Recurrent<'a> {
     pub params: &'a wgpu::Buffer,
     pub weight: usize,
-    pub bias: usize,
+    /// `None` for a layer without biases.
+    pub bias: Option<usize>,
 }
 
 /// Forward GRU step t (twin: `gru_step_forward`): `gates` [N, 3H] holds a_ih at step t's rows

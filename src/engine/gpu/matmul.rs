@@ -36,7 +36,11 @@ args_mirror! {
         /// The slice of the depth this dispatch sums.
         pub k_begin: u32,
         pub k_end: u32,
-        pub pad: [u32; 2],
+        /// Strides of the products batched over workgroup z (the directions of a layer).
+        pub a_dir: u32,
+        pub b_dir: u32,
+        pub c_dir: u32,
+        pub bias_dir: u32,
     }
 }
 
@@ -77,6 +81,30 @@ pub struct Biases<'a> {
     pub second: Option<usize>,
 }
 
+impl<'a> Biases<'a> {
+    /// Those of the bias vectors at `first` and `second` of `buffer` that exist: none for a
+    /// layer without biases.
+    pub fn of(
+        buffer: &'a wgpu::Buffer,
+        first: Option<usize>,
+        second: Option<usize>,
+    ) -> Option<Self> {
+        match (first, second) {
+            (Some(first), second) => Some(Biases {
+                buffer,
+                first,
+                second,
+            }),
+            (None, Some(first)) => Some(Biases {
+                buffer,
+                first,
+                second: None,
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
 /// `C[m, n] = op(A)[m, k] op(B)[k, n] + biases` (`accumulate = false`) or `C += op(A) op(B)`.
 /// The CPU twin is `engine::cpu::matmul::matmul`. One dispatch per [`MAX_DEPTH_PER_DISPATCH`] of
 /// the depth k.
@@ -106,7 +134,7 @@ pub fn matmul(
         biases: biases.map_or(0, |x| 1 + x.second.is_some() as u32),
         k_begin: 0,
         k_end: offset32("depth", k)?,
-        pad: [0; 2],
+        ..MatmulArgs::default()
     };
     let bias_buffer = biases.map_or(b.at.buffer, |x| x.buffer);
     let grid = grid_2d(ctx, "matmul", m, n, 4 * wy, 4 * wx)?;
@@ -147,7 +175,10 @@ args_mirror! {
         pub has_x: u32,
         pub derivative: u32,
         pub activation: u32,
-        pub pad: u32,
+        /// Direction strides (workgroup z), of W and of X, the output and s.
+        pub dir_w: u32,
+        pub dir_state: u32,
+        pub pad: [u32; 3],
     }
 }
 
@@ -197,7 +228,7 @@ pub fn matmul_rows(
         has_x: x.is_some() as u32,
         derivative,
         activation: crate::engine::gpu::rnn::activation_index(activation),
-        pad: 0,
+        ..RowsArgs::default()
     };
     let (overrides, groups) = rows_launch(ctx, ROWS_UNITS, ROWS_UNITS, n, depth)?;
     // Without s, W's buffer fills the binding (read only, never read).

@@ -2,8 +2,8 @@
 //!
 //! Parameters, gradients and the two optimizer moments are four flat storage buffers in
 //! `ParamLayout` order. Per batch shape (T, B) the engine allocates once the buffers named in
-//! `shape.rs` (the batch, per layer the states `[(T+1) * B, H]` with rows 0..B the initial
-//! state, the per-cell arrays such as a gated layer's gate activations `[N, G*H]` and an LSTM's
+//! `shape.rs` (the batch, per layer and direction the states `[(T+1) * B, H]` with rows 0..B
+//! the initial state, the per-cell arrays such as a gated layer's gate activations `[N, G*H]` and an LSTM's
 //! memories, the logits and their gradient), resolves the shape's recurrence form once
 //! (`shape::RecurrenceKernel`), and records two plans (`recording.rs`): forward (`forward.rs`:
 //! dropout of the layer below, input projection over all N rows, T steps, output GEMM, fused
@@ -41,12 +41,14 @@ pub mod plan;
 pub mod profile;
 pub mod recording;
 pub mod reduce;
+pub mod reverse;
 pub mod rnn;
 pub mod shaders;
 pub mod shape;
 
 use std::collections::HashMap;
 
+use crate::engine::reverse::sequence_lengths;
 use crate::engine::{
     Batch, Dropout, EdgeDropout, Engine, Inputs, LossStats, OutputChunks, Recurrence, Targets,
 };
@@ -79,8 +81,8 @@ pub struct GpuEngine {
     moment_v: wgpu::Buffer,
     /// Result slots (loss sum, gradient norm) and partial sums.
     scratch: wgpu::Buffer,
-    /// Initial states of the next forward: per layer [B, H], layer-major, then (LSTM) the
-    /// memories c in the same layout.
+    /// Initial states of the next forward: per layer and direction [B, H], layer-major, then
+    /// (LSTM) the memories c in the same layout.
     h0: wgpu::Buffer,
     dropout: Option<Dropout>,
     /// Dropout at the model's edges; a shape has its dispatches only where it is on.
@@ -115,9 +117,9 @@ impl GpuEngine {
             config,
             "GPU",
             crate::engine::Supports {
-                bidirectional: false,
-                projection: false,
-                no_bias: false,
+                bidirectional: true,
+                projection: true,
+                no_bias: true,
             },
         )?;
         let n = layout.len();
@@ -196,8 +198,8 @@ impl GpuEngine {
         self.recorder.counts()
     }
 
-    /// How the current batch shape's recurrent products run ("rows": one dispatch per layer and
-    /// direction; "wide" or "steps": one per time step), once a batch has been uploaded.
+    /// How the current batch shape's recurrent products run ("rows": one dispatch per layer,
+    /// both directions; "wide" or "steps": one per time step), once a batch has been uploaded.
     pub fn recurrence_kernel(&self) -> Option<&'static str> {
         self.current_shape().ok().map(|s| s.recurrence.name())
     }
@@ -219,7 +221,8 @@ impl GpuEngine {
     fn build_shape(&mut self, steps: usize, rows: usize) -> Result<Shape> {
         let cfg = &self.config;
         let kernel =
-            RecurrenceKernel::resolve(&self.ctx, self.recurrence, cfg.cell, rows, cfg.hidden_size)?;
+            RecurrenceKernel::resolve(&self.ctx, self.recurrence, cfg.cell, rows, cfg.hidden_size)?
+                .for_projection(cfg.proj_size.is_some(), self.recurrence)?;
         let mut buffers = ShapeBuffers::allocate(
             &self.ctx,
             (cfg, &self.layout),
@@ -389,6 +392,10 @@ impl Engine for GpuEngine {
             Some(m) => write(ctx, &buffers.mask, 0, m),
             None => write(ctx, &buffers.mask, 0, &vec![1.0f32; n]),
         }
+        if self.config.bidirectional {
+            let lengths = sequence_lengths(batch.mask.as_deref(), batch.steps, batch.rows);
+            write(ctx, &buffers.lengths, 0, &lengths);
+        }
         shape
             .plans
             .patch_losses(ctx, self.config.output_size, count)?;
@@ -402,15 +409,17 @@ impl Engine for GpuEngine {
             .current
             .and_then(|k| self.shapes.get(&k))
             .ok_or_else(|| Error::Misuse("forward called before upload_batch".into()))?;
-        let bh = shape.buffers.rows * self.config.hidden_size;
-        for (k, states) in shape.buffers.carried().into_iter().enumerate() {
+        let rows = shape.buffers.rows;
+        let mut h0_off = 0;
+        for (states, offset, width) in shape.buffers.carried(&self.config) {
             self.recorder.push(Op::Copy {
                 src: self.h0.clone(),
-                src_offset: k * bh,
-                dst: (*states).clone(),
-                dst_offset: 0,
-                elements: bh,
+                src_offset: h0_off,
+                dst: states.clone(),
+                dst_offset: offset,
+                elements: rows * width,
             });
+            h0_off += rows * width;
         }
         self.recorder.record(&shape.plans.forward);
         self.pending_reads_batch = true;
@@ -519,21 +528,19 @@ impl Engine for GpuEngine {
             return Err(Error::Misuse("carry_state called before forward".into()));
         }
         let shape = self.current_shape()?;
-        let bh = shape.buffers.rows * self.config.hidden_size;
-        let last = shape.buffers.steps * bh;
-        let ops: Vec<Op> = shape
-            .buffers
-            .carried()
-            .into_iter()
-            .enumerate()
-            .map(|(k, s)| Op::Copy {
-                src: (*s).clone(),
-                src_offset: last,
+        let (steps, rows) = (shape.buffers.steps, shape.buffers.rows);
+        let mut h0_off = 0;
+        let mut ops = Vec::new();
+        for (states, offset, width) in shape.buffers.carried(&self.config) {
+            ops.push(Op::Copy {
+                src: states.clone(),
+                src_offset: offset + steps * rows * width,
                 dst: self.h0.clone(),
-                dst_offset: k * bh,
-                elements: bh,
-            })
-            .collect();
+                dst_offset: h0_off,
+                elements: rows * width,
+            });
+            h0_off += rows * width;
+        }
         for op in ops {
             self.recorder.push(op);
         }

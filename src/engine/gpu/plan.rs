@@ -51,6 +51,28 @@ impl Call {
         }
     }
 
+    /// The same call over `count` directions of a bidirectional layer (workgroup z), its
+    /// arguments given their direction strides by `set`.
+    pub fn over_directions<A: ArgsMirror>(
+        mut self,
+        count: usize,
+        set: impl FnOnce(&mut A),
+    ) -> Result<Self> {
+        if self.args_mirror != A::LAYOUT.name || self.args.len() != A::LAYOUT.size {
+            return Err(Error::Gpu(format!(
+                "{} takes {} arguments, not {}",
+                self.kernel.entry,
+                self.args_mirror,
+                A::LAYOUT.name
+            )));
+        }
+        let mut args: A = bytemuck::pod_read_unaligned(&self.args);
+        set(&mut args);
+        self.args = bytemuck::bytes_of(&args).to_vec();
+        self.groups[2] = offset32("directions", count)?;
+        Ok(self)
+    }
+
     /// Checks the call against its kernel's declaration: the arguments mirror the kernel
     /// declares, and one buffer per storage binding. A mismatch is a bug in a launcher, reported
     /// when the plan is built instead of as a device validation error (or a wrong result).

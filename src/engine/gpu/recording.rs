@@ -12,12 +12,16 @@ use crate::engine::cpu::dropout::MaskKey;
 use crate::engine::gpu::buffers::{Region, at};
 use crate::engine::gpu::context::GpuContext;
 use crate::engine::gpu::dropout::DropoutArgs;
+use crate::engine::gpu::gru::GateArgs;
 use crate::engine::gpu::loss::LossArgs;
+use crate::engine::gpu::matmul::{MatmulArgs, RowsArgs};
 use crate::engine::gpu::matmul::{Operand, plain};
 use crate::engine::gpu::pipelines::Pipelines;
+use crate::engine::gpu::plan::offset32;
 use crate::engine::gpu::plan::{Call, Plan};
 use crate::engine::gpu::profile::StepPhase;
 use crate::engine::gpu::rnn::Dims;
+use crate::engine::gpu::rnn::RnnArgs;
 use crate::engine::gpu::shape::{RecurrenceKernel, ShapeBuffers};
 use crate::engine::gpu::{backward, forward};
 use crate::engine::{Dropout, EdgeDropout};
@@ -104,17 +108,100 @@ impl Recording<'_> {
         }
     }
 
-    /// Row `row` of the output layer's input [N, W]: the top layer's states h_1..h_T, or
-    /// those states through the output dropout when it is on.
+    /// Row `row` of the output layer's input [N, D*W]: the top layer's output, or that output
+    /// through the output dropout when it is on.
     pub fn output_input(&self, row: usize) -> Region<'_> {
-        let (shape, w) = (self.shape, self.cfg.output_width());
-        match &shape.out_input {
+        let w = self.cfg.output_width();
+        match &self.shape.out_input {
             Some(x) => at(x, row * w),
-            None => at(
-                &shape.layers[self.cfg.layers - 1].states,
-                (shape.rows + row) * w,
-            ),
+            None => {
+                let top = self.layer_output(self.cfg.layers - 1);
+                at(top.buffer, top.offset + row * w)
+            }
         }
+    }
+
+    /// Layer k's output [N, D*H] in time order: a bidirectional layer's output buffer, or the
+    /// states' rows B.. .
+    pub fn layer_output(&self, k: usize) -> Region<'_> {
+        let layer = &self.shape.layers[k];
+        match &layer.output {
+            Some(o) => at(o, 0),
+            None => at(&layer.states, self.shape.rows * self.cfg.state_width()),
+        }
+    }
+
+    /// The direction strides of layer k's recurrence; `None` for one direction.
+    pub fn dirs(&self, k: usize) -> Result<Option<Dirs>> {
+        if !self.cfg.bidirectional {
+            return Ok(None);
+        }
+        let (b, h) = (self.shape.rows, self.cfg.hidden_size);
+        let w = self.layout.direction(k, 1).weight_hh - self.layout.direction(k, 0).weight_hh;
+        let block = (self.shape.steps + 1) * b;
+        Ok(Some(Dirs {
+            w: offset32("stride", w)?,
+            state: offset32("stride", block * self.cfg.state_width())?,
+            cell: offset32("stride", block * h)?,
+            gate: offset32("stride", self.n() * self.cfg.cell.gates() * h)?,
+            dc: offset32("stride", b * h)?,
+        }))
+    }
+
+    /// Layer k's step `call` of a gated cell over both directions where it has two.
+    pub fn gate_call(&self, k: usize, call: Call) -> Result<Call> {
+        let Some(d) = self.dirs(k)? else {
+            return Ok(call);
+        };
+        // With a projection the gate kernels read and write m and dm, laid out as the
+        // memories, in place of the states and their gradient.
+        let state = if self.shape.cell.projected(k) {
+            d.cell
+        } else {
+            d.state
+        };
+        call.over_directions::<GateArgs>(2, |a| {
+            (a.dir_w, a.dir_state, a.dir_cell, a.dir_gate, a.dir_dc) =
+                (d.w, state, d.cell, d.gate, d.dc);
+        })
+    }
+
+    /// Layer k's tanh/relu step (or rows) `call` over both directions where it has two.
+    pub fn rnn_call(&self, k: usize, call: Call) -> Result<Call> {
+        let Some(d) = self.dirs(k)? else {
+            return Ok(call);
+        };
+        call.over_directions::<RnnArgs>(2, |a| (a.dir_w, a.dir_state) = (d.w, d.state))
+    }
+
+    /// Layer k's wide tanh/relu step `call` over both directions where it has two.
+    pub fn rows_call(&self, k: usize, call: Call) -> Result<Call> {
+        let Some(d) = self.dirs(k)? else {
+            return Ok(call);
+        };
+        call.over_directions::<RowsArgs>(2, |a| (a.dir_w, a.dir_state) = (d.w, d.state))
+    }
+
+    /// Layer k's per-step GEMM `calls` over both directions where it has two, A, B, C and the
+    /// bias `strides` apart (from [`Dirs`]).
+    pub fn matmul_calls(
+        &self,
+        k: usize,
+        calls: Vec<Call>,
+        strides: impl Fn(&Dirs) -> [u32; 4],
+    ) -> Result<Vec<Call>> {
+        let Some(d) = self.dirs(k)? else {
+            return Ok(calls);
+        };
+        let [a_dir, b_dir, c_dir, bias_dir] = strides(&d);
+        calls
+            .into_iter()
+            .map(|c| {
+                c.over_directions::<MatmulArgs>(2, |a| {
+                    (a.a_dir, a.b_dir, a.c_dir, a.bias_dir) = (a_dir, b_dir, c_dir, bias_dir)
+                })
+            })
+            .collect()
     }
 
     /// The input of layer k as a GEMM operand [N, I_k]: the states below after dropout, the
@@ -127,6 +214,19 @@ impl Recording<'_> {
             (None, None) => plain(at(&shape.batch.inputs, 0)),
         }
     }
+}
+
+/// How far apart, in elements, a bidirectional layer's two directions are in each of its
+/// arrays: the parameters (W_hh, b_hh, W_hr), the states and the state gradient, the memories
+/// (and an LSTM projection's m and dm), the gate arrays (gates, a_hh, da), and dc. The second direction runs as workgroup z = 1 of the
+/// same dispatches.
+#[derive(Clone, Copy, Debug)]
+pub struct Dirs {
+    pub w: u32,
+    pub state: u32,
+    pub cell: u32,
+    pub gate: u32,
+    pub dc: u32,
 }
 
 /// The calls of one plan as they are recorded, with the phase marks of the timestamp profile

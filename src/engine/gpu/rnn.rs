@@ -56,7 +56,11 @@ args_mirror! {
         pub tok_off: u32,
         pub starts_off: u32,
         pub sorted_off: u32,
-        pub two_biases: u32,
+        pub biases: u32,
+        /// Direction strides (workgroup z) of the recurrence, of W_hh and of the states.
+        pub dir_w: u32,
+        pub dir_state: u32,
+        pub pad: [u32; 2],
     }
 }
 
@@ -128,7 +132,7 @@ pub(crate) fn activation_index(act: Activation) -> u32 {
 #[derive(Clone, Copy, Debug)]
 pub struct Weights {
     pub w: usize,
-    pub bias: usize,
+    pub bias: Option<usize>,
     pub bias2: Option<usize>,
 }
 
@@ -166,9 +170,9 @@ pub fn input_gather_onehot(
 ) -> Result<Call> {
     let wg = ctx.tunables.row_wg;
     let args = RnnArgs {
-        bias_off: offset32("offset", w.bias)?,
+        bias_off: offset32("offset", w.bias.unwrap_or(0))?,
         bias2_off: offset32("offset", w.bias2.unwrap_or(0))?,
-        two_biases: w.bias2.is_some() as u32,
+        biases: w.bias.map_or(0, |_| 1 + w.bias2.is_some() as u32),
         tok_off: offset32("offset", tokens.offset)?,
         dst_off: offset32("offset", out.offset)?,
         ..base_args(d, w.w)?

@@ -46,6 +46,8 @@ shaders! {
     Gru => ["rows.wgsl", "gru.wgsl"],
     /// The LSTM's fused gates and cell update, forward and BPTT step.
     Lstm => ["rows.wgsl", "lstm.wgsl"],
+    /// The time reversal of a bidirectional layer's second direction (a row gather).
+    Reverse => ["reverse.wgsl"],
     /// Dropout between layers with a counter-based mask.
     Dropout => ["dropout.wgsl"],
     /// Output nonlinearity + loss + gradient per row.

@@ -17,7 +17,8 @@ use crate::model::{Cell, InputKind, ModelConfig, OutputKind, ParamLayout};
 /// How the recurrent products of a shape run, resolved once from the [`Recurrence`] setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecurrenceKernel {
-    /// tanh/relu only: one dispatch per layer and direction, a workgroup per batch row.
+    /// tanh/relu only: one dispatch per layer (both directions), a workgroup per batch row and
+    /// direction.
     Rows,
     /// One dispatch per time step spread over the output columns; a gated step's product is
     /// fused into its gate kernel.
@@ -61,6 +62,21 @@ impl RecurrenceKernel {
         }
     }
 
+    /// The form a layer with an LSTM projection runs: `Steps`, whose per-step products are
+    /// GEMMs of their own (the projection is one more), under any setting but `Wide`, which
+    /// fuses the product into the gate kernel and cannot project; `self` without a projection.
+    pub fn for_projection(self, projected: bool, setting: Recurrence) -> Result<Self> {
+        match (projected, setting) {
+            (false, _) => Ok(self),
+            (true, Recurrence::Wide) => Err(Error::Config(
+                "the wide recurrence does not run LSTM projections (--proj-size); \
+                 use the steps recurrence (or auto, which picks it)"
+                    .into(),
+            )),
+            (true, _) => Ok(RecurrenceKernel::Steps),
+        }
+    }
+
     /// "rows", "wide" or "steps".
     pub fn name(self) -> &'static str {
         match self {
@@ -85,6 +101,9 @@ pub struct BatchBuffers {
     pub targets: wgpu::Buffer,
     /// The mask [N] (all ones without one).
     pub mask: wgpu::Buffer,
+    /// Each row's length [B] (u32, `engine::reverse::sequence_lengths`), written for
+    /// bidirectional models, whose second direction reads each sequence reversed within it.
+    pub lengths: wgpu::Buffer,
 }
 
 /// The embedding's buffers: layer 0's input and its gradient.
@@ -102,11 +121,25 @@ pub struct Embedding {
 /// The buffers every layer has, whatever its cell (the CPU's `LayerCache` less the per-cell
 /// arrays, which are in [`CellBuffers`]).
 pub struct LayerBuffers {
-    /// h: [(T+1) * B, H], rows 0..B the initial state.
+    /// h: [(T+1) * B, H], rows 0..B the initial state, per direction (the second direction's
+    /// [(T+1) * B, H] after the first, in its reversed time order).
     pub states: wgpu::Buffer,
-    /// Layer k > 0: its input, the states of layer k-1 after dropout [N, H] (an unscaled copy
+    /// A bidirectional layer's output [N, 2H], `[h_fwd; h_rev]` per row in time order; `None`
+    /// for one direction, whose output is its states' rows B.. .
+    pub output: Option<wgpu::Buffer>,
+    /// Layer k > 0: its input, the output of layer k-1 after dropout [N, D*H] (an unscaled copy
     /// when dropout is off); `None` for layer 0, which reads the batch or the embedding.
     pub input: Option<wgpu::Buffer>,
+}
+
+/// A bidirectional model's work arrays for its second direction, shared by the layers.
+pub struct ReverseBuffers {
+    /// The state gradient of each direction, the second in reversed time order, each in
+    /// [(T+1) * B, H] (its rows 0..N used), so it has the states' direction stride.
+    pub ds: wgpu::Buffer,
+    /// [N, G*H]: the second direction's input projection before its reversal, and its da_ih
+    /// after it is taken back to time order.
+    pub work: wgpu::Buffer,
 }
 
 /// A GRU layer's forward arrays.
@@ -126,6 +159,9 @@ pub struct LstmLayer {
     pub gates: wgpu::Buffer,
     /// Where the recurrent product goes.
     pub product: LstmProduct,
+    /// With a projection: m = o ⊙ tanh(c) [(T+1) * B, H] (rows B.., laid out as the memories),
+    /// which `h_t = m_t W_hr^T` projects to the P-wide state; `None` without one.
+    pub unprojected: Option<wgpu::Buffer>,
 }
 
 /// The LSTM's recurrent product per step: fused into the gate kernel, which keeps no a_hh, or
@@ -155,6 +191,8 @@ pub enum CellBuffers {
         da: wgpu::Buffer,
         /// The gradient carried to c_{t-1} [B, H].
         dc: wgpu::Buffer,
+        /// With a projection: dm_t = dh_t W_hr, laid out as the memories; `None` without one.
+        dm: Option<wgpu::Buffer>,
     },
 }
 
@@ -174,6 +212,12 @@ impl CellBuffers {
             CellBuffers::Lstm { layers, .. } => layers.iter().map(|l| &l.cells).collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// Whether layer k's cell writes m = o ⊙ tanh(c) apart from its states (an LSTM with a
+    /// projection).
+    pub fn projected(&self, k: usize) -> bool {
+        matches!(self, CellBuffers::Lstm { layers, .. } if layers[k].unprojected.is_some())
     }
 }
 
@@ -200,12 +244,14 @@ pub struct ShapeBuffers {
     pub layers: Vec<LayerBuffers>,
     pub cell: CellBuffers,
     pub output: OutputBuffers,
-    /// With dropout on the top layer's output: the output layer's input, the top layer's states
-    /// h_1..h_T through its mask [N, W] (allocated by the engine, which knows the setting).
+    /// With dropout on the top layer's output: the output layer's input, the top layer's output
+    /// h_1..h_T through its mask [N, D*W] (allocated by the engine, which knows the setting).
     pub out_input: Option<wgpu::Buffer>,
-    /// The gradient reaching a layer's outputs [N, H], two of them: layer k reads one and
+    /// The gradient reaching a layer's outputs [N, D*H], two of them: layer k reads one and
     /// writes the gradient of the layer below into the other.
     pub ds: [wgpu::Buffer; 2],
+    /// A bidirectional model's work arrays; `None` for one direction.
+    pub reverse: Option<ReverseBuffers>,
 }
 
 impl ShapeBuffers {
@@ -218,14 +264,19 @@ impl ShapeBuffers {
         kernel: RecurrenceKernel,
         logit_budget: usize,
     ) -> Result<Self> {
-        let (h, n) = (cfg.hidden_size, steps * rows);
-        let batch = allocate_batch(ctx, cfg, n)?;
+        let (w, n, dirs) = (cfg.state_width(), steps * rows, cfg.directions());
+        let dh = cfg.output_width();
+        let batch = allocate_batch(ctx, cfg, (n, rows))?;
         let layers = (0..cfg.layers)
             .map(|k| {
                 Ok(LayerBuffers {
-                    states: storage(ctx, &format!("states_l{k}"), (steps + 1) * rows * h)?,
+                    states: storage(ctx, &format!("states_l{k}"), dirs * (steps + 1) * rows * w)?,
+                    output: cfg
+                        .bidirectional
+                        .then(|| storage(ctx, &format!("output_l{k}"), n * dh))
+                        .transpose()?,
                     input: (k > 0)
-                        .then(|| storage(ctx, &format!("dropped_l{k}"), n * h))
+                        .then(|| storage(ctx, &format!("dropped_l{k}"), n * dh))
                         .transpose()?,
                 })
             })
@@ -241,7 +292,15 @@ impl ShapeBuffers {
             _ => None,
         };
         let output = allocate_output(ctx, cfg, n, logit_budget)?;
-        let ds = [storage(ctx, "ds_a", n * h)?, storage(ctx, "ds_b", n * h)?];
+        let ds = [storage(ctx, "ds_a", n * dh)?, storage(ctx, "ds_b", n * dh)?];
+        let reverse = if cfg.bidirectional {
+            Some(ReverseBuffers {
+                ds: storage(ctx, "ds_dirs", dirs * (steps + 1) * rows * w)?,
+                work: storage(ctx, "reverse_work", n * cfg.cell.gates() * cfg.hidden_size)?,
+            })
+        } else {
+            None
+        };
         Ok(ShapeBuffers {
             steps,
             rows,
@@ -252,20 +311,31 @@ impl ShapeBuffers {
             output,
             out_input: None,
             ds,
+            reverse,
         })
     }
 
-    /// The buffers whose first B rows are the initial state and whose last B rows are carried
-    /// to the next batch, in the order of the engine's `h0`: every layer's states, then (LSTM)
-    /// every layer's memories.
-    pub fn carried(&self) -> Vec<&wgpu::Buffer> {
-        let mut out: Vec<&wgpu::Buffer> = self.layers.iter().map(|l| &l.states).collect();
-        out.extend(self.cell.memories());
-        out
+    /// Where the initial states are, in the order of the engine's `h0`: every layer's and
+    /// direction's states, then (LSTM) memories, each as (buffer, element offset of its
+    /// [(T+1) * B, width] block, width). Its first B rows are the initial state and its last B
+    /// rows are carried to the next batch.
+    pub fn carried(&self, cfg: &ModelConfig) -> Vec<(&wgpu::Buffer, usize, usize)> {
+        let (h, w, dirs) = (cfg.hidden_size, cfg.state_width(), cfg.directions());
+        let rows = (self.steps + 1) * self.rows;
+        let states = self.layers.iter().map(|l| (&l.states, w));
+        let memories = self.cell.memories().into_iter().map(|c| (c, h));
+        states
+            .chain(memories)
+            .flat_map(|(b, width)| (0..dirs).map(move |d| (b, d * rows * width, width)))
+            .collect()
     }
 }
 
-fn allocate_batch(ctx: &GpuContext, cfg: &ModelConfig, n: usize) -> Result<BatchBuffers> {
+fn allocate_batch(
+    ctx: &GpuContext,
+    cfg: &ModelConfig,
+    (n, rows): (usize, usize),
+) -> Result<BatchBuffers> {
     let (i0, v) = (cfg.input_size, cfg.output_size);
     Ok(BatchBuffers {
         inputs: match cfg.input_kind {
@@ -277,6 +347,7 @@ fn allocate_batch(ctx: &GpuContext, cfg: &ModelConfig, n: usize) -> Result<Batch
             _ => storage(ctx, "targets", n * v)?,
         },
         mask: storage(ctx, "mask", n)?,
+        lengths: storage(ctx, "lengths", rows)?,
     })
 }
 
@@ -288,8 +359,11 @@ fn allocate_cell(
     (steps, rows): (usize, usize),
     kernel: RecurrenceKernel,
 ) -> Result<CellBuffers> {
-    let (h, n) = (cfg.hidden_size, steps * rows);
+    let (h, dirs) = (cfg.hidden_size, cfg.directions());
+    // Every array per direction, the second after the first.
+    let n = dirs * steps * rows;
     let gh = cfg.cell.gates() * h;
+    let (projected, cells) = (cfg.proj_size.is_some(), dirs * (steps + 1) * rows * h);
     let per_layer = |name: &str, k: usize, len: usize| storage(ctx, &format!("{name}_l{k}"), len);
     Ok(match cfg.cell {
         Cell::Rnn => CellBuffers::Tanh,
@@ -309,7 +383,7 @@ fn allocate_cell(
             layers: (0..cfg.layers)
                 .map(|k| {
                     Ok(LstmLayer {
-                        cells: per_layer("cells", k, (steps + 1) * rows * h)?,
+                        cells: per_layer("cells", k, cells)?,
                         gates: per_layer("gates", k, n * gh)?,
                         product: if kernel.fuses_gates() {
                             LstmProduct::Fused
@@ -318,11 +392,15 @@ fn allocate_cell(
                                 a_hh: per_layer("a_hh", k, n * gh)?,
                             }
                         },
+                        unprojected: projected
+                            .then(|| per_layer("unprojected", k, cells))
+                            .transpose()?,
                     })
                 })
                 .collect::<Result<_>>()?,
             da: storage(ctx, "da_ih", n * gh)?,
-            dc: storage(ctx, "dc", rows * h)?,
+            dc: storage(ctx, "dc", dirs * rows * h)?,
+            dm: projected.then(|| storage(ctx, "dm", cells)).transpose()?,
         },
     })
 }
