@@ -299,6 +299,16 @@ fn training_steps_with_edge_dropout_match_cpu_for_every_cell() {
         (6, 9, 5, 2),
     );
     edge_steps_match(&onehot, (3, 3), 4 * 5, "one-hot output dropout in chunks");
+    // Bidirectional layers (one with a projection): the output mask covers both directions.
+    for (cell, proj_size) in [(Cell::Gru, None), (Cell::Lstm, Some(4))] {
+        let cfg = ModelConfig {
+            bidirectional: true,
+            proj_size,
+            ..embedded(cell, (6, 9, 2), false)
+        };
+        let name = format!("{cell:?} bidirectional edge dropout");
+        edge_steps_match(&cfg, (4, 3), 1 << 20, &name);
+    }
 }
 
 // ---- the command line ------------------------------------------------------------------------
