@@ -80,11 +80,12 @@ mod tests {
 
     #[test]
     fn lengths_end_at_the_last_weighted_step() {
-        // T = 3, B = 3: row 0 full, row 1 a hole then a last step at t = 1, row 2 empty.
+        // T = 3, B = 3: row 0 full, row 1 one step, row 2 empty.
         let mask = [1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0];
         assert_eq!(sequence_lengths(Some(&mask), 3, 3), [3, 1, 0]);
-        let mask = [1.0, 0.0, 0.0, 0.5, 0.0, 0.0];
-        assert_eq!(sequence_lengths(Some(&mask), 3, 2), [3, 0]);
+        // T = 3, B = 2: row 0 with a hole at t = 1 counts it, row 1 ends at t = 1.
+        let mask = [1.0, 0.0, 0.0, 0.5, 1.0, 0.0];
+        assert_eq!(sequence_lengths(Some(&mask), 3, 2), [3, 2]);
         assert_eq!(sequence_lengths(None, 4, 2), [4, 4]);
     }
 

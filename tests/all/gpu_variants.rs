@@ -120,6 +120,25 @@ fn steps_match(case: &Case<'_>, name: &str) {
     }
 }
 
+/// Five training steps of `cfg` on (T, B) with `dropout`, in each of `forms`.
+fn match_in_forms(
+    cfg: &ModelConfig,
+    (shape, dropout): ((usize, usize), f32),
+    forms: &[Recurrence],
+    name: &str,
+) {
+    for &recurrence in forms {
+        let case = Case {
+            cfg,
+            shape,
+            dropout,
+            recurrence,
+            steps: 5,
+        };
+        steps_match(&case, &format!("{name} {recurrence:?}"));
+    }
+}
+
 /// `cell` with I = 6 (one-hot) or 5 (dense), H = 9, V = 5 and `layers` layers.
 fn model(cell: Cell, input: InputKind, output: OutputKind, layers: usize) -> ModelConfig {
     let i = if input == InputKind::OneHot { 6 } else { 5 };
@@ -137,19 +156,8 @@ fn layers_without_biases_match_cpu_for_every_cell_and_form() {
                 bias: false,
                 ..model(cell, input, output, layers)
             };
-            for &recurrence in forms(cell) {
-                let case = Case {
-                    cfg: &cfg,
-                    shape,
-                    dropout: 0.0,
-                    recurrence,
-                    steps: 5,
-                };
-                steps_match(
-                    &case,
-                    &format!("no bias {cell:?} L={layers} {recurrence:?}"),
-                );
-            }
+            let name = format!("no bias {cell:?} L={layers}");
+            match_in_forms(&cfg, (shape, 0.0), forms(cell), &name);
         }
     }
 }
@@ -166,17 +174,8 @@ fn bidirectional_layers_match_cpu_for_every_cell_depth_and_form() {
                 bidirectional: true,
                 ..model(cell, input, output, layers)
             };
-            for &recurrence in forms(cell) {
-                let case = Case {
-                    cfg: &cfg,
-                    shape,
-                    dropout,
-                    recurrence,
-                    steps: 5,
-                };
-                let name = format!("bidirectional {cell:?} L={layers} {recurrence:?} p={dropout}");
-                steps_match(&case, &name);
-            }
+            let name = format!("bidirectional {cell:?} L={layers} p={dropout}");
+            match_in_forms(&cfg, (shape, dropout), forms(cell), &name);
         }
     }
 }
@@ -190,14 +189,8 @@ fn bidirectional_layers_without_biases_and_with_an_embedding_match_cpu() {
             embed: Some(4),
             ..model(cell, InputKind::OneHot, OutputKind::Softmax, 2)
         };
-        let case = Case {
-            cfg: &cfg,
-            shape: (4, 3),
-            dropout: 0.0,
-            recurrence: Recurrence::Auto,
-            steps: 5,
-        };
-        steps_match(&case, &format!("bidirectional no bias embedded {cell:?}"));
+        let name = format!("bidirectional no bias embedded {cell:?}");
+        match_in_forms(&cfg, ((4, 3), 0.0), &[Recurrence::Auto], &name);
     }
 }
 
@@ -358,18 +351,9 @@ fn lstm_projections_match_cpu_alone_and_bidirectional() {
             ..model(Cell::Lstm, input, output, layers)
         };
         // Auto picks the steps form for a projection; Steps names it.
-        for recurrence in [Recurrence::Auto, Recurrence::Steps] {
-            let case = Case {
-                cfg: &cfg,
-                shape,
-                dropout,
-                recurrence,
-                steps: 5,
-            };
-            let name =
-                format!("projection L={layers} bidirectional={bidirectional} {recurrence:?}");
-            steps_match(&case, &name);
-        }
+        let name = format!("projection L={layers} bidirectional={bidirectional}");
+        let forms = [Recurrence::Auto, Recurrence::Steps];
+        match_in_forms(&cfg, (shape, dropout), &forms, &name);
     }
 }
 

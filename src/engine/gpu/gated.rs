@@ -133,62 +133,48 @@ pub fn record_lstm_forward(
         };
         out.push(r.gate_call(k, call)?);
         if let Some(m) = &layer.unprojected {
-            record_projection(r, k, t, (m, states), out)?;
+            record_projection(r, (k, t, false), (m, states), out)?;
         }
     }
     Ok(())
 }
 
-/// Step t of an LSTM projection, h_t = m_t W_hr^T [B, P] into the states (twin: the
-/// projection of `GatedRows::forward`).
+/// Step t of an LSTM projection (twin: the projection of `GatedRows::forward` and
+/// `GatedGradRows::backward`): forward, h_t = m_t W_hr^T [B, P] from m into the states;
+/// `backward`, dm_t = dh_t W_hr [B, H] from the state gradient (the whole dh_t by then) into dm,
+/// which the step kernel reads in place of the state gradient.
 fn record_projection(
     r: &Recording<'_>,
-    k: usize,
-    t: usize,
-    (m, states): (&wgpu::Buffer, &wgpu::Buffer),
+    (k, t, backward): (usize, usize, bool),
+    (src, dst): (&wgpu::Buffer, &wgpu::Buffer),
     out: &mut Calls,
 ) -> Result<()> {
     let (b, h, w) = (r.shape.rows, r.cfg.hidden_size, r.cfg.state_width());
     let w_hr = r.layout.layer(k).weight_hr.ok_or_else(|| {
         crate::error::Error::Misuse(format!("layer {k} has no projection weights"))
     })?;
+    let (n, depth, src_off, dst_off, weights) = if backward {
+        (h, w, t * b * w, t * b * h, plain(at(r.params, w_hr)))
+    } else {
+        let rows = (t + 1) * b;
+        (w, h, rows * h, rows * w, transposed(at(r.params, w_hr)))
+    };
     let calls = matmul(
         r.ctx,
-        (b, w, h),
-        plain(at(m, (t + 1) * b * h)),
-        transposed(at(r.params, w_hr)),
-        at(states, (t + 1) * b * w),
+        (b, n, depth),
+        plain(at(src, src_off)),
+        weights,
+        at(dst, dst_off),
         None,
         false,
     )?;
-    out.extend(r.matmul_calls(k, calls, |d| [d.cell, d.w, d.state, 0])?);
-    Ok(())
-}
-
-/// Step t of an LSTM projection's BPTT, dm_t = dh_t W_hr [B, H] from the state gradient `ds`
-/// (the whole dh_t by then) into `dm`, which the step kernel reads in place of `ds` (twin: the
-/// projection of `GatedGradRows::backward`).
-fn record_projection_grad(
-    r: &Recording<'_>,
-    k: usize,
-    t: usize,
-    (ds, dm): (&wgpu::Buffer, &wgpu::Buffer),
-    out: &mut Calls,
-) -> Result<()> {
-    let (b, h, w) = (r.shape.rows, r.cfg.hidden_size, r.cfg.state_width());
-    let w_hr = r.layout.layer(k).weight_hr.ok_or_else(|| {
-        crate::error::Error::Misuse(format!("layer {k} has no projection weights"))
-    })?;
-    let calls = matmul(
-        r.ctx,
-        (b, h, w),
-        plain(at(ds, t * b * w)),
-        plain(at(r.params, w_hr)),
-        at(dm, t * b * h),
-        None,
-        false,
-    )?;
-    out.extend(r.matmul_calls(k, calls, |d| [d.state, d.w, d.cell, 0])?);
+    out.extend(r.matmul_calls(k, calls, |d| {
+        if backward {
+            [d.state, d.w, d.cell, 0]
+        } else {
+            [d.cell, d.w, d.state, 0]
+        }
+    })?);
     Ok(())
 }
 
@@ -252,7 +238,7 @@ pub fn record_lstm_backward(
         let step = gate_step(r, t);
         let last = t + 1 == t_len;
         if let Some(dm) = g.dm {
-            record_projection_grad(r, k, t, (g.ds, dm), out)?;
+            record_projection(r, (k, t, true), (g.ds, dm), out)?;
         }
         let grads = (g.dm.unwrap_or(g.ds), g.dc, g.da);
         match layer.product {
