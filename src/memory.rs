@@ -168,18 +168,21 @@ fn activations(config: &ModelConfig, r: Rows, backward: bool) -> u128 {
     let n = product(&[r.rows, r.steps]);
     let steps = r.steps.saturating_add(1);
     // Per direction: h (W wide), an LSTM's c (H wide) and, with a projection, m = o * tanh(c)
-    // (H wide); the gates and recurrent pre-activations of a gated cell.
+    // and its gradient (H wide each); the gates and recurrent pre-activations of a gated cell.
     let memory = if config.cell.has_memory() { h } else { 0 };
-    let projected = if config.proj_size.is_some() { h } else { 0 };
+    let projected = if config.proj_size.is_some() { 2 * h } else { 0 };
     let gated = if g > 1 { 2 } else { 0 };
     let per_direction = product(&[r.rows, steps, w])
         .saturating_add(product(&[r.rows, steps, memory]))
         .saturating_add(
             n.saturating_mul(product(&[gated, g, h]).saturating_add(projected as u128)),
         );
-    // A bidirectional layer also keeps its output [N, 2W] in time order.
+    // A bidirectional layer also keeps its output [N, 2W] in time order, and its backward the
+    // gradient of each direction's states and a work array of the pre-activations.
     let joined = if d > 1 {
         n.saturating_mul(width as u128)
+            .saturating_add(product(&[2, r.rows, steps, w]))
+            .saturating_add(n.saturating_mul(product(&[g, h])))
     } else {
         0
     };
