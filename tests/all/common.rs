@@ -238,3 +238,59 @@ pub fn assert_calls_out_of_order_are_misuse(engine: &mut dyn Engine, rng: &mut C
     engine.backward().unwrap();
     assert!(engine.loss().unwrap().sum.is_finite(), "{who}");
 }
+
+/// GPU against CPU within the tolerance of whole training steps (f32 on both sides).
+pub fn close_steps(what: &str, gpu: &[f32], cpu: &[f32]) {
+    assert_close(what, &to_f64(gpu), &to_f64(cpu), 5e-4, 5e-5);
+}
+
+/// One step's forward and backward on both engines (`[cpu, gpu]`) with `batch` and `dropout`,
+/// comparing the losses and returning `what` for the later comparisons.
+pub fn forward_backward_both(
+    engines: [&mut dyn Engine; 2],
+    batch: &Batch,
+    dropout: Option<unroll::engine::Dropout>,
+    what: &str,
+) {
+    let [cpu, gpu] = engines;
+    for e in [&mut *cpu, &mut *gpu] {
+        e.set_dropout(dropout).unwrap();
+        e.upload_batch(batch).unwrap();
+        e.zero_grads().unwrap();
+        e.forward().unwrap();
+        e.backward().unwrap();
+    }
+    let (lc, lg) = (cpu.loss().unwrap(), gpu.loss().unwrap());
+    assert_close(
+        &format!("{what} loss"),
+        &[lg.mean()],
+        &[lc.mean()],
+        1e-4,
+        1e-5,
+    );
+}
+
+/// The gradients of both engines compared, then the update applied on both (and the state
+/// carried when `carry`), and the parameters (and carried states) compared.
+pub fn update_both(
+    engines: [&mut dyn Engine; 2],
+    opt: &unroll::train::optim::OptimizerConfig,
+    carry: bool,
+    what: &str,
+) {
+    let [cpu, gpu] = engines;
+    let grads = format!("{what} grads");
+    close_steps(&grads, &gpu.grads().unwrap(), &cpu.grads().unwrap());
+    for e in [&mut *cpu, &mut *gpu] {
+        e.optimizer_step(opt, 0.1).unwrap();
+        if carry {
+            e.carry_state().unwrap();
+        }
+    }
+    let params = format!("{what} params");
+    close_steps(&params, &gpu.params().unwrap(), &cpu.params().unwrap());
+    if carry {
+        let state = format!("{what} state");
+        close_steps(&state, &gpu.state().unwrap(), &cpu.state().unwrap());
+    }
+}

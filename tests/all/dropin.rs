@@ -221,22 +221,8 @@ fn edge_steps_match(cfg: &ModelConfig, (steps, rows): (usize, usize), budget: us
             p: 0.25,
             seed: 7 + step,
         });
-        for e in [&mut cpu as &mut dyn Engine, &mut gpu as &mut dyn Engine] {
-            e.set_dropout(d).unwrap();
-            e.upload_batch(&batch).unwrap();
-            e.zero_grads().unwrap();
-            e.forward().unwrap();
-            e.backward().unwrap();
-        }
         let what = format!("{name} step {step}");
-        let (lc, lg) = (cpu.loss().unwrap(), gpu.loss().unwrap());
-        assert_close(
-            &format!("{what} loss"),
-            &[lg.mean()],
-            &[lc.mean()],
-            1e-4,
-            1e-5,
-        );
+        common::forward_backward_both([&mut cpu, &mut gpu], &batch, d, &what);
         // The first chunk of the output layer (all of it with a large budget).
         let first = 0..(steps * rows).min(budget / cfg.output_size);
         close(
@@ -244,25 +230,7 @@ fn edge_steps_match(cfg: &ModelConfig, (steps, rows): (usize, usize), budget: us
             &gpu.outputs_of(first.clone()).unwrap(),
             &cpu.outputs_of(first).unwrap(),
         );
-        close(
-            &format!("{what} grads"),
-            &gpu.grads().unwrap(),
-            &cpu.grads().unwrap(),
-        );
-        for e in [&mut cpu as &mut dyn Engine, &mut gpu as &mut dyn Engine] {
-            e.optimizer_step(&opt, 0.1).unwrap();
-            e.carry_state().unwrap();
-        }
-        close(
-            &format!("{what} params"),
-            &gpu.params().unwrap(),
-            &cpu.params().unwrap(),
-        );
-        close(
-            &format!("{what} state"),
-            &gpu.state().unwrap(),
-            &cpu.state().unwrap(),
-        );
+        common::update_both([&mut cpu, &mut gpu], &opt, true, &what);
     }
     // Evaluation: no mask at all, on either engine.
     let batch = common::random_batch(&mut rng, cfg, steps, rows, None);

@@ -75,48 +75,15 @@ fn steps_match(case: &Case<'_>, name: &str) {
             p: case.dropout,
             seed: 7 + step,
         });
-        for e in [&mut cpu as &mut dyn Engine, &mut gpu as &mut dyn Engine] {
-            e.set_dropout(d).unwrap();
-            e.upload_batch(&batch).unwrap();
-            e.zero_grads().unwrap();
-            e.forward().unwrap();
-            e.backward().unwrap();
-        }
         let what = format!("{name} step {step}");
-        let (lc, lg) = (cpu.loss().unwrap(), gpu.loss().unwrap());
-        assert_close(
-            &format!("{what} loss"),
-            &[lg.mean()],
-            &[lc.mean()],
-            1e-4,
-            1e-5,
-        );
+        common::forward_backward_both([&mut cpu, &mut gpu], &batch, d, &what);
         let (og, oc) = (gpu.outputs().unwrap(), cpu.outputs().unwrap());
         match (&batch.mask, cfg.bidirectional) {
             (Some(mask), true) => close_on_mask(&format!("{what} outputs"), &og, &oc, mask),
             _ => close(&format!("{what} outputs"), &og, &oc),
         }
-        close(
-            &format!("{what} grads"),
-            &gpu.grads().unwrap(),
-            &cpu.grads().unwrap(),
-        );
-        for e in [&mut cpu as &mut dyn Engine, &mut gpu as &mut dyn Engine] {
-            e.optimizer_step(&opt, 0.1).unwrap();
-            if !cfg.bidirectional {
-                e.carry_state().unwrap();
-            }
-        }
-        close(
-            &format!("{what} params"),
-            &gpu.params().unwrap(),
-            &cpu.params().unwrap(),
-        );
-        close(
-            &format!("{what} state"),
-            &gpu.state().unwrap(),
-            &cpu.state().unwrap(),
-        );
+        // A bidirectional model's state after a padded batch is not carried (see the engines).
+        common::update_both([&mut cpu, &mut gpu], &opt, !cfg.bidirectional, &what);
     }
 }
 
