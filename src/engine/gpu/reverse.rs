@@ -32,7 +32,7 @@ args_mirror! {
     }
 }
 
-/// The gather `g` from `src` into `dst` (distinct buffers), the rows' lengths [B] in `lengths`
+/// The gather `g` from `src` into `dst` (distinct buffers), the rows' lengths `[B]` in `lengths`
 /// (twin: `RowGather::apply`).
 pub fn permute_rows(
     ctx: &GpuContext,

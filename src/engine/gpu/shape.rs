@@ -97,11 +97,11 @@ impl RecurrenceKernel {
 pub struct BatchBuffers {
     /// Token ids and per-token row lists (one-hot, [`TokenLayout`]) or values [N, I] (dense).
     pub inputs: wgpu::Buffer,
-    /// Class ids [N] or target values [N, V] as f32 bits.
+    /// Class ids `[N]` or target values [N, V] as f32 bits.
     pub targets: wgpu::Buffer,
-    /// The mask [N] (all ones without one).
+    /// The mask `[N]` (all ones without one).
     pub mask: wgpu::Buffer,
-    /// Each row's length [B] (u32, `engine::reverse::sequence_lengths`), written for
+    /// Each row's length `[B]` (u32, `engine::reverse::sequence_lengths`), written for
     /// bidirectional models, whose second direction reads each sequence reversed within it.
     pub lengths: wgpu::Buffer,
 }
@@ -227,7 +227,7 @@ pub struct OutputBuffers {
     pub logits: wgpu::Buffer,
     /// The gradient of the objective w.r.t. them [chunk_rows, V].
     pub dlogits: wgpu::Buffer,
-    /// The masked loss of each row [N], summed into the loss slot.
+    /// The masked loss of each row `[N]`, summed into the loss slot.
     pub row_loss: wgpu::Buffer,
     /// Rows per chunk (N when the output layer runs in one).
     pub chunk_rows: usize,
