@@ -53,7 +53,7 @@ impl RowGather {
         }
     }
 
-    /// The gather on the CPU (twin: `permute_rows`), with the rows' lengths `lengths` [B].
+    /// The gather on the CPU (twin: `permute_rows`), with the rows' lengths `lengths` `[B]`.
     pub fn apply<F: Copy>(&self, lengths: &[u32], src: &[F], dst: &mut [F]) {
         let (b_len, w) = (self.rows, self.width);
         for z in 0..self.directions {
