@@ -437,31 +437,3 @@ pub fn for_each_output_chunk(
     }
     Ok(())
 }
-
-/// The model options an engine runs, as a set of what it supports; [`refuse_unsupported`]
-/// names the first option of a config that an engine does not run.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Supports {
-    pub bidirectional: bool,
-    pub projection: bool,
-    pub no_bias: bool,
-}
-
-/// Refuses a model whose options `engine` (its name, for the message) does not run.
-pub(crate) fn refuse_unsupported(config: &ModelConfig, engine: &str, s: Supports) -> Result<()> {
-    let missing = if config.bidirectional && !s.bidirectional {
-        Some("bidirectional layers")
-    } else if config.proj_size.is_some() && !s.projection {
-        Some("an LSTM projection (proj_size)")
-    } else if !config.bias && !s.no_bias {
-        Some("layers without biases")
-    } else {
-        None
-    };
-    match missing {
-        Some(what) => Err(Error::Config(format!(
-            "the {engine} engine does not run {what}"
-        ))),
-        None => Ok(()),
-    }
-}

@@ -14,7 +14,7 @@ use unroll::model::{Cell, Checkpoint, InputKind, ModelConfig, OutputKind, ParamL
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
 
 use crate::cli::{fails_with, ok, unroll, write_corpus};
-use crate::common::{self, assert_close, to_f64};
+use crate::common::{self, assert_close};
 
 /// A language model over `v` tokens with an embedding of E = H (tied when `tied`), `layers`
 /// layers of `cell`.
@@ -186,11 +186,6 @@ fn edge_masks_zero_what_they_drop_on_both_engines() {
     }
 }
 
-/// f32 rounding over steps; a wrong mask would be off by far more.
-fn close(what: &str, gpu: &[f32], cpu: &[f32]) {
-    assert_close(what, &to_f64(gpu), &to_f64(cpu), 5e-4, 5e-5);
-}
-
 /// Three training steps on both engines with the edge dropout (and dropout between layers):
 /// loss, outputs, gradients, parameters and carried state agree; `budget` runs the output
 /// layer in chunks.
@@ -225,7 +220,7 @@ fn edge_steps_match(cfg: &ModelConfig, (steps, rows): (usize, usize), budget: us
         common::forward_backward_both([&mut cpu, &mut gpu], &batch, d, &what);
         // The first chunk of the output layer (all of it with a large budget).
         let first = 0..(steps * rows).min(budget / cfg.output_size);
-        close(
+        common::close_steps(
             &format!("{what} outputs"),
             &gpu.outputs_of(first.clone()).unwrap(),
             &cpu.outputs_of(first).unwrap(),

@@ -301,12 +301,6 @@ fn dropout_masks_are_identical_on_both_engines() {
     }
 }
 
-/// f32 rounding compounds over steps, layers and the update; a wrong mask or gate would be off
-/// by orders of magnitude more.
-fn close(what: &str, gpu: &[f32], cpu: &[f32]) {
-    assert_close(what, &to_f64(gpu), &to_f64(cpu), 5e-4, 5e-5);
-}
-
 /// Three training steps on both engines from the same random parameters and (h, c), with masks
 /// and carried state, comparing loss, outputs, gradients, parameters and state.
 fn steps_match(cfg: &ModelConfig, (steps, rows): (usize, usize), dropout: f32, name: &str) {
@@ -334,7 +328,7 @@ fn steps_match(cfg: &ModelConfig, (steps, rows): (usize, usize), dropout: f32, n
         });
         let what = format!("{name} step {step}");
         common::forward_backward_both([&mut cpu, &mut gpu], &batch, d, &what);
-        close(
+        common::close_steps(
             &format!("{what} outputs"),
             &gpu.outputs().unwrap(),
             &cpu.outputs().unwrap(),

@@ -14,13 +14,7 @@ use unroll::engine::{Batch, Dropout, Engine, Inputs, Recurrence, Targets};
 use unroll::model::{Cell, InputKind, ModelConfig, OutputKind, ParamLayout};
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
 
-use crate::common::{self, assert_close, to_f64};
-
-/// f32 rounding compounds over steps, layers and the update; a wrong gate, bias or direction
-/// would be off by orders of magnitude more.
-fn close(what: &str, gpu: &[f32], cpu: &[f32]) {
-    assert_close(what, &to_f64(gpu), &to_f64(cpu), 5e-4, 5e-5);
-}
+use crate::common;
 
 /// One comparison: the model, (T, B), dropout, the recurrence form, and how many steps.
 struct Case<'a> {
@@ -80,7 +74,7 @@ fn steps_match(case: &Case<'_>, name: &str) {
         let (og, oc) = (gpu.outputs().unwrap(), cpu.outputs().unwrap());
         match (&batch.mask, cfg.bidirectional) {
             (Some(mask), true) => close_on_mask(&format!("{what} outputs"), &og, &oc, mask),
-            _ => close(&format!("{what} outputs"), &og, &oc),
+            _ => common::close_steps(&format!("{what} outputs"), &og, &oc),
         }
         // A bidirectional model's state after a padded batch is not carried (see the engines).
         common::update_both([&mut cpu, &mut gpu], &opt, !cfg.bidirectional, &what);
@@ -172,7 +166,7 @@ fn close_on_mask(what: &str, gpu: &[f32], cpu: &[f32], mask: &[f32]) {
             .flat_map(|(row, _)| row.to_vec())
             .collect()
     };
-    close(what, &keep(gpu), &keep(cpu));
+    common::close_steps(what, &keep(gpu), &keep(cpu));
 }
 
 #[test]
@@ -276,7 +270,7 @@ fn a_padded_bidirectional_batch_gives_the_sequences_one_by_one_on_the_gpu() {
                 gpu.reset_state(1).unwrap();
                 let (o, g) = run(&mut gpu, &one);
                 let what = format!("{name} row {b}");
-                close(
+                common::close_steps(
                     &format!("{what} outputs"),
                     &o,
                     &sequence(&out, (rows, v), b, len),
@@ -285,7 +279,7 @@ fn a_padded_bidirectional_batch_gives_the_sequences_one_by_one_on_the_gpu() {
                 let scale = len as f32 / lens.iter().sum::<usize>() as f32;
                 sum.iter_mut().zip(&g).for_each(|(s, g)| *s += scale * g);
             }
-            close(&format!("{name} grads"), &sum, &grads);
+            common::close_steps(&format!("{name} grads"), &sum, &grads);
         }
     }
 }

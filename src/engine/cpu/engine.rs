@@ -158,18 +158,10 @@ pub struct CpuEngine<F: Float = f32> {
     cache: Option<Cache<F>>,
 }
 
-/// The model options this engine runs.
-const SUPPORTS: crate::engine::Supports = crate::engine::Supports {
-    bidirectional: true,
-    projection: true,
-    no_bias: true,
-};
-
 impl<F: Float> CpuEngine<F> {
     /// An engine for `config` with the given parameters (f32, layout order), zero state for one row.
     pub fn new(config: &ModelConfig, params: &[f32]) -> Result<Self> {
         let layout = ParamLayout::new(config)?;
-        crate::engine::refuse_unsupported(config, "CPU", SUPPORTS)?;
         let n = layout.len();
         let mut e = CpuEngine {
             config: config.clone(),

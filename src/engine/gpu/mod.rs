@@ -113,15 +113,6 @@ impl GpuEngine {
     /// An engine for `config` on `ctx` with the given parameters, zero state for one row.
     pub fn new(ctx: GpuContext, config: &ModelConfig, params: &[f32]) -> Result<Self> {
         let layout = ParamLayout::new(config)?;
-        crate::engine::refuse_unsupported(
-            config,
-            "GPU",
-            crate::engine::Supports {
-                bidirectional: true,
-                projection: true,
-                no_bias: true,
-            },
-        )?;
         let n = layout.len();
         if params.len() != n {
             return Err(Error::Shape(format!(
