@@ -39,7 +39,7 @@ pub fn reversal(lengths: &[usize], steps: usize) -> Vec<u32> {
     let mut perm = Vec::with_capacity(steps * rows);
     for t in 0..steps {
         for (b, &len) in lengths.iter().enumerate() {
-            let from = if t < len { len - 1 - t } else { t };
+            let from = crate::engine::reverse::reversed_step(t, len);
             perm.push((from * rows + b) as u32);
         }
     }
