@@ -27,6 +27,9 @@ pub enum Error {
     /// Tensor or batch shapes that do not agree.
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// A data-parallel run's processes disagree, or their communication failed.
+    #[error("data-parallel run: {0}")]
+    Dist(String),
     /// The GPU could not be set up or failed while running.
     #[error("gpu: {0}")]
     Gpu(String),

@@ -51,6 +51,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod memory;

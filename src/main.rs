@@ -16,7 +16,14 @@ fn main() -> ExitCode {
     match cli::run() {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // An error another process of a data-parallel run reports is not repeated here.
+            let told = e
+                .downcast_ref::<cli::Agreed>()
+                .is_some_and(|a| a.error.is_none());
+            if !told {
+                cli::restore_stderr();
+                eprintln!("{}: {e:#}", cli::error_label());
+            }
             ExitCode::from(cli::exit_status(&e))
         }
     }

@@ -13,6 +13,7 @@ mod commands;
 mod import;
 mod options;
 mod pairs;
+mod ranks;
 mod run;
 mod settings;
 mod sizes;
@@ -96,10 +97,13 @@ impl std::error::Error for Usage {}
 /// refuses and sizes that do not fit in memory), 1 for everything met while running, divergence and engine misuse (a bug,
 /// not a usage error) included.
 pub fn exit_status(e: &anyhow::Error) -> u8 {
+    if let Some(agreed) = e.downcast_ref::<Agreed>() {
+        return agreed.code;
+    }
     let usage = e.downcast_ref::<Usage>().is_some()
         || matches!(
             e.downcast_ref::<unroll::Error>(),
-            Some(unroll::Error::Config(_) | unroll::Error::Memory { .. })
+            Some(unroll::Error::Config(_) | unroll::Error::Memory { .. } | unroll::Error::Dist(_))
         );
     if usage { 2 } else { 1 }
 }
@@ -535,16 +539,29 @@ pub struct EvalArgs {
 /// Parses the arguments and runs the command; returns the process exit status.
 pub fn run() -> anyhow::Result<u8> {
     let cli = options::parse();
-    match cli.command {
+    let group = ranks::join(matches!(cli.command, Command::Train(_)))?;
+    let result = dispatch(cli.command);
+    ranks::end_on_failure(group.as_ref(), &result);
+    result
+}
+
+pub use ranks::{Agreed, error_label, restore_stderr};
+
+fn dispatch(command: Command) -> anyhow::Result<u8> {
+    match command {
         Command::Train(a) => {
-            // Word options without --vocab words are refused for pairs runs too.
-            train::word_options(&a)?;
-            // A resumed run's directory is locked before anything in it is read.
-            let lock = match &a.resume {
-                Some(dir) => run::lock_resumed(dir)?,
-                None => None,
-            };
-            if pairs::wants_pairs(&a)? {
+            let group = ranks::group();
+            let checked = (|| {
+                // Word options without --vocab words are refused for pairs runs too.
+                train::word_options(&a)?;
+                // A resumed run's directory is locked before anything in it is read.
+                match &a.resume {
+                    Some(dir) => run::lock_resumed(dir),
+                    None => Ok(None),
+                }
+            })();
+            let lock = ranks::agree(group.as_ref(), checked)?;
+            if ranks::agree(group.as_ref(), pairs::wants_pairs(&a))? {
                 pairs::train(*a, lock)
             } else {
                 train::train(*a, lock)

@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use unroll::data::EvalSet;
 use unroll::data::pairs::{Expect, PairBatches, PairEval, Pairs, PairsFormat, StepKind};
 use unroll::data::tasks::{Task, TaskOptions, generate};
+use unroll::dist;
 use unroll::engine::Batch;
 use unroll::engine::select::create_engine;
 use unroll::model::{Checkpoint, ModelConfig};
@@ -19,6 +20,7 @@ use unroll::train::trainer::{Validation, argmax, count_correct, eval_rows, evalu
 use unroll::train::rundir::RunLock;
 
 use super::commands::largest_magnitude;
+use super::ranks::{self, config_json, run_json};
 use super::run::{
     Driver, Signals, absolute, check_fresh_out, fresh_engine, load_resumed, refuse_kept_on_resume,
     resumed_engine,
@@ -79,7 +81,8 @@ pub fn wants_pairs(a: &TrainArgs) -> anyhow::Result<bool> {
     if let Some(dir) = &a.resume {
         // Contradicting options are refused before the saved run is read.
         refuse_kept_on_resume(a)?;
-        return Ok(TrainState::load(dir)?.vocab.is_none());
+        let state = TrainState::load_shared(dir, super::ranks::group().as_ref())?;
+        return Ok(state.vocab.is_none());
     }
     let given = a.given.flags(&[
         "input",
@@ -272,15 +275,16 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
         usage!("--seq-len does not apply to --pairs: every batch is as long as its longest pair");
     }
     let signals = Signals::install()?;
+    let setup = match (&a.resume, &a.pairs.pairs) {
+        (Some(dir), _) => resume_setup(&a, dir, lock),
+        (None, Some(path)) => fresh_setup(&a, path),
+        (None, None) => usage!("--pairs FILE is required"),
+    };
     let Setup {
         data,
         val_data,
         mut driver,
-    } = match (&a.resume, &a.pairs.pairs) {
-        (Some(dir), _) => resume_setup(&a, dir, lock)?,
-        (None, Some(path)) => fresh_setup(&a, path)?,
-        (None, None) => usage!("--pairs FILE is required"),
-    };
+    } = ranks::agree(ranks::group().as_ref(), setup)?;
     let run = driver.run.clone();
     let (train_idx, val_idx) = data.split(run.val_frac, run.seed);
     // Validation on the pairs of the validation file, all of them, or on the held-out share.
@@ -320,6 +324,13 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
         run.steps
     );
     let mut metrics = driver.metrics()?;
+    let all: Vec<usize> = (0..data.len()).collect();
+    let settings = [
+        &run_json(&run),
+        &config_json(&config),
+        &data.digest(&all).to_le_bytes()[..],
+    ];
+    ranks::start(driver.engine.as_mut(), dist::settings_hash(&settings))?;
     let mut source = PairBatches::new(&data, train_idx, run.batch, run.seed)?;
     let longest = val_idx.iter().map(|&i| val.pairs[i].len).max().unwrap_or(1);
     let rows = eval_rows(&config, run.batch, longest);

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use unroll::data::vocab::Vocab;
 use unroll::data::{SequenceKind, TrainBatches};
 use unroll::engine::Engine;
-use unroll::engine::select::create_engine;
+use unroll::engine::select::create_engine_nth;
 use unroll::model::ModelConfig;
 use unroll::train::metrics::Metrics;
 use unroll::train::rundir::{RunLock, remove_run_files, run_files_in};
@@ -21,6 +21,7 @@ use unroll::train::state::{Progress, RunSpec, STATE_FILE, TrainState};
 use unroll::train::trainer::{Event, Outcome, Trainer, Validation};
 
 use super::options::{changed_on_resume, kept_on_resume};
+use super::ranks;
 use super::sizes::check_training;
 use super::{EvalEvery, TrainArgs};
 
@@ -80,6 +81,10 @@ impl Signals {
 /// (without --force). A first check before the options are worked out; [`claim_out`] repeats it
 /// under the directory's lock.
 pub fn check_fresh_out(a: &TrainArgs, out: &Path) -> anyhow::Result<()> {
+    if !ranks::group().is_root() {
+        // The run directory is rank 0's.
+        return Ok(());
+    }
     RunLock::check_free(out)?;
     refuse_a_run(a, out)
 }
@@ -115,7 +120,7 @@ pub fn claim_out(a: &TrainArgs, out: &Path) -> anyhow::Result<RunLock> {
 /// The lock of the run directory of `--resume DIR`, taken before anything in it is read.
 /// `None` when DIR holds no training state (reading it then fails with its own message).
 pub fn lock_resumed(dir: &Path) -> anyhow::Result<Option<RunLock>> {
-    if !dir.join(STATE_FILE).exists() {
+    if !ranks::group().is_root() || !dir.join(STATE_FILE).exists() {
         return Ok(None);
     }
     Ok(Some(RunLock::acquire(dir)?))
@@ -130,19 +135,35 @@ pub fn absolute(path: &Path) -> PathBuf {
 }
 
 /// The engine of a fresh run on `--device`, with a zero state of `batch` rows, and the output
-/// directory created and locked (only now that every option has been checked).
+/// directory created and locked (only now that every option has been checked; by rank 0 of a
+/// data-parallel run, whose engine is this rank's [`ranks::shard`]).
 pub fn fresh_engine(
     a: &TrainArgs,
     config: &ModelConfig,
     params: &[f32],
     batch: usize,
     out: &Path,
-) -> anyhow::Result<(Box<dyn Engine>, RunLock)> {
-    let (mut engine, note) = create_engine(a.device.into(), config, params)?;
+) -> anyhow::Result<(Box<dyn Engine>, Option<RunLock>)> {
+    let (engine, note) = rank_engine(a, config, params)?;
+    let mut engine = ranks::shard(engine, batch)?;
     engine.reset_state(batch)?;
     eprintln!("{note}");
-    let lock = claim_out(a, out)?;
+    let lock = match ranks::group().is_root() {
+        true => Some(claim_out(a, out)?),
+        false => None,
+    };
     Ok((engine, lock))
+}
+
+/// The engine of `--device` for this process: on the machine's GPU of its local rank in a
+/// data-parallel run.
+fn rank_engine(
+    a: &TrainArgs,
+    config: &ModelConfig,
+    params: &[f32],
+) -> anyhow::Result<(Box<dyn Engine>, String)> {
+    let nth = ranks::group().local_rank();
+    Ok(create_engine_nth(a.device.into(), config, params, nth)?)
 }
 
 /// Refuses, beside `--resume`, the options the run keeps from its start (before the saved run is
@@ -163,7 +184,7 @@ pub fn refuse_kept_on_resume(a: &TrainArgs) -> anyhow::Result<()> {
 /// The saved run of `--resume DIR`, with the options a resume takes applied (those it keeps were
 /// refused by [`refuse_kept_on_resume`]).
 pub fn load_resumed(a: &TrainArgs, dir: &Path) -> anyhow::Result<(TrainState, RunSpec)> {
-    let state = TrainState::load(dir)?;
+    let state = TrainState::load_shared(dir, ranks::group().as_ref())?;
     let mut run = state.run.clone();
     if let Some(steps) = a.steps {
         run.steps = steps;
@@ -198,7 +219,8 @@ pub fn resumed_engine(
 ) -> anyhow::Result<Box<dyn Engine>> {
     let rows = (run.batch, steps);
     check_training(&state.config, rows, steps, option, true, a.device.into())?;
-    let (mut engine, note) = create_engine(a.device.into(), &state.config, &state.params)?;
+    let (engine, note) = rank_engine(a, &state.config, &state.params)?;
+    let mut engine = ranks::shard(engine, run.batch)?;
     eprintln!("{note}");
     engine.set_optimizer_state(&state.optimizer)?;
     engine.set_state(state.state_rows, &state.state)?;
@@ -224,14 +246,18 @@ pub struct Driver {
 
 impl Driver {
     /// A fresh run of `run` writing into `out`.
-    pub fn fresh(out: PathBuf, run: RunSpec, (engine, lock): (Box<dyn Engine>, RunLock)) -> Self {
+    pub fn fresh(
+        out: PathBuf,
+        run: RunSpec,
+        (engine, lock): (Box<dyn Engine>, Option<RunLock>),
+    ) -> Self {
         Driver {
             out,
             run,
             progress: Progress::start(),
             engine,
             resumed: false,
-            _lock: Some(lock),
+            _lock: lock,
         }
     }
 
@@ -255,6 +281,9 @@ impl Driver {
 
     /// The metrics file of the run (cut back to the saved step on a resume).
     pub fn metrics(&self) -> anyhow::Result<Metrics> {
+        if !ranks::group().is_root() {
+            return Ok(Metrics::in_memory());
+        }
         Ok(Metrics::open(
             &self.out,
             self.resumed.then_some(self.progress.step),
@@ -272,12 +301,14 @@ impl Driver {
         loss_text: &dyn Fn(f64) -> String,
         signals: &Signals,
     ) -> anyhow::Result<Option<u8>> {
+        let group = ranks::group();
         let mut trainer = Trainer {
             engine: self.engine.as_mut(),
             vocab,
             run: &self.run,
             out: &self.out,
             interrupt: Some(&signals.any),
+            group: group.as_ref(),
         };
         let progress = self.progress.clone();
         run_reported(

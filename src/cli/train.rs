@@ -10,6 +10,7 @@ use unroll::data::lines::{Lines, LinesSource};
 use unroll::data::lm::{StreamBatches, StreamEval, StreamSource};
 use unroll::data::vocab::{Vocab, VocabKind, WordOptions};
 use unroll::data::{EvalSet, Sequences, TrainBatches};
+use unroll::dist;
 use unroll::model::checkpoint::MODEL_FILE;
 use unroll::model::{Cell, Checkpoint, ModelConfig};
 use unroll::sample::SampleOptions;
@@ -19,6 +20,7 @@ use unroll::train::trainer::{Validation, eval_rows};
 use unroll::train::rundir::RunLock;
 
 use super::commands::write_sample;
+use super::ranks::{self, config_json, run_json};
 use super::run::{
     Driver, Signals, absolute, check_fresh_out, fresh_engine, load_resumed, resumed_engine,
 };
@@ -552,15 +554,16 @@ fn sample_after(
 /// `unroll train` of a language model, fresh or `--resume`d.
 pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
     let signals = Signals::install()?;
+    let setup = match &a.resume {
+        Some(dir) => resume_setup(&a, dir, lock),
+        None => fresh_setup(&a),
+    };
     let Setup {
         corpus,
         val_corpus,
         mut driver,
         watch,
-    } = match &a.resume {
-        Some(dir) => resume_setup(&a, dir, lock)?,
-        None => fresh_setup(&a)?,
-    };
+    } = ranks::agree(ranks::group().as_ref(), setup)?;
     let split = Split::of(&corpus, driver.run.sequences, driver.run.val_frac);
     describe((&corpus, val_corpus.as_ref()), &split, &driver);
     let mut metrics = driver.metrics()?;
@@ -573,6 +576,13 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
         periodic: sources.periodic.as_ref(),
         closing: sources.closing.as_deref(),
     };
+    let vocab_json = vocab.to_json();
+    let settings = [
+        &run_json(&run),
+        &config_json(driver.engine.config()),
+        vocab_json.as_bytes(),
+    ];
+    ranks::start(driver.engine.as_mut(), dist::settings_hash(&settings))?;
     let bits = loss_text(&vocab);
     if let Some(code) = driver.train(
         Some(&vocab),

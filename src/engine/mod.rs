@@ -242,6 +242,9 @@ pub trait Engine {
     fn params(&mut self) -> Result<Vec<f32>>;
     /// Reads the accumulated gradients back.
     fn grads(&mut self) -> Result<Vec<f32>>;
+    /// Replaces the accumulated gradients (flat buffer in layout order): a data-parallel run
+    /// puts the gradient summed over its processes here before the optimizer step.
+    fn set_grads(&mut self, grads: &[f32]) -> Result<()>;
 
     /// Makes `batch` the current batch; its B must equal the state's B unless the state is reset.
     fn upload_batch(&mut self, batch: &Batch) -> Result<()>;
@@ -302,6 +305,18 @@ pub trait Engine {
                 self.describe()
             )));
         }
+        Ok(())
+    }
+    /// The rows of `batch` this engine runs: all of them for an engine alone; the process's
+    /// share of them for the engine of a data-parallel run ([`crate::dist::Sharded`]), whose
+    /// outputs ([`Engine::outputs_of`]) are those of the share.
+    fn share_of<'b>(&self, batch: &'b Batch) -> std::borrow::Cow<'b, Batch> {
+        std::borrow::Cow::Borrowed(batch)
+    }
+    /// Sums `values` over the processes of a data-parallel run (counts that each process took
+    /// over its share of the batches); nothing to do for an engine alone.
+    fn sum_over_shares(&mut self, values: &mut [f64]) -> Result<()> {
+        let _ = values;
         Ok(())
     }
     /// Output probabilities (after f2) of the last forward, `T * B * V` time-major. Only kept when

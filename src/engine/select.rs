@@ -67,8 +67,19 @@ pub fn create_engine(
     config: &ModelConfig,
     params: &[f32],
 ) -> Result<(Box<dyn Engine>, String)> {
+    create_engine_nth(choice, config, params, 0)
+}
+
+/// [`create_engine`] on GPU `nth` (modulo their number) of the machine's best kind: the GPU of
+/// the `nth` process of a data-parallel run on this machine (see [`GpuContext::open_nth`]).
+pub fn create_engine_nth(
+    choice: DeviceChoice,
+    config: &ModelConfig,
+    params: &[f32],
+    nth: usize,
+) -> Result<(Box<dyn Engine>, String)> {
     let budget = logit_budget()?;
-    let (mut engine, note) = create_engine_on(choice, config, params)?;
+    let (mut engine, note) = create_engine_on(choice, config, params, nth)?;
     engine.set_logit_budget(budget)?;
     Ok((engine, note))
 }
@@ -77,15 +88,16 @@ fn create_engine_on(
     choice: DeviceChoice,
     config: &ModelConfig,
     params: &[f32],
+    nth: usize,
 ) -> Result<(Box<dyn Engine>, String)> {
     match choice {
         DeviceChoice::Cpu => cpu(config, params, ""),
         DeviceChoice::Gpu => {
-            let e = GpuEngine::new(GpuContext::open(true)?, config, params)?;
+            let e = GpuEngine::new(GpuContext::open_nth(true, nth)?, config, params)?;
             let note = format!("device: {}", e.describe());
             Ok((Box::new(e), note))
         }
-        DeviceChoice::Auto => match GpuContext::open_hardware() {
+        DeviceChoice::Auto => match GpuContext::open_nth(false, nth).ok() {
             None => cpu(config, params, " (no hardware GPU found)"),
             Some(ctx) => match GpuEngine::new(ctx, config, params) {
                 Ok(e) => {

@@ -75,7 +75,9 @@ pub struct Metrics {
     path: PathBuf,
     svg: PathBuf,
     records: Vec<Record>,
-    file: File,
+    /// `None`: the records are kept in memory only (the ranks of a data-parallel run other
+    /// than rank 0, which writes the files).
+    file: Option<File>,
 }
 
 impl Metrics {
@@ -110,14 +112,26 @@ impl Metrics {
             svg: dir.join(PLOT_FILE),
             path,
             records,
-            file,
+            file: Some(file),
         })
+    }
+
+    /// Metrics kept in memory only, writing no file.
+    pub fn in_memory() -> Self {
+        Metrics {
+            path: PathBuf::new(),
+            svg: PathBuf::new(),
+            records: Vec::new(),
+            file: None,
+        }
     }
 
     /// Appends a record.
     pub fn push(&mut self, r: Record) -> Result<()> {
-        let line = serde_json::to_string(&r).unwrap_or_default();
-        writeln!(self.file, "{line}").map_err(|e| Error::io("append to", &self.path, e))?;
+        if let Some(file) = &mut self.file {
+            let line = serde_json::to_string(&r).unwrap_or_default();
+            writeln!(file, "{line}").map_err(|e| Error::io("append to", &self.path, e))?;
+        }
         self.records.push(r);
         Ok(())
     }
@@ -129,6 +143,9 @@ impl Metrics {
 
     /// Redraws `loss.svg`.
     pub fn plot(&self) -> Result<()> {
+        if self.file.is_none() {
+            return Ok(());
+        }
         write_atomic(&self.svg, loss_svg(&self.records).as_bytes())
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Sequences;
 use crate::data::vocab::Vocab;
+use crate::dist::{self, Group};
 use crate::engine::{Dropout, EdgeDropout};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{Tensor, serialize, write_atomic};
@@ -435,10 +436,26 @@ impl TrainState {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(STATE_FILE);
         let bytes = read_safetensors(&path, SafetensorsKind::TrainingState)?;
+        Self::parse(&bytes, &path)
+    }
+
+    /// [`TrainState::load`] for every rank of `group`: rank 0 reads the file (the run directory
+    /// is rank 0's) and sends its bytes to the others; rank 0's error, if any, is every rank's.
+    pub fn load_shared(dir: &Path, group: &dyn Group) -> Result<Self> {
+        let path = dir.join(STATE_FILE);
+        let bytes = dist::broadcast_result(group, || {
+            read_safetensors(&path, SafetensorsKind::TrainingState)
+        })?;
+        Self::parse(&bytes, &path)
+    }
+
+    /// The training state in the bytes of a state file read from `path`.
+    fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
         let bad = |m: String| Error::checkpoint(&path, m);
-        let st = SafeTensors::deserialize(&bytes)
+        let st = SafeTensors::deserialize(bytes)
             .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
+        let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
         let meta = header.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {

@@ -13,6 +13,7 @@ use crate::data::corpus::Tokens;
 use crate::data::lm::StreamEval;
 use crate::data::vocab::Vocab;
 use crate::data::{EvalSet, SequenceKind, TrainBatches};
+use crate::dist::{self, Group};
 use crate::engine::{Batch, Engine, LossStats, Targets, for_each_output_chunk};
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, ModelConfig, OutputKind};
@@ -80,7 +81,9 @@ pub fn evaluate_with(
         total.sum += l.sum;
         total.count += l.count;
         if let Some(f) = on_outputs.as_mut() {
-            for_each_output_chunk(engine, |rows, p| f(&batch, rows, p))?;
+            // A data-parallel engine's outputs are those of its share of the batch.
+            let share = engine.share_of(&batch).into_owned();
+            for_each_output_chunk(engine, |rows, p| f(&share, rows, p))?;
         }
         if set.carries_state() {
             engine.carry_state()?;
@@ -155,6 +158,9 @@ pub fn evaluate_accuracy(
         Ok(())
     };
     let loss = evaluate_with(engine, set, Some(&mut tally))?;
+    let mut counts = [correct, judged];
+    engine.sum_over_shares(&mut counts)?;
+    let [correct, judged] = counts;
     Ok((loss, (judged > 0.0).then(|| correct / judged)))
 }
 
@@ -280,6 +286,9 @@ pub struct Trainer<'a> {
     pub out: &'a Path,
     /// Checked after every step; when set, the run saves and returns [`Outcome::Interrupted`].
     pub interrupt: Option<&'a AtomicBool>,
+    /// The processes of a data-parallel run ([`Solo`] for a process alone): they stop together
+    /// when any of them is interrupted, and only rank 0 writes files.
+    pub group: &'a dyn Group,
 }
 
 impl Trainer<'_> {
@@ -302,6 +311,9 @@ impl Trainer<'_> {
     /// Saves the training state and `model.safetensors` (state first: it is what a resume
     /// reads, and it holds the parameters too).
     fn write(&self, state: &TrainState) -> Result<()> {
+        if !self.group.is_root() {
+            return Ok(());
+        }
         state.save(self.out)?;
         self.checkpoint(state.params.clone()).save_dir(self.out)?;
         Ok(())
@@ -345,7 +357,7 @@ impl Trainer<'_> {
                 out: self.out.to_path_buf(),
             });
         }
-        let good = TrainState::load(self.out)?;
+        let good = TrainState::load_shared(self.out, self.group)?;
         self.engine.set_params(&good.params)?;
         self.engine.set_optimizer_state(&good.optimizer)?;
         self.engine.set_state(good.state_rows, &good.state)?;
@@ -482,6 +494,11 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
             .trainer
             .interrupt
             .is_some_and(|f| f.load(Ordering::SeqCst));
+        // Every rank stops after the same step when any of them is interrupted.
+        let interrupted = match self.trainer.group.size() {
+            1 => interrupted,
+            _ => dist::any(self.trainer.group, interrupted)?,
+        };
         if interrupted && !last {
             return self.stop(step).map(Some);
         }
@@ -551,11 +568,29 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
                 return Ok(true);
             }
             self.progress.best_val = Some(loss);
-            let best_file = self.trainer.out.join(BEST_FILE);
-            self.trainer.checkpoint(params).save(&best_file)?;
+            if self.trainer.group.is_root() {
+                let best_file = self.trainer.out.join(BEST_FILE);
+                self.trainer.checkpoint(params).save(&best_file)?;
+            }
         }
+        self.check_same_params()?;
         self.report_eval((step, epoch), lr, (loss, accuracy), best, scored, false)?;
         Ok(false)
+    }
+
+    /// Checks that every rank of a data-parallel run holds the same parameters (a checksum of
+    /// them, compared at every evaluation): a mismatch is an error naming the ranks.
+    fn check_same_params(&mut self) -> Result<()> {
+        let group = self.trainer.group;
+        if group.size() == 1 {
+            return Ok(());
+        }
+        let params = self.trainer.engine.params()?;
+        dist::check_same(
+            group,
+            "parameters (their checksum differs)",
+            dist::checksum(&params),
+        )
     }
 
     /// Scores the closing set after the last step; reported and recorded, compared with

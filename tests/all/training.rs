@@ -50,6 +50,7 @@ pub fn train_into(
         run,
         out: dir,
         interrupt: None,
+        group: &unroll::dist::Solo,
     };
     let mut source = StreamSource::new(train, run.batch, run.seq_len).unwrap();
     let val = StreamEval {

@@ -309,6 +309,14 @@ impl<F: Float> Engine for CpuEngine<F> {
         Ok(self.grads.iter().map(|v| v.to_f32_lossy()).collect())
     }
 
+    fn set_grads(&mut self, grads: &[f32]) -> Result<()> {
+        check_len("gradients", grads.len(), self.layout.len())?;
+        for (d, &s) in self.grads.iter_mut().zip(grads) {
+            *d = F::from_f32_lossless(s);
+        }
+        Ok(())
+    }
+
     fn upload_batch(&mut self, batch: &Batch) -> Result<()> {
         batch.validate(&self.config)?;
         if batch.rows != self.rows() {

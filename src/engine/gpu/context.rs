@@ -206,35 +206,46 @@ pub fn best_adapter_has_own_memory(allow_software: bool) -> Option<bool> {
 impl GpuContext {
     /// Opens the best adapter; software adapters only with `allow_software`.
     pub fn open(allow_software: bool) -> Result<Self> {
+        Self::open_nth(allow_software, 0)
+    }
+
+    /// Opens adapter `nth` (modulo their number) among the adapters as good as the best one
+    /// (of its kind and backend: the GPUs of a machine with several): the GPU of the `nth`
+    /// process of a data-parallel run on this machine. Software adapters only with
+    /// `allow_software`.
+    pub fn open_nth(allow_software: bool, nth: usize) -> Result<Self> {
         let mut found = candidates();
         found.sort_by_key(|a| rank(&a.get_info()));
         let seen: Vec<String> = found
             .iter()
             .map(|a| summary(&a.get_info()).to_string())
             .collect();
-        let adapter = found
+        let mut eligible: Vec<wgpu::Adapter> = found
             .into_iter()
-            .find(|a| allow_software || !is_software(&a.get_info()))
-            .ok_or_else(|| {
-                Error::Gpu(if seen.is_empty() {
-                    "wgpu finds no adapter (is a Vulkan, Metal, DX12 or GL driver installed? \
-                     On Linux: mesa-vulkan-drivers)"
-                        .into()
-                } else {
-                    format!(
-                        "no hardware GPU among the adapters: {}; pass --device gpu to use a \
-                         software one",
-                        seen.join("; ")
-                    )
-                })
-            })?;
-        Self::from_adapter(adapter)
+            .filter(|a| allow_software || !is_software(&a.get_info()))
+            .collect();
+        let Some(best) = eligible.first().map(|a| rank(&a.get_info())) else {
+            return Err(Error::Gpu(if seen.is_empty() {
+                "wgpu finds no adapter (is a Vulkan, Metal, DX12 or GL driver installed? \
+                 On Linux: mesa-vulkan-drivers)"
+                    .into()
+            } else {
+                format!(
+                    "no hardware GPU among the adapters: {}; pass --device gpu to use a \
+                     software one",
+                    seen.join("; ")
+                )
+            }));
+        };
+        eligible.retain(|a| rank(&a.get_info()) == best);
+        let pick = nth % eligible.len();
+        Self::from_adapter(eligible.swap_remove(pick))
     }
 
     /// `--device auto`: the best hardware GPU, or `None` when there is none (the caller then
     /// runs the CPU engine and says so). Software adapters are never taken here.
     pub fn open_hardware() -> Option<Self> {
-        Self::open(false).ok()
+        Self::open_nth(false, 0).ok()
     }
 
     fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {

@@ -349,6 +349,13 @@ impl Engine for GpuEngine {
         self.read_all(&b, 0, n)
     }
 
+    fn set_grads(&mut self, grads: &[f32]) -> Result<()> {
+        Self::check_len("gradients", grads.len(), self.layout.len())?;
+        self.flush_before_write()?;
+        write(&self.ctx, &self.grads, 0, grads);
+        Ok(())
+    }
+
     fn upload_batch(&mut self, batch: &Batch) -> Result<()> {
         batch.validate(&self.config)?;
         if batch.rows != self.rows {
