@@ -20,6 +20,9 @@ mod lines;
 mod lm_cli;
 mod lm_data;
 mod model_options;
+#[cfg(feature = "mpi")]
+mod mpi;
+mod mpi_launch;
 mod packed;
 mod padding;
 mod pairs_cli;
