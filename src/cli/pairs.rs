@@ -207,11 +207,11 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
         let (pairs, digest) = val_fingerprint(v);
         run.val_file = Some(ValFile::new(&absolute(p), pairs, digest));
     }
-    let claimed = fresh_engine(a, &config, &params, s.batch, &s.out)?;
+    let engine = fresh_engine(a, &config, &params, s.batch)?;
     Ok(Setup {
         data,
         val_data,
-        driver: Driver::fresh(s.out, run, claimed),
+        driver: Driver::fresh(s.out, run, engine),
     })
 }
 
@@ -323,14 +323,13 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
         run.batch,
         run.steps
     );
-    let mut metrics = driver.metrics()?;
     let all: Vec<usize> = (0..data.len()).collect();
     let settings = [
         &run_json(&run),
         &config_json(&config),
         &data.digest(&all).to_le_bytes()[..],
     ];
-    ranks::start(driver.engine.as_mut(), dist::settings_hash(&settings))?;
+    let mut metrics = driver.start(&a, dist::settings_hash(&settings))?;
     let mut source = PairBatches::new(&data, train_idx, run.batch, run.seed)?;
     let longest = val_idx.iter().map(|&i| val.pairs[i].len).max().unwrap_or(1);
     let rows = eval_rows(&config, run.batch, longest);

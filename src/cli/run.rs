@@ -134,25 +134,20 @@ pub fn absolute(path: &Path) -> PathBuf {
         .unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// The engine of a fresh run on `--device`, with a zero state of `batch` rows, and the output
-/// directory created and locked (only now that every option has been checked; by rank 0 of a
-/// data-parallel run, whose engine is this rank's [`ranks::shard`]).
+/// The engine of a fresh run on `--device`, with a zero state of `batch` rows (in a
+/// data-parallel run, this rank's [`ranks::shard`]). [`Driver::start`] creates the output
+/// directory later, once every rank has agreed on the settings and data.
 pub fn fresh_engine(
     a: &TrainArgs,
     config: &ModelConfig,
     params: &[f32],
     batch: usize,
-    out: &Path,
-) -> anyhow::Result<(Box<dyn Engine>, Option<RunLock>)> {
+) -> anyhow::Result<Box<dyn Engine>> {
     let (engine, note) = rank_engine(a, config, params)?;
     let mut engine = ranks::shard(engine, batch)?;
     engine.reset_state(batch)?;
     eprintln!("{note}");
-    let lock = match ranks::group().is_root() {
-        true => Some(claim_out(a, out)?),
-        false => None,
-    };
-    Ok((engine, lock))
+    Ok(engine)
 }
 
 /// The engine of `--device` for this process: on the machine's GPU of its local rank in a
@@ -245,19 +240,15 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// A fresh run of `run` writing into `out`.
-    pub fn fresh(
-        out: PathBuf,
-        run: RunSpec,
-        (engine, lock): (Box<dyn Engine>, Option<RunLock>),
-    ) -> Self {
+    /// A fresh run of `run` writing into `out` (created by [`Driver::start`]).
+    pub fn fresh(out: PathBuf, run: RunSpec, engine: Box<dyn Engine>) -> Self {
         Driver {
             out,
             run,
             progress: Progress::start(),
             engine,
             resumed: false,
-            _lock: lock,
+            _lock: None,
         }
     }
 
@@ -279,8 +270,25 @@ impl Driver {
         }
     }
 
+    /// Starts every rank from rank 0's parameters once they have the same settings and data
+    /// (`hash` of them, see [`ranks::start`]); then rank 0 creates and locks the output
+    /// directory of a fresh run (only now that every option and every rank has been checked,
+    /// so that a refused run writes nothing), and opens the run's metrics.
+    pub fn start(&mut self, a: &TrainArgs, hash: u64) -> anyhow::Result<Metrics> {
+        ranks::start(self.engine.as_mut(), hash)?;
+        let group = ranks::group();
+        if !self.resumed {
+            let claimed = match group.is_root() {
+                true => claim_out(a, &self.out).map(Some),
+                false => Ok(None),
+            };
+            self._lock = ranks::agree(group.as_ref(), claimed)?;
+        }
+        self.metrics()
+    }
+
     /// The metrics file of the run (cut back to the saved step on a resume).
-    pub fn metrics(&self) -> anyhow::Result<Metrics> {
+    fn metrics(&self) -> anyhow::Result<Metrics> {
         if !ranks::group().is_root() {
             return Ok(Metrics::in_memory());
         }

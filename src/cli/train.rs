@@ -478,11 +478,11 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         let (tokens, fingerprint) = val_fingerprint(v);
         run.val_file = Some(ValFile::new(&absolute(p), tokens, fingerprint));
     }
-    let claimed = fresh_engine(a, &config, &params, s.batch, &s.out)?;
+    let engine = fresh_engine(a, &config, &params, s.batch)?;
     Ok(Setup {
         corpus,
         val_corpus,
-        driver: Driver::fresh(s.out, run, claimed),
+        driver: Driver::fresh(s.out, run, engine),
         watch,
     })
 }
@@ -566,7 +566,6 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
     } = ranks::agree(ranks::group().as_ref(), setup)?;
     let split = Split::of(&corpus, driver.run.sequences, driver.run.val_frac);
     describe((&corpus, val_corpus.as_ref()), &split, &driver);
-    let mut metrics = driver.metrics()?;
     let vocab = corpus.vocab().clone();
     let run = driver.run.clone();
     let eval_rows = eval_rows(driver.engine.config(), run.batch, run.seq_len);
@@ -582,7 +581,7 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
         &config_json(driver.engine.config()),
         vocab_json.as_bytes(),
     ];
-    ranks::start(driver.engine.as_mut(), dist::settings_hash(&settings))?;
+    let mut metrics = driver.start(&a, dist::settings_hash(&settings))?;
     let bits = loss_text(&vocab);
     if let Some(code) = driver.train(
         Some(&vocab),
