@@ -508,34 +508,41 @@ fn a_batch_that_does_not_split_over_the_ranks_is_refused() {
     );
 }
 
+/// `unroll train` of 2 steps into `out` on `ranks` processes, each with the options `options`
+/// as the shell expands them on the rank (`$OMPI_COMM_WORLD_RANK` tells which).
+fn train_per_rank(ranks: usize, options: &str, out: &Path) -> Output {
+    let script = format!(
+        "exec \"$0\" train {options} --steps 2 --batch 6 --seq-len 8 --hidden 8 --sample 0 \
+         --device cpu --out {}",
+        path(out)
+    );
+    mpirun_command(ranks, "sh", &["-c", &script, BIN])
+        .output()
+        .expect("mpirun runs")
+}
+
 #[test]
-fn ranks_that_read_different_corpora_are_refused() {
-    let Some(_job) = mpi_jobs("different corpora") else {
+fn ranks_that_read_different_data_or_options_are_refused() {
+    let Some(_job) = mpi_jobs("different data or options") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    // Two corpora of one vocabulary: every sentence of the generator holds every character.
-    let (_, text) = write_corpus(dir.path(), "corpus");
-    let lines: Vec<&str> = text.lines().collect();
-    for (rank, part) in [&lines[..150], &lines[50..]].iter().enumerate() {
-        std::fs::write(dir.path().join(format!("c{rank}.txt")), part.join("\n")).unwrap();
-    }
+    // Two corpora of one vocabulary and length: the same lines in another order.
+    let (corpus, text) = write_corpus(dir.path(), "corpus");
+    let mut lines: Vec<&str> = text.lines().collect();
+    std::fs::write(dir.path().join("c0.txt"), &text).unwrap();
+    lines.reverse();
+    std::fs::write(dir.path().join("c1.txt"), lines.join("\n") + "\n").unwrap();
     let out = dir.path().join("run");
-    let script = format!(
-        "exec \"$0\" train --corpus {}/c$OMPI_COMM_WORLD_RANK.txt --steps 2 --batch 6 \
-         --seq-len 8 --hidden 8 --sample 0 --device cpu --out {}",
-        path(dir.path()),
-        path(&out)
-    );
-    let job = mpirun_command(2, "sh", &["-c", &script, BIN])
-        .output()
-        .unwrap();
-    refused(
-        "different corpora",
-        &job,
-        "rank 1 of 2 has other settings or data",
-        &out,
-    );
+    let corpora = format!("--corpus {}/c$OMPI_COMM_WORLD_RANK.txt", path(dir.path()));
+    let job = train_per_rank(2, &corpora, &out);
+    let said = "rank 1 of 2 has other settings or data";
+    refused("different corpora", &job, said, &out);
+    // Rank 2 of 3 with another learning rate.
+    let lr = format!("--corpus {corpus} --lr 0.$((1 + OMPI_COMM_WORLD_RANK / 2))");
+    let job = train_per_rank(3, &lr, &out);
+    let said = "rank 2 of 3 has other settings or data";
+    refused("another --lr", &job, said, &out);
 }
 
 #[test]
