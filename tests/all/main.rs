@@ -30,6 +30,7 @@ mod row_split;
 mod run_dir;
 mod saved_state;
 mod shaders;
+mod sharded;
 mod sizes;
 mod training;
 mod untrusted;
