@@ -187,6 +187,45 @@ impl Dropout {
     }
 }
 
+/// Where an engine's batches lie in a larger batch that several engines share row-wise
+/// (data-parallel training): local row b of every time step is row `first + b` of a batch of
+/// `rows` rows. Dropout masks are keyed by the row in that batch, so the engines that share it
+/// draw the masks one engine would draw for all of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowWindow {
+    pub first: usize,
+    pub rows: usize,
+}
+
+impl RowWindow {
+    /// Checks that the window has a row of its own within its batch.
+    pub fn validate(&self) -> Result<()> {
+        if self.first >= self.rows {
+            return Err(Error::Shape(format!(
+                "row window starts at row {} of a batch of {} rows; it must start within it",
+                self.first, self.rows
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that a batch of `rows` rows fits in the window: rows `first..first + rows` of
+    /// the shared batch.
+    pub fn check_batch(&self, rows: usize) -> Result<()> {
+        if self.first + rows > self.rows {
+            return Err(Error::Shape(format!(
+                "a batch of B={rows} rows does not fit in the row window at row {} of a batch \
+                 of {} rows; set a window that holds rows {}..{}",
+                self.first,
+                self.rows,
+                self.first,
+                self.first + rows
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Dropout at the model's edges, as PyTorch's word_language_model example applies it besides
 /// the dropout between layers: on the embedded tokens (`embed`, layer 0's input) and on the
 /// top layer's output (`out`, the output layer's input). In training only: the masks are keyed
@@ -304,6 +343,12 @@ pub trait Engine {
         }
         Ok(())
     }
+    /// Where the batches that follow lie in a batch shared row-wise with other engines
+    /// (data-parallel training), which keys their dropout masks by the shared batch's rows
+    /// ([`RowWindow`]); `None`, the initial setting, is the engine alone. It applies to the
+    /// forwards and backwards from the next `upload_batch`; a batch whose rows the window does
+    /// not hold is [`Error::Shape`] there (and at `forward`).
+    fn set_row_window(&mut self, window: Option<RowWindow>) -> Result<()>;
     /// Output probabilities (after f2) of the last forward, `T * B * V` time-major. Only kept when
     /// the output layer ran in one chunk (see [`Engine::set_logit_budget`]); otherwise an error
     /// says so, and [`Engine::outputs_of`] gives them a chunk at a time.
