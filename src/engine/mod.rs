@@ -4,8 +4,9 @@
 //! steps, computes the loss and its gradient w.r.t. the outputs), `backward` (exact BPTT; gradients
 //! ACCUMULATE), `optimizer_step` (global norm, clipping, update over the flat buffer), then
 //! `carry_state` or `reset_state` before the next batch. `set_dropout` turns dropout between
-//! layers on (with a fresh seed per training step) or off (evaluation, sampling). The trainer, the sampler and the CLI are
-//! generic over [`Engine`]; an engine may record these calls and run them later, so only the
+//! layers on (with a fresh seed per training step) or off (evaluation, sampling);
+//! `set_row_window` keys its masks by the rows of a batch shared with other engines
+//! ([`RowWindow`]). The trainer, the sampler and the CLI are generic over [`Engine`]; an engine may record these calls and run them later, so only the
 //! read-back calls (`loss`, `params`, `grads`, `state`, ...) have to wait for the work. Calls out
 //! of this order are [`Error::Misuse`]: a bug in the caller. docs/ARCHITECTURE.md ("The Engine
 //! contract") describes the contract and how each engine keeps it.
