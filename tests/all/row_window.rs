@@ -245,6 +245,16 @@ fn step_bits(engine: &mut dyn Engine, batch: &Batch) -> Vec<u64> {
         .collect()
 }
 
+/// The f32 CPU engine of `cfg` and, where there is a GPU, the GPU engine.
+fn cpu_and_gpu(cfg: &ModelConfig, params: &[f32], name: &str) -> Vec<Box<dyn Engine>> {
+    let mut engines: Vec<Box<dyn Engine>> =
+        vec![Box::new(CpuEngine::<f32>::new(cfg, params).unwrap())];
+    if let Some(ctx) = common::gpu(name) {
+        engines.push(Box::new(GpuEngine::new(ctx, cfg, params).unwrap()));
+    }
+    engines
+}
+
 /// With dropout off a window changes nothing, bit for bit; with it on, the window of the
 /// whole batch (rows 0..B of B) is the engine alone. On both engines.
 #[test]
@@ -253,11 +263,7 @@ fn a_window_without_dropout_or_of_the_whole_batch_changes_nothing() {
     let cfg = language_model(Cell::Lstm, 2, false);
     let params = common::uniform(&mut rng, ParamLayout::new(&cfg).unwrap().len(), 0.6);
     let batch = batch_of(&mut rng, &cfg, 3, true);
-    let mut engines: Vec<Box<dyn Engine>> =
-        vec![Box::new(CpuEngine::<f32>::new(&cfg, &params).unwrap())];
-    if let Some(ctx) = common::gpu("window changes nothing") {
-        engines.push(Box::new(GpuEngine::new(ctx, &cfg, &params).unwrap()));
-    }
+    let mut engines = cpu_and_gpu(&cfg, &params, "window changes nothing");
     let elsewhere = RowWindow { first: 4, rows: 9 };
     let whole = RowWindow { first: 0, rows: 3 };
     for e in &mut engines {
@@ -287,11 +293,7 @@ fn a_window_that_does_not_hold_the_batch_is_refused() {
     let cfg = language_model(Cell::Rnn, 2, false);
     let params = common::uniform(&mut rng, ParamLayout::new(&cfg).unwrap().len(), 0.6);
     let batch = batch_of(&mut rng, &cfg, 3, false);
-    let mut engines: Vec<Box<dyn Engine>> =
-        vec![Box::new(CpuEngine::<f32>::new(&cfg, &params).unwrap())];
-    if let Some(ctx) = common::gpu("window refused") {
-        engines.push(Box::new(GpuEngine::new(ctx, &cfg, &params).unwrap()));
-    }
+    let mut engines = cpu_and_gpu(&cfg, &params, "window refused");
     let shape_error = |what: &str, r: unroll::Result<()>| match r {
         Err(unroll::Error::Shape(msg)) => assert!(msg.contains("row window"), "{what}: {msg}"),
         other => panic!("{what}: expected Error::Shape, got {other:?}"),
