@@ -2,15 +2,19 @@
 //! of the B rows of every time step with its `RowWindow`, and together they must draw the
 //! dropout masks (between layers and at the edges) that one engine draws for the whole batch.
 //! The shares' outputs are the whole batch's outputs of their rows and their gradients,
-//! weighted by their counts, sum to the whole batch's gradient; the GPU engine keys its masks
-//! as the CPU engine does; a window changes nothing without dropout, and one that does not
-//! hold the batch is refused.
+//! weighted by their counts, sum to the whole batch's gradient; the dropout kernels and the
+//! GPU engine key their masks as the CPU twins do; a window changes nothing without dropout,
+//! and one that does not hold the batch is refused.
 
 use std::ops::Range;
 
+use ndarray::Array2;
 use rand_chacha::ChaCha8Rng;
 use unroll::engine::cpu::CpuEngine;
-use unroll::engine::gpu::GpuEngine;
+use unroll::engine::cpu::dropout::{self as cpu_dropout, MaskKey, MaskSpan};
+use unroll::engine::gpu::pipelines::Pipelines;
+use unroll::engine::gpu::plan::run_now;
+use unroll::engine::gpu::{GpuEngine, buffers, dropout as gpu_dropout};
 use unroll::engine::{Batch, Dropout, EdgeDropout, Engine, Inputs, RowWindow, Targets};
 use unroll::model::{Cell, InputKind, ModelConfig, OutputKind, ParamLayout};
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
@@ -366,4 +370,78 @@ fn gpu_masks_in_a_window_match_the_cpu_for_the_tanh_and_a_gated_cell() {
     gpu_matches_cpu_in_windows(&language_model(Cell::Rnn, 3, false), "window rnn");
     gpu_matches_cpu_in_windows(&language_model(Cell::Lstm, 2, false), "window lstm");
     gpu_matches_cpu_in_windows(&language_model(Cell::Gru, 2, true), "window bidir gru");
+}
+
+/// (T, Bl, B, first, W) of the span tests: one element, a window at the shared batch's end, W
+/// above the workgroup of 64 and not a multiple, and a window in the middle.
+const SPANS: &[(usize, usize, usize, usize, usize)] = &[
+    (1, 1, 1, 0, 1),
+    (3, 2, 5, 3, 67),
+    (2, 3, 7, 1, 5),
+    (4, 1, 4, 2, 3),
+];
+
+/// Element (n, j) of a block of Bl rows per time step in a window is keyed by
+/// `((n / Bl) * B + first + n % Bl) * W + j`, its index in the shared block; the whole span
+/// keys every element by itself.
+#[test]
+fn a_span_keys_each_element_by_its_index_in_the_shared_block() {
+    for &(steps, bl, b, first, w) in SPANS {
+        let span = MaskSpan::new(Some(RowWindow { first, rows: b }), bl, w);
+        for n in 0..steps * bl {
+            for j in 0..w {
+                let shared = ((n / bl) * b + first + n % bl) * w + j;
+                assert_eq!(span.index(n * w + j), shared as u32, "{span:?} n={n} j={j}");
+            }
+        }
+    }
+    let big = u32::MAX as usize;
+    for i in [0, 1, 12345, big - 1, big, big + 7] {
+        assert_eq!(
+            MaskSpan::WHOLE.index(i),
+            i as u32,
+            "whole span, element {i}"
+        );
+    }
+    assert!(MaskSpan::new(None, 3, 4).is_whole());
+    assert!(!MaskSpan::new(Some(RowWindow { first: 1, rows: 4 }), 3, 4).is_whole());
+}
+
+const POISON: f32 = 1e30;
+
+/// The dropout kernels over a block in a window against their CPU twins, bit for bit, with
+/// poison around the output block.
+#[test]
+fn the_dropout_kernels_in_a_window_match_their_cpu_twins() {
+    let name = "dropout kernels in a window";
+    let Some(ctx) = common::gpu(name) else {
+        return;
+    };
+    let mut rng = common::rng(name);
+    let mut pipes = Pipelines::default();
+    let dropout = Some(Dropout { p: 0.4, seed: 9 });
+    for &(steps, bl, b, first, w) in SPANS {
+        let span = MaskSpan::new(Some(RowWindow { first, rows: b }), bl, w);
+        let key = MaskKey::new(dropout, 2).within(span);
+        let (rows, n) = (steps * bl, steps * bl * w);
+        let what = format!("{span:?}");
+        let x = common::uniform(&mut rng, n, 1.0);
+        let mut y_cpu = Array2::<f32>::zeros((rows, w));
+        let x_cpu = Array2::from_shape_vec((rows, w), x.clone()).unwrap();
+        cpu_dropout::dropout_forward(x_cpu.view(), key, y_cpu.view_mut());
+        let xb = buffers::storage_with(&ctx, "x", &x).unwrap();
+        let yb = buffers::storage_with(&ctx, "y", &vec![POISON; n + 2]).unwrap();
+        let (xr, yr) = (buffers::at(&xb, 0), buffers::at(&yb, 1));
+        let call = gpu_dropout::dropout_forward(&ctx, n, xr, yr, key).unwrap();
+        run_now(&ctx, &mut pipes, vec![call]).unwrap();
+        let y: Vec<f32> = buffers::read(&ctx, &yb, 0, n + 2).unwrap();
+        assert_eq!((y[0], y[n + 1]), (POISON, POISON), "{what}: outside");
+        assert_eq!(&y[1..=n], y_cpu.as_slice().unwrap(), "{what}: forward");
+        let mut d_cpu = x_cpu;
+        cpu_dropout::dropout_backward(key, d_cpu.view_mut());
+        let call = gpu_dropout::dropout_backward(&ctx, n, buffers::at(&xb, 0), key).unwrap();
+        run_now(&ctx, &mut pipes, vec![call]).unwrap();
+        let d: Vec<f32> = buffers::read(&ctx, &xb, 0, n).unwrap();
+        assert_eq!(d, d_cpu.as_slice().unwrap(), "{what}: backward");
+    }
 }
