@@ -213,7 +213,7 @@ impl RowWindow {
     /// Checks that a batch of `rows` rows fits in the window: rows `first..first + rows` of
     /// the shared batch.
     pub fn check_batch(&self, rows: usize) -> Result<()> {
-        if self.first + rows > self.rows {
+        if self.first.saturating_add(rows) > self.rows {
             return Err(Error::Shape(format!(
                 "a batch of B={rows} rows does not fit in the row window at row {} of a batch \
                  of {} rows; set a window that holds rows {}..{}",
@@ -344,12 +344,6 @@ pub trait Engine {
         }
         Ok(())
     }
-    /// Where the batches that follow lie in a batch shared row-wise with other engines
-    /// (data-parallel training), which keys their dropout masks by the shared batch's rows
-    /// ([`RowWindow`]); `None`, the initial setting, is the engine alone. It applies to the
-    /// forwards and backwards from the next `upload_batch`; a batch whose rows the window does
-    /// not hold is [`Error::Shape`] there (and at `forward`).
-    fn set_row_window(&mut self, window: Option<RowWindow>) -> Result<()>;
     /// Output probabilities (after f2) of the last forward, `T * B * V` time-major. Only kept when
     /// the output layer ran in one chunk (see [`Engine::set_logit_budget`]); otherwise an error
     /// says so, and [`Engine::outputs_of`] gives them a chunk at a time.
@@ -376,6 +370,12 @@ pub trait Engine {
         let _ = recurrence;
         Ok(())
     }
+    /// Where the batches that follow lie in a batch shared row-wise with other engines
+    /// (data-parallel training), which keys their dropout masks by the shared batch's rows
+    /// ([`RowWindow`]); `None`, the initial setting, is the engine alone. It applies to the
+    /// forwards and backwards from the next `upload_batch`; a batch whose rows the window does
+    /// not hold is [`Error::Shape`] there (and at `forward`).
+    fn set_row_window(&mut self, window: Option<RowWindow>) -> Result<()>;
     /// Starts (`true`) or stops timing each [`profile::StepPhase`] of the calls that follow:
     /// device time from timestamp queries on the GPU (an error where the device has none, and
     /// every submit then waits for its timestamps), the wall clock inside the calls on the CPU.
