@@ -27,6 +27,7 @@ mod pairs_data;
 mod pytorch;
 mod pytorch_variants;
 mod row_split;
+mod row_window;
 mod run_dir;
 mod saved_state;
 mod shaders;
