@@ -9,7 +9,7 @@ use rand::RngExt;
 use unroll::data::EvalSet;
 use unroll::dist::{Group, Sharded, share};
 use unroll::engine::cpu::CpuEngine;
-use unroll::engine::{Batch, Engine};
+use unroll::engine::{Batch, Dropout, EdgeDropout, Engine};
 use unroll::model::{Cell, InputKind, ModelConfig, OutputKind, ParamLayout, init_params};
 use unroll::train::optim::{OptimizerConfig, OptimizerKind};
 use unroll::train::trainer::{evaluate_accuracy, train_step};
@@ -201,6 +201,58 @@ fn ranks_train_as_one_engine_on_the_whole_batch() {
                 assert_eq!(bits(s), bits(&got[0].1), "{what}: rank {r}'s state");
             }
         }
+    }
+}
+
+/// With dropout between layers and at the edges, N ranks draw the masks one engine draws for
+/// the whole batch (each share in its row window), so they still train as one engine.
+#[test]
+fn ranks_draw_the_dropout_masks_of_the_whole_batch() {
+    let mut rng = rng("ranks_draw_the_dropout_masks_of_the_whole_batch");
+    for (cell, size) in [(Cell::Lstm, 2), (Cell::Gru, 3), (Cell::Rnn, 3)] {
+        let mut config = cell_config(cell, InputKind::OneHot, OutputKind::Softmax, (5, 6, 5, 2));
+        config.embed = Some(4);
+        let params = init_params(&config, &ParamLayout::new(&config).unwrap(), 5);
+        let (steps, rows) = (3, 6);
+        let batches: Vec<Batch> = (0..3)
+            .map(|_| random_batch(&mut rng, &config, steps, rows, None))
+            .collect();
+        let opt = OptimizerConfig::new(OptimizerKind::Sgd);
+        let seed: u64 = rng.random();
+        let run = |e: &mut dyn Engine| {
+            e.set_edge_dropout(EdgeDropout {
+                embed: 0.25,
+                out: 0.3,
+            })
+            .unwrap();
+            for (i, b) in batches.iter().enumerate() {
+                let dropout = Dropout {
+                    p: 0.4,
+                    seed: seed + i as u64,
+                };
+                e.set_dropout(Some(dropout)).unwrap();
+                train_step(e, b, true, &opt, 0.1).unwrap();
+            }
+            e.params().unwrap()
+        };
+        let mut one = CpuEngine::<f32>::new(&config, &params).unwrap();
+        let want = run(&mut one);
+        let got = on_ranks(size, &config, &params, run);
+        let what = format!("{cell:?} N={size} with dropout");
+        assert_close(&what, &to_f64(&got[size - 1]), &to_f64(&want), 1e-5, 1e-6);
+        let mut alone = CpuEngine::<f32>::new(&config, &params).unwrap();
+        alone.set_dropout(None).unwrap();
+        let without: Vec<f32> = {
+            for b in &batches {
+                train_step(&mut alone, b, true, &opt, 0.1).unwrap();
+            }
+            alone.params().unwrap()
+        };
+        let moved = want.iter().zip(&without).any(|(a, b)| (a - b).abs() > 1e-4);
+        assert!(
+            moved,
+            "{what}: dropout changed nothing, so the test cannot tell masks apart"
+        );
     }
 }
 
