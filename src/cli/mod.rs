@@ -539,7 +539,7 @@ pub struct EvalArgs {
 /// Parses the arguments and runs the command; returns the process exit status.
 pub fn run() -> anyhow::Result<u8> {
     let cli = options::parse();
-    let group = ranks::join(matches!(cli.command, Command::Train(_)))?;
+    let group = ranks::join(matches!(cli.command, Command::Train(_) | Command::Eval(_)))?;
     let result = dispatch(cli.command);
     ranks::end_on_failure(group.as_ref(), &result);
     result

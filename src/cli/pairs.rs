@@ -329,15 +329,19 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
         &config_json(&config),
         &data.digest(&all).to_le_bytes()[..],
     ];
+    let sources = (|| -> anyhow::Result<_> {
+        let source = PairBatches::new(&data, train_idx, run.batch, run.seed)?;
+        let longest = val_idx.iter().map(|&i| val.pairs[i].len).max().unwrap_or(1);
+        let rows = eval_rows(&config, run.batch, longest);
+        let (limit, closing) = (as_limit(run.val_limit), as_limit(run.final_val_limit));
+        let periodic = PairEval::spread(val, val_idx.clone(), rows, limit)?;
+        let closing = (closing != limit && !periodic.is_whole())
+            .then(|| PairEval::spread(val, val_idx, rows, closing))
+            .transpose()?;
+        Ok((source, periodic, closing))
+    })();
+    let (mut source, periodic, closing) = ranks::agree(ranks::group().as_ref(), sources)?;
     let mut metrics = driver.start(&a, dist::settings_hash(&settings))?;
-    let mut source = PairBatches::new(&data, train_idx, run.batch, run.seed)?;
-    let longest = val_idx.iter().map(|&i| val.pairs[i].len).max().unwrap_or(1);
-    let rows = eval_rows(&config, run.batch, longest);
-    let (limit, closing) = (as_limit(run.val_limit), as_limit(run.final_val_limit));
-    let periodic = PairEval::spread(val, val_idx.clone(), rows, limit)?;
-    let closing = (closing != limit && !periodic.is_whole())
-        .then(|| PairEval::spread(val, val_idx, rows, closing))
-        .transpose()?;
     let val = Validation {
         periodic: &periodic,
         closing: closing.as_ref().map(|c| c as &dyn EvalSet),

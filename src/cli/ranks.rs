@@ -198,6 +198,17 @@ pub fn shard(engine: Box<dyn Engine>, batch: usize) -> anyhow::Result<Box<dyn En
     Ok(Box::new(Sharded::new(engine, group)))
 }
 
+/// The engine of this rank for evaluation: `engine` itself for a process alone, else the
+/// [`Sharded`] engine over it, which scores the rank's share of every batch (shares of a batch
+/// with fewer rows than processes are empty).
+pub fn shard_rows(engine: Box<dyn Engine>) -> Box<dyn Engine> {
+    let group = group();
+    match group.size() {
+        1 => engine,
+        _ => Box::new(Sharded::new(engine, group)),
+    }
+}
+
 /// The process counts up to `n` that divide `batch`, as text ("1, 2 or 4").
 fn divisors_below(batch: usize, n: usize) -> String {
     let d: Vec<String> = (1..=n.max(1))

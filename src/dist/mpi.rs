@@ -92,7 +92,10 @@ impl Group for MpiGroup {
             usize::try_from(len).map_err(|_| Error::Dist(format!("rank 0 sent {len} bytes")))?;
         count(len)?;
         bytes.resize(len, 0);
-        root.broadcast_into(&mut bytes[..]);
+        // Every rank knows the length: an empty message is not sent.
+        if len > 0 {
+            root.broadcast_into(&mut bytes[..]);
+        }
         Ok(())
     }
     fn all_gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
@@ -106,6 +109,10 @@ impl Group for MpiGroup {
             total += c as usize;
         }
         count(total)?;
+        if total == 0 {
+            // Every rank knows the counts: nothing is sent.
+            return Ok(vec![Vec::new(); self.size]);
+        }
         let mut buf = vec![0u8; total];
         {
             let mut partition = PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);
