@@ -353,11 +353,20 @@ fn start_long_run(ranks: usize, corpus: &str, out: &Path) -> Child {
     .expect("mpirun starts")
 }
 
-/// Waits until `job` has saved its training state in `out`, and returns the pids of its ranks
-/// (the children of `mpirun`).
+/// The step of the training state saved in `dir`; 0 before the first (files are replaced by
+/// rename, so a read never sees half of one).
+fn saved_step(dir: &Path) -> u64 {
+    match dir.join("state.safetensors").exists() {
+        true => TrainState::load(dir).unwrap().progress.step,
+        false => 0,
+    }
+}
+
+/// Waits until `job` has saved the training state of a step after the first in `out`, and
+/// returns the pids of its ranks (the children of `mpirun`).
 fn wait_for_state(job: &mut Child, out: &Path) -> Vec<i32> {
     let start = Instant::now();
-    while !out.join("state.safetensors").exists() {
+    while saved_step(out) < 2 {
         if let Some(status) = job.try_wait().unwrap() {
             panic!("the job ended before saving: {status}");
         }
