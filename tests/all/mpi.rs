@@ -159,6 +159,13 @@ impl Case {
     }
 }
 
+/// Every case of `cases` in data mode `mode` (the options `data`).
+fn check_all(dir: &Path, mode: &str, data: &[&str], cases: &[Case]) {
+    for case in cases {
+        case.check(dir, mode, data);
+    }
+}
+
 #[test]
 fn ranks_train_the_one_process_run_on_a_stream() {
     let Some(_job) = mpi_jobs("ranks on a stream") else {
@@ -167,13 +174,12 @@ fn ranks_train_the_one_process_run_on_a_stream() {
     let dir = tempfile::tempdir().unwrap();
     let (corpus, _) = write_corpus(dir.path(), "stream");
     let data = ["--corpus", &corpus, "--batch", "6", "--seq-len", "10"];
-    for case in [
+    let cases = [
         Case::new("rnn", 2, "sgd", true),
         Case::new("gru", 3, "adam", false),
         Case::new("lstm", 3, "sgd", false),
-    ] {
-        case.check(dir.path(), "stream", &data);
-    }
+    ];
+    check_all(dir.path(), "stream", &data, &cases);
 }
 
 #[test]
@@ -193,13 +199,12 @@ fn ranks_train_the_one_process_run_on_lines() {
         "--seq-len",
         "16",
     ];
-    for case in [
+    let cases = [
         Case::new("rnn", 3, "adam", false),
         Case::new("gru", 2, "sgd", false),
         Case::new("lstm", 2, "adam", true),
-    ] {
-        case.check(dir.path(), "lines", &data);
-    }
+    ];
+    check_all(dir.path(), "lines", &data, &cases);
 }
 
 /// A pairs file of class ids: sequences of 1 to 9 steps of `classes` classes, y a function of
@@ -243,13 +248,12 @@ fn ranks_train_the_one_process_run_on_pairs() {
         "--batch",
         "12",
     ];
-    for case in [
+    let cases = [
         Case::new("rnn", 2, "adam", true),
         Case::new("gru", 3, "sgd", true),
         Case::new("lstm", 3, "adam", false),
-    ] {
-        case.check(dir.path(), "pairs", &data);
-    }
+    ];
+    check_all(dir.path(), "pairs", &data, &cases);
 }
 
 #[test]
