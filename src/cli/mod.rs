@@ -540,6 +540,9 @@ pub struct EvalArgs {
 pub fn run() -> anyhow::Result<u8> {
     let cli = options::parse();
     let group = ranks::join(matches!(cli.command, Command::Train(_) | Command::Eval(_)))?;
+    if matches!(cli.command, Command::Train(_) | Command::Eval(_)) {
+        ranks::share_cores();
+    }
     let result = dispatch(cli.command);
     ranks::end_on_failure(group.as_ref(), &result);
     result

@@ -16,6 +16,7 @@ pub struct MpiGroup {
     rank: usize,
     size: usize,
     local_rank: usize,
+    local_size: usize,
     library: String,
     // Dropped last: finalizes MPI.
     _universe: mpi::environment::Universe,
@@ -40,12 +41,14 @@ impl MpiGroup {
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         check_world(launch, size, &library)?;
         // The processes of this machine: the GPU a rank takes is its rank among them.
-        let local_rank = world.split_shared(world.rank()).rank() as usize;
+        let local = world.split_shared(world.rank());
+        let (local_rank, local_size) = (local.rank() as usize, local.size() as usize);
         Ok(MpiGroup {
             world,
             rank,
             size,
             local_rank,
+            local_size,
             library,
             _universe: universe,
         })
@@ -66,6 +69,9 @@ impl Group for MpiGroup {
     }
     fn local_rank(&self) -> usize {
         self.local_rank
+    }
+    fn local_size(&self) -> usize {
+        self.local_size
     }
     fn describe(&self) -> String {
         format!("{} processes over MPI ({})", self.size, self.library)

@@ -59,6 +59,9 @@ impl Group for ThreadGroup {
     fn local_rank(&self) -> usize {
         self.rank
     }
+    fn local_size(&self) -> usize {
+        self.size
+    }
     fn describe(&self) -> String {
         format!("{} threads", self.size)
     }

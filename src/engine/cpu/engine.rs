@@ -306,10 +306,11 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
 
 impl<F: Float> Engine for CpuEngine<F> {
     fn describe(&self) -> String {
+        let threads = rayon::current_num_threads();
         format!(
-            "cpu ({}, {} threads)",
+            "cpu ({}, {threads} thread{})",
             std::any::type_name::<F>(),
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            if threads == 1 { "" } else { "s" }
         )
     }
 
