@@ -9,6 +9,7 @@ macro_rules! usage {
 }
 
 mod bench;
+mod bench_parallel;
 mod commands;
 mod import;
 mod options;
@@ -539,7 +540,7 @@ pub struct EvalArgs {
 /// Parses the arguments and runs the command; returns the process exit status.
 pub fn run() -> anyhow::Result<u8> {
     let cli = options::parse();
-    let group = ranks::join(matches!(cli.command, Command::Train(_)))?;
+    let group = ranks::join(matches!(cli.command, Command::Train(_) | Command::Bench(_)))?;
     let result = dispatch(cli.command);
     ranks::end_on_failure(group.as_ref(), &result);
     result

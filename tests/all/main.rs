@@ -20,6 +20,7 @@ mod lines;
 mod lm_cli;
 mod lm_data;
 mod model_options;
+mod mpi_bench;
 mod packed;
 mod padding;
 mod pairs_cli;
