@@ -528,6 +528,21 @@ fn probe_baseline(a: &BenchArgs, notes: &mut Vec<String>) -> Option<TorchInfo> {
     }
 }
 
+/// How the log and the notes name a configuration on an engine.
+pub(super) fn label(device: DeviceKind, shape: &StepShape) -> String {
+    format!(
+        "{:?} {} H={} B={} T={} L={} V={}{}",
+        device,
+        model_name(shape),
+        shape.hidden,
+        shape.batch,
+        shape.seq_len,
+        shape.layers,
+        shape.vocab,
+        shape.embed.map_or(String::new(), |e| format!(" E={e}"))
+    )
+}
+
 /// What one configuration is measured with.
 struct Measure<'a> {
     a: &'a BenchArgs,
@@ -572,17 +587,7 @@ impl Measure<'_> {
     /// Measures `shape` for every round, alternating with the baseline.
     fn shape(&self, shape: StepShape, notes: &mut Vec<String>) -> anyhow::Result<Option<Row>> {
         let (a, device) = (self.a, self.device);
-        let label = format!(
-            "{:?} {} H={} B={} T={} L={} V={}{}",
-            device,
-            model_name(&shape),
-            shape.hidden,
-            shape.batch,
-            shape.seq_len,
-            shape.layers,
-            shape.vocab,
-            shape.embed.map_or(String::new(), |e| format!(" E={e}"))
-        );
+        let label = label(device, &shape);
         eprintln!("measuring {label} ...");
         let mut bench = match StepBench::new(device, shape, a.seed) {
             Ok(b) => b,

@@ -12,8 +12,8 @@ use unroll::bench::{DeviceKind, StepShape, Timing};
 use unroll::dist::{self, Group};
 
 use super::bench::{
-    BenchArgs, Machine, Row, devices, emit_json, fmt_tokens, model_name, print_table, shapes,
-    timing,
+    BenchArgs, Machine, Row, devices, emit_json, fmt_tokens, label, model_name, print_table,
+    shapes, timing,
 };
 use super::ranks;
 
@@ -87,16 +87,7 @@ fn measure(
     group: &Rc<dyn Group>,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Option<Option<ParallelReport>>> {
-    let label = format!(
-        "{device:?} {} H={} B={} T={} L={} V={} on {} processes",
-        model_name(&shape),
-        shape.hidden,
-        shape.batch,
-        shape.seq_len,
-        shape.layers,
-        shape.vocab,
-        group.size()
-    );
+    let label = format!("{} on {} processes", label(device, &shape), group.size());
     eprintln!("measuring {label} ...");
     let made = match ParallelBench::new(device, shape, a.seed, Rc::clone(group)) {
         Err(e @ unroll::Error::Config(_)) => {
