@@ -5,6 +5,11 @@
 // on the host from the step's seed and the layer), and a kept element is scaled by 1 / (1 - p).
 // threshold = 0 and scale = 1 keep everything unchanged (dropout off).
 //
+// An engine whose batch is a share of a larger one keys element i by its index in the shared
+// batch's block: (i / step) * shared_step + window_off + i % step, with step = Bl * H elements
+// of a time step here, shared_step = B * H of one in the shared batch and window_off = b0 * H
+// (`MaskSpan`). step = shared_step and window_off = 0 key i by itself.
+//
 // Tunables (override constants): WG, the workgroup size.
 
 override WG: u32 = 64u;
@@ -17,8 +22,13 @@ struct Args {
     key: u32,
     threshold: u32,
     scale: f32,
+    // Where the block lies in the shared batch's (elements): see above.
+    step: u32,
+    shared_step: u32,
+    window_off: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> args: Args;
@@ -34,8 +44,14 @@ fn mix32(v: u32) -> u32 {
     return x;
 }
 
+// The index that keys element i of the block: its index in the shared batch's block.
+fn shared_index(i: u32) -> u32 {
+    let step = max(args.step, 1u);
+    return (i / step) * args.shared_step + args.window_off + i % step;
+}
+
 fn mask(i: u32) -> f32 {
-    if ((mix32(mix32(i) ^ args.key) >> 8u) >= args.threshold) {
+    if ((mix32(mix32(shared_index(i)) ^ args.key) >> 8u) >= args.threshold) {
         return args.scale;
     }
     return 0.0;

@@ -91,7 +91,9 @@ fn defaults() -> Vec<(&'static str, String)> {
         ),
         (
             "threads",
-            "[default: the available cores, or RAYON_NUM_THREADS when set]".into(),
+            "[default: the available cores (under an MPI launcher, shared among the ranks of \
+             the machine), or RAYON_NUM_THREADS when set]"
+                .into(),
         ),
         ("matmul_shape", format!("[default: {}]", shapes.join(","))),
     ]
@@ -241,7 +243,14 @@ fn cpu_threads(asked: Option<usize>, several: bool) -> anyhow::Result<usize> {
         }
         return Ok(n.max(1));
     }
-    let n = asked.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Ranks on one machine share its cores, as in training.
+    let local = if several {
+        ranks::group().local_size()
+    } else {
+        1
+    };
+    let n = asked.unwrap_or((cores / local.max(1)).max(1));
     if n == 0 {
         usage!("--threads must be at least 1");
     }

@@ -5,11 +5,13 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+
+use super::ranks;
 use unroll::data::corpus::{Corpus, Tokens};
 use unroll::data::guard::report_truncation_during;
 use unroll::data::lines::Lines;
 use unroll::data::vocab::Vocab;
-use unroll::engine::select::create_engine;
+use unroll::engine::select::{create_engine, create_engine_nth};
 use unroll::model::checkpoint::MODEL_FILE;
 use unroll::model::{Checkpoint, InputKind, OutputKind};
 use unroll::sample::{SampleOptions, sample as generate};
@@ -154,31 +156,39 @@ fn scored_file(a: &EvalArgs) -> anyhow::Result<PathBuf> {
 }
 
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
-    let file = scored_file(&a)?;
-    let (ckpt, vocab) = load_lm(&file)?;
-    if a.batch == 0 || a.seq_len == 0 {
-        usage!("--batch and --seq-len must be at least 1");
-    }
-    let eval = Rows {
-        rows: a.batch,
-        steps: a.seq_len,
-    };
-    check_evaluation(
-        "eval",
-        &ckpt.config,
-        eval,
-        Vec::new(),
-        "--batch or --seq-len",
-        a.device.into(),
-    )?;
-    if let Some(path) = &a.corpus {
-        // What a truncation of a memory-mapped corpus under the read says (see `guard`).
-        let then = "nothing was written: run `unroll eval` again once the corpus is restored";
-        report_truncation_during(path, "it was scored", then)?;
-    }
-    let corpus = Corpus::open(a.corpus.as_deref(), vocab.kind(), Some(vocab))?;
-    let (mut engine, note) = create_engine(a.device.into(), &ckpt.config, &ckpt.params)?;
-    eprintln!("{note}");
+    // Under an MPI launcher, every process scores its share of every batch; they agree on how
+    // the set-up went before the first batch.
+    let nth = ranks::group().local_rank();
+    let prepared = (|| -> anyhow::Result<_> {
+        let file = scored_file(&a)?;
+        let (ckpt, vocab) = load_lm(&file)?;
+        if a.batch == 0 || a.seq_len == 0 {
+            usage!("--batch and --seq-len must be at least 1");
+        }
+        let eval = Rows {
+            rows: a.batch,
+            steps: a.seq_len,
+        };
+        check_evaluation(
+            "eval",
+            &ckpt.config,
+            eval,
+            Vec::new(),
+            "--batch or --seq-len",
+            a.device.into(),
+        )?;
+        if let Some(path) = &a.corpus {
+            // What a truncation of a memory-mapped corpus under the read says (see `guard`).
+            let then = "nothing was written: run `unroll eval` again once the corpus is restored";
+            report_truncation_during(path, "it was scored", then)?;
+        }
+        let corpus = Corpus::open(a.corpus.as_deref(), vocab.kind(), Some(vocab))?;
+        let (engine, note) = create_engine_nth(a.device.into(), &ckpt.config, &ckpt.params, nth)?;
+        eprintln!("{note}");
+        Ok((file, ckpt, corpus, engine))
+    })();
+    let (file, ckpt, corpus, engine) = ranks::agree(ranks::group().as_ref(), prepared)?;
+    let mut engine = ranks::shard_rows(engine);
     let stats = if corpus.vocab().start_token().is_some() {
         // A lines-mode model: every line once, framed by its start and end tokens.
         let lines = Lines::new(&corpus, 0..corpus.text_bytes().len(), a.batch, a.seq_len)?;

@@ -540,7 +540,14 @@ pub struct EvalArgs {
 /// Parses the arguments and runs the command; returns the process exit status.
 pub fn run() -> anyhow::Result<u8> {
     let cli = options::parse();
-    let group = ranks::join(matches!(cli.command, Command::Train(_) | Command::Bench(_)))?;
+    let group = ranks::join(matches!(
+        cli.command,
+        Command::Train(_) | Command::Eval(_) | Command::Bench(_)
+    ))?;
+    // `unroll bench` sizes its own pool (--threads).
+    if matches!(cli.command, Command::Train(_) | Command::Eval(_)) {
+        ranks::share_cores();
+    }
     let result = dispatch(cli.command);
     ranks::end_on_failure(group.as_ref(), &result);
     result

@@ -331,14 +331,18 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
         &data.digest(&all).to_le_bytes()[..],
     ];
     ranks::start(driver.engine.as_mut(), dist::settings_hash(&settings))?;
-    let mut source = PairBatches::new(&data, train_idx, run.batch, run.seed)?;
-    let longest = val_idx.iter().map(|&i| val.pairs[i].len).max().unwrap_or(1);
-    let rows = eval_rows(&config, run.batch, longest);
-    let (limit, closing) = (as_limit(run.val_limit), as_limit(run.final_val_limit));
-    let periodic = PairEval::spread(val, val_idx.clone(), rows, limit)?;
-    let closing = (closing != limit && !periodic.is_whole())
-        .then(|| PairEval::spread(val, val_idx, rows, closing))
-        .transpose()?;
+    let sources = (|| -> anyhow::Result<_> {
+        let source = PairBatches::new(&data, train_idx, run.batch, run.seed)?;
+        let longest = val_idx.iter().map(|&i| val.pairs[i].len).max().unwrap_or(1);
+        let rows = eval_rows(&config, run.batch, longest);
+        let (limit, closing) = (as_limit(run.val_limit), as_limit(run.final_val_limit));
+        let periodic = PairEval::spread(val, val_idx.clone(), rows, limit)?;
+        let closing = (closing != limit && !periodic.is_whole())
+            .then(|| PairEval::spread(val, val_idx, rows, closing))
+            .transpose()?;
+        Ok((source, periodic, closing))
+    })();
+    let (mut source, periodic, closing) = ranks::agree(ranks::group().as_ref(), sources)?;
     let val = Validation {
         periodic: &periodic,
         closing: closing.as_ref().map(|c| c as &dyn EvalSet),

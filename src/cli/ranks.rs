@@ -59,6 +59,22 @@ pub fn join(runs_distributed: bool) -> anyhow::Result<Rc<dyn Group>> {
     Ok(group)
 }
 
+/// The CPU engine's threads of each of the `local` processes of this machine: its cores shared
+/// among them (RAYON_NUM_THREADS, when set, decides instead), so that ranks on one machine do
+/// not oversubscribe its cores.
+pub fn share_cores() {
+    let local = group().local_size();
+    if local == 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / local.max(1)).max(1);
+    // Fails only when the pool already exists, which it does not before the first engine.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+}
+
 #[cfg(feature = "mpi")]
 fn join_launched(launch: &dist::launch::Launch) -> anyhow::Result<Rc<dyn Group>> {
     Ok(Rc::new(dist::mpi::MpiGroup::join(launch)?))
@@ -202,6 +218,17 @@ pub fn check_split(batch: usize) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The engine of this rank for evaluation: `engine` itself for a process alone, else the
+/// [`Sharded`] engine over it, which scores the rank's share of every batch (shares of a batch
+/// with fewer rows than processes are empty).
+pub fn shard_rows(engine: Box<dyn Engine>) -> Box<dyn Engine> {
+    let group = group();
+    match group.size() {
+        1 => engine,
+        _ => Box::new(Sharded::new(engine, group)),
+    }
 }
 
 /// The process counts up to `n` that divide `batch`, as text ("1, 2 or 4").

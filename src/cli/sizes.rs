@@ -40,9 +40,14 @@ pub fn check_training(
     resumed: bool,
     device: DeviceChoice,
 ) -> unroll::Result<()> {
-    let train = Rows { rows: batch, steps };
+    // A process of a data-parallel run holds its share of the rows.
+    let ranks = super::ranks::group().size();
+    let train = Rows {
+        rows: batch.div_ceil(ranks),
+        steps,
+    };
     let eval = Rows {
-        rows: eval_rows(config, batch, eval_steps),
+        rows: eval_rows(config, batch, eval_steps).div_ceil(ranks),
         steps: eval_steps,
     };
     let lower = if resumed {

@@ -570,8 +570,12 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
     let vocab = corpus.vocab().clone();
     let run = driver.run.clone();
     let eval_rows = eval_rows(driver.engine.config(), run.batch, run.seq_len);
-    let mut sources = split.sources((&corpus, val_corpus.as_ref()), &run, eval_rows)?;
-    sources.train = watched(sources.train, &corpus, watch, &driver.out)?;
+    let sources = (|| {
+        let mut sources = split.sources((&corpus, val_corpus.as_ref()), &run, eval_rows)?;
+        sources.train = watched(sources.train, &corpus, watch, &driver.out)?;
+        Ok(sources)
+    })();
+    let mut sources = ranks::agree(ranks::group().as_ref(), sources)?;
     let val = Validation {
         periodic: sources.periodic.as_ref(),
         closing: sources.closing.as_deref(),
@@ -594,7 +598,13 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
     )? {
         return Ok(code);
     }
-    if a.sample > 0 && run.steps > 0 {
+    if a.sample > 0 && run.steps > 0 && ranks::group().size() > 1 {
+        // Sampling is one sequence: it is not shared among processes.
+        eprintln!(
+            "sample from the model with `unroll sample --model {}`",
+            driver.out.display()
+        );
+    } else if a.sample > 0 && run.steps > 0 {
         sample_after(driver.engine.as_mut(), &vocab, a.sample, &run)?;
     }
     Ok(0)

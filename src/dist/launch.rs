@@ -84,3 +84,72 @@ pub fn check_world(launch: &Launch, world: usize, library: &str) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn the_launchers_environments_are_recognised() {
+        let open_mpi = launch_in(env(&[("OMPI_COMM_WORLD_SIZE", "4")])).unwrap();
+        assert_eq!(
+            (open_mpi.var, open_mpi.size),
+            ("OMPI_COMM_WORLD_SIZE", Some(4))
+        );
+        let hydra = launch_in(env(&[("PMI_SIZE", "2"), ("PMI_RANK", "1")])).unwrap();
+        assert_eq!((hydra.var, hydra.size), ("PMI_SIZE", Some(2)));
+        let pmix = launch_in(env(&[("PMIX_RANK", "0"), ("SLURM_NTASKS", "8")])).unwrap();
+        assert_eq!((pmix.var, pmix.size), ("PMIX_RANK", Some(8)));
+        let pmix_alone = launch_in(env(&[("PMIX_RANK", "1")])).unwrap();
+        assert_eq!(pmix_alone.size, None);
+        // A batch script's shell is not a launch.
+        assert_eq!(
+            launch_in(env(&[("SLURM_NTASKS", "8"), ("SLURM_PROCID", "0")])),
+            None
+        );
+        assert_eq!(launch_in(env(&[])), None);
+    }
+
+    #[test]
+    fn a_build_without_mpi_refuses_more_than_one_process() {
+        let of = |vars: &[(&str, &str)]| refuse_without_mpi(&launch_in(env(vars)).unwrap());
+        let e = of(&[("OMPI_COMM_WORLD_SIZE", "2")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("2 processes") && e.contains("--features mpi"),
+            "{e}"
+        );
+        assert!(
+            of(&[("PMIX_RANK", "0")]).is_err(),
+            "an unknown number is refused"
+        );
+        assert!(
+            of(&[("PMI_SIZE", "1")]).is_ok(),
+            "one process is a process alone"
+        );
+    }
+
+    #[test]
+    fn a_world_that_is_not_the_launchers_is_refused() {
+        let launch = launch_in(env(&[("OMPI_COMM_WORLD_SIZE", "3")])).unwrap();
+        let e = check_world(&launch, 1, "MPICH 4.0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("started 3") && e.contains("sees 1") && e.contains("MPICH"),
+            "{e}"
+        );
+        assert!(check_world(&launch, 3, "Open MPI").is_ok());
+        let unknown = launch_in(env(&[("PMIX_RANK", "0")])).unwrap();
+        assert!(check_world(&unknown, 5, "Open MPI").is_ok());
+    }
+}

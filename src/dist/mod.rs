@@ -30,6 +30,8 @@ pub trait Group {
     fn size(&self) -> usize;
     /// This process's rank among the processes of its machine (which GPU it takes).
     fn local_rank(&self) -> usize;
+    /// The number of processes on this machine (which share its cores).
+    fn local_size(&self) -> usize;
     /// The library and the number of processes, for logs.
     fn describe(&self) -> String;
     /// Sums `values` element-wise over the ranks; every rank gets the same sums.
@@ -70,6 +72,9 @@ impl Group for Solo {
     }
     fn local_rank(&self) -> usize {
         0
+    }
+    fn local_size(&self) -> usize {
+        1
     }
     fn describe(&self) -> String {
         "one process".into()

@@ -16,6 +16,7 @@ pub struct MpiGroup {
     rank: usize,
     size: usize,
     local_rank: usize,
+    local_size: usize,
     library: String,
     // Dropped last: finalizes MPI.
     _universe: mpi::environment::Universe,
@@ -40,12 +41,14 @@ impl MpiGroup {
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         check_world(launch, size, &library)?;
         // The processes of this machine: the GPU a rank takes is its rank among them.
-        let local_rank = world.split_shared(world.rank()).rank() as usize;
+        let local = world.split_shared(world.rank());
+        let (local_rank, local_size) = (local.rank() as usize, local.size() as usize);
         Ok(MpiGroup {
             world,
             rank,
             size,
             local_rank,
+            local_size,
             library,
             _universe: universe,
         })
@@ -66,6 +69,9 @@ impl Group for MpiGroup {
     }
     fn local_rank(&self) -> usize {
         self.local_rank
+    }
+    fn local_size(&self) -> usize {
+        self.local_size
     }
     fn describe(&self) -> String {
         format!("{} processes over MPI ({})", self.size, self.library)
@@ -92,7 +98,10 @@ impl Group for MpiGroup {
             usize::try_from(len).map_err(|_| Error::Dist(format!("rank 0 sent {len} bytes")))?;
         count(len)?;
         bytes.resize(len, 0);
-        root.broadcast_into(&mut bytes[..]);
+        // Every rank knows the length: an empty message is not sent.
+        if len > 0 {
+            root.broadcast_into(&mut bytes[..]);
+        }
         Ok(())
     }
     fn all_gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
@@ -106,6 +115,10 @@ impl Group for MpiGroup {
             total += c as usize;
         }
         count(total)?;
+        if total == 0 {
+            // Every rank knows the counts: nothing is sent.
+            return Ok(vec![Vec::new(); self.size]);
+        }
         let mut buf = vec![0u8; total];
         {
             let mut partition = PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use super::{Group, all_gather_f32, share};
 use crate::engine::{
-    Batch, Dropout, EdgeDropout, Engine, Inputs, LossStats, OutputChunks, Recurrence, Targets,
-    profile,
+    Batch, Dropout, EdgeDropout, Engine, Inputs, LossStats, OutputChunks, Recurrence, RowWindow,
+    Targets, profile,
 };
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ParamLayout};
@@ -222,6 +222,12 @@ impl Engine for Sharded {
         }
         let local = batch_rows(batch, &self.mine);
         self.local_count = local.count();
+        // The share's dropout masks are those of its rows in the global batch.
+        let window = RowWindow {
+            first: self.mine.start,
+            rows: batch.rows,
+        };
+        self.inner.set_row_window(Some(window))?;
         self.inner.upload_batch(&local)
     }
     fn forward(&mut self) -> Result<()> {
@@ -308,6 +314,15 @@ impl Engine for Sharded {
     }
     fn set_dropout(&mut self, dropout: Option<Dropout>) -> Result<()> {
         self.inner.set_dropout(dropout)
+    }
+    /// The window of each share is set by `upload_batch`; the global batch is not a share.
+    fn set_row_window(&mut self, window: Option<RowWindow>) -> Result<()> {
+        match window {
+            None => Ok(()),
+            Some(_) => Err(Error::Config(
+                "a data-parallel engine sets its ranks' row windows itself".into(),
+            )),
+        }
     }
     fn set_edge_dropout(&mut self, edges: EdgeDropout) -> Result<()> {
         self.inner.set_edge_dropout(edges)

@@ -4,8 +4,9 @@
 //! steps, computes the loss and its gradient w.r.t. the outputs), `backward` (exact BPTT; gradients
 //! ACCUMULATE), `optimizer_step` (global norm, clipping, update over the flat buffer), then
 //! `carry_state` or `reset_state` before the next batch. `set_dropout` turns dropout between
-//! layers on (with a fresh seed per training step) or off (evaluation, sampling). The trainer, the sampler and the CLI are
-//! generic over [`Engine`]; an engine may record these calls and run them later, so only the
+//! layers on (with a fresh seed per training step) or off (evaluation, sampling);
+//! `set_row_window` keys its masks by the rows of a batch shared with other engines
+//! ([`RowWindow`]). The trainer, the sampler and the CLI are generic over [`Engine`]; an engine may record these calls and run them later, so only the
 //! read-back calls (`loss`, `params`, `grads`, `state`, ...) have to wait for the work. Calls out
 //! of this order are [`Error::Misuse`]: a bug in the caller. docs/ARCHITECTURE.md ("The Engine
 //! contract") describes the contract and how each engine keeps it.
@@ -187,6 +188,45 @@ impl Dropout {
     }
 }
 
+/// Where an engine's batches lie in a larger batch that several engines share row-wise
+/// (data-parallel training): local row b of every time step is row `first + b` of a batch of
+/// `rows` rows. Dropout masks are keyed by the row in that batch, so the engines that share it
+/// draw the masks one engine would draw for all of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowWindow {
+    pub first: usize,
+    pub rows: usize,
+}
+
+impl RowWindow {
+    /// Checks that the window has a row of its own within its batch.
+    pub fn validate(&self) -> Result<()> {
+        if self.first >= self.rows {
+            return Err(Error::Shape(format!(
+                "row window starts at row {} of a batch of {} rows; it must start within it",
+                self.first, self.rows
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that a batch of `rows` rows fits in the window: rows `first..first + rows` of
+    /// the shared batch.
+    pub fn check_batch(&self, rows: usize) -> Result<()> {
+        if self.first.saturating_add(rows) > self.rows {
+            return Err(Error::Shape(format!(
+                "a batch of B={rows} rows does not fit in the row window at row {} of a batch \
+                 of {} rows; set a window that holds rows {}..{}",
+                self.first,
+                self.rows,
+                self.first,
+                self.first + rows
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Dropout at the model's edges, as PyTorch's word_language_model example applies it besides
 /// the dropout between layers: on the embedded tokens (`embed`, layer 0's input) and on the
 /// top layer's output (`out`, the output layer's input). In training only: the masks are keyed
@@ -345,6 +385,12 @@ pub trait Engine {
         let _ = recurrence;
         Ok(())
     }
+    /// Where the batches that follow lie in a batch shared row-wise with other engines
+    /// (data-parallel training), which keys their dropout masks by the shared batch's rows
+    /// ([`RowWindow`]); `None`, the initial setting, is the engine alone. It applies to the
+    /// forwards and backwards from the next `upload_batch`; a batch whose rows the window does
+    /// not hold is [`Error::Shape`] there (and at `forward`).
+    fn set_row_window(&mut self, window: Option<RowWindow>) -> Result<()>;
     /// Starts (`true`) or stops timing each [`profile::StepPhase`] of the calls that follow:
     /// device time from timestamp queries on the GPU (an error where the device has none, and
     /// every submit then waits for its timestamps), the wall clock inside the calls on the CPU.

@@ -322,7 +322,8 @@ fn every_args_mirror_fits_an_arguments_slot() {
 fn the_interface_checks_report_mismatches() {
     let wgsl = "
         struct Args { n: u32, src_off: u32, key: u32, dst_off: u32, threshold: f32, scale: f32,
-                      extra: u32, _pad1: u32, }
+                      step: u32, shared_step: u32, window_off: u32, extra: u32, _pad1: u32,
+                      _pad2: u32, }
         @group(0) @binding(0) var<uniform> args: Args;
         @group(0) @binding(1) var<storage, read> b_d: array<f32>;
         @group(0) @binding(2) var<storage, read> more: array<f32>;
@@ -342,7 +343,7 @@ fn the_interface_checks_report_mismatches() {
         "`key` (4 bytes at 8) against `dst_off`",
         "`dst_off` (4 bytes at 12) against `key`",
         "`threshold` is f32 in WGSL, `threshold` is u32",
-        "`extra` at 24 lies in the padding `pad`",
+        "`extra` at 36 lies in the padding `pad`",
         "binding 1 (`b_d`) is Read in WGSL, ReadWrite in the Kernel",
         "binding 2 is used but not listed",
     ] {

@@ -8,13 +8,13 @@ use ndarray::{Array2, ArrayView2, s};
 use crate::engine::profile::{self, PhaseClock, PhaseTimes, StepPhase};
 use crate::engine::{
     Batch, DEFAULT_LOGIT_BUDGET, Dropout, EdgeDropout, Engine, Inputs, LossStats, OutputChunks,
-    Targets, outputs_not_kept,
+    RowWindow, Targets, outputs_not_kept,
 };
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState, clip_scale};
 
-use super::dropout::{self, EMBED_SITE, MaskKey, OUT_SITE};
+use super::dropout::{self, EMBED_SITE, MaskKey, MaskSpan, OUT_SITE};
 use super::layers::{
     chunk_outputs, dropout_input, embed_tokens, in_time_order, input_backward, input_grad,
     input_weight_grads, layer_backward, layer_below, layer_forward, layer_output, output_backward,
@@ -119,11 +119,16 @@ pub(super) struct EdgeMasks {
 }
 
 impl EdgeMasks {
-    /// The masks of a forward under `dropout` (the step's seed; `None`: evaluation).
-    pub(super) fn new(dropout: Option<Dropout>, edges: EdgeDropout) -> Self {
+    /// The masks of a forward under `dropout` (the step's seed; `None`: evaluation), over the
+    /// embedded tokens' and the top layer's output's blocks in the row window (`spans`).
+    pub(super) fn new(
+        dropout: Option<Dropout>,
+        edges: EdgeDropout,
+        (embed, out): (MaskSpan, MaskSpan),
+    ) -> Self {
         EdgeMasks {
-            embed: MaskKey::edge(dropout, edges.embed, EMBED_SITE),
-            out: MaskKey::edge(dropout, edges.out, OUT_SITE),
+            embed: MaskKey::edge(dropout, edges.embed, EMBED_SITE).within(embed),
+            out: MaskKey::edge(dropout, edges.out, OUT_SITE).within(out),
         }
     }
 }
@@ -146,6 +151,8 @@ pub struct CpuEngine<F: Float = f32> {
     dropout: Option<Dropout>,
     /// Dropout at the model's edges, applied while `dropout` is set.
     edges: EdgeDropout,
+    /// Where the batches lie in a batch shared with other engines (keys the masks).
+    window: Option<RowWindow>,
     /// The most logits the output layer holds at once.
     logit_budget: usize,
     /// Output arrays of an earlier forward, for the next one to fill.
@@ -176,6 +183,7 @@ impl<F: Float> CpuEngine<F> {
             c0: Vec::new(),
             dropout: None,
             edges: EdgeDropout::default(),
+            window: None,
             logit_budget: DEFAULT_LOGIT_BUDGET,
             spare: None,
             pool: pool::Pool::default(),
@@ -221,6 +229,26 @@ impl<F: Float> CpuEngine<F> {
     /// B: the rows of the state.
     fn rows(&self) -> usize {
         self.h0.first().map_or(0, |a| a.nrows())
+    }
+
+    /// The dropout masks of a forward of a batch of `rows` rows: after each layer but the last,
+    /// and at the edges, each over its block in the row window.
+    fn masks(&self, rows: usize) -> (Vec<MaskKey>, EdgeMasks) {
+        let cfg = &self.config;
+        let span = |width| MaskSpan::new(self.window, rows, width);
+        let layer = span(cfg.output_width());
+        let masks = (0..cfg.layers.saturating_sub(1))
+            .map(|k| MaskKey::new(self.dropout, k).within(layer))
+            .collect();
+        // Without an embedding the embedded tokens' mask is never applied.
+        let embedded = span(cfg.embed.unwrap_or(0));
+        let edges = EdgeMasks::new(self.dropout, self.edges, (embedded, layer));
+        (masks, edges)
+    }
+
+    /// Checks that the row window holds a batch of `rows` rows.
+    fn check_window(&self, rows: usize) -> Result<()> {
+        self.window.map_or(Ok(()), |w| w.check_batch(rows))
     }
 
     /// The norm, clipping and update of `optimizer_step`.
@@ -278,10 +306,11 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
 
 impl<F: Float> Engine for CpuEngine<F> {
     fn describe(&self) -> String {
+        let threads = rayon::current_num_threads();
         format!(
-            "cpu ({}, {} threads)",
+            "cpu ({}, {threads} thread{})",
             std::any::type_name::<F>(),
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            if threads == 1 { "" } else { "s" }
         )
     }
 
@@ -319,6 +348,7 @@ impl<F: Float> Engine for CpuEngine<F> {
 
     fn upload_batch(&mut self, batch: &Batch) -> Result<()> {
         batch.validate(&self.config)?;
+        self.check_window(batch.rows)?;
         if batch.rows != self.rows() {
             return Err(Error::Shape(format!(
                 "batch has B={} rows but the state has {}; reset the state first",
@@ -357,15 +387,13 @@ impl<F: Float> Engine for CpuEngine<F> {
     fn forward(&mut self) -> Result<()> {
         self.recycle_cache();
         let batch = needed(&self.batch, "forward called before upload_batch")?;
+        self.check_window(batch.rows)?;
+        let (masks, edge_masks) = self.masks(batch.rows);
         let pool = &mut self.pool;
         let clock = &mut self.clock;
         profile::enter(clock, StepPhase::Input);
         let cfg = &self.config;
         let model = (&self.layout, &self.params[..]);
-        let masks: Vec<MaskKey> = (0..cfg.layers.saturating_sub(1))
-            .map(|k| MaskKey::new(self.dropout, k))
-            .collect();
-        let edge_masks = EdgeMasks::new(self.dropout, self.edges);
         let mut embedded = embed_tokens(cfg, model, batch, pool);
         if let Some(x) = embedded
             .as_mut()
@@ -593,6 +621,14 @@ impl<F: Float> Engine for CpuEngine<F> {
     fn set_edge_dropout(&mut self, edges: EdgeDropout) -> Result<()> {
         edges.check_for(&self.config)?;
         self.edges = edges;
+        Ok(())
+    }
+
+    fn set_row_window(&mut self, window: Option<RowWindow>) -> Result<()> {
+        if let Some(w) = window {
+            w.validate()?;
+        }
+        self.window = window;
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use crate::engine::cpu::dropout::{EMBED_SITE, MaskKey, OUT_SITE};
+use crate::engine::cpu::dropout::{EMBED_SITE, OUT_SITE};
 use crate::engine::gpu::buffers::{Region, at};
 use crate::engine::gpu::forward::record_output_chunk;
 use crate::engine::gpu::matmul::{RowsEpilogue, matmul, matmul_rows, plain, transposed};
@@ -37,9 +37,9 @@ pub fn record_backward(r: &Recording<'_>, out: &mut Calls) -> Result<()> {
     if r.shape.out_input.is_some() {
         // dS back through the output dropout (twin: `dropout::dropout_backward`).
         let n = r.n() * r.cfg.output_width();
-        let key = MaskKey::at(r.dropout, r.edges, OUT_SITE);
-        let call = dropout::dropout_backward(r.ctx, n, at(&r.shape.ds[0], 0), key)?;
-        out.push_dropout(call, n, (0, 0), OUT_SITE);
+        let block = r.mask_block(OUT_SITE, r.cfg.output_width());
+        let call = dropout::dropout_backward(r.ctx, n, at(&r.shape.ds[0], 0), r.mask(block))?;
+        out.push_dropout(call, n, (0, 0), block);
     }
     // The gradient reaching layer k's outputs is ds[cur]; layer k writes the one of the layer
     // below into the other.
@@ -411,9 +411,9 @@ fn record_input_gradient(
     let n = r.n();
     if k > 0 {
         let len = n * cfg.layer_input_size(k);
-        let key = MaskKey::new(r.dropout, k - 1);
-        let call = dropout::dropout_backward(ctx, len, at(ds_below, 0), key)?;
-        out.push_dropout(call, len, (0, 0), k - 1);
+        let block = r.mask_block(k - 1, cfg.layer_input_size(k));
+        let call = dropout::dropout_backward(ctx, len, at(ds_below, 0), r.mask(block))?;
+        out.push_dropout(call, len, (0, 0), block);
         return Ok(true);
     }
     let Some(e) = &r.shape.embedding else {
@@ -421,9 +421,9 @@ fn record_input_gradient(
     };
     if r.edges.embed > 0.0 {
         let n = n * e.width;
-        let key = MaskKey::at(r.dropout, r.edges, EMBED_SITE);
-        let call = dropout::dropout_backward(ctx, n, at(&e.d_embedded, 0), key)?;
-        out.push_dropout(call, n, (0, 0), EMBED_SITE);
+        let block = r.mask_block(EMBED_SITE, e.width);
+        let call = dropout::dropout_backward(ctx, n, at(&e.d_embedded, 0), r.mask(block))?;
+        out.push_dropout(call, n, (0, 0), block);
     }
     let dims = Dims {
         rows: r.shape.rows,

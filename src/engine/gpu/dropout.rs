@@ -27,12 +27,15 @@ args_mirror! {
         pub key: u32,
         pub threshold: u32,
         pub scale: f32,
-        pub pad: [u32; 2],
+        pub step: u32,
+        pub shared_step: u32,
+        pub window_off: u32,
+        pub pad: [u32; 3],
     }
 }
 
 impl DropoutArgs {
-    /// The arguments for `n` elements with mask `key`.
+    /// The arguments for `n` elements with mask `key` (over its span).
     pub fn new(n: usize, (src, dst): (usize, usize), key: MaskKey) -> Result<Self> {
         Ok(DropoutArgs {
             n: offset32("elements", n)?,
@@ -41,7 +44,10 @@ impl DropoutArgs {
             key: key.key,
             threshold: key.threshold,
             scale: key.scale,
-            pad: [0; 2],
+            step: offset32("mask span step", key.span.step)?,
+            shared_step: offset32("mask span step", key.span.shared_step)?,
+            window_off: offset32("mask span offset", key.span.offset)?,
+            pad: [0; 3],
         })
     }
 }

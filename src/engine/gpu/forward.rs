@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use crate::engine::cpu::dropout::{EMBED_SITE, MaskKey, OUT_SITE};
+use crate::engine::cpu::dropout::{EMBED_SITE, OUT_SITE};
 use crate::engine::gpu::buffers::at;
 use crate::engine::gpu::matmul::{Biases, RowsEpilogue, matmul, matmul_rows, plain, transposed};
 use crate::engine::gpu::profile::StepPhase;
@@ -72,9 +72,9 @@ fn record_embedding(r: &Recording<'_>, e: &Embedding, out: &mut Calls) -> Result
     if r.edges.embed > 0.0 {
         // Masked in place: the layer reads the embedded tokens only through the mask.
         let n = r.n() * e.width;
-        let key = MaskKey::at(r.dropout, r.edges, EMBED_SITE);
-        let call = dropout::dropout_backward(r.ctx, n, at(&e.embedded, 0), key)?;
-        out.push_dropout(call, n, (0, 0), EMBED_SITE);
+        let block = r.mask_block(EMBED_SITE, e.width);
+        let call = dropout::dropout_backward(r.ctx, n, at(&e.embedded, 0), r.mask(block))?;
+        out.push_dropout(call, n, (0, 0), block);
     }
     Ok(())
 }
@@ -84,9 +84,9 @@ fn record_embedding(r: &Recording<'_>, e: &Embedding, out: &mut Calls) -> Result
 fn record_output_dropout(r: &Recording<'_>, x: &wgpu::Buffer, out: &mut Calls) -> Result<()> {
     let n = r.n() * r.cfg.output_width();
     let top = r.layer_output(r.cfg.layers - 1);
-    let key = MaskKey::at(r.dropout, r.edges, OUT_SITE);
-    let call = dropout::dropout_forward(r.ctx, n, top, at(x, 0), key)?;
-    out.push_dropout(call, n, (top.offset, 0), OUT_SITE);
+    let block = r.mask_block(OUT_SITE, r.cfg.output_width());
+    let call = dropout::dropout_forward(r.ctx, n, top, at(x, 0), r.mask(block))?;
+    out.push_dropout(call, n, (top.offset, 0), block);
     Ok(())
 }
 
@@ -101,14 +101,9 @@ fn record_dropout_forward(
 ) -> Result<()> {
     let n = r.n() * r.cfg.output_width();
     let below = r.layer_output(k - 1);
-    let call = dropout::dropout_forward(
-        r.ctx,
-        n,
-        below,
-        at(input, 0),
-        MaskKey::new(r.dropout, k - 1),
-    )?;
-    out.push_dropout(call, n, (below.offset, 0), k - 1);
+    let block = r.mask_block(k - 1, r.cfg.output_width());
+    let call = dropout::dropout_forward(r.ctx, n, below, at(input, 0), r.mask(block))?;
+    out.push_dropout(call, n, (below.offset, 0), block);
     Ok(())
 }
 

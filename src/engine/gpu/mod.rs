@@ -50,7 +50,8 @@ use std::collections::HashMap;
 
 use crate::engine::reverse::sequence_lengths;
 use crate::engine::{
-    Batch, Dropout, EdgeDropout, Engine, Inputs, LossStats, OutputChunks, Recurrence, Targets,
+    Batch, Dropout, EdgeDropout, Engine, Inputs, LossStats, OutputChunks, Recurrence, RowWindow,
+    Targets,
 };
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ParamLayout};
@@ -87,6 +88,8 @@ pub struct GpuEngine {
     dropout: Option<Dropout>,
     /// Dropout at the model's edges; a shape has its dispatches only where it is on.
     edges: EdgeDropout,
+    /// Where the batches lie in a batch shared with other engines (keys the masks).
+    window: Option<RowWindow>,
     /// The most logits the output layer holds at once.
     logit_budget: usize,
     /// How the tanh/relu recurrence is dispatched.
@@ -162,6 +165,7 @@ impl GpuEngine {
             h0,
             dropout: None,
             edges: EdgeDropout::default(),
+            window: None,
             logit_budget: crate::engine::DEFAULT_LOGIT_BUDGET,
             recurrence: Recurrence::Auto,
             rows: 1,
@@ -234,6 +238,7 @@ impl GpuEngine {
             scratch: &self.scratch,
             dropout: self.dropout,
             edges: self.edges,
+            window: self.window,
             shape: &buffers,
             kernel,
         };
@@ -246,7 +251,8 @@ impl GpuEngine {
         })
     }
 
-    /// Rewrites the dropout arguments of every shape for the current dropout setting. Only
+    /// Rewrites the dropout arguments of every shape for the current dropout setting and row
+    /// window. Only
     /// recorded forward or backward dispatches read them, so only those are submitted first (a
     /// carried state's copies stay in the next step's submit).
     fn patch_dropout(&mut self) -> Result<()> {
@@ -254,11 +260,15 @@ impl GpuEngine {
             self.flush()?;
         }
         for shape in self.shapes.values() {
-            shape
-                .plans
-                .patch_dropout(&self.ctx, self.dropout, self.edges)?;
+            let setting = (self.dropout, self.edges, self.window);
+            shape.plans.patch_dropout(&self.ctx, setting)?;
         }
         Ok(())
+    }
+
+    /// Checks that the row window holds a batch of `rows` rows.
+    fn check_window(&self, rows: usize) -> Result<()> {
+        self.window.map_or(Ok(()), |w| w.check_batch(rows))
     }
 
     /// Makes (T, B) the current shape, building it on first use.
@@ -358,6 +368,7 @@ impl Engine for GpuEngine {
 
     fn upload_batch(&mut self, batch: &Batch) -> Result<()> {
         batch.validate(&self.config)?;
+        self.check_window(batch.rows)?;
         if batch.rows != self.rows {
             return Err(Error::Shape(format!(
                 "batch has B={} rows but the state has {}; reset the state first",
@@ -408,6 +419,7 @@ impl Engine for GpuEngine {
             .and_then(|k| self.shapes.get(&k))
             .ok_or_else(|| Error::Misuse("forward called before upload_batch".into()))?;
         let rows = shape.buffers.rows;
+        self.check_window(rows)?;
         let mut h0_off = 0;
         for (states, offset, width) in shape.buffers.carried(&self.config) {
             self.recorder.push(Op::Copy {
@@ -566,6 +578,17 @@ impl Engine for GpuEngine {
         }
         if dropout != self.dropout {
             self.dropout = dropout;
+            self.patch_dropout()?;
+        }
+        Ok(())
+    }
+
+    fn set_row_window(&mut self, window: Option<RowWindow>) -> Result<()> {
+        if let Some(w) = window {
+            w.validate()?;
+        }
+        if window != self.window {
+            self.window = window;
             self.patch_dropout()?;
         }
         Ok(())

@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use bytemuck::Pod;
 
-use crate::engine::cpu::dropout::MaskKey;
+use crate::engine::cpu::dropout::{MaskKey, MaskSpan};
 use crate::engine::gpu::buffers::{Region, at};
 use crate::engine::gpu::context::GpuContext;
 use crate::engine::gpu::dropout::DropoutArgs;
@@ -24,7 +24,7 @@ use crate::engine::gpu::rnn::Dims;
 use crate::engine::gpu::rnn::RnnArgs;
 use crate::engine::gpu::shape::{RecurrenceKernel, ShapeBuffers};
 use crate::engine::gpu::{backward, forward};
-use crate::engine::{Dropout, EdgeDropout};
+use crate::engine::{Dropout, EdgeDropout, RowWindow};
 use crate::error::Result;
 use crate::model::{ModelConfig, ParamLayout};
 
@@ -50,6 +50,31 @@ impl LossSlot {
     }
 }
 
+/// The block a dropout dispatch masks: its mask site and its shape per time step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaskBlock {
+    /// The mask after this layer, or an edge site (`engine::cpu::dropout::EMBED_SITE`,
+    /// `OUT_SITE`).
+    pub boundary: usize,
+    /// The batch's rows B and the block's width: the block is [T * B, width].
+    pub rows: usize,
+    pub width: usize,
+}
+
+impl MaskBlock {
+    /// Its mask under the dropout setting `dropout`, the edge dropout `edges` and the row
+    /// window `window`.
+    pub fn key(
+        &self,
+        dropout: Option<Dropout>,
+        edges: EdgeDropout,
+        window: Option<RowWindow>,
+    ) -> MaskKey {
+        let span = MaskSpan::new(window, self.rows, self.width);
+        MaskKey::at(dropout, edges, self.boundary).within(span)
+    }
+}
+
 /// A dropout dispatch: its plan, its index there, and what it masks.
 #[derive(Clone, Debug)]
 pub struct DropoutSlot {
@@ -59,19 +84,18 @@ pub struct DropoutSlot {
     pub n: usize,
     /// Element offsets of the source and the destination.
     pub offsets: (usize, usize),
-    /// The mask after this layer, or an edge site (`engine::cpu::dropout::EMBED_SITE`,
-    /// `OUT_SITE`).
-    pub boundary: usize,
+    pub block: MaskBlock,
 }
 
+/// What a dropout dispatch's mask follows: the dropout setting, the edge dropout and the row
+/// window.
+pub type MaskSetting = (Option<Dropout>, EdgeDropout, Option<RowWindow>);
+
 impl DropoutSlot {
-    /// Its arguments under the dropout setting `dropout` and the edge dropout `edges`.
-    pub fn args(&self, dropout: Option<Dropout>, edges: EdgeDropout) -> Result<DropoutArgs> {
-        DropoutArgs::new(
-            self.n,
-            self.offsets,
-            MaskKey::at(dropout, edges, self.boundary),
-        )
+    /// Its arguments under `setting`.
+    pub fn args(&self, (dropout, edges, window): MaskSetting) -> Result<DropoutArgs> {
+        let key = self.block.key(dropout, edges, window);
+        DropoutArgs::new(self.n, self.offsets, key)
     }
 }
 
@@ -88,6 +112,8 @@ pub struct Recording<'a> {
     pub dropout: Option<Dropout>,
     /// The edge dropout; the shape has its dispatches only where it is on.
     pub edges: EdgeDropout,
+    /// Where the batch lies in a batch shared with other engines (keys the masks).
+    pub window: Option<RowWindow>,
     pub shape: &'a ShapeBuffers,
     pub kernel: RecurrenceKernel,
 }
@@ -96,6 +122,20 @@ impl Recording<'_> {
     /// N = T * B.
     pub fn n(&self) -> usize {
         self.shape.steps * self.shape.rows
+    }
+
+    /// The block of the mask at `boundary` (a layer or an edge site), `width` wide.
+    pub fn mask_block(&self, boundary: usize, width: usize) -> MaskBlock {
+        MaskBlock {
+            boundary,
+            rows: self.shape.rows,
+            width,
+        }
+    }
+
+    /// The mask of `block` under the recording's setting.
+    pub fn mask(&self, block: MaskBlock) -> MaskKey {
+        block.key(self.dropout, self.edges, self.window)
     }
 
     /// The sizes of layer k's tanh/relu step kernels: B rows, H, the layer's input size, N.
@@ -286,15 +326,21 @@ impl Calls {
         self.calls.push(call);
     }
 
-    /// A dropout call of `n` elements at `offsets` with the mask after layer `boundary`, whose
-    /// arguments every change of the dropout setting patches.
-    pub fn push_dropout(&mut self, call: Call, n: usize, offsets: (usize, usize), boundary: usize) {
+    /// A dropout call of `n` elements at `offsets` masking `block`, whose arguments every
+    /// change of the dropout setting or the row window patches.
+    pub fn push_dropout(
+        &mut self,
+        call: Call,
+        n: usize,
+        offsets: (usize, usize),
+        block: MaskBlock,
+    ) {
         self.dropout.push(DropoutSlot {
             plan: self.plan,
             index: self.calls.len(),
             n,
             offsets,
-            boundary,
+            block,
         });
         self.calls.push(call);
     }
@@ -357,16 +403,11 @@ impl ShapePlans {
         Ok(())
     }
 
-    /// Every dropout dispatch's arguments for the setting `dropout` and the edge dropout
-    /// `edges`.
-    pub fn patch_dropout(
-        &self,
-        ctx: &GpuContext,
-        dropout: Option<Dropout>,
-        edges: EdgeDropout,
-    ) -> Result<()> {
+    /// Every dropout dispatch's arguments for `setting` (the dropout setting, the edge
+    /// dropout and the row window).
+    pub fn patch_dropout(&self, ctx: &GpuContext, setting: MaskSetting) -> Result<()> {
         for slot in &self.dropout_slots {
-            self.patch(ctx, (slot.plan, slot.index), &slot.args(dropout, edges)?);
+            self.patch(ctx, (slot.plan, slot.index), &slot.args(setting)?);
         }
         Ok(())
     }
@@ -393,7 +434,12 @@ mod tests {
         calls.push(call());
         calls.push_loss(call(), 2..5);
         calls.extend(vec![call(), call()]);
-        calls.push_dropout(call(), 10, (4, 0), 1);
+        let block = MaskBlock {
+            boundary: 1,
+            rows: 2,
+            width: 5,
+        };
+        calls.push_dropout(call(), 10, (4, 0), block);
         assert_eq!(calls.calls.len(), 5);
         let loss = &calls.loss[0];
         assert_eq!(
@@ -402,8 +448,8 @@ mod tests {
         );
         let d = &calls.dropout[0];
         assert_eq!(
-            (d.plan, d.index, d.n, d.offsets, d.boundary),
-            (PlanKind::Backward, 4, 10, (4, 0), 1)
+            (d.plan, d.index, d.n, d.offsets, d.block),
+            (PlanKind::Backward, 4, 10, (4, 0), block)
         );
     }
 
