@@ -16,6 +16,7 @@
 //! GEMM alone.
 
 pub mod matmul;
+pub mod parallel;
 pub mod pytorch;
 
 use std::time::Instant;
@@ -24,6 +25,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::dist::Sharded;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::gpu::profile::StepPhase;
 use crate::engine::gpu::{GpuContext, GpuEngine};
@@ -306,15 +308,39 @@ impl StepReport {
 pub enum BenchEngine {
     Cpu(Box<CpuEngine<f32>>),
     Gpu(Box<GpuEngine>),
+    /// One rank of a data-parallel run (`parallel`), over an engine on `device`.
+    Sharded {
+        engine: Box<Sharded>,
+        device: DeviceKind,
+    },
 }
 
 impl BenchEngine {
     /// The engine on `device` (the GPU: the best adapter, software ones included) for `config`.
     pub fn open(device: DeviceKind, config: &ModelConfig, params: &[f32]) -> Result<Self> {
+        Self::open_nth(device, config, params, 0)
+    }
+
+    /// [`BenchEngine::open`] on the `nth` GPU of the machine (see [`GpuContext::open_nth`]).
+    pub fn open_nth(
+        device: DeviceKind,
+        config: &ModelConfig,
+        params: &[f32],
+        nth: usize,
+    ) -> Result<Self> {
         Ok(match device {
             DeviceKind::Cpu => BenchEngine::Cpu(Box::new(CpuEngine::new(config, params)?)),
-            DeviceKind::Gpu => BenchEngine::gpu(GpuContext::open(true)?, config, params)?,
+            DeviceKind::Gpu => BenchEngine::gpu(GpuContext::open_nth(true, nth)?, config, params)?,
         })
+    }
+
+    /// The engine itself, to share out (`parallel`).
+    pub fn into_engine(self) -> Box<dyn Engine> {
+        match self {
+            BenchEngine::Cpu(e) => e,
+            BenchEngine::Gpu(e) => e,
+            BenchEngine::Sharded { engine, .. } => engine,
+        }
     }
 
     /// The GPU engine on an open context.
@@ -328,6 +354,7 @@ impl BenchEngine {
         match self {
             BenchEngine::Cpu(_) => DeviceKind::Cpu,
             BenchEngine::Gpu(_) => DeviceKind::Gpu,
+            BenchEngine::Sharded { device, .. } => *device,
         }
     }
 
@@ -336,11 +363,15 @@ impl BenchEngine {
         match self {
             BenchEngine::Cpu(e) => e.as_mut(),
             BenchEngine::Gpu(e) => e.as_mut(),
+            BenchEngine::Sharded { engine, .. } => engine.as_mut(),
         }
     }
 
     /// Returns once every call made so far has finished on the device (submits what the GPU
-    /// engine still holds, then blocks on the queue; the CPU engine is synchronous).
+    /// engine still holds, then blocks on the queue; the CPU engine is synchronous). A rank's
+    /// GPU engine is waited for by reading back the gradient norm of the last optimizer step
+    /// (the benchmarked step clips, so there is one): a read-back submits and waits for every
+    /// command recorded before it.
     pub fn wait(&mut self) -> Result<()> {
         match self {
             BenchEngine::Cpu(_) => Ok(()),
@@ -349,6 +380,20 @@ impl BenchEngine {
                 e.context().wait()?;
                 e.context().check("running the benchmarked step")
             }
+            BenchEngine::Sharded { engine, device } => match device {
+                DeviceKind::Cpu => Ok(()),
+                DeviceKind::Gpu => engine.grad_norm().map(drop),
+            },
+        }
+    }
+
+    /// Whether [`StepBench::phase_profile`] can time the phases of this engine: the CPU's, and
+    /// a GPU's with timestamp queries (a rank's GPU engine is not reached for them).
+    fn has_phase_times(&self) -> bool {
+        match self {
+            BenchEngine::Cpu(_) => true,
+            BenchEngine::Gpu(e) => e.context().has_timestamps(),
+            BenchEngine::Sharded { device, .. } => *device == DeviceKind::Cpu,
         }
     }
 }
@@ -479,7 +524,7 @@ impl StepBench {
         let describe = engine.describe();
         let recurrence = match &self.engine {
             BenchEngine::Gpu(e) => e.recurrence_kernel().map(str::to_string),
-            BenchEngine::Cpu(_) => None,
+            BenchEngine::Cpu(_) | BenchEngine::Sharded { .. } => None,
         };
         Ok(StepReport {
             device,
@@ -535,7 +580,7 @@ impl StepBench {
             }
         }
         let method = match &self.engine {
-            BenchEngine::Cpu(_) => {
+            BenchEngine::Cpu(_) | BenchEngine::Sharded { .. } => {
                 "per engine call, wall clock, median over the repeats".to_string()
             }
             BenchEngine::Gpu(e) => {
@@ -558,9 +603,7 @@ impl StepBench {
     /// compute pass), the wall clock around the same parts of the CPU engine's calls. `None` on
     /// a GPU without timestamp queries.
     pub fn phase_profile(&mut self, repeats: usize) -> Result<Option<Profile>> {
-        if let BenchEngine::Gpu(e) = &self.engine
-            && !e.context().has_timestamps()
-        {
+        if !self.engine.has_phase_times() {
             return Ok(None);
         }
         let engine = self.engine.engine();

@@ -14,6 +14,7 @@ use unroll::engine::gpu::GpuContext;
 
 use super::options::with_default;
 use super::sizes::{check_bench_matmul, check_bench_step};
+use super::{bench_parallel, ranks};
 use unroll::memory::Rows;
 
 /// `--recurrence`.
@@ -90,7 +91,9 @@ fn defaults() -> Vec<(&'static str, String)> {
         ),
         (
             "threads",
-            "[default: the available cores, or RAYON_NUM_THREADS when set]".into(),
+            "[default: the available cores (under an MPI launcher, shared among the ranks of \
+             the machine), or RAYON_NUM_THREADS when set]"
+                .into(),
         ),
         ("matmul_shape", format!("[default: {}]", shapes.join(","))),
     ]
@@ -200,12 +203,13 @@ pub struct BenchArgs {
     pub json_out: Option<std::path::PathBuf>,
 }
 
-/// Prints `value` (with --json) and writes it to --json-out.
-fn emit_json(a: &BenchArgs, value: &serde_json::Value) -> anyhow::Result<()> {
+/// Prints `value` (with --json) and writes it to --json-out (rank 0 alone under an MPI launcher;
+/// the others' output is silenced).
+pub(super) fn emit_json(a: &BenchArgs, value: &serde_json::Value) -> anyhow::Result<()> {
     if a.json {
         println!("{value}");
     }
-    if let Some(path) = &a.json_out {
+    if let Some(path) = a.json_out.as_ref().filter(|_| ranks::group().is_root()) {
         std::fs::write(path, format!("{value}\n"))
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -213,11 +217,11 @@ fn emit_json(a: &BenchArgs, value: &serde_json::Value) -> anyhow::Result<()> {
 }
 
 /// One measured configuration, with the baseline when it ran.
-struct Row {
-    report: StepReport,
-    torch: Option<TorchReport>,
+pub(super) struct Row {
+    pub(super) report: StepReport,
+    pub(super) torch: Option<TorchReport>,
     /// unroll / PyTorch tokens/s of each round.
-    round_ratios: Vec<f64>,
+    pub(super) round_ratios: Vec<f64>,
 }
 
 /// The number of threads the CPU engine's GEMMs use. They run on rayon's global pool, which
@@ -227,7 +231,7 @@ struct Row {
 /// count would exhaust the address space before the first step.
 const MAX_THREADS: usize = 1024;
 
-fn cpu_threads(asked: Option<usize>) -> anyhow::Result<usize> {
+fn cpu_threads(asked: Option<usize>, several: bool) -> anyhow::Result<usize> {
     const VAR: &str = "RAYON_NUM_THREADS";
     let env = std::env::var(VAR).ok();
     if let Some(v) = env.as_deref().filter(|v| !v.is_empty()) {
@@ -239,12 +243,27 @@ fn cpu_threads(asked: Option<usize>) -> anyhow::Result<usize> {
         }
         return Ok(n.max(1));
     }
-    let n = asked.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Ranks on one machine share its cores, as in training.
+    let local = if several {
+        ranks::group().local_size()
+    } else {
+        1
+    };
+    let n = asked.unwrap_or((cores / local.max(1)).max(1));
     if n == 0 {
         usage!("--threads must be at least 1");
     }
     if n > MAX_THREADS {
         usage!("--threads {n} is more than {MAX_THREADS}");
+    }
+    if several {
+        // The MPI library's threads run already: the pool is sized without the environment.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("sizing the CPU thread pool")?;
+        return Ok(n);
     }
     // SAFETY: called at the start of the command, before this process starts any thread
     // (no engine, device or pool exists yet), so nothing reads the environment concurrently.
@@ -252,7 +271,7 @@ fn cpu_threads(asked: Option<usize>) -> anyhow::Result<usize> {
     Ok(n)
 }
 
-fn devices(asked: &[BenchDevice]) -> Vec<(DeviceKind, Option<String>)> {
+pub(super) fn devices(asked: &[BenchDevice]) -> Vec<(DeviceKind, Option<String>)> {
     let mut out: Vec<(DeviceKind, Option<String>)> = Vec::new();
     for d in asked {
         let pick = match d {
@@ -273,7 +292,7 @@ fn devices(asked: &[BenchDevice]) -> Vec<(DeviceKind, Option<String>)> {
     out
 }
 
-fn shapes(a: &BenchArgs, device: DeviceKind) -> anyhow::Result<Vec<StepShape>> {
+pub(super) fn shapes(a: &BenchArgs, device: DeviceKind) -> anyhow::Result<Vec<StepShape>> {
     let cells = a
         .cell
         .iter()
@@ -316,7 +335,7 @@ fn shapes(a: &BenchArgs, device: DeviceKind) -> anyhow::Result<Vec<StepShape>> {
     Ok(out)
 }
 
-fn timing(a: &BenchArgs, device: DeviceKind) -> Timing {
+pub(super) fn timing(a: &BenchArgs, device: DeviceKind) -> Timing {
     let block = a.block.unwrap_or(match device {
         DeviceKind::Cpu => CPU_BLOCK,
         DeviceKind::Gpu => GPU_BLOCK,
@@ -336,7 +355,7 @@ fn timing(a: &BenchArgs, device: DeviceKind) -> Timing {
     }
 }
 
-fn fmt_tokens(t: f64) -> String {
+pub(super) fn fmt_tokens(t: f64) -> String {
     if t >= 1e6 {
         format!("{:.2} M", t / 1e6)
     } else if t >= 1e3 {
@@ -347,7 +366,7 @@ fn fmt_tokens(t: f64) -> String {
 }
 
 /// The cell and the layer options of `s`, as the table's cell column shows them.
-fn model_name(s: &StepShape) -> String {
+pub(super) fn model_name(s: &StepShape) -> String {
     let mut name = cell_name(s.cell);
     if s.bidirectional {
         name.push_str(" bidirectional");
@@ -361,7 +380,7 @@ fn model_name(s: &StepShape) -> String {
     name
 }
 
-fn print_table(rows: &[Row], with_torch: bool) {
+pub(super) fn print_table(rows: &[Row], with_torch: bool) {
     let mut head = vec![
         "device",
         "cell",
@@ -476,7 +495,7 @@ fn run_matmul(a: &BenchArgs) -> anyhow::Result<u8> {
 }
 
 /// The 1-minute load average (Linux), to tell a quiet machine from a busy one.
-fn load_average() -> Option<f64> {
+pub(super) fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()
@@ -486,7 +505,7 @@ fn load_average() -> Option<f64> {
 }
 
 /// The share of the last 10 s in which some runnable task waited for a CPU (Linux PSI, percent).
-fn cpu_pressure() -> Option<f64> {
+pub(super) fn cpu_pressure() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
     let some = text.lines().find(|l| l.starts_with("some"))?;
     some.split_whitespace()
@@ -516,6 +535,21 @@ fn probe_baseline(a: &BenchArgs, notes: &mut Vec<String>) -> Option<TorchInfo> {
             }
         },
     }
+}
+
+/// How the log and the notes name a configuration on an engine.
+pub(super) fn label(device: DeviceKind, shape: &StepShape) -> String {
+    format!(
+        "{:?} {} H={} B={} T={} L={} V={}{}",
+        device,
+        model_name(shape),
+        shape.hidden,
+        shape.batch,
+        shape.seq_len,
+        shape.layers,
+        shape.vocab,
+        shape.embed.map_or(String::new(), |e| format!(" E={e}"))
+    )
 }
 
 /// What one configuration is measured with.
@@ -562,17 +596,7 @@ impl Measure<'_> {
     /// Measures `shape` for every round, alternating with the baseline.
     fn shape(&self, shape: StepShape, notes: &mut Vec<String>) -> anyhow::Result<Option<Row>> {
         let (a, device) = (self.a, self.device);
-        let label = format!(
-            "{:?} {} H={} B={} T={} L={} V={}{}",
-            device,
-            model_name(&shape),
-            shape.hidden,
-            shape.batch,
-            shape.seq_len,
-            shape.layers,
-            shape.vocab,
-            shape.embed.map_or(String::new(), |e| format!(" E={e}"))
-        );
+        let label = label(device, &shape);
         eprintln!("measuring {label} ...");
         let mut bench = match StepBench::new(device, shape, a.seed) {
             Ok(b) => b,
@@ -627,7 +651,7 @@ impl Row {
         Ok(())
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(super) fn json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.report).unwrap_or_default();
         if let Some(obj) = v.as_object_mut() {
             obj.insert("pytorch".into(), json!(self.torch));
@@ -646,7 +670,7 @@ impl Row {
 }
 
 /// The machine a bench ran on, and how busy it was before and after.
-struct Machine {
+pub(super) struct Machine {
     cpu: String,
     cores: usize,
     threads: usize,
@@ -656,7 +680,7 @@ struct Machine {
 
 impl Machine {
     /// The machine now, with the load and pressure `before` measured at the start.
-    fn after(threads: usize, before: (Option<f64>, Option<f64>)) -> Self {
+    pub(super) fn after(threads: usize, before: (Option<f64>, Option<f64>)) -> Self {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|s| {
@@ -675,7 +699,7 @@ impl Machine {
         }
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(super) fn json(&self) -> serde_json::Value {
         json!({
             "cpu": self.cpu,
             "cores": self.cores,
@@ -687,7 +711,7 @@ impl Machine {
         })
     }
 
-    fn print(&self) {
+    pub(super) fn print(&self) {
         let load = |l: Option<f64>| l.map_or("?".to_string(), |v| format!("{v:.2}"));
         println!(
             "machine: {}, {} cores; CPU threads: {}; load average {} before, {} \
@@ -704,8 +728,12 @@ impl Machine {
 }
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
-    let threads = cpu_threads(a.threads)?;
+    let several = ranks::group().size() > 1;
+    let threads = cpu_threads(a.threads, several)?;
     let before = (load_average(), cpu_pressure());
+    if several {
+        return bench_parallel::bench(&a, threads, before);
+    }
     if a.matmul {
         return run_matmul(&a);
     }

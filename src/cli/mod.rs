@@ -9,6 +9,7 @@ macro_rules! usage {
 }
 
 mod bench;
+mod bench_parallel;
 mod commands;
 mod import;
 mod options;
@@ -539,7 +540,11 @@ pub struct EvalArgs {
 /// Parses the arguments and runs the command; returns the process exit status.
 pub fn run() -> anyhow::Result<u8> {
     let cli = options::parse();
-    let group = ranks::join(matches!(cli.command, Command::Train(_) | Command::Eval(_)))?;
+    let group = ranks::join(matches!(
+        cli.command,
+        Command::Train(_) | Command::Eval(_) | Command::Bench(_)
+    ))?;
+    // `unroll bench` sizes its own pool (--threads).
     if matches!(cli.command, Command::Train(_) | Command::Eval(_)) {
         ranks::share_cores();
     }

@@ -200,10 +200,16 @@ pub fn restore_stderr() {
 /// into as many shares as there are ranks.
 pub fn shard(engine: Box<dyn Engine>, batch: usize) -> anyhow::Result<Box<dyn Engine>> {
     let group = group();
-    let n = group.size();
-    if n == 1 {
+    if group.size() == 1 {
         return Ok(engine);
     }
+    check_split(batch)?;
+    Ok(Box::new(Sharded::new(engine, group)))
+}
+
+/// Refuses a batch of `batch` rows that does not split into one equal share per process.
+pub fn check_split(batch: usize) -> anyhow::Result<()> {
+    let n = group().size();
     if !batch.is_multiple_of(n) {
         usage!(
             "--batch {batch} does not split into {n} equal shares, one per process: the batch \
@@ -211,7 +217,7 @@ pub fn shard(engine: Box<dyn Engine>, batch: usize) -> anyhow::Result<Box<dyn En
             divisors_below(batch, n)
         );
     }
-    Ok(Box::new(Sharded::new(engine, group)))
+    Ok(())
 }
 
 /// The engine of this rank for evaluation: `engine` itself for a process alone, else the

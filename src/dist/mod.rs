@@ -50,6 +50,13 @@ pub trait Group {
     fn is_root(&self) -> bool {
         self.rank() == 0
     }
+
+    /// Returns once every rank has called it: where some ranks wait while another works alone
+    /// (`unroll bench` timing one process). MPI waits without spinning on a core here, so that
+    /// the waiting ranks leave the CPUs to the one that works.
+    fn wait_for_all(&self) -> Result<()> {
+        self.sum_f64(&mut [0.0])
+    }
 }
 
 /// A process alone: every collective operation is the identity.

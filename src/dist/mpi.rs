@@ -131,4 +131,19 @@ impl Group for MpiGroup {
     fn abort(&self, code: i32) -> ! {
         self.world.abort(code)
     }
+    fn wait_for_all(&self) -> Result<()> {
+        // A blocking barrier busy-polls (Open MPI's shared memory), taking a core from the rank
+        // that works; a non-blocking one tested every millisecond sleeps instead.
+        let mut request = self.world.immediate_barrier();
+        loop {
+            match request.test() {
+                Ok(_) => return Ok(()),
+                Err(pending) => request = pending,
+            }
+            std::thread::sleep(IDLE_POLL);
+        }
+    }
 }
+
+/// How often a rank that waits in [`Group::wait_for_all`] looks whether the others arrived.
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(1);

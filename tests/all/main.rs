@@ -22,6 +22,7 @@ mod lm_data;
 mod model_options;
 #[cfg(feature = "mpi")]
 mod mpi;
+mod mpi_bench;
 mod mpi_launch;
 mod packed;
 mod padding;

@@ -15,14 +15,14 @@ use unroll::train::state::TrainState;
 use crate::cli::{ok, write_corpus};
 use crate::common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_unroll");
+pub const BIN: &str = env!("CARGO_BIN_EXE_unroll");
 
 /// One MPI job at a time: the ranks of several jobs would share the machine's few cores.
 static ONE_JOB: Mutex<()> = Mutex::new(());
 
 /// The right to start MPI jobs, or `None` (after a notice) where `mpirun` is missing; in CI
 /// (`CI` set) a missing `mpirun` fails the test.
-fn mpi_jobs(test: &str) -> Option<MutexGuard<'static, ()>> {
+pub fn mpi_jobs(test: &str) -> Option<MutexGuard<'static, ()>> {
     let found = Command::new("mpirun")
         .arg("--version")
         .stdout(Stdio::null())
@@ -42,7 +42,7 @@ fn mpi_jobs(test: &str) -> Option<MutexGuard<'static, ()>> {
 
 /// `mpirun -n ranks` of `program args`, as root too, with more ranks than cores and the
 /// engines' threads free to use any core.
-fn mpirun_command(ranks: usize, program: &str, args: &[&str]) -> Command {
+pub fn mpirun_command(ranks: usize, program: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("mpirun");
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
