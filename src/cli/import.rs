@@ -10,7 +10,7 @@ use unroll::data::pairs::{Expect, Pairs, PairsFormat};
 use unroll::data::vocab::{Vocab, VocabKind, WordOptions};
 use unroll::model::Checkpoint;
 use unroll::model::import::{Ends, Inferred, StateDict};
-use unroll::model::{Activation, Cell, InputKind, ModelConfig, OutputKind};
+use unroll::model::{Activation, InputKind, ModelConfig, OutputKind};
 use unroll::train::rundir::{RunLock, remove_run_files, run_files_in};
 
 use super::pairs::{InputArg, OutputArg};
@@ -203,10 +203,7 @@ fn check_sequence(a: &ImportArgs, config: &ModelConfig) -> anyhow::Result<()> {
 
 /// What the model is, in a line.
 fn describe(config: &ModelConfig) -> String {
-    let cell = match config.cell {
-        Cell::Rnn => format!("rnn {:?}", config.activation).to_lowercase(),
-        cell => format!("{cell:?}").to_lowercase(),
-    };
+    let cell = super::cell_name(config).to_lowercase();
     let mut parts = vec![format!(
         "{cell}, H={}, layers={}",
         config.hidden_size, config.layers

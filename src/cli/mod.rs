@@ -20,6 +20,14 @@ mod settings;
 mod sizes;
 mod train;
 
+/// The cell of `config` as the logs name it: `rnn Tanh`, `Gru`, `Lstm`.
+fn cell_name(config: &unroll::model::ModelConfig) -> String {
+    match config.cell {
+        unroll::model::Cell::Rnn => format!("rnn {:?}", config.activation),
+        cell => format!("{cell:?}"),
+    }
+}
+
 /// Refuses a bidirectional model where a language model is needed (`doing`: "train on a
 /// corpus", ...): its reverse direction reads the tokens after each step, the very tokens a
 /// language model predicts.

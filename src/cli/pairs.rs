@@ -309,9 +309,9 @@ pub fn train(a: TrainArgs, lock: Option<RunLock>) -> anyhow::Result<u8> {
     );
     let config = driver.engine.config().clone();
     eprintln!(
-        "model: rnn {:?} H={} layers={} ({} parameters), {:?} output; {:?} lr {} {:?}, clip {}, \
+        "model: {} H={} layers={} ({} parameters), {:?} output; {:?} lr {} {:?}, clip {}, \
          B={}, {} steps",
-        config.activation,
+        super::cell_name(&config),
         config.hidden_size,
         config.layers,
         driver.engine.layout().len(),

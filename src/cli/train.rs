@@ -12,7 +12,7 @@ use unroll::data::vocab::{Vocab, VocabKind, WordOptions};
 use unroll::data::{EvalSet, Sequences, TrainBatches};
 use unroll::dist;
 use unroll::model::checkpoint::MODEL_FILE;
-use unroll::model::{Cell, Checkpoint, ModelConfig};
+use unroll::model::{Checkpoint, ModelConfig};
 use unroll::sample::SampleOptions;
 use unroll::train::state::{RunSpec, ValFile};
 use unroll::train::trainer::{Validation, eval_rows};
@@ -511,10 +511,7 @@ fn describe((corpus, val): (&Corpus, Option<&Corpus>), split: &Split, driver: &D
     };
     eprintln!(
         "model: {} H={} layers={} ({} parameters), dropout {}{edges}; {:?} lr {} {:?}, clip {}, B={} T={}, {} steps",
-        match config.cell {
-            Cell::Rnn => format!("rnn {:?}", config.activation),
-            cell => format!("{cell:?}"),
-        },
+        super::cell_name(config),
         config.hidden_size,
         config.layers,
         driver.engine.layout().len(),

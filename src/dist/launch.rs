@@ -11,6 +11,8 @@ pub struct Launch {
     pub value: String,
     /// The number of processes the launcher started, where the environment says.
     pub size: Option<usize>,
+    /// This process's rank among them, where the environment says.
+    pub rank: Option<usize>,
 }
 
 /// The variables of the launchers, in the order they are looked at: Open MPI's, the PMI of
@@ -18,10 +20,21 @@ pub struct Launch {
 /// `SLURM_*` alone is not a launch: a batch script's shell has them too.
 const SIZE_VARS: [&str; 2] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"];
 const RANK_VARS: [&str; 1] = ["PMIX_RANK"];
+/// The variables that give the rank, with the size variable they go with.
+const RANK_OF: [(&str, &str); 3] = [
+    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+    ("PMI_SIZE", "PMI_RANK"),
+    ("PMIX_RANK", "PMIX_RANK"),
+];
 
 /// The launch of this process, from `var` (the environment); `None` when no launcher started
 /// it.
 pub fn launch_in(var: impl Fn(&str) -> Option<String>) -> Option<Launch> {
+    let number = |name: &str| var(name).and_then(|v| v.trim().parse().ok());
+    let rank_of = |name: &str| {
+        let (_, rank) = RANK_OF.iter().find(|(size, _)| *size == name)?;
+        number(rank)
+    };
     for name in SIZE_VARS {
         if let Some(value) = var(name) {
             let size = value.trim().parse().ok();
@@ -29,17 +42,18 @@ pub fn launch_in(var: impl Fn(&str) -> Option<String>) -> Option<Launch> {
                 var: name,
                 value,
                 size,
+                rank: rank_of(name),
             });
         }
     }
     for name in RANK_VARS {
         if let Some(value) = var(name) {
             // Slurm says how many tasks it started; PMIx alone does not.
-            let size = var("SLURM_NTASKS").and_then(|n| n.trim().parse().ok());
             return Some(Launch {
                 var: name,
                 value,
-                size,
+                size: number("SLURM_NTASKS"),
+                rank: rank_of(name),
             });
         }
     }
@@ -72,7 +86,16 @@ pub fn refuse_without_mpi(launch: &Launch) -> Result<()> {
 
 /// Refuses an MPI library whose world is not the launcher's: a binary linked to another MPI
 /// than the launcher's (MPICH under Open MPI's `mpirun`, say) runs as N jobs of one process.
-pub fn check_world(launch: &Launch, world: usize, library: &str) -> Result<()> {
+pub fn check_world(launch: &Launch, (world, rank): (usize, usize), library: &str) -> Result<()> {
+    if let Some(r) = launch.rank.filter(|&r| r != rank) {
+        return Err(Error::Config(format!(
+            "the launcher made this process rank {r} ({}), but the MPI library this unroll is \
+             linked to ({library}) makes it rank {rank} of {world}: the launcher belongs to \
+             another MPI; start it with the mpirun of the MPI it was built against, or build it \
+             against the launcher's (MPI_PKG_CONFIG, see the README)",
+            launch.var
+        )));
+    }
     match launch.size {
         Some(n) if n != world => Err(Error::Config(format!(
             "the launcher started {n} processes ({}={}), but the MPI library this unroll is \
@@ -141,15 +164,24 @@ mod tests {
     #[test]
     fn a_world_that_is_not_the_launchers_is_refused() {
         let launch = launch_in(env(&[("OMPI_COMM_WORLD_SIZE", "3")])).unwrap();
-        let e = check_world(&launch, 1, "MPICH 4.0")
+        let e = check_world(&launch, (1, 0), "MPICH 4.0")
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("started 3") && e.contains("sees 1") && e.contains("MPICH"),
             "{e}"
         );
-        assert!(check_world(&launch, 3, "Open MPI").is_ok());
+        assert!(check_world(&launch, (3, 2), "Open MPI").is_ok());
         let unknown = launch_in(env(&[("PMIX_RANK", "0")])).unwrap();
-        assert!(check_world(&unknown, 5, "Open MPI").is_ok());
+        assert!(check_world(&unknown, (5, 0), "Open MPI").is_ok());
+        // A rank of a job of unknown size that the library makes a job of its own.
+        let pmix = launch_in(env(&[("PMIX_RANK", "1")])).unwrap();
+        let e = check_world(&pmix, (1, 0), "MPICH 4.0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rank 1") && e.contains("rank 0 of 1"), "{e}");
+        let hydra = launch_in(env(&[("PMI_SIZE", "2"), ("PMI_RANK", "1")])).unwrap();
+        assert_eq!(hydra.rank, Some(1));
+        assert!(check_world(&hydra, (2, 0), "Open MPI").is_err());
     }
 }

@@ -39,7 +39,7 @@ impl MpiGroup {
             })
             .unwrap_or_else(|_| "an MPI library".into());
         let (rank, size) = (world.rank() as usize, world.size() as usize);
-        check_world(launch, size, &library)?;
+        check_world(launch, (size, rank), &library)?;
         // The processes of this machine: the GPU a rank takes is its rank among them.
         let local = world.split_shared(world.rank());
         let (local_rank, local_size) = (local.rank() as usize, local.size() as usize);
