@@ -243,14 +243,8 @@ fn cpu_threads(asked: Option<usize>, several: bool) -> anyhow::Result<usize> {
         }
         return Ok(n.max(1));
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Ranks on one machine share its cores, as in training.
-    let local = if several {
-        ranks::group().local_size()
-    } else {
-        1
-    };
-    let n = asked.unwrap_or((cores / local.max(1)).max(1));
+    let n = asked.unwrap_or_else(ranks::cores_per_rank);
     if n == 0 {
         usage!("--threads must be at least 1");
     }
@@ -259,10 +253,7 @@ fn cpu_threads(asked: Option<usize>, several: bool) -> anyhow::Result<usize> {
     }
     if several {
         // The MPI library's threads run already: the pool is sized without the environment.
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("sizing the CPU thread pool")?;
+        ranks::size_thread_pool(n)?;
         return Ok(n);
     }
     // SAFETY: called at the start of the command, before this process starts any thread

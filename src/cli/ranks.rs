@@ -63,16 +63,26 @@ pub fn join(runs_distributed: bool) -> anyhow::Result<Rc<dyn Group>> {
 /// among them (RAYON_NUM_THREADS, when set, decides instead), so that ranks on one machine do
 /// not oversubscribe its cores.
 pub fn share_cores() {
-    let local = group().local_size();
-    if local == 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+    if group().local_size() == 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
         return;
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / local.max(1)).max(1);
     // Fails only when the pool already exists, which it does not before the first engine.
-    let _ = rayon::ThreadPoolBuilder::new()
+    let _ = size_thread_pool(cores_per_rank());
+}
+
+/// This machine's cores shared among the processes of the run on it (at least one).
+pub fn cores_per_rank() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / group().local_size().max(1)).max(1)
+}
+
+/// Sizes the CPU engine's thread pool to `threads` without the environment, which the MPI
+/// library's threads may be reading already; an error once the pool exists.
+pub fn size_thread_pool(threads: usize) -> anyhow::Result<()> {
+    rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
-        .build_global();
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("sizing the CPU thread pool: {e}"))
 }
 
 #[cfg(feature = "mpi")]

@@ -18,6 +18,7 @@ use std::rc::Rc;
 
 pub use sharded::{ReduceTimes, Sharded};
 
+use crate::data::guard::hash_parts;
 use crate::error::{Error, Result};
 
 /// The processes of a data-parallel run and the collective operations among them. Every rank
@@ -117,24 +118,22 @@ pub fn broadcast_f32(group: &dyn Group, values: &mut Vec<f32>) -> Result<()> {
     }
     let mut bytes: Vec<u8> = bytemuck::cast_slice(values).to_vec();
     group.broadcast_bytes(&mut bytes)?;
-    *values = bytes
+    *values = f32s(&bytes);
+    Ok(())
+}
+
+/// The f32 values of `bytes` as the helpers here send them (little-endian).
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok(())
+        .collect()
 }
 
 /// Every rank's `values`, concatenated in rank order.
 pub fn all_gather_f32(group: &dyn Group, values: &[f32]) -> Result<Vec<Vec<f32>>> {
     let parts = group.all_gather_bytes(bytemuck::cast_slice(values))?;
-    Ok(parts
-        .iter()
-        .map(|p| {
-            p.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        })
-        .collect())
+    Ok(parts.iter().map(|p| f32s(p)).collect())
 }
 
 /// Rank 0's `read()` on every rank: rank 0 runs it and sends the bytes, or its error, which
@@ -208,25 +207,13 @@ pub fn check_same(group: &dyn Group, what: &str, value: u64) -> Result<()> {
     )))
 }
 
-/// A cheap checksum of `values` (FNV-1a over their bits): equal on every rank exactly when the
-/// values are bitwise equal, barring a collision.
+/// A cheap checksum of `values` (a hash of all their bits): equal on every rank exactly when
+/// the values are bitwise equal, barring a collision.
 pub fn checksum(values: &[f32]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for v in values {
-        h ^= u64::from(v.to_bits());
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    hash_parts(&[bytemuck::cast_slice(values)])
 }
 
 /// A hash of `parts` (settings as JSON, data fingerprints), to compare across ranks.
 pub fn settings_hash(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for &b in part.iter().chain(&(part.len() as u64).to_le_bytes()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
+    hash_parts(parts)
 }

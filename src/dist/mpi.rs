@@ -55,6 +55,18 @@ impl MpiGroup {
     }
 }
 
+impl MpiGroup {
+    /// Sums `values` element-wise over the ranks (all-reduce; rsmpi takes no in-place buffer,
+    /// so the values are sent from a copy).
+    fn sum<T: Equivalence + Copy>(&self, values: &mut [T]) -> Result<()> {
+        count(values.len())?;
+        let send = values.to_vec();
+        self.world
+            .all_reduce_into(&send[..], values, SystemOperation::sum());
+        Ok(())
+    }
+}
+
 fn count(n: usize) -> Result<Count> {
     Count::try_from(n)
         .map_err(|_| Error::Dist(format!("{n} values are too many for one MPI message")))
@@ -77,18 +89,10 @@ impl Group for MpiGroup {
         format!("{} processes over MPI ({})", self.size, self.library)
     }
     fn sum_f32(&self, values: &mut [f32]) -> Result<()> {
-        count(values.len())?;
-        let send = values.to_vec();
-        self.world
-            .all_reduce_into(&send[..], values, SystemOperation::sum());
-        Ok(())
+        self.sum(values)
     }
     fn sum_f64(&self, values: &mut [f64]) -> Result<()> {
-        count(values.len())?;
-        let send = values.to_vec();
-        self.world
-            .all_reduce_into(&send[..], values, SystemOperation::sum());
-        Ok(())
+        self.sum(values)
     }
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<()> {
         let root = self.world.process_at_rank(0);

@@ -495,10 +495,7 @@ impl<'p, 't, F: FnMut(&Event)> Pass<'p, 't, F> {
             .interrupt
             .is_some_and(|f| f.load(Ordering::SeqCst));
         // Every rank stops after the same step when any of them is interrupted.
-        let interrupted = match self.trainer.group.size() {
-            1 => interrupted,
-            _ => dist::any(self.trainer.group, interrupted)?,
-        };
+        let interrupted = dist::any(self.trainer.group, interrupted)?;
         if interrupted && !last {
             return self.stop(step).map(Some);
         }
