@@ -156,7 +156,7 @@ fn cpu_kernels(c: &mut Criterion) {
                     &targets,
                     None,
                     n as f64,
-                    dlogits.view_mut(),
+                    Some(dlogits.view_mut()),
                 )
             })
         });

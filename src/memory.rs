@@ -11,7 +11,7 @@
 //! how much is needed, how much there is, the largest parts and the option to lower.
 //! docs/ARCHITECTURE.md ("Memory") says why the guard works this way.
 
-use crate::engine::logit_chunk_rows;
+use crate::engine::{INFERENCE_LOGITS, logit_chunk_rows};
 use crate::error::{Error, Result};
 use crate::model::{InputKind, ModelConfig, OutputKind};
 
@@ -53,6 +53,11 @@ pub struct Shape {
     pub eval: Option<Rows>,
     /// The logit budget of the output layer (see [`crate::engine::Engine::set_logit_budget`]).
     pub logit_budget: usize,
+    /// Whether evaluation runs forwards without gradients in blocks of at most
+    /// [`INFERENCE_LOGITS`] logits (the CPU engine, see
+    /// [`crate::engine::Engine::set_grad_enabled`]), holding one block of probabilities and
+    /// its copy read back; otherwise it holds the training's three arrays under the budget.
+    pub inference_blocks: bool,
     /// Anything else the command keeps, as (what, values).
     pub kept: Vec<(String, u128)>,
     /// The options to lower, per part.
@@ -204,12 +209,13 @@ fn activations(config: &ModelConfig, r: Rows, backward: bool) -> u128 {
         .saturating_add(gradients)
 }
 
-/// Values of the output layer over `rows`: the logits (or one chunk of them under `budget`),
-/// their probabilities kept after the forward and their gradient.
-fn logits(config: &ModelConfig, r: Rows, budget: usize) -> u128 {
+/// Values of the output layer over `rows`: `arrays` arrays of logits (or of one chunk of them
+/// under `budget`): in training the logits, their probabilities kept after the forward and
+/// their gradient.
+fn logits(config: &ModelConfig, r: Rows, (budget, arrays): (usize, usize)) -> u128 {
     let n = r.rows.saturating_mul(r.steps);
     let chunk = logit_chunk_rows(n, config.output_size, budget);
-    product(&[3, chunk, config.output_size])
+    product(&[arrays, chunk, config.output_size])
 }
 
 /// Values of one batch over `rows`, held by the data layer and again by the engine: inputs
@@ -230,6 +236,15 @@ fn batch(config: &ModelConfig, r: Rows) -> u128 {
     product(&[2, r.rows, r.steps])
         .saturating_mul(per_step)
         .saturating_add(product(&[4, r.rows]))
+}
+
+/// The budget and the arrays of logits of the training (`training`) or of the evaluation of
+/// `shape`.
+fn output_arrays(shape: &Shape, training: bool) -> (usize, usize) {
+    match training || !shape.inference_blocks {
+        true => (shape.logit_budget, 3),
+        false => (shape.logit_budget.min(INFERENCE_LOGITS), 2),
+    }
 }
 
 /// The memory `config` needs to run `shape`, part by part.
@@ -283,7 +298,7 @@ pub fn estimate(config: &ModelConfig, shape: &Shape) -> Estimate {
                     "the {name} logits (B={b} x T={t} x V={})",
                     config.output_size
                 ),
-                logits(config, r, shape.logit_budget),
+                logits(config, r, output_arrays(shape, name == "training")),
                 lower,
             );
         }
@@ -435,6 +450,7 @@ mod tests {
             train: Some(Rows { rows: b, steps: t }),
             eval: Some(Rows { rows: b, steps: t }),
             logit_budget: crate::engine::DEFAULT_LOGIT_BUDGET,
+            inference_blocks: true,
             kept: Vec::new(),
             lower: lower(),
             engine_on_host: true,
@@ -541,12 +557,18 @@ mod tests {
     fn chunked_logits_are_counted_by_the_budget() {
         let config = ModelConfig::language_model(1 << 16, 8, 1);
         let mut s = shape(32, 32);
+        s.inference_blocks = false;
         let whole = estimate(&config, &s).total();
         s.logit_budget = 1 << 16;
         let chunked = estimate(&config, &s).total();
         // 1024 rows of 2^16 logits in one chunk (2^26, the default budget), against one row at
         // a time, for training and evaluation.
         assert_eq!(whole - chunked, 2 * 3 * 1023 * (1 << 16) * 4);
+        // An evaluation in blocks of 2^22 logits holds 64 rows of two arrays, not 1024 of three.
+        s.inference_blocks = true;
+        s.logit_budget = crate::engine::DEFAULT_LOGIT_BUDGET;
+        let blocks = estimate(&config, &s).total();
+        assert_eq!(whole - blocks, (3 * 1024 - 2 * 64) * (1 << 16) * 4);
     }
 
     #[test]

@@ -126,8 +126,22 @@ pub struct Sampled {
 /// Feeds `prime` (at least one token) and generates up to `opts.length` tokens, stopping early
 /// at the end-of-line token of a lines-mode vocabulary, or when `out` breaks. Each piece of text
 /// is passed to `out` as soon as it is known (not the prime); nothing is kept, so any length
-/// runs in the memory of one token.
+/// runs in the memory of one token. The engine's forwards keep no gradient meanwhile.
 pub fn sample(
+    engine: &mut dyn Engine,
+    vocab: &Vocab,
+    prime: &[u32],
+    opts: &SampleOptions,
+    out: &mut dyn FnMut(&str) -> ControlFlow<()>,
+) -> Result<Sampled> {
+    engine.set_grad_enabled(false)?;
+    let sampled = generate(engine, vocab, prime, opts, out);
+    engine.set_grad_enabled(true)?;
+    sampled
+}
+
+/// [`sample`] on an engine whose forwards keep no gradient.
+fn generate(
     engine: &mut dyn Engine,
     vocab: &Vocab,
     prime: &[u32],

@@ -22,10 +22,21 @@ fn shape(
         train,
         eval,
         logit_budget: logit_budget()?,
+        inference_blocks: engine_is_cpu(device),
         kept: Vec::new(),
         lower,
         engine_on_host: engine_uses_host_memory(device),
     })
+}
+
+/// Whether `device` runs the CPU engine: `--device cpu`, or `auto` without a hardware GPU.
+fn engine_is_cpu(device: DeviceChoice) -> bool {
+    use unroll::engine::gpu::context::best_adapter_has_own_memory;
+    match device {
+        DeviceChoice::Cpu => true,
+        DeviceChoice::Gpu => false,
+        DeviceChoice::Auto => best_adapter_has_own_memory(false).is_none(),
+    }
 }
 
 /// Refuses a training run of `config` over batches of `batch` rows of `steps` steps (evaluated

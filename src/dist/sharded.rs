@@ -362,6 +362,10 @@ impl Engine for Sharded {
     fn set_logit_budget(&mut self, elements: usize) -> Result<()> {
         self.inner.set_logit_budget(elements)
     }
+
+    fn set_grad_enabled(&mut self, on: bool) -> Result<()> {
+        self.inner.set_grad_enabled(on)
+    }
     fn set_recurrence(&mut self, recurrence: Recurrence) -> Result<()> {
         self.inner.set_recurrence(recurrence)
     }

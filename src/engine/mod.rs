@@ -379,6 +379,17 @@ pub trait Engine {
     /// chunk's logits again (one more output GEMM) before its gradients. Default
     /// [`DEFAULT_LOGIT_BUDGET`]; applies from the next shape the engine builds.
     fn set_logit_budget(&mut self, elements: usize) -> Result<()>;
+    /// Whether the forwards that follow keep what [`Engine::backward`] needs (`true`, the
+    /// initial setting). Evaluation and prediction turn it off: the CPU engine's output layer
+    /// then computes no gradient w.r.t. its logits and holds at most [`INFERENCE_LOGITS`] logits
+    /// at once (one block of rows, reused block after block), so their memory is bounded by
+    /// the model, the activations and one block, not by the batch times V; a backward after
+    /// such a forward is an error. Engines may keep their gradients anyway (the GPU engine,
+    /// whose logits live in device memory under the logit budget).
+    fn set_grad_enabled(&mut self, on: bool) -> Result<()> {
+        let _ = on;
+        Ok(())
+    }
     /// How the recurrent products are dispatched, for engines that have a choice (the GPU);
     /// the others run their one way. Applies from the next shape the engine builds.
     fn set_recurrence(&mut self, recurrence: Recurrence) -> Result<()> {
@@ -431,6 +442,11 @@ pub const ROWS_BELOW_HIDDEN: usize = 512;
 /// character and word models run the output layer in one chunk and only very large batches
 /// over large vocabularies are chunked.
 pub const DEFAULT_LOGIT_BUDGET: usize = 1 << 26;
+
+/// The most logits the CPU engine's output layer holds at once in a forward without gradients
+/// ([`Engine::set_grad_enabled`]): 2^22 values, 16 MiB in f32 (419 rows of a 10,000-word
+/// vocabulary), large enough that the output GEMM of each block runs at full speed.
+pub const INFERENCE_LOGITS: usize = 1 << 22;
 
 /// Rows of the output layer's chunks for N rows of V logits under a budget of `budget` values:
 /// `budget / V` rows, at least one and at most N.

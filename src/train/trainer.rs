@@ -60,6 +60,18 @@ pub type OnOutputs<'a> = &'a mut dyn FnMut(&Batch, Range<usize>, &[f32]) -> Resu
 pub fn evaluate_with(
     engine: &mut dyn Engine,
     set: &dyn EvalSet,
+    on_outputs: Option<OnOutputs>,
+) -> Result<LossStats> {
+    engine.set_grad_enabled(false)?;
+    let scored = score(engine, set, on_outputs);
+    engine.set_grad_enabled(true)?;
+    scored
+}
+
+/// [`evaluate_with`] on an engine whose forwards keep no gradient.
+fn score(
+    engine: &mut dyn Engine,
+    set: &dyn EvalSet,
     mut on_outputs: Option<OnOutputs>,
 ) -> Result<LossStats> {
     let saved = engine.state()?;

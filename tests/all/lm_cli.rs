@@ -346,28 +346,6 @@ fn indexed_corpus_reads_the_same_tokens_as_a_full_decode() {
     assert_eq!(got, want[1005..1015]);
 }
 
-/// Peak resident memory of a child process, polled from /proc until it exits (Linux).
-fn peak_rss_kib(child: &mut std::process::Child) -> (u64, std::process::ExitStatus) {
-    let status_path = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    loop {
-        if let Ok(s) = std::fs::read_to_string(&status_path)
-            && let Some(line) = s.lines().find(|l| l.starts_with("VmHWM:"))
-        {
-            let kib: u64 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            peak = peak.max(kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            return (peak, status);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn a_large_corpus_trains_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -405,7 +383,7 @@ fn a_large_corpus_trains_in_bounded_memory() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (peak, status) = peak_rss_kib(&mut child);
+    let (peak, status) = common::peak_rss_kib(&mut child);
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(status.success(), "{err}");

@@ -13,6 +13,7 @@ mod gpu_training;
 mod gpu_variants;
 mod gradcheck;
 mod import;
+mod inference;
 mod interfaces;
 mod large_outputs;
 mod large_vocab;

@@ -542,22 +542,10 @@ fn every_size_option_at_any_value_exits_cleanly() {
     );
 }
 
-/// The largest resident size (VmHWM) of `child` until it ends, read from /proc as it runs.
+/// The largest resident size of `child` until it ends, in bytes.
 fn peak_resident(mut child: Child) -> (ExitStatus, u64) {
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak = 0u64;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&status_file)
-            && let Some(line) = text.lines().find(|l| l.starts_with("VmHWM:"))
-        {
-            let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-            peak = peak.max(kib * 1024);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status, peak);
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let (kib, status) = crate::common::peak_rss_kib(&mut child);
+    (status, kib * 1024)
 }
 
 #[test]
@@ -622,6 +610,7 @@ fn the_estimate_is_within_a_factor_of_two_of_the_real_peak() {
                 steps: t,
             }),
             logit_budget: DEFAULT_LOGIT_BUDGET,
+            inference_blocks: true,
             kept: Vec::new(),
             lower: lower(),
             engine_on_host: true,

@@ -7,8 +7,8 @@ use ndarray::{Array2, ArrayView2, s};
 
 use crate::engine::profile::{self, PhaseClock, PhaseTimes, StepPhase};
 use crate::engine::{
-    Batch, DEFAULT_LOGIT_BUDGET, Dropout, EdgeDropout, Engine, Inputs, LossStats, OutputChunks,
-    RowWindow, Targets, outputs_not_kept,
+    Batch, DEFAULT_LOGIT_BUDGET, Dropout, EdgeDropout, Engine, INFERENCE_LOGITS, Inputs, LossStats,
+    OutputChunks, RowWindow, Targets, outputs_not_kept,
 };
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ParamLayout};
@@ -86,9 +86,12 @@ impl<F: Float> LayerCache<F> {
     }
 }
 
-/// The output layer's probabilities (after f2) and the gradient of the objective w.r.t. the
-/// logits, [rows, V] each.
-pub(super) type Kept<F> = (Array2<F>, Array2<F>);
+/// The output layer's probabilities (after f2) and, in a forward with gradients, the gradient
+/// of the objective w.r.t. the logits, [rows, V] each.
+pub(super) struct Kept<F> {
+    pub(super) probs: Array2<F>,
+    pub(super) dlogits: Option<Array2<F>>,
+}
 
 /// Activations of the last forward pass.
 pub(super) struct Cache<F> {
@@ -103,9 +106,11 @@ pub(super) struct Cache<F> {
     /// With dropout on the top layer's output: the output layer's input, the top layer's
     /// states h_1..h_T through its mask [N, W].
     pub(super) out_input: Option<Array2<F>>,
-    /// When the output layer ran in one chunk: the output probabilities (after f2) and the
-    /// gradient of the objective w.r.t. the logits, [N, V] each.
+    /// When the output layer ran in one chunk: the output probabilities (after f2) and, with
+    /// gradients, the gradient of the objective w.r.t. the logits, [N, V] each.
     pub(super) kept: Option<Kept<F>>,
+    /// Whether the forward ran with gradients (see [`Engine::set_grad_enabled`]).
+    pub(super) with_grad: bool,
     /// Rows per chunk of the output layer (N when it ran in one).
     pub(super) chunk_rows: usize,
     pub(super) loss: LossStats,
@@ -155,6 +160,8 @@ pub struct CpuEngine<F: Float = f32> {
     window: Option<RowWindow>,
     /// The most logits the output layer holds at once.
     logit_budget: usize,
+    /// Whether forwards keep what the backward needs ([`Engine::set_grad_enabled`]).
+    grad_enabled: bool,
     /// Output arrays of an earlier forward, for the next one to fill.
     spare: Option<Kept<F>>,
     /// The other arrays of earlier steps, for the next ones.
@@ -185,6 +192,7 @@ impl<F: Float> CpuEngine<F> {
             edges: EdgeDropout::default(),
             window: None,
             logit_budget: DEFAULT_LOGIT_BUDGET,
+            grad_enabled: true,
             spare: None,
             pool: pool::Pool::default(),
             clock: None,
@@ -434,8 +442,13 @@ impl<F: Float> Engine for CpuEngine<F> {
         });
         let top = output_input(cfg, &layers, out_input.as_ref(), batch.rows);
         let reuse = self.spare.take();
+        let with_grad = self.grad_enabled;
+        let budget = match with_grad {
+            true => self.logit_budget,
+            false => self.logit_budget.min(INFERENCE_LOGITS),
+        };
         let (kept, chunk_rows, sum) =
-            output_forward(cfg, model, top, batch, self.logit_budget, reuse)?;
+            output_forward(cfg, model, top, batch, (budget, with_grad), reuse)?;
         self.cache = Some(Cache {
             layers,
             masks,
@@ -443,6 +456,7 @@ impl<F: Float> Engine for CpuEngine<F> {
             edge_masks,
             out_input,
             kept,
+            with_grad,
             chunk_rows,
             loss: LossStats {
                 sum,
@@ -460,6 +474,12 @@ impl<F: Float> Engine for CpuEngine<F> {
 
     fn backward(&mut self) -> Result<()> {
         let cache = needed(&self.cache, "backward called before forward")?;
+        if !cache.with_grad {
+            return Err(Error::Misuse(
+                "backward called after a forward without gradients (set_grad_enabled(false))"
+                    .into(),
+            ));
+        }
         let batch = needed(&self.batch, "backward called before upload_batch")?;
         let cfg = &self.config;
         let b = batch.rows;
@@ -635,7 +655,7 @@ impl<F: Float> Engine for CpuEngine<F> {
     fn outputs(&mut self) -> Result<Vec<f32>> {
         let cache = self.cache()?;
         match &cache.kept {
-            Some((p, _)) => Ok(p.iter().map(|v| v.to_f32_lossy()).collect()),
+            Some(kept) => Ok(kept.probs.iter().map(|v| v.to_f32_lossy()).collect()),
             None => {
                 let n = cache.layers[0].directions[0].states.nrows() - self.rows();
                 Err(outputs_not_kept(
@@ -669,6 +689,11 @@ impl<F: Float> Engine for CpuEngine<F> {
             return Err(Error::Config("the logit budget must be at least 1".into()));
         }
         self.logit_budget = elements;
+        Ok(())
+    }
+
+    fn set_grad_enabled(&mut self, on: bool) -> Result<()> {
+        self.grad_enabled = on;
         Ok(())
     }
 }

@@ -130,26 +130,33 @@ pub(super) fn output_input<'a, F: Float>(
 }
 
 /// One chunk of the output layer: for `rows` of the top layer's output `top` [N, D*W], the logits
-/// `top[rows] W_o^T + b_o`, then the fused output nonlinearity, loss and gradient. Returns the
-/// probabilities and the gradient w.r.t. the logits, [rows, V] each, and the masked loss sum.
+/// `top[rows] W_o^T + b_o`, then the fused output nonlinearity, loss and (with `grad`) its
+/// gradient. Returns the probabilities and, with `grad`, the gradient w.r.t. the logits,
+/// [rows, V] each, and the masked loss sum. `reuse` holds arrays of an earlier chunk or forward,
+/// filled when their shape fits.
 fn output_chunk<F: Float>(
     cfg: &ModelConfig,
-    layout: &ParamLayout,
-    p: &[F],
+    (layout, p): (&ParamLayout, &[F]),
     top: ArrayView2<F>,
     batch: &PreparedBatch<F>,
     rows: std::ops::Range<usize>,
-    reuse: Option<Kept<F>>,
-) -> Result<(Array2<F>, Array2<F>, f64)> {
+    (reuse, grad): (Option<Kept<F>>, bool),
+) -> Result<(Kept<F>, f64)> {
     let (width, v) = (cfg.output_width(), cfg.output_size);
     let w_o = view(p, layout.out_weight(), v, width);
     let b_o = ndarray::ArrayView1::from(&p[layout.out_bias()..layout.out_bias() + v]);
     let m = rows.len();
     // Both arrays are overwritten whole, so those of the last forward serve when they fit.
-    let (mut logits, mut dlogits) = match reuse {
-        Some((a, b)) if a.dim() == (m, v) && b.dim() == (m, v) => (a, b),
-        _ => (Array2::<F>::zeros((m, v)), Array2::<F>::zeros((m, v))),
-    };
+    let fits = |a: Array2<F>| (a.dim() == (m, v)).then_some(a);
+    let (probs, dlogits) = reuse.map_or((None, None), |k| (Some(k.probs), k.dlogits));
+    let mut logits = probs
+        .and_then(fits)
+        .unwrap_or_else(|| Array2::zeros((m, v)));
+    let mut dlogits = grad.then(|| {
+        dlogits
+            .and_then(fits)
+            .unwrap_or_else(|| Array2::zeros((m, v)))
+    });
     for mut row in logits.outer_iter_mut() {
         row.assign(&b_o);
     }
@@ -162,55 +169,53 @@ fn output_chunk<F: Float>(
     let norm = batch.count.max(f64::MIN_POSITIVE);
     let mask = batch.mask.as_deref().map(|m| &m[rows.clone()]);
     let dense_rows = rows.start * v..rows.end * v;
+    let d = dlogits.as_mut().map(|d| d.view_mut());
+    let z = logits.view_mut();
     let sum = match (&batch.targets, cfg.output_kind) {
-        (Targets::Classes(y), OutputKind::Softmax) => loss::softmax_cross_entropy(
-            logits.view_mut(),
-            &y[rows.clone()],
-            mask,
-            norm,
-            dlogits.view_mut(),
-        ),
-        (Targets::Dense(y), OutputKind::Identity) => loss::squared_error(
-            logits.view_mut(),
-            &y[dense_rows],
-            mask,
-            norm,
-            dlogits.view_mut(),
-        ),
-        (Targets::Dense(y), OutputKind::Sigmoid) => loss::sigmoid_binary_cross_entropy(
-            logits.view_mut(),
-            &y[dense_rows],
-            mask,
-            norm,
-            dlogits.view_mut(),
-        ),
+        (Targets::Classes(y), OutputKind::Softmax) => {
+            loss::softmax_cross_entropy(z, &y[rows.clone()], mask, norm, d)
+        }
+        (Targets::Dense(y), OutputKind::Identity) => {
+            loss::squared_error(z, &y[dense_rows], mask, norm, d)
+        }
+        (Targets::Dense(y), OutputKind::Sigmoid) => {
+            loss::sigmoid_binary_cross_entropy(z, &y[dense_rows], mask, norm, d)
+        }
         _ => return Err(Error::Shape("targets do not match the output kind".into())),
     };
-    Ok((logits, dlogits, sum))
+    let kept = Kept {
+        probs: logits,
+        dlogits,
+    };
+    Ok((kept, sum))
 }
 
 /// The output layer's forward over all N rows of the top layer's states `top`, in chunks when
 /// the logits exceed `budget` elements: the projection, then the fused output nonlinearity +
-/// loss + gradient. Returns, when it ran in one chunk, the probabilities and the gradient
-/// w.r.t. the logits (kept for `outputs` and the backward; `reuse` are arrays to fill), the
-/// rows per chunk, and the masked loss sum.
+/// loss (+ gradient with `grad`). Returns, when it ran in one chunk, the probabilities and
+/// (with `grad`) the gradient w.r.t. the logits (kept for `outputs` and the backward; `reuse`
+/// are arrays to fill), the rows per chunk, and the masked loss sum. In chunks, only the loss
+/// is kept, and one chunk's arrays are reused by the next.
 pub(super) fn output_forward<F: Float>(
     cfg: &ModelConfig,
-    (layout, p): (&ParamLayout, &[F]),
+    model: (&ParamLayout, &[F]),
     top: ArrayView2<F>,
     batch: &PreparedBatch<F>,
-    budget: usize,
+    (budget, grad): (usize, bool),
     reuse: Option<Kept<F>>,
 ) -> Result<(Option<Kept<F>>, usize, f64)> {
     let (n, v) = (top.nrows(), cfg.output_size);
     let chunk_rows = logit_chunk_rows(n, v, budget);
     if chunk_rows >= n {
-        let (p, d, sum) = output_chunk(cfg, layout, p, top, batch, 0..n, reuse)?;
-        return Ok((Some((p, d)), chunk_rows, sum));
+        let (kept, sum) = output_chunk(cfg, model, top, batch, 0..n, (reuse, grad))?;
+        return Ok((Some(kept), chunk_rows, sum));
     }
     let mut sum = 0.0;
+    let mut spare = reuse;
     for rows in logit_chunks(n, chunk_rows) {
-        sum += output_chunk(cfg, layout, p, top, batch, rows, None)?.2;
+        let (kept, s) = output_chunk(cfg, model, top, batch, rows, (spare, false))?;
+        sum += s;
+        spare = Some(kept);
     }
     Ok((None, chunk_rows, sum))
 }
@@ -221,17 +226,19 @@ pub(super) fn output_forward<F: Float>(
 /// does, so each value is the one the forward computed. `rows.len() * V` values.
 pub(super) fn chunk_outputs<F: Float>(
     cfg: &ModelConfig,
-    (layout, p): (&ParamLayout, &[F]),
+    model: (&ParamLayout, &[F]),
     (cache, batch): (&Cache<F>, &PreparedBatch<F>),
     chunk: std::ops::Range<usize>,
     rows: std::ops::Range<usize>,
 ) -> Result<Vec<f32>> {
     let f32s = |a: ArrayView2<F>| a.iter().map(|v| v.to_f32_lossy()).collect();
-    if let Some((probs, _)) = &cache.kept {
-        return Ok(f32s(probs.slice(s![rows, ..])));
+    if let Some(kept) = &cache.kept {
+        return Ok(f32s(kept.probs.slice(s![rows, ..])));
     }
     let top = output_input(cfg, &cache.layers, cache.out_input.as_ref(), batch.rows);
-    let probs = output_chunk(cfg, layout, p, top, batch, chunk.clone(), None)?.0;
+    let probs = output_chunk(cfg, model, top, batch, chunk.clone(), (None, false))?
+        .0
+        .probs;
     let within = rows.start - chunk.start..rows.end - chunk.start;
     Ok(f32s(probs.slice(s![within, ..])))
 }
@@ -253,15 +260,19 @@ pub(super) fn output_backward<F: Float>(
     let (ow, ob) = (layout.out_weight(), layout.out_bias());
     // Written whole by the chunks' `dS = dlogits W_o` (not accumulated).
     let mut ds = pool.overwritten((n, h));
+    let mut spare = None;
     for rows in logit_chunks(n, cache.chunk_rows) {
-        let recomputed;
-        let dlogits = match &cache.kept {
-            Some((_, d)) => d.view(),
+        let dlogits = match cache.kept.as_ref().and_then(|k| k.dlogits.as_ref()) {
+            Some(d) => d.view(),
             None => {
                 profile::enter(clock, StepPhase::Output);
-                recomputed = output_chunk(cfg, layout, p, top, batch, rows.clone(), None)?.1;
+                let reuse = (spare.take(), true);
+                spare = Some(output_chunk(cfg, (layout, p), top, batch, rows.clone(), reuse)?.0);
                 profile::enter(clock, StepPhase::OutputBackward);
-                recomputed.view()
+                match spare.as_ref().and_then(|k| k.dlogits.as_ref()) {
+                    Some(d) => d.view(),
+                    None => unreachable!("a chunk computed with its gradient has one"),
+                }
             }
         };
         let top_c = top.slice(s![rows.clone(), ..]);

@@ -13,21 +13,19 @@ fn weight(mask: Option<&[f32]>, r: usize) -> f64 {
 
 /// Softmax + cross-entropy per row: `p_r = softmax(z_r)` (max-subtracted), loss `-ln p_r[y_r]`,
 /// `dz_r = mask_r / norm * (p_r - onehot(y_r))`. `logits` [N, V] is overwritten with `p`;
-/// `dlogits` [N, V] is written. Returns `sum_r mask_r * loss_r`.
+/// `dlogits` [N, V] is written when given (a forward without gradients passes `None`). Returns
+/// `sum_r mask_r * loss_r`.
 pub fn softmax_cross_entropy<F: Float>(
     mut logits: ArrayViewMut2<F>,
     targets: &[u32],
     mask: Option<&[f32]>,
     norm: f64,
-    mut dlogits: ArrayViewMut2<F>,
+    mut dlogits: Option<ArrayViewMut2<F>>,
 ) -> f64 {
     let mut total = 0.0;
-    for (r, (mut z, mut dz)) in logits
-        .outer_iter_mut()
-        .zip(dlogits.outer_iter_mut())
-        .enumerate()
-    {
-        let (Some(z), Some(dz)) = (z.as_slice_mut(), dz.as_slice_mut()) else {
+    for (r, mut z) in logits.outer_iter_mut().enumerate() {
+        let mut dz = dlogits.as_mut().map(|d| d.row_mut(r));
+        let Some(z) = z.as_slice_mut() else {
             unreachable!("rows of standard-layout arrays are contiguous")
         };
         let max = row_max(z);
@@ -45,6 +43,10 @@ pub fn softmax_cross_entropy<F: Float>(
         let inv = F::of(1.0 / sum);
         let w = weight(mask, r);
         total += w * (sum.ln() - zy.f64());
+        let Some(dz) = dz.as_mut().and_then(|d| d.as_slice_mut()) else {
+            z.iter_mut().for_each(|p| *p = *p * inv);
+            continue;
+        };
         let wf = F::of(w / norm);
         for (p, d) in z.iter_mut().zip(dz.iter_mut()) {
             *p = *p * inv;
@@ -87,28 +89,28 @@ fn row_max<F: Float>(z: &[F]) -> F {
 }
 
 /// Identity + squared error per row: `p_r = z_r`, loss `1/2 ||p_r - y_r||^2`,
-/// `dz_r = mask_r / norm * (p_r - y_r)`. `targets` [N * V]. Returns the masked loss sum.
+/// `dz_r = mask_r / norm * (p_r - y_r)` (written when `dlogits` is given). `targets` [N * V].
+/// Returns the masked loss sum.
 pub fn squared_error<F: Float>(
     logits: ArrayViewMut2<F>,
     targets: &[f32],
     mask: Option<&[f32]>,
     norm: f64,
-    mut dlogits: ArrayViewMut2<F>,
+    mut dlogits: Option<ArrayViewMut2<F>>,
 ) -> f64 {
     let v = logits.ncols();
     let mut total = 0.0;
-    for (r, (z, mut dz)) in logits
-        .outer_iter()
-        .zip(dlogits.outer_iter_mut())
-        .enumerate()
-    {
+    for (r, z) in logits.outer_iter().enumerate() {
+        let mut dz = dlogits.as_mut().map(|d| d.row_mut(r));
         let w = weight(mask, r);
         let wf = F::of(w / norm);
         let mut l = 0.0;
-        for (j, (p, d)) in z.iter().zip(dz.iter_mut()).enumerate() {
+        for (j, p) in z.iter().enumerate() {
             let diff = *p - F::from_f32_lossless(targets[r * v + j]);
             l += diff.f64() * diff.f64();
-            *d = wf * diff;
+            if let Some(dz) = dz.as_mut() {
+                dz[j] = wf * diff;
+            }
         }
         total += w * 0.5 * l;
     }
@@ -117,32 +119,32 @@ pub fn squared_error<F: Float>(
 
 /// Sigmoid + binary cross-entropy per row and component: `p = 1 / (1 + e^-z)`, loss
 /// `-(y ln p + (1-y) ln(1-p))` computed stably as `max(z,0) - y z + ln(1 + e^-|z|)`, summed over
-/// components; `dz = mask_r / norm * (p - y)`. `logits` is overwritten with `p`.
+/// components; `dz = mask_r / norm * (p - y)` (written when `dlogits` is given). `logits` is
+/// overwritten with `p`.
 pub fn sigmoid_binary_cross_entropy<F: Float>(
     mut logits: ArrayViewMut2<F>,
     targets: &[f32],
     mask: Option<&[f32]>,
     norm: f64,
-    mut dlogits: ArrayViewMut2<F>,
+    mut dlogits: Option<ArrayViewMut2<F>>,
 ) -> f64 {
     let v = logits.ncols();
     let mut total = 0.0;
-    for (r, (mut z, mut dz)) in logits
-        .outer_iter_mut()
-        .zip(dlogits.outer_iter_mut())
-        .enumerate()
-    {
+    for (r, mut z) in logits.outer_iter_mut().enumerate() {
+        let mut dz = dlogits.as_mut().map(|d| d.row_mut(r));
         let w = weight(mask, r);
         let wf = F::of(w / norm);
         let mut l = 0.0;
-        for (j, (zp, d)) in z.iter_mut().zip(dz.iter_mut()).enumerate() {
+        for (j, zp) in z.iter_mut().enumerate() {
             let y = F::from_f32_lossless(targets[r * v + j]);
             let x = *zp;
             let loss = x.max(F::zero()) - y * x + (F::one() + (-x.abs()).exp()).ln();
             l += loss.f64();
             let p = F::one() / (F::one() + (-x).exp());
             *zp = p;
-            *d = wf * (p - y);
+            if let Some(dz) = dz.as_mut() {
+                dz[j] = wf * (p - y);
+            }
         }
         total += w * l;
     }
