@@ -97,6 +97,7 @@ pub mod reduce;
 pub mod reverse;
 pub mod rnn;
 mod rows;
+pub mod variants;
 #[cfg(test)]
 mod tests;
 
