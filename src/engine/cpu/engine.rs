@@ -6,11 +6,11 @@
 use ndarray::{Array2, ArrayView2, s};
 
 use crate::engine::profile::{self, PhaseClock, PhaseTimes, StepPhase};
+use crate::engine::variant::Variant;
 use crate::engine::{
     Batch, DEFAULT_LOGIT_BUDGET, Dropout, EdgeDropout, Engine, Inputs, LossStats, OutputChunks,
     RowWindow, Targets, outputs_not_kept,
 };
-use crate::engine::variant::Variant;
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState, clip_scale};

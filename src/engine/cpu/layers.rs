@@ -17,9 +17,7 @@ use crate::model::{Cell, LayerOffsets, ModelConfig, OutputKind, ParamLayout};
 use super::dropout::{self, MaskKey};
 use super::engine::{Cache, DirectionCache, Kept, LayerCache, PreparedBatch};
 use super::matmul::matmul;
-use super::rows::{
-    CellGrad, GatedGradRows, GatedRows, RowBlock, TanhGradRows, TanhRows,
-};
+use super::rows::{CellGrad, GatedGradRows, GatedRows, RowBlock, TanhGradRows, TanhRows};
 use super::{Float, loss, packed, pool, reduce, reverse, rnn};
 
 /// The `rows x cols` matrix at `offset` of a flat parameter or gradient buffer (row-major, as

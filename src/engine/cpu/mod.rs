@@ -97,9 +97,9 @@ pub mod reduce;
 pub mod reverse;
 pub mod rnn;
 mod rows;
-pub mod variants;
 #[cfg(test)]
 mod tests;
+pub mod variants;
 
 pub use self::engine::CpuEngine;
 pub use self::float::{Float, exp_f32, sigmoid, tanh_f32, tanh_via_sigmoid};

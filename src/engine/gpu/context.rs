@@ -216,7 +216,7 @@ impl Tunables {
                 "GEMM workgroups of {wx}x{wy} threads over {} deep chunks",
                 self.matmul_k
             ))
-        } else if self.rows_product_wg % 8 != 0 || !threads_fit(self.rows_product_wg, 1) {
+        } else if !self.rows_product_wg.is_multiple_of(8) || !threads_fit(self.rows_product_wg, 1) {
             Some(format!(
                 "{} threads per workgroup of the per-step products",
                 self.rows_product_wg

@@ -49,7 +49,9 @@ pub mod variants;
 
 use std::collections::HashMap;
 
+use self::context::Tunables;
 use crate::engine::reverse::sequence_lengths;
+use crate::engine::variant::{GpuVariant, Variant};
 use crate::engine::{
     Batch, Dropout, EdgeDropout, Engine, Inputs, LossStats, OutputChunks, Recurrence, RowWindow,
     Targets,
@@ -57,8 +59,6 @@ use crate::engine::{
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::train::optim::{OptimizerConfig, OptimizerState};
-use crate::engine::variant::{GpuVariant, Variant};
-use self::context::Tunables;
 
 use self::buffers::{at, read, storage, storage_with, write};
 pub use self::context::{AdapterSummary, GpuContext, list_adapters};
@@ -219,8 +219,9 @@ impl GpuEngine {
     fn build_shape(&mut self, steps: usize, rows: usize) -> Result<Shape> {
         let cfg = &self.config;
         let setting = self.variant.recurrence;
-        let kernel = RecurrenceKernel::resolve(&self.ctx, setting, cfg.cell, rows, cfg.hidden_size)?
-            .for_projection(cfg.proj_size.is_some(), setting)?;
+        let kernel =
+            RecurrenceKernel::resolve(&self.ctx, setting, cfg.cell, rows, cfg.hidden_size)?
+                .for_projection(cfg.proj_size.is_some(), setting)?;
         let mut buffers = ShapeBuffers::allocate(
             &self.ctx,
             (cfg, &self.layout),

@@ -2,11 +2,11 @@
 //! the per-step products' threads and the fused gated steps' units per workgroup; and what they
 //! depend on besides the model (the adapter and its driver).
 
+use crate::engine::Recurrence;
 use crate::engine::gpu::context::{GpuContext, Tunables};
 use crate::engine::gpu::rnn::rows_kernels_fit;
 use crate::engine::gpu::shape::RecurrenceKernel;
 use crate::engine::variant::{GpuVariant, Variant};
-use crate::engine::Recurrence;
 use crate::error::{Error, Result};
 use crate::model::{Cell, ModelConfig};
 
@@ -35,7 +35,10 @@ pub fn gpu_variants(ctx: &GpuContext, config: &ModelConfig, rows: usize) -> Vec<
     }
     let resolved = auto_kernel(ctx, config, rows);
     if resolved == Some(RecurrenceKernel::Wide) {
-        for wg in [64, 128].into_iter().filter(|&w| w < default.rows_product_wg) {
+        for wg in [64, 128]
+            .into_iter()
+            .filter(|&w| w < default.rows_product_wg)
+        {
             out.push(GpuVariant {
                 rows_product_wg: Some(wg),
                 ..base
@@ -79,8 +82,9 @@ fn differs(
         return true;
     }
     let projected = config.proj_size.is_some();
-    let kernel = RecurrenceKernel::resolve(ctx, v.recurrence, config.cell, rows, config.hidden_size)
-        .and_then(|k| k.for_projection(projected, v.recurrence));
+    let kernel =
+        RecurrenceKernel::resolve(ctx, v.recurrence, config.cell, rows, config.hidden_size)
+            .and_then(|k| k.for_projection(projected, v.recurrence));
     matches!(kernel, Ok(k) if Some(k) != resolved)
 }
 
