@@ -318,12 +318,16 @@ pub struct Chosen {
 impl Chosen {
     /// "variant default (default)", "variant X (cached)", "variant X (tuned in 2.1 s)".
     pub fn describe(&self) -> String {
-        let from = match self.source {
+        format!("variant {} ({})", self.variant, self.source_text())
+    }
+
+    /// "default", "cached" or "tuned in 2.1 s".
+    pub fn source_text(&self) -> String {
+        match self.source {
             Source::Default => "default".to_string(),
             Source::Cached => "cached".to_string(),
             Source::Tuned(s) => format!("tuned in {s:.1} s"),
-        };
-        format!("variant {} ({from})", self.variant)
+        }
     }
 }
 
