@@ -58,6 +58,9 @@ pub struct TuneOptions {
     /// A variant stops being measured once one of its passes takes this many times the best
     /// median so far.
     pub give_up: f64,
+    /// The default variant stays unless another's median is below it by more than this
+    /// fraction (timing noise does not change the choice).
+    pub margin: f64,
 }
 
 impl Default for TuneOptions {
@@ -66,6 +69,7 @@ impl Default for TuneOptions {
             warmup: 1,
             repeats: 3,
             give_up: 2.0,
+            margin: 0.02,
         }
     }
 }
@@ -145,7 +149,7 @@ pub fn tune(
     let started = clock.now(&saved.variant);
     let result = measure_all(engine, batch, clock, opts);
     let winner = match &result {
-        Ok(measured) => fastest(measured).unwrap_or(saved.variant),
+        Ok(measured) => fastest(measured, opts.margin).unwrap_or(saved.variant),
         Err(_) => saved.variant,
     };
     engine.set_variant(&winner)?;
@@ -159,16 +163,23 @@ pub fn tune(
     })
 }
 
-/// The variant of the lowest median (the first of equals).
-fn fastest(measured: &[Measured]) -> Option<Variant> {
-    measured
+/// The variant of the lowest median (the first of equals), or the first measured (the
+/// default) where it is within `margin` of it.
+fn fastest(measured: &[Measured], margin: f64) -> Option<Variant> {
+    let best = measured
         .iter()
         .filter_map(|m| m.median_ms.map(|t| (t, m.variant)))
         .fold(None, |best: Option<(f64, Variant)>, (t, v)| match best {
             Some((bt, _)) if bt <= t => best,
             _ => Some((t, v)),
-        })
-        .map(|(_, v)| v)
+        })?;
+    match measured
+        .first()
+        .and_then(|m| m.median_ms.map(|t| (t, m.variant)))
+    {
+        Some((t, default)) if t <= best.0 * (1.0 + margin) => Some(default),
+        _ => Some(best.1),
+    }
 }
 
 fn measure_all(
