@@ -127,6 +127,10 @@ pub struct TuneArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON to this file, rewritten after each configuration (the table still
+    /// goes to stdout).
+    #[arg(long)]
+    pub json_out: Option<std::path::PathBuf>,
 }
 
 /// One configuration tuned on one engine.
@@ -144,6 +148,9 @@ pub fn tune_command(a: TuneArgs) -> anyhow::Result<u8> {
     for note in &cache.notes {
         eprintln!("{note}");
     }
+    if !a.json {
+        print_header();
+    }
     let mut results = Vec::new();
     for (device, note) in devices(&a.device) {
         if let Some(n) = note {
@@ -151,19 +158,33 @@ pub fn tune_command(a: TuneArgs) -> anyhow::Result<u8> {
         }
         for shape in shapes_of(&a.shape, false, device)? {
             let (tuned, entry) = tune_shape(device, shape, a.seed)?;
+            // Each configuration is kept as soon as it is measured: a run cut short keeps
+            // what it measured.
             cache.insert(entry);
+            if let Err(e) = cache.save() {
+                eprintln!("note: the tuning was not cached: {e}");
+            }
+            if !a.json {
+                print_rows(&tuned);
+            }
             results.push(tuned);
+            write_json_out(&a, &results, &cache)?;
         }
-    }
-    if let Err(e) = cache.save() {
-        eprintln!("note: the tuning was not cached: {e}");
     }
     if a.json {
         println!("{}", results_json(&results, &cache));
     } else {
-        print_tuned(&results, &cache);
+        println!("cached in {}", cache.path_text());
     }
     Ok(0)
+}
+
+fn write_json_out(a: &TuneArgs, results: &[Tuned], cache: &TuneCache) -> anyhow::Result<()> {
+    if let Some(p) = &a.json_out {
+        let text = format!("{}\n", results_json(results, cache));
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
 }
 
 fn tune_shape(
@@ -228,28 +249,29 @@ fn results_json(results: &[Tuned], cache: &TuneCache) -> serde_json::Value {
     json!({ "cache": cache.path_text(), "results": rows })
 }
 
-fn print_tuned(results: &[Tuned], cache: &TuneCache) {
+fn print_header() {
     println!("| device | configuration | variant | ms per forward + backward | winner |");
     println!("|---|---|---|---|---|");
-    for r in results {
-        let config = label(r.device, &r.shape);
-        for m in &r.tuning.measured {
-            let time = match (&m.median_ms, &m.refused) {
-                (Some(ms), _) => format!("{ms:.3}"),
-                (None, Some(why)) => format!("not run: {why}"),
-                (None, None) => "-".into(),
-            };
-            let winner = if m.variant == r.tuning.winner {
-                "*"
-            } else {
-                ""
-            };
-            println!(
-                "| {} | {config} | {} | {time} | {winner} |",
-                r.engine,
-                m.variant.name()
-            );
-        }
+}
+
+/// The table's rows of one configuration, each variant's median and the winner starred.
+fn print_rows(r: &Tuned) {
+    let config = label(r.device, &r.shape);
+    for m in &r.tuning.measured {
+        let time = match (&m.median_ms, &m.refused) {
+            (Some(ms), _) => format!("{ms:.3}"),
+            (None, Some(why)) => format!("not run: {why}"),
+            (None, None) => "-".into(),
+        };
+        let winner = if m.variant == r.tuning.winner {
+            "*"
+        } else {
+            ""
+        };
+        println!(
+            "| {} | {config} | {} | {time} | {winner} |",
+            r.engine,
+            m.variant.name()
+        );
     }
-    println!("cached in {}", cache.path_text());
 }
