@@ -28,7 +28,12 @@ const MAX_BYTES: u64 = 16 << 20;
 /// The cache file: [`CACHE_VAR`], else `$XDG_CACHE_HOME/unroll/tune.json`, else
 /// `$HOME/.cache/unroll/tune.json`; `None` when none of them is set.
 pub fn cache_path() -> Option<PathBuf> {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    cache_path_in(|name| std::env::var_os(name))
+}
+
+/// [`cache_path`] with the environment read through `env` (empty values count as unset).
+fn cache_path_in(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
     if let Some(p) = var(CACHE_VAR) {
         return Some(PathBuf::from(p));
     }
@@ -207,4 +212,44 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io("renaming a new cache onto", path, e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path_with(vars: &[(&str, &str)]) -> Option<PathBuf> {
+        cache_path_in(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        })
+    }
+
+    #[test]
+    fn the_cache_path_prefers_the_variable_then_xdg_then_home() {
+        let all = [
+            (CACHE_VAR, "/a/t.json"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+        ];
+        assert_eq!(path_with(&all), Some(PathBuf::from("/a/t.json")));
+        assert_eq!(
+            path_with(&all[1..]),
+            Some(PathBuf::from("/x/unroll/tune.json"))
+        );
+        assert_eq!(
+            path_with(&[(CACHE_VAR, ""), ("HOME", "/h")]),
+            Some(PathBuf::from("/h/.cache/unroll/tune.json"))
+        );
+        assert_eq!(path_with(&[]), None);
+    }
+
+    #[test]
+    fn a_missing_file_is_an_empty_cache_without_a_note() {
+        let dir = std::env::temp_dir().join(format!("unroll-no-cache-{}", std::process::id()));
+        let cache = TuneCache::open(Some(&dir.join("none.json")));
+        assert!(cache.notes.is_empty() && cache.entries().is_empty());
+        assert!(TuneCache::open(None).save().is_ok());
+    }
 }

@@ -415,3 +415,56 @@ fn apply_cached(
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::variant::{CpuVariant, StepProduct};
+
+    fn measured(variant: Variant, ms: Option<f64>) -> Measured {
+        Measured {
+            variant,
+            median_ms: ms,
+            samples: 1,
+            refused: None,
+        }
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&mut [7.0]), 7.0);
+    }
+
+    #[test]
+    fn the_fastest_skips_refused_variants_and_keeps_a_default_within_the_margin() {
+        let gemm = Variant::Cpu(CpuVariant {
+            product: StepProduct::Gemm,
+            row_parts: None,
+        });
+        let one = Variant::Cpu(CpuVariant {
+            row_parts: Some(1),
+            ..CpuVariant::default()
+        });
+        let all = [
+            measured(Variant::CPU, Some(10.0)),
+            measured(gemm, None),
+            measured(one, Some(9.0)),
+        ];
+        assert_eq!(fastest(&all, 0.0), Some(one));
+        assert_eq!(fastest(&all, 0.2), Some(Variant::CPU));
+        assert_eq!(fastest(&all[1..2], 0.0), None);
+        let refused_default = [measured(Variant::CPU, None), measured(one, Some(9.0))];
+        assert_eq!(fastest(&refused_default, 0.5), Some(one));
+    }
+
+    #[test]
+    fn probe_batches_fit_their_model() {
+        let mut cfg = ModelConfig::language_model(5, 4, 1);
+        assert!(probe_batch(&cfg, 3, 2, 1).validate(&cfg).is_ok());
+        cfg.input_kind = InputKind::Dense;
+        cfg.output_kind = OutputKind::Sigmoid;
+        assert!(probe_batch(&cfg, 1, 1, 2).validate(&cfg).is_ok());
+    }
+}
