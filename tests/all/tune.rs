@@ -403,27 +403,16 @@ fn succeeds(cache: &Path, args: &[&str]) -> String {
 
 /// A training run of 2 steps of a tiny language model over the corpus at `corpus`.
 fn train_args<'a>(device: &'a str, corpus: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--corpus",
-        corpus,
-        "--out",
-        out,
-        "--hidden",
-        "8",
-        "--batch",
-        "2",
-        "--seq-len",
-        "5",
-        "--steps",
-        "2",
-        "--sample",
-        "0",
-        "--device",
-        device,
-        "--tune",
-        "cached",
-    ]
+    let args = "train --corpus {c} --out {o} --hidden 8 --batch 2 --seq-len 5 --steps 2 \
+                --sample 0 --device {d} --tune cached";
+    args.split_whitespace()
+        .map(|a| match a {
+            "{c}" => corpus,
+            "{o}" => out,
+            "{d}" => device,
+            a => a,
+        })
+        .collect()
 }
 
 /// A corpus of exactly `letters` distinct characters (a vocabulary of that size).
@@ -462,25 +451,10 @@ fn tune_then_train_uses_the_cached_choice(device: &str) {
     let mut rng = common::rng("tune_then_train_uses_the_cached_choice");
     let cache = dir.path().join("tune.json");
     let corpus = corpus(dir.path(), &mut rng, 6);
-    let tuned = run(
-        &cache,
-        &[
-            "tune",
-            "--device",
-            device,
-            "--cell",
-            "rnn",
-            "--hidden",
-            "8",
-            "--batch",
-            "2",
-            "--seq-len",
-            "5",
-            "--vocab-size",
-            "6",
-            "--json",
-        ],
+    let args = format!(
+        "tune --device {device} --cell rnn --hidden 8 --batch 2 --seq-len 5 --vocab-size 6 --json"
     );
+    let tuned = run(&cache, &args.split_whitespace().collect::<Vec<_>>());
     let err = String::from_utf8_lossy(&tuned.stderr);
     assert!(tuned.status.success(), "unroll tune failed:\n{err}");
     let report: serde_json::Value = serde_json::from_slice(&tuned.stdout).unwrap();
@@ -518,31 +492,9 @@ fn unroll_tune_on_the_gpu_caches_a_choice_that_train_applies() {
 fn bench_reports_the_default_and_the_tuned_figures() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("tune.json");
-    let out = run(
-        &cache,
-        &[
-            "bench",
-            "--device",
-            "cpu",
-            "--cell",
-            "gru",
-            "--hidden",
-            "8",
-            "--batch",
-            "2",
-            "--seq-len",
-            "4",
-            "--vocab-size",
-            "5",
-            "--warmup",
-            "1",
-            "--repeats",
-            "2",
-            "--tune",
-            "on",
-            "--json",
-        ],
-    );
+    let args = "bench --device cpu --cell gru --hidden 8 --batch 2 --seq-len 4 --vocab-size 5 \
+                --warmup 1 --repeats 2 --tune on --json";
+    let out = run(&cache, &args.split_whitespace().collect::<Vec<_>>());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
