@@ -20,15 +20,22 @@
 #   bench.json    the same as JSON
 #   words.md      a word-level model (V = 10,000, --embed 512) against PyTorch with nn.Embedding
 #   recurrence.md the recurrence kernels (rows, wide, steps) on the same shapes, one after another
+#   tune.md       `unroll tune --device gpu` over the sweep's shapes: each kernel variant's median
+#                 forward + backward (recurrence kernel, GEMM tiles, per-step product threads,
+#                 gated units per workgroup) and the winner, written as each shape finishes
+#   tune.json     the same as JSON; tune-cache.json the cache it wrote (UNROLL_TUNE_CACHE)
 #   bench.log     the sweep's notes and errors
 #   matmul.md     the WGSL matmul's TFLOP/s at 4096^3 and 8192x512x512
 #   kernels.log   criterion: the step's kernels on the GPU (FLOP / element throughput)
 # and exits non-zero if the agreement tests fail (the benchmarks still run first). The stages'
-# timeouts add up to 540 s, so the whole run fits one 600 s call of a lent device.
+# timeouts add up to 540 s, so the whole run fits one 600 s call of a lent device: tests 100,
+# bench 170, words 60, recurrence 6 x 10, tune 90, matmul 30, kernels 30 (the tuner's 90 s
+# were taken from the bench's 200, the recurrence runs' 15 each, the matmul's and the
+# kernels' 45).
 # For a dry run on a small or software adapter, GPU_BENCH_ARGS adds options to the sweep
 # (e.g. "--hidden 16 --batch 4 --seq-len 8"), GPU_MATMUL_ARGS to the matmul (e.g.
 # "--matmul-shape 64x64x64"), GPU_WORDS_ARGS replaces the word-level run's shape, GPU_RECURRENCE_ARGS the recurrence
-# comparison's, GPU_KERNELS_FILTER replaces the criterion filter ("gpu"), and
+# comparison's, GPU_TUNE_ARGS adds options to the tuner's sweep (GPU_BENCH_ARGS when unset), GPU_KERNELS_FILTER replaces the criterion filter ("gpu"), and
 # GPU_BENCH_ALLOW_SOFTWARE=1 lets it run on a software adapter (otherwise it stops, exit 3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -123,7 +130,7 @@ tail -n 5 "$OUT/tests.log"
 
 echo "== unroll bench --device gpu --baseline pytorch (the GPU anchors' sweep)"
 # shellcheck disable=SC2086
-timeout 200 "$KIT/unroll" bench --device gpu --baseline pytorch --profile ${GPU_BENCH_ARGS:-} \
+timeout 170 "$KIT/unroll" bench --device gpu --baseline pytorch --profile ${GPU_BENCH_ARGS:-} \
   --json-out "$OUT/bench.json" >"$OUT/bench.md" 2>"$OUT/bench.log"
 echo "exit $?"
 cat "$OUT/bench.md"
@@ -141,21 +148,28 @@ echo "== recurrence kernels side by side (rows / wide / steps) at H = 128 and 51
 for h in 128 512; do
   for r in rows wide steps; do
     # shellcheck disable=SC2086
-    timeout 15 "$KIT/unroll" bench --device gpu --recurrence "$r" --repeats 10 --hidden "$h" \
+    timeout 10 "$KIT/unroll" bench --device gpu --recurrence "$r" --repeats 10 --hidden "$h" \
       ${GPU_RECURRENCE_ARGS:---cell rnn,gru,lstm --batch 64 --seq-len 128} \
       2>>"$OUT/bench.log" | grep '^| gpu' >>"$OUT/recurrence.md"
   done
 done
 cat "$OUT/recurrence.md"
 
+echo "== the tuner: each kernel variant on every shape of the sweep"
+# shellcheck disable=SC2086
+UNROLL_TUNE_CACHE="$OUT/tune-cache.json" timeout 90 "$KIT/unroll" tune --device gpu \
+  ${GPU_TUNE_ARGS:-${GPU_BENCH_ARGS:-}} --json-out "$OUT/tune.json" >"$OUT/tune.md" 2>>"$OUT/bench.log"
+echo "exit $?"
+cat "$OUT/tune.md"
+
 echo "== WGSL matmul TFLOP/s"
 # shellcheck disable=SC2086
-timeout 45 "$KIT/unroll" bench --matmul ${GPU_MATMUL_ARGS:-} >"$OUT/matmul.md" 2>&1
+timeout 30 "$KIT/unroll" bench --matmul ${GPU_MATMUL_ARGS:-} >"$OUT/matmul.md" 2>&1
 echo "exit $?"
 cat "$OUT/matmul.md"
 
 echo "== criterion: the step's kernels on the GPU"
-timeout 45 "$KIT/kernels" --bench "${GPU_KERNELS_FILTER:-gpu}" >"$OUT/kernels.log" 2>&1
+timeout 30 "$KIT/kernels" --bench "${GPU_KERNELS_FILTER:-gpu}" >"$OUT/kernels.log" 2>&1
 echo "exit $?"
 grep -E '^gpu/|thrpt' "$OUT/kernels.log" | head -n 60
 

@@ -58,5 +58,6 @@ pub mod memory;
 pub mod model;
 pub mod sample;
 pub mod train;
+pub mod tune;
 
 pub use error::{Error, Result};

@@ -14,6 +14,7 @@ use unroll::engine::gpu::GpuContext;
 
 use super::options::with_default;
 use super::sizes::{check_bench_matmul, check_bench_step};
+use super::tune::TuneArg;
 use super::{bench_parallel, ranks};
 use unroll::memory::Rows;
 
@@ -111,11 +112,9 @@ pub fn with_defaults(c: clap::Command) -> clap::Command {
     })
 }
 
+/// The model and batch shapes of `unroll bench` and `unroll tune`.
 #[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// Engines to measure, comma-separated (e.g. cpu,gpu).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
-    pub device: Vec<BenchDevice>,
+pub struct ShapeArgs {
     /// Recurrent cells, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub cell: Vec<String>,
@@ -151,6 +150,15 @@ pub struct BenchArgs {
     /// Recurrent layers without biases (`bias=False`).
     #[arg(long)]
     pub no_bias: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Engines to measure, comma-separated (e.g. cpu,gpu).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    pub device: Vec<BenchDevice>,
+    #[command(flatten)]
+    pub shape: ShapeArgs,
     /// GPU: how the recurrent products are dispatched: `wide` (one dispatch per time step, a
     /// few output columns per workgroup; a gated step's gate work fused in), `steps` (one tiled
     /// product per time step, and a gate kernel for gated cells), `rows` (tanh/relu: one
@@ -195,6 +203,11 @@ pub struct BenchArgs {
     /// GEMM shapes for --matmul, MxNxK, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub matmul_shape: Vec<String>,
+    /// Also measure each configuration on its kernel choice (`unroll tune`): `on` measures
+    /// the variants where none is cached, `again` always, `cached` takes a cached choice only;
+    /// the table and the JSON give the default's figure beside the tuned one's.
+    #[arg(long, value_enum, default_value_t = TuneArg::Off)]
+    pub tune: TuneArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -222,6 +235,18 @@ pub(super) struct Row {
     pub(super) torch: Option<TorchReport>,
     /// unroll / PyTorch tokens/s of each round.
     pub(super) round_ratios: Vec<f64>,
+    /// The kernel variant the report ran.
+    pub(super) variant: Option<String>,
+    /// With `--tune`: the same configuration on its kernel choice.
+    pub(super) tuned: Option<TunedRow>,
+}
+
+/// A configuration measured again on the kernel variant `--tune` chose.
+pub(super) struct TunedRow {
+    pub(super) variant: String,
+    /// "cached" or "tuned in N s".
+    pub(super) source: String,
+    pub(super) report: StepReport,
 }
 
 /// The number of threads the CPU engine's GEMMs use. They run on rayon's global pool, which
@@ -231,7 +256,7 @@ pub(super) struct Row {
 /// count would exhaust the address space before the first step.
 const MAX_THREADS: usize = 1024;
 
-fn cpu_threads(asked: Option<usize>, several: bool) -> anyhow::Result<usize> {
+pub(super) fn cpu_threads(asked: Option<usize>, several: bool) -> anyhow::Result<usize> {
     const VAR: &str = "RAYON_NUM_THREADS";
     let env = std::env::var(VAR).ok();
     if let Some(v) = env.as_deref().filter(|v| !v.is_empty()) {
@@ -284,12 +309,22 @@ pub(super) fn devices(asked: &[BenchDevice]) -> Vec<(DeviceKind, Option<String>)
 }
 
 pub(super) fn shapes(a: &BenchArgs, device: DeviceKind) -> anyhow::Result<Vec<StepShape>> {
+    shapes_of(&a.shape, a.quick, device)
+}
+
+/// The configurations of `a` on `device`: one per cell when H, B or T is given (or `quick`),
+/// else the default sweep; each checked against the memory guard.
+pub(super) fn shapes_of(
+    a: &ShapeArgs,
+    quick: bool,
+    device: DeviceKind,
+) -> anyhow::Result<Vec<StepShape>> {
     let cells = a
         .cell
         .iter()
         .map(|c| parse_cell(c))
         .collect::<Result<Vec<_>, _>>()?;
-    let one = a.quick || a.hidden.is_some() || a.batch.is_some() || a.seq_len.is_some();
+    let one = quick || a.hidden.is_some() || a.batch.is_some() || a.seq_len.is_some();
     let mut out = if one {
         let cells = if cells.is_empty() {
             vec![parse_cell("rnn")?]
@@ -394,6 +429,10 @@ pub(super) fn print_table(rows: &[Row], with_torch: bool) {
             "ratio",
         ]);
     }
+    let with_tuned = rows.iter().any(|r| r.tuned.is_some());
+    if with_tuned {
+        head.extend(["tuned variant", "tuned tokens/s", "tuned ms/step"]);
+    }
     println!("| {} |", head.join(" | "));
     println!("|{}", "---|".repeat(head.len()));
     for r in rows {
@@ -427,6 +466,9 @@ pub(super) fn print_table(rows: &[Row], with_torch: bool) {
                 None => cells.extend(["-".into(), "-".into(), "-".into(), "-".into()]),
             }
         }
+        if with_tuned {
+            cells.extend(tuned_cells(r.tuned.as_ref()));
+        }
         println!("| {} |", cells.join(" | "));
     }
     for r in rows {
@@ -450,6 +492,18 @@ pub(super) fn print_table(rows: &[Row], with_torch: bool) {
                 );
             }
         }
+    }
+}
+
+/// The tuned columns of a row: the variant and where it came from, its tokens/s and ms.
+fn tuned_cells(tuned: Option<&TunedRow>) -> [String; 3] {
+    match tuned {
+        Some(t) => [
+            format!("{} ({})", t.variant, t.source),
+            fmt_tokens(t.report.tokens_per_s),
+            format!("{:.3}", t.report.step_ms.median),
+        ],
+        None => ["-".into(), "-".into(), "-".into()],
     }
 }
 
@@ -613,7 +667,59 @@ impl Measure<'_> {
                 }
             });
         }
+        if let Some(r) = row.as_mut() {
+            r.variant = Some(bench.engine.engine().variant().name());
+            r.tuned = self.tuned(&mut bench, &label, notes)?;
+        }
         Ok(row)
+    }
+
+    /// With `--tune`: the configuration measured again on its kernel choice (`None` when it
+    /// has none: `--tune off`, or nothing cached for `--tune cached`).
+    fn tuned(
+        &self,
+        bench: &mut StepBench,
+        label: &str,
+        notes: &mut Vec<String>,
+    ) -> anyhow::Result<Option<TunedRow>> {
+        let mode = unroll::tune::TuneMode::from(self.a.tune);
+        if mode == unroll::tune::TuneMode::Off {
+            return Ok(None);
+        }
+        let shape = bench.shape;
+        let batch = unroll::bench::random_batches(&shape, 1, self.a.seed).remove(0);
+        let path = unroll::tune::cache::cache_path();
+        let engine = bench.engine.engine();
+        let chosen = unroll::tune::choose(engine, mode, &batch, path.as_deref())
+            .with_context(|| format!("tuning {label}"))?;
+        engine.reset_state(shape.batch)?;
+        notes.extend(chosen.notes.iter().map(|n| format!("{label}: {n}")));
+        if chosen.source == unroll::tune::Source::Default {
+            notes.push(format!(
+                "{label}: no kernel choice cached for this device (bench --tune on measures one)"
+            ));
+            return Ok(None);
+        }
+        let report = bench
+            .measure(self.timing, false)
+            .with_context(|| format!("measuring {label} on its kernel choice"))?;
+        Ok(Some(TunedRow {
+            variant: chosen.variant.name(),
+            source: chosen.source_text(),
+            report,
+        }))
+    }
+}
+
+impl TunedRow {
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "variant": self.variant,
+            "source": self.source,
+            "tokens_per_s": self.report.tokens_per_s,
+            "step_ms": self.report.step_ms,
+            "latency_ms": self.report.latency_ms,
+        })
     }
 }
 
@@ -624,6 +730,8 @@ impl Row {
             report,
             torch,
             round_ratios: ratio.into_iter().collect(),
+            variant: None,
+            tuned: None,
         }
     }
 
@@ -655,6 +763,10 @@ impl Row {
                 ),
             );
             obj.insert("round_ratios".into(), json!(self.round_ratios));
+            obj.insert("variant".into(), json!(self.variant));
+            if let Some(t) = &self.tuned {
+                obj.insert("tuned".into(), t.json());
+            }
         }
         v
     }

@@ -16,6 +16,7 @@ use super::bench::{
     shapes, timing,
 };
 use super::ranks;
+use super::tune::TuneArg;
 
 /// The engines and their configurations, each with its note (`--device auto` without a GPU).
 type Plan = Vec<(DeviceKind, Option<String>, Vec<StepShape>)>;
@@ -66,6 +67,9 @@ fn plan(a: &BenchArgs) -> anyhow::Result<Plan> {
             "--matmul and --baseline measure one process; run them without the MPI launcher \
              (under it, `unroll bench` measures the data-parallel step)"
         );
+    }
+    if a.tune != TuneArg::Off {
+        usage!("--tune measures one process; run `unroll bench --tune` without the MPI launcher");
     }
     let mut plan = Vec::new();
     for (device, note) in devices(&a.device) {
@@ -148,6 +152,8 @@ fn print(
             report: r.job.clone(),
             torch: None,
             round_ratios: Vec::new(),
+            variant: None,
+            tuned: None,
         })
         .collect();
     let results: Vec<serde_json::Value> = (rows.iter().zip(reports))

@@ -19,6 +19,7 @@ mod run;
 mod settings;
 mod sizes;
 mod train;
+mod tune;
 
 /// The cell of `config` as the logs name it: `rnn Tanh`, `Gru`, `Lstm`.
 fn cell_name(config: &unroll::model::ModelConfig) -> String {
@@ -187,6 +188,9 @@ pub enum Command {
     /// Measure training throughput (tokens/s) on the GPU and CPU engines, optionally against
     /// PyTorch.
     Bench(Box<bench::BenchArgs>),
+    /// Measure every kernel variant of each configuration (bench's shapes) on this device and
+    /// cache the fastest for `train --tune cached` (the default) and `bench --tune`.
+    Tune(Box<tune::TuneArgs>),
 }
 
 /// Where to run.
@@ -492,6 +496,12 @@ pub struct TrainArgs {
     pub sample: usize,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
+    /// Kernel choice measured on this device (`unroll tune`): `cached` runs the choice cached
+    /// for this device and shape when there is one, `on` measures every variant when none is
+    /// cached (a few seconds) and caches the fastest, `again` always measures, `off` runs the
+    /// engine's defaults.
+    #[arg(long, value_enum, default_value_t = tune::TuneArg::Cached)]
+    pub tune: tune::TuneArg,
     #[command(flatten)]
     pub pairs: pairs::PairsArgs,
     /// Which of the options above were given on the command line.
@@ -590,5 +600,6 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Devices => commands::devices().map(|()| 0),
         Command::Import(a) => import::import(*a).map(|()| 0),
         Command::Bench(a) => bench::bench(*a),
+        Command::Tune(a) => tune::tune_command(*a),
     }
 }

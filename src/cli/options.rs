@@ -171,6 +171,7 @@ pub fn train_options() -> Vec<TrainOption> {
         o("checkpoint_every", Changes, shown(CHECKPOINT_EVERY)),
         o("log_every", Changes, shown(LOG_EVERY)),
         o("device", Changes, None),
+        o("tune", Changes, None),
         o("sample", Changes, None),
         o("final_val_tokens", Changes, shown("all")),
         o("resume", Resumes, None),
@@ -416,8 +417,8 @@ mod tests {
     fn resume_takes_what_its_message_says() {
         assert_eq!(
             changed_on_resume(),
-            "--steps, --eval-every, --checkpoint-every, --log-every, --device, --sample and \
-             --final-val-tokens"
+            "--steps, --eval-every, --checkpoint-every, --log-every, --device, --tune, --sample \
+             and --final-val-tokens"
         );
     }
 }

@@ -207,7 +207,7 @@ fn fresh_setup(a: &TrainArgs, path: &Path) -> anyhow::Result<Setup> {
         let (pairs, digest) = val_fingerprint(v);
         run.val_file = Some(ValFile::new(&absolute(p), pairs, digest));
     }
-    let engine = fresh_engine(a, &config, &params, s.batch)?;
+    let engine = fresh_engine(a, &config, &params, (s.batch, longest))?;
     Ok(Setup {
         data,
         val_data,

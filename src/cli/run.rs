@@ -23,6 +23,7 @@ use unroll::train::trainer::{Event, Outcome, Trainer, Validation};
 use super::options::{changed_on_resume, kept_on_resume};
 use super::ranks;
 use super::sizes::check_training;
+use super::tune;
 use super::{EvalEvery, TrainArgs};
 
 /// SIGINT and SIGTERM set a flag that the trainer checks after every step. A signal that comes
@@ -141,12 +142,13 @@ pub fn fresh_engine(
     a: &TrainArgs,
     config: &ModelConfig,
     params: &[f32],
-    batch: usize,
+    (batch, steps): (usize, usize),
 ) -> anyhow::Result<Box<dyn Engine>> {
     let (engine, note) = rank_engine(a, config, params)?;
     let mut engine = ranks::shard(engine, batch)?;
     engine.reset_state(batch)?;
-    eprintln!("{note}");
+    let variant = tune::for_run(engine.as_mut(), a.tune, (batch, steps))?;
+    eprintln!("{note}; {variant}");
     Ok(engine)
 }
 
@@ -216,7 +218,9 @@ pub fn resumed_engine(
     check_training(&state.config, rows, steps, option, true, a.device.into())?;
     let (engine, note) = rank_engine(a, &state.config, &state.params)?;
     let mut engine = ranks::shard(engine, run.batch)?;
-    eprintln!("{note}");
+    engine.reset_state(run.batch)?;
+    let variant = tune::for_run(engine.as_mut(), a.tune, (run.batch, steps))?;
+    eprintln!("{note}; {variant}");
     engine.set_optimizer_state(&state.optimizer)?;
     engine.set_state(state.state_rows, &state.state)?;
     eprintln!(

@@ -478,7 +478,7 @@ fn fresh_setup(a: &TrainArgs) -> anyhow::Result<Setup> {
         let (tokens, fingerprint) = val_fingerprint(v);
         run.val_file = Some(ValFile::new(&absolute(p), tokens, fingerprint));
     }
-    let engine = fresh_engine(a, &config, &params, s.batch)?;
+    let engine = fresh_engine(a, &config, &params, (s.batch, s.seq_len))?;
     Ok(Setup {
         corpus,
         val_corpus,

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::{Group, all_gather_f32, share};
+use crate::engine::variant::Variant;
 use crate::engine::{
     Batch, Dropout, EdgeDropout, Engine, Inputs, LossStats, OutputChunks, Recurrence, RowWindow,
     Targets, profile,
@@ -368,6 +369,18 @@ impl Engine for Sharded {
     }
     fn set_recurrence(&mut self, recurrence: Recurrence) -> Result<()> {
         self.inner.set_recurrence(recurrence)
+    }
+    fn variants(&self) -> Vec<Variant> {
+        self.inner.variants()
+    }
+    fn set_variant(&mut self, variant: &Variant) -> Result<()> {
+        self.inner.set_variant(variant)
+    }
+    fn variant(&self) -> Variant {
+        self.inner.variant()
+    }
+    fn device_key(&self) -> String {
+        self.inner.device_key()
     }
     fn set_phase_profile(&mut self, on: bool) -> Result<()> {
         self.inner.set_phase_profile(on)

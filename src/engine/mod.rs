@@ -18,6 +18,7 @@ pub mod gpu;
 pub mod profile;
 pub mod reverse;
 pub mod select;
+pub mod variant;
 
 use crate::error::{Error, Result};
 use crate::model::{InputKind, ModelConfig, OutputKind, ParamLayout};
@@ -396,6 +397,20 @@ pub trait Engine {
         let _ = recurrence;
         Ok(())
     }
+    /// The kernel choices applicable to this engine's model and device
+    /// ([`variant::Variant`]), its default first.
+    fn variants(&self) -> Vec<variant::Variant>;
+    /// Runs `variant` from the next shape the engine builds (a batch shape seen before is
+    /// built again); the results stay within the engines' tolerances. A variant of the other
+    /// engine, or one this device cannot run, is [`Error::Config`].
+    fn set_variant(&mut self, variant: &variant::Variant) -> Result<()>;
+    /// The variant the engine runs.
+    fn variant(&self) -> variant::Variant;
+    /// What the choice of a variant depends on besides the model's shape: the GPU adapter
+    /// (name, driver, backend) or the processor (model, SIMD kernel, threads).
+    fn device_key(&self) -> String {
+        self.describe()
+    }
     /// Where the batches that follow lie in a batch shared row-wise with other engines
     /// (data-parallel training), which keys their dropout masks by the shared batch's rows
     /// ([`RowWindow`]); `None`, the initial setting, is the engine alone. It applies to the
@@ -413,7 +428,8 @@ pub trait Engine {
 }
 
 /// How the GPU engine runs the recurrent product of each time step.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Recurrence {
     /// tanh/relu: `Rows` below H = [`ROWS_BELOW_HIDDEN`] where it fits the device, else `Wide`;
     /// gated cells: `Wide`.

@@ -39,6 +39,7 @@ mod shaders;
 mod sharded;
 mod sizes;
 mod training;
+mod tune;
 mod untrusted;
 mod val_bound;
 mod words;

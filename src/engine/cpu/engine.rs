@@ -6,6 +6,7 @@
 use ndarray::{Array2, ArrayView2, s};
 
 use crate::engine::profile::{self, PhaseClock, PhaseTimes, StepPhase};
+use crate::engine::variant::Variant;
 use crate::engine::{
     Batch, DEFAULT_LOGIT_BUDGET, Dropout, EdgeDropout, Engine, INFERENCE_LOGITS, Inputs, LossStats,
     OutputChunks, RowWindow, Targets, outputs_not_kept,
@@ -20,7 +21,7 @@ use super::layers::{
     input_weight_grads, layer_backward, layer_below, layer_forward, layer_output, output_backward,
     output_forward, output_input, recurrent_grads, split_directions,
 };
-use super::{Float, optim, pool, reduce, reverse};
+use super::{Float, optim, pool, reduce, reverse, variants};
 
 /// The current batch converted to the engine's float type.
 pub(super) struct PreparedBatch<F> {
@@ -695,5 +696,22 @@ impl<F: Float> Engine for CpuEngine<F> {
     fn set_grad_enabled(&mut self, on: bool) -> Result<()> {
         self.grad_enabled = on;
         Ok(())
+    }
+
+    fn variants(&self) -> Vec<Variant> {
+        variants::cpu_variants(std::mem::size_of::<F>())
+    }
+
+    fn set_variant(&mut self, variant: &Variant) -> Result<()> {
+        self.pool.set_choice(variants::cpu_choice(variant)?);
+        Ok(())
+    }
+
+    fn variant(&self) -> Variant {
+        Variant::Cpu(self.pool.choice())
+    }
+
+    fn device_key(&self) -> String {
+        variants::cpu_device_key(std::any::type_name::<F>())
     }
 }

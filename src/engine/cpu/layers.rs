@@ -17,9 +17,7 @@ use crate::model::{Cell, LayerOffsets, ModelConfig, OutputKind, ParamLayout};
 use super::dropout::{self, MaskKey};
 use super::engine::{Cache, DirectionCache, Kept, LayerCache, PreparedBatch};
 use super::matmul::matmul;
-use super::rows::{
-    CellGrad, GatedGradRows, GatedRows, RowBlock, TanhGradRows, TanhRows, row_parts,
-};
+use super::rows::{CellGrad, GatedGradRows, GatedRows, RowBlock, TanhGradRows, TanhRows};
 use super::{Float, loss, packed, pool, reduce, reverse, rnn};
 
 /// The `rows x cols` matrix at `offset` of a flat parameter or gradient buffer (row-major, as
@@ -357,7 +355,7 @@ pub(super) fn layer_forward<F: Float>(
     // Every step's product h_{t-1} W_hh^T (and with a projection m_t W_hr^T), with the weight
     // packed (or copied row-major) once for all T steps. With the rows split between threads,
     // each product runs on its own thread.
-    let parts = row_parts(b);
+    let parts = pool.row_parts(b);
     let w_hh_t = view(p, lo.weight_hh, gh, w).reversed_axes();
     let step_w = step_weight(w_hh_t, parts == 1, pool);
     let step_hr = lo
@@ -498,7 +496,8 @@ fn step_weight<'a, F: Float>(
     parallel: bool,
     pool: &mut pool::Pool<F>,
 ) -> packed::StepWeight<'a, F> {
-    packed::StepWeight::reusing(w, pool.pack_buffer()).parallel(parallel)
+    let product = pool.step_product();
+    packed::StepWeight::reusing_as(w, pool.pack_buffer(), product).parallel(parallel)
 }
 
 /// One direction `d` of layer k's BPTT over all T steps, from the last step to the first (in the
@@ -516,7 +515,7 @@ pub(super) fn layer_backward<F: Float>(
     let n = ds.nrows();
     // dh_{t-1} += dz_t W_hh at every step, W_hh packed once; with the rows split between
     // threads, each product runs on its own thread.
-    let parts = row_parts(b);
+    let parts = pool.row_parts(b);
     let (step_w, step_hr) = backward_weights(cfg, model, (k, d), parts == 1, pool);
     if cfg.cell == Cell::Rnn {
         // In place: ds becomes dz.

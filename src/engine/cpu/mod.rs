@@ -34,6 +34,9 @@
 //!    are independent through the recurrence, so each thread runs the time loop of its own
 //!    block; `tests/all/row_split.rs` holds training steps on three threads to those on one for
 //!    every cell, stacked layers and packed products, in both float types.
+//!    The kernel variants (`variants.rs`: the products always packed or always through the
+//!    GEMM, the row blocks set by hand) hold a training step of every cell to the default's:
+//!    `tests/all/tune.rs`.
 //! 4. **The CPU engine in f32 -> the GPU engine.** Every WGSL kernel against its CPU twin here
 //!    (the file of the same name as its shader): `tests/all/gpu_kernels.rs`,
 //!    `tests/all/gpu_gated.rs`; whole training steps of every model kind, optimizer and depth:
@@ -99,6 +102,7 @@ pub mod rnn;
 mod rows;
 #[cfg(test)]
 mod tests;
+pub mod variants;
 
 pub use self::engine::CpuEngine;
 pub use self::float::{Float, exp_f32, sigmoid, tanh_f32, tanh_via_sigmoid};

@@ -18,6 +18,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 
 use crate::engine::cpu::Float;
 use crate::engine::cpu::matmul::matmul_threads;
+use crate::engine::variant::StepProduct;
 
 /// Columns per block (and panel) of the AVX-512 kernel: 8 rows x 3 zmm of accumulators, 24 FMAs
 /// per 3 loads of W and 8 broadcasts of X (measured on [32, 512] x [512, 2048] and its BPTT
@@ -118,8 +119,18 @@ impl<'a, F: Float> StepWeight<'a, F> {
     /// [`new`](StepWeight::new), packing into `buffer` (a buffer of an earlier
     /// [`StepWeight::into_buffer`]) instead of a new allocation.
     pub fn reusing(w: ArrayView2<'a, F>, buffer: Vec<f32>) -> Self {
-        let big = w.len() > PACK_MIN;
-        Self::build(w, Kernel::detect().filter(|_| big), buffer)
+        Self::reusing_as(w, buffer, StepProduct::Auto)
+    }
+
+    /// [`reusing`](StepWeight::reusing) as `product` says: packed above [`PACK_MIN`] (`Auto`),
+    /// always packed where the processor has a kernel (`Packed`), or never (`Gemm`).
+    pub fn reusing_as(w: ArrayView2<'a, F>, buffer: Vec<f32>, product: StepProduct) -> Self {
+        let pack = match product {
+            StepProduct::Auto => w.len() > PACK_MIN,
+            StepProduct::Packed => true,
+            StepProduct::Gemm => false,
+        };
+        Self::build(w, Kernel::detect().filter(|_| pack), buffer)
     }
 
     /// The packing buffer, for the next [`StepWeight::reusing`] (empty when nothing was packed).

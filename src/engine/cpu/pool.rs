@@ -6,6 +6,7 @@
 use ndarray::Array2;
 
 use crate::engine::cpu::Float;
+use crate::engine::variant::{CpuVariant, StepProduct};
 
 /// At most this many free buffers are kept (a step needs about a dozen per layer); beyond it the
 /// oldest are dropped, so shapes that stop coming back (an evaluation batch) are let go.
@@ -17,6 +18,8 @@ pub struct Pool<F> {
     packs: Vec<Vec<f32>>,
     /// Arrays that found no free buffer and were allocated.
     allocated: u64,
+    /// How the time loops run their products and split their rows.
+    choice: CpuVariant,
 }
 
 impl<F> Default for Pool<F> {
@@ -25,7 +28,30 @@ impl<F> Default for Pool<F> {
             free: Vec::new(),
             packs: Vec::new(),
             allocated: 0,
+            choice: CpuVariant::default(),
         }
+    }
+}
+
+impl<F> Pool<F> {
+    /// Runs the time loops that follow as `choice` says.
+    pub fn set_choice(&mut self, choice: CpuVariant) {
+        self.choice = choice;
+    }
+
+    /// How the time loops run.
+    pub fn choice(&self) -> CpuVariant {
+        self.choice
+    }
+
+    /// The blocks of batch rows of a time loop over `b` rows.
+    pub fn row_parts(&self, b: usize) -> usize {
+        self.choice.row_parts_or(b, super::rows::row_parts)
+    }
+
+    /// How the step products run.
+    pub fn step_product(&self) -> StepProduct {
+        self.choice.product
     }
 }
 

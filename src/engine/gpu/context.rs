@@ -10,6 +10,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use crate::engine::variant::{GpuVariant, Variant};
 use crate::error::{Error, Result};
 
 /// What wgpu says about one adapter, for `unroll devices` and logs.
@@ -136,6 +137,9 @@ pub struct Tunables {
     /// (a multiple of 8; shallower products stage exactly their depth, and fewer are staged
     /// where more columns per workgroup must fit beside the partial sums).
     pub rows_product_kc: u32,
+    /// Hidden units per workgroup of the fused gated steps (gru.wgsl, lstm.wgsl); `None`: as
+    /// many as fit rows.wgsl's columns forward, `ROWS_UNITS` backward.
+    pub gated_units: Option<u32>,
 }
 
 impl Tunables {
@@ -155,10 +159,7 @@ impl Tunables {
             64
         };
         // The per-step products keep their columns of W (kc deep) and a partial sum per column
-        // and thread in workgroup memory; this cap fits 4 columns (`rows_launch` lowers it for
-        // more).
-        let floats = limits.max_compute_workgroup_storage_size as usize / 4;
-        let kc = (floats.saturating_sub(4 * flat as usize) / 4).min(2048) / 8 * 8;
+        // and thread in workgroup memory.
         Tunables {
             matmul_wg,
             matmul_k: 16,
@@ -166,9 +167,74 @@ impl Tunables {
             row_wg: 64,
             flat_wg: flat,
             rows_product_wg: flat,
-            rows_product_kc: kc.max(8) as u32,
+            rows_product_kc: rows_kc(limits, flat),
+            gated_units: None,
         }
     }
+
+    /// These tunables with the choices of `v` that are set; [`Error::Config`] for a value the
+    /// device's limits do not allow.
+    pub fn with_variant(self, limits: &wgpu::Limits, v: &GpuVariant) -> Result<Self> {
+        let mut t = self;
+        if let Some(w) = v.matmul_wg {
+            t.matmul_wg = (w, w);
+        }
+        if let Some(k) = v.matmul_k {
+            t.matmul_k = k;
+        }
+        if let Some(wg) = v.rows_product_wg {
+            t.rows_product_wg = wg;
+            t.rows_product_kc = rows_kc(limits, wg);
+        }
+        t.gated_units = v.gated_units.or(t.gated_units);
+        match t.refusal(limits) {
+            None => Ok(t),
+            Some(why) => Err(Error::Config(format!(
+                "this device cannot run the GPU variant \"{}\": {why}; tune again on it",
+                Variant::Gpu(*v)
+            ))),
+        }
+    }
+
+    /// Why the device's limits refuse these tunables, if they do.
+    fn refusal(&self, limits: &wgpu::Limits) -> Option<String> {
+        let (wx, wy) = self.matmul_wg;
+        let invocations = limits.max_compute_invocations_per_workgroup;
+        let storage = limits.max_compute_workgroup_storage_size as usize;
+        let threads_fit = |x: u32, y: u32| {
+            x >= 1
+                && y >= 1
+                && x * y <= invocations
+                && x <= limits.max_compute_workgroup_size_x
+                && y <= limits.max_compute_workgroup_size_y
+        };
+        // matmul.wgsl stages TILE_K x 4 WG_Y and TILE_K x 4 WG_X floats.
+        let gemm_bytes = self.matmul_k as usize * 4 * (wx + wy) as usize * 4;
+        let units = self.gated_units.unwrap_or(1);
+        if !threads_fit(wx, wy) || self.matmul_k == 0 || gemm_bytes > storage {
+            Some(format!(
+                "GEMM workgroups of {wx}x{wy} threads over {} deep chunks",
+                self.matmul_k
+            ))
+        } else if !self.rows_product_wg.is_multiple_of(8) || !threads_fit(self.rows_product_wg, 1) {
+            Some(format!(
+                "{} threads per workgroup of the per-step products",
+                self.rows_product_wg
+            ))
+        } else if units == 0 || units > 8 {
+            Some(format!("{units} units per workgroup of the gated steps"))
+        } else {
+            None
+        }
+    }
+}
+
+/// The deepest slice of W the per-step products stage with `wg` threads per workgroup: 4
+/// columns beside their partial sums (`rows_launch` lowers it for more), at most 2048.
+fn rows_kc(limits: &wgpu::Limits, wg: u32) -> u32 {
+    let floats = limits.max_compute_workgroup_storage_size as usize / 4;
+    let kc = (floats.saturating_sub(4 * wg as usize) / 4).min(2048) / 8 * 8;
+    kc.max(8) as u32
 }
 
 /// An open device: adapter info, device, queue, limits, tunables and the error sink.

@@ -4,7 +4,7 @@
 //! the LSTM's kernels live here too.
 
 use crate::engine::gpu::context::GpuContext;
-use crate::engine::gpu::matmul::{ROWS_MAX_COLS, ROWS_UNITS, rows_launch};
+use crate::engine::gpu::matmul::{gated_units, rows_launch};
 use crate::engine::gpu::pipelines::{Kernel, args_mirror, kernels};
 use crate::engine::gpu::plan::{Call, grid_1d, offset32};
 use crate::error::Result;
@@ -92,7 +92,8 @@ impl GateStep {
 
     /// A fused step (rows.wgsl's product in front of the gate work): forward, the product
     /// `h_{t-1} W_hh^T` with each workgroup owning its units of every gate; backward, `da_{t+1}
-    /// W_hh` (none at the last step) with each workgroup owning [`ROWS_UNITS`] units. `flag` is
+    /// W_hh` (none at the last step) with each workgroup owning `ROWS_UNITS` units (or as
+    /// [`gated_units`] says). `flag` is
     /// the kernel's flag argument; `buffers` start with the parameters.
     pub fn rows_call(
         &self,
@@ -111,7 +112,7 @@ impl GateStep {
             Pass::Forward => {
                 args.has_x = 1;
                 args.x_off = args.src_off;
-                let units = ROWS_MAX_COLS / g;
+                let units = gated_units(ctx, g).0;
                 (units * g, units, h)
             }
             Pass::Backward { last } => {
@@ -121,7 +122,8 @@ impl GateStep {
                 } else {
                     offset32("offset", (self.t + 1) * b * g * h)?
                 };
-                (ROWS_UNITS, ROWS_UNITS, g * h)
+                let units = gated_units(ctx, g).1;
+                (units, units, g * h)
             }
         };
         let (overrides, groups) = rows_launch(ctx, cols, units, h, depth)?;

@@ -188,6 +188,20 @@ pub const ROWS_UNITS: usize = 4;
 /// The most columns per workgroup of rows.wgsl (`MAX_COLS`, at most its `LANES`).
 pub const ROWS_MAX_COLS: usize = 8;
 
+/// Units per workgroup of a fused gated step of `gates` gates, forward and backward: as many
+/// as fit [`ROWS_MAX_COLS`] forward and [`ROWS_UNITS`] backward, or the tunables' number
+/// within those bounds.
+pub fn gated_units(ctx: &GpuContext, gates: usize) -> (usize, usize) {
+    let most = ROWS_MAX_COLS / gates.max(1);
+    match ctx.tunables.gated_units {
+        None => (most, ROWS_UNITS),
+        Some(u) => {
+            let u = (u as usize).max(1);
+            (u.min(most), u.min(ROWS_MAX_COLS))
+        }
+    }
+}
+
 /// What `matmul_rows` does with each output element.
 #[derive(Clone, Copy, Debug)]
 pub enum RowsEpilogue<'a> {

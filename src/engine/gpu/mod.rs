@@ -45,10 +45,13 @@ pub mod reverse;
 pub mod rnn;
 pub mod shaders;
 pub mod shape;
+pub mod variants;
 
 use std::collections::HashMap;
 
+use self::context::Tunables;
 use crate::engine::reverse::sequence_lengths;
+use crate::engine::variant::{GpuVariant, Variant};
 use crate::engine::{
     Batch, Dropout, EdgeDropout, Engine, Inputs, LossStats, OutputChunks, Recurrence, RowWindow,
     Targets,
@@ -92,8 +95,8 @@ pub struct GpuEngine {
     window: Option<RowWindow>,
     /// The most logits the output layer holds at once.
     logit_budget: usize,
-    /// How the tanh/relu recurrence is dispatched.
-    recurrence: Recurrence,
+    /// The kernel choices: how the recurrence is dispatched, and the tunables it sets.
+    variant: GpuVariant,
     rows: usize,
     shapes: HashMap<(usize, usize), Shape>,
     /// Counts `use_shape` calls, to find the least recently used shape.
@@ -167,7 +170,7 @@ impl GpuEngine {
             edges: EdgeDropout::default(),
             window: None,
             logit_budget: crate::engine::DEFAULT_LOGIT_BUDGET,
-            recurrence: Recurrence::Auto,
+            variant: GpuVariant::default(),
             rows: 1,
             shapes: HashMap::new(),
             use_tick: 0,
@@ -215,9 +218,10 @@ impl GpuEngine {
     /// plans.
     fn build_shape(&mut self, steps: usize, rows: usize) -> Result<Shape> {
         let cfg = &self.config;
+        let setting = self.variant.recurrence;
         let kernel =
-            RecurrenceKernel::resolve(&self.ctx, self.recurrence, cfg.cell, rows, cfg.hidden_size)?
-                .for_projection(cfg.proj_size.is_some(), self.recurrence)?;
+            RecurrenceKernel::resolve(&self.ctx, setting, cfg.cell, rows, cfg.hidden_size)?
+                .for_projection(cfg.proj_size.is_some(), setting)?;
         let mut buffers = ShapeBuffers::allocate(
             &self.ctx,
             (cfg, &self.layout),
@@ -691,10 +695,34 @@ impl Engine for GpuEngine {
     }
 
     fn set_recurrence(&mut self, recurrence: Recurrence) -> Result<()> {
-        if recurrence != self.recurrence {
+        if recurrence != self.variant.recurrence {
             self.rebuild_shapes()?;
-            self.recurrence = recurrence;
+            self.variant.recurrence = recurrence;
         }
         Ok(())
+    }
+
+    fn variants(&self) -> Vec<Variant> {
+        variants::gpu_variants(&self.ctx, &self.config, self.rows)
+    }
+
+    fn set_variant(&mut self, variant: &Variant) -> Result<()> {
+        let v = variants::gpu_choice(&self.ctx, &self.config, self.rows, variant)?;
+        if v != self.variant {
+            let base = Tunables::for_limits(&self.ctx.limits);
+            let tunables = base.with_variant(&self.ctx.limits, &v)?;
+            self.rebuild_shapes()?;
+            self.ctx.tunables = tunables;
+            self.variant = v;
+        }
+        Ok(())
+    }
+
+    fn variant(&self) -> Variant {
+        Variant::Gpu(self.variant)
+    }
+
+    fn device_key(&self) -> String {
+        variants::gpu_device_key(&self.ctx)
     }
 }
