@@ -37,6 +37,7 @@ mod run_dir;
 mod saved_state;
 mod shaders;
 mod sharded;
+mod simd;
 mod sizes;
 mod training;
 mod tune;

@@ -20,6 +20,16 @@ pub fn trace<E: Engine + Send>(
     make: &(dyn Fn() -> E + Sync),
     batches: &[unroll::engine::Batch],
 ) -> Trace {
+    trace_clipped(threads, make, batches, 5.0)
+}
+
+/// [`trace`] with the gradients clipped to global norm `clip`.
+pub fn trace_clipped<E: Engine + Send>(
+    threads: usize,
+    make: &(dyn Fn() -> E + Sync),
+    batches: &[unroll::engine::Batch],
+    clip: f32,
+) -> Trace {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -28,7 +38,7 @@ pub fn trace<E: Engine + Send>(
         let mut e = make();
         let rows = batches[0].rows;
         e.reset_state(rows).unwrap();
-        let opt = OptimizerConfig::new(OptimizerKind::Sgd).with_clip(5.0);
+        let opt = OptimizerConfig::new(OptimizerKind::Sgd).with_clip(clip);
         batches
             .iter()
             .map(|batch| {

@@ -25,6 +25,7 @@ pub trait Float:
     fn to_f32_lossy(self) -> f32;
     /// `tanh` applied to every element of `x` in place: the library function in f64 (the
     /// reference precision), a vectorisable rational approximation in f32 ([`tanh_f32`]).
+    #[inline]
     fn tanh_in_place(x: &mut [Self]) {
         for v in x {
             *v = v.tanh();
@@ -32,6 +33,7 @@ pub trait Float:
     }
     /// `exp` applied to every element of `x` in place: the library function in f64, a
     /// vectorisable polynomial in f32 ([`exp_f32`]).
+    #[inline]
     fn exp_in_place(x: &mut [Self]) {
         for v in x {
             *v = v.fast_exp();
@@ -113,6 +115,7 @@ impl Float for f32 {
     fn to_f32_lossy(self) -> f32 {
         self
     }
+    #[inline]
     fn tanh_in_place(x: &mut [Self]) {
         for v in x {
             *v = tanh_f32(*v);

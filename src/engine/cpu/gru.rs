@@ -6,8 +6,10 @@
 use ndarray::{ArrayView2, ArrayViewMut2, Zip};
 
 use crate::engine::cpu::lstm::{blocks, blocks_mut};
+use crate::engine::cpu::simd::simd_dispatch;
 use crate::engine::cpu::{Float, sigmoid, tanh_via_sigmoid};
 
+simd_dispatch! {
 /// Forward GRU step for all B rows, with `a_ih = x_t W_ih^T + b_ih` and
 /// `a_hh = h_{t-1} W_hh^T + b_hh` (both [B, 3H], gate blocks r | z | n):
 /// `r = σ(a_ih_r + a_hh_r)`, `z = σ(a_ih_z + a_hh_z)`, `n = tanh(a_ih_n + r ⊙ a_hh_n)`,
@@ -15,11 +17,13 @@ use crate::engine::cpu::{Float, sigmoid, tanh_via_sigmoid};
 /// Shapes: `gates` [B, 3H] holds a_ih on entry and (r, z, n) on exit; `a_hh` [B, 3H];
 /// `h_prev`, `h_t` [B, H] (h_t written).
 pub fn gru_step_forward<F: Float>(
-    mut gates: ArrayViewMut2<F>,
+    gates: ArrayViewMut2<F>,
     a_hh: ArrayView2<F>,
     h_prev: ArrayView2<F>,
-    mut h_t: ArrayViewMut2<F>,
+    h_t: ArrayViewMut2<F>,
 ) {
+    let mut gates = gates;
+    let mut h_t = h_t;
     let h = h_t.ncols();
     // Row by row, in passes over contiguous blocks of H (loops that vectorise).
     for (b, g) in gates.outer_iter_mut().enumerate() {
@@ -42,7 +46,9 @@ pub fn gru_step_forward<F: Float>(
             .for_each(|y, &z, &n, &hp| *y = (F::one() - z) * n + z * hp);
     }
 }
+}
 
+simd_dispatch! {
 /// BPTT GRU step for all B rows. `dh` [B, H] is the whole gradient reaching h_t (from the
 /// outputs or the layer above, plus `da_hh_{t+1} W_hh` from the next step):
 /// `dn = dh ⊙ (1 - z)`, `dz = dh ⊙ (h_{t-1} - n)`, `dâ_n = dn ⊙ (1 - n^2)`,
@@ -56,10 +62,13 @@ pub fn gru_step_backward<F: Float>(
     a_hh: ArrayView2<F>,
     h_prev: ArrayView2<F>,
     dh: ArrayView2<F>,
-    mut da_ih: ArrayViewMut2<F>,
-    mut da_hh: ArrayViewMut2<F>,
-    mut dh_prev: Option<ArrayViewMut2<F>>,
+    da_ih: ArrayViewMut2<F>,
+    da_hh: ArrayViewMut2<F>,
+    dh_prev: Option<ArrayViewMut2<F>>,
 ) {
+    let mut da_ih = da_ih;
+    let mut da_hh = da_hh;
+    let mut dh_prev = dh_prev;
     let h = dh.ncols();
     let one = F::one();
     for (b, (ih, hh)) in da_ih
@@ -101,4 +110,5 @@ pub fn gru_step_backward<F: Float>(
                 .for_each(|x, &d, &z| *x += d * z);
         }
     }
+}
 }

@@ -6,8 +6,10 @@
 use ndarray::{Array1, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
 
 use crate::engine::cpu::packed::StepWeight;
+use crate::engine::cpu::simd::simd_dispatch;
 use crate::engine::cpu::{Float, sigmoid, tanh_via_sigmoid};
 
+simd_dispatch! {
 /// Forward LSTM step for all B rows, with `a = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh`
 /// ([B, 4H], gate blocks i | f | g | o, given as its two parts `a_ih` and `a_hh`):
 /// `i = σ(a_i)`, `f = σ(a_f)`, `g = tanh(a_g)`, `o = σ(a_o)`, `c_t = f ⊙ c_{t-1} + i ⊙ g`,
@@ -15,12 +17,15 @@ use crate::engine::cpu::{Float, sigmoid, tanh_via_sigmoid};
 /// Shapes: `gates` [B, 4H] holds a_ih on entry and (i, f, g, o) on exit; `a_hh` [B, 4H];
 /// `c_prev`, `c_t`, `h_t` [B, H] (c_t and h_t written).
 pub fn lstm_step_forward<F: Float>(
-    mut gates: ArrayViewMut2<F>,
+    gates: ArrayViewMut2<F>,
     a_hh: ArrayView2<F>,
     c_prev: ArrayView2<F>,
-    mut c_t: ArrayViewMut2<F>,
-    mut h_t: ArrayViewMut2<F>,
+    c_t: ArrayViewMut2<F>,
+    h_t: ArrayViewMut2<F>,
 ) {
+    let mut gates = gates;
+    let mut c_t = c_t;
+    let mut h_t = h_t;
     let h = h_t.ncols();
     // Row by row, in passes over contiguous blocks of H (loops that vectorise).
     for (b, g) in gates.outer_iter_mut().enumerate() {
@@ -49,6 +54,7 @@ pub fn lstm_step_forward<F: Float>(
             .and(&go)
             .for_each(|y, &c, &o| *y = o * tanh_via_sigmoid(c));
     }
+}
 }
 
 /// The four gate blocks [H] of a row [4H] (for a GRU row [3H], the fourth is empty).
@@ -83,6 +89,7 @@ pub(crate) fn blocks<F>(
     (a, b, c, d)
 }
 
+simd_dispatch! {
 /// BPTT LSTM step for all B rows. `dh` [B, H] is the whole gradient reaching h_t (from the
 /// outputs or the layer above, plus `da_{t+1} W_hh` from the next step); `dc` [B, H] holds on
 /// entry the gradient reaching c_t from step t+1 (`dc_{t+1} ⊙ f_{t+1}`, zero at t = T-1) and on
@@ -97,9 +104,11 @@ pub fn lstm_step_backward<F: Float>(
     c_prev: ArrayView2<F>,
     c_t: ArrayView2<F>,
     dh: ArrayView2<F>,
-    mut dc: ArrayViewMut2<F>,
-    mut da: ArrayViewMut2<F>,
+    dc: ArrayViewMut2<F>,
+    da: ArrayViewMut2<F>,
 ) {
+    let mut dc = dc;
+    let mut da = da;
     let h = dh.ncols();
     let one = F::one();
     let mut tc = Array1::<F>::zeros(h);
@@ -140,6 +149,7 @@ pub fn lstm_step_backward<F: Float>(
             .and(&f)
             .for_each(|dct, &f| *dct = *dct * f);
     }
+}
 }
 
 /// An LSTM's projection (PyTorch's `proj_size`) for all B rows of one step:

@@ -29,7 +29,14 @@
 //!      processor runs, awkward shapes and threads, the same bits on any number of threads, and
 //!      whole GRU and LSTM steps against the f64 engine: `tests/all/packed.rs`;
 //!    - the whole f32 engine (fast `exp`, `tanh` and sigmoid together) against the f64 engine
-//!      over training steps of every cell: the unit tests of `tests.rs`.
+//!      over training steps of every cell: the unit tests of `tests.rs`;
+//!    - the element-wise kernels compiled for AVX2 + FMA ([`simd`]: the gates, tanh, the
+//!      softmax and loss, column sums, the norm and the optimizer update), against their
+//!      baseline compilation, bit for bit over training steps of every cell and every
+//!      optimizer's update: `tests/all/simd.rs`;
+//!    - the softmax and loss, the column sums, the norm and the update in blocks on rayon's
+//!      threads, one thread against three, bit for bit over a wide output layer:
+//!      `tests/all/simd.rs`.
 //! 3. **One block of rows -> the time loop split by rows** (`rows.rs`, in f32 and f64). Rows
 //!    are independent through the recurrence, so each thread runs the time loop of its own
 //!    block; `tests/all/row_split.rs` holds training steps on three threads to those on one for
@@ -58,6 +65,8 @@
 //! - The kernel families, one file per WGSL shader of the same name, the CPU twins the GPU is
 //!   tested against: `rnn.rs`, `gru.rs`, `lstm.rs` (one time step of each cell), `matmul.rs`,
 //!   `loss.rs`, `reduce.rs`, `optim.rs`, `dropout.rs`.
+//! - `simd.rs`: the element-wise kernels compiled twice, for the baseline target and for
+//!   AVX2 + FMA, picked at run time (fast path, step 2).
 //! - `packed.rs`: the step products with W packed once per pass (fast path, step 2);
 //!   `pool.rs`: the step arrays recycled between steps.
 //!
@@ -100,6 +109,7 @@ pub mod reduce;
 pub mod reverse;
 pub mod rnn;
 mod rows;
+pub mod simd;
 #[cfg(test)]
 mod tests;
 pub mod variants;

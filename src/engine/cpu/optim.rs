@@ -1,13 +1,37 @@
 //! CPU twin of `shaders/optim.wgsl`: one loop over the flat buffer, PyTorch's update rules.
 
 use crate::engine::cpu::Float;
+use crate::engine::cpu::reduce::FLAT_BLOCK;
+use crate::engine::cpu::simd::simd_dispatch;
 use crate::train::optim::{OptimizerConfig, OptimizerKind};
 
 /// Applies one update to every element: `g' = scale * g + wd * p`, then the rule of `cfg.kind`
 /// (see [`OptimizerKind`]). `step` is the 1-based update count (for Adam's bias correction);
-/// `m`, `v` are the moment buffers, updated in place.
+/// `m`, `v` are the moment buffers (as long as `p`), updated in place. Each element's update
+/// is on its own, so blocks of them run on rayon's threads.
 #[allow(clippy::too_many_arguments)]
 pub fn optimizer_update<F: Float>(
+    cfg: &OptimizerConfig,
+    lr: f64,
+    step: u64,
+    scale: f64,
+    p: &mut [F],
+    g: &[F],
+    m: &mut [F],
+    v: &mut [F],
+) {
+    use rayon::prelude::*;
+    let block = FLAT_BLOCK;
+    p.par_chunks_mut(block)
+        .zip(g.par_chunks(block))
+        .zip(m.par_chunks_mut(block).zip(v.par_chunks_mut(block)))
+        .for_each(|((p, g), (m, v))| update_block(cfg, lr, step, scale, p, g, m, v));
+}
+
+simd_dispatch! {
+/// [`optimizer_update`] of one block, on the calling thread.
+#[allow(clippy::too_many_arguments)]
+fn update_block<F: Float>(
     cfg: &OptimizerConfig,
     lr: f64,
     step: u64,
@@ -69,4 +93,5 @@ pub fn optimizer_update<F: Float>(
             }
         }
     }
+}
 }

@@ -6,6 +6,7 @@ use ndarray::{ArrayView2, ArrayViewMut2, Zip};
 use crate::engine::cpu::Float;
 use crate::engine::cpu::matmul::matmul;
 use crate::engine::cpu::packed::StepWeight;
+use crate::engine::cpu::simd::simd_dispatch;
 use crate::model::Activation;
 
 /// Rows of W_ih that the one-hot gather and its gradient walk together: their columns of a
@@ -93,10 +94,17 @@ pub fn rnn_step_forward_with<F: Float>(
     }
     w_hh_t.product(s_prev, &mut s_t);
     match (act, s_t.as_slice_mut()) {
-        (Activation::Tanh, Some(z)) => F::tanh_in_place(z),
+        (Activation::Tanh, Some(z)) => tanh_slice(z),
         (Activation::Tanh, None) => s_t.mapv_inplace(|z| z.tanh()),
         (Activation::Relu, _) => s_t.mapv_inplace(|z| z.max(F::zero())),
     }
+}
+
+simd_dispatch! {
+/// `tanh` of every element of `z`, in place ([`Float::tanh_in_place`]).
+fn tanh_slice<F: Float>(z: &mut [F]) {
+    F::tanh_in_place(z)
+}
 }
 
 /// BPTT cell step for all B rows: `dz_t = (ds_t + dz_{t+1} W_hh) ⊙ f1'(z_t)`, where `ds_t` is the
