@@ -4,11 +4,11 @@
 //! ([`tune`]). [`cache`] keeps the winner per device and shape in a small JSON file, so later
 //! runs apply it without measuring ([`choose`]).
 //!
-//! What is measured: per variant, one untimed forward + backward (pipelines compiled, buffers
-//! allocated), then up to [`TuneOptions::repeats`] timed ones, each waited for (the loss read
-//! back), with no optimizer step; the median of each variant, the fastest median wins. A
-//! variant whose time passes [`TuneOptions::give_up`] times the best median so far stops
-//! being measured. The engine's parameters, gradients and carried state are as before when
+//! What is measured: [`TuneOptions::repeats`] rounds; in each, every variant in the race is
+//! set and runs one untimed forward + backward (pipelines compiled, buffers allocated), then
+//! one timed, waited for (the loss read back), with no optimizer step; the median of each
+//! variant, the fastest median wins. A variant whose time passes [`TuneOptions::give_up`]
+//! times the best median so far leaves the race. The engine's parameters, gradients and carried state are as before when
 //! [`tune`] returns, and it runs the winner.
 
 pub mod cache;
@@ -51,9 +51,9 @@ impl Clock for WallClock {
 /// How much the tuner measures.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TuneOptions {
-    /// Untimed forward + backward passes per variant.
+    /// Untimed forward + backward passes before each timed one (after a switch of variant).
     pub warmup: usize,
-    /// Timed passes per variant (at most).
+    /// Rounds: timed passes per variant (at most).
     pub repeats: usize,
     /// A variant stops being measured once one of its passes takes this many times the best
     /// median so far.
@@ -182,28 +182,53 @@ fn fastest(measured: &[Measured], margin: f64) -> Option<Variant> {
     }
 }
 
+/// Every variant in rounds: in each, every variant still in the race is set, warmed up and
+/// timed once, so a drift of the machine's speed (another process, the clock's boost) falls on
+/// all of them alike instead of on the ones measured last. A variant the engine refuses is
+/// listed as refused; one whose pass takes more than `give_up` times the best median so far
+/// leaves the race.
 fn measure_all(
     engine: &mut dyn Engine,
     batch: &Batch,
     clock: &mut dyn Clock,
     opts: &TuneOptions,
 ) -> Result<Vec<Measured>> {
-    let mut out: Vec<Measured> = Vec::new();
-    for variant in engine.variants() {
-        let best = out.iter().filter_map(|m| m.median_ms).reduce(f64::min);
-        let m = match measure_one(engine, batch, (clock, &variant), opts, best) {
-            Ok(m) => m,
-            Err(Error::Config(why) | Error::Shape(why)) => Measured {
-                variant,
-                median_ms: None,
-                samples: 0,
-                refused: Some(why),
-            },
-            Err(e) => return Err(e),
-        };
-        out.push(m);
+    let variants = engine.variants();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut refused: Vec<Option<String>> = vec![None; variants.len()];
+    let mut racing = vec![true; variants.len()];
+    for _ in 0..opts.repeats.max(1) {
+        for (i, variant) in variants.iter().enumerate() {
+            if !racing[i] {
+                continue;
+            }
+            let best = times
+                .iter()
+                .filter(|t| !t.is_empty())
+                .map(|t| median(&mut t.clone()))
+                .reduce(f64::min);
+            match time_one(engine, batch, (clock, variant), opts.warmup) {
+                Ok(t) => {
+                    times[i].push(t);
+                    racing[i] = best.is_none_or(|b| t <= opts.give_up * b);
+                }
+                Err(Error::Config(why) | Error::Shape(why)) => {
+                    refused[i] = Some(why);
+                    racing[i] = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
-    Ok(out)
+    let measured = variants.into_iter().zip(times).zip(refused);
+    Ok(measured
+        .map(|((variant, mut ms), refused)| Measured {
+            variant,
+            median_ms: (!ms.is_empty()).then(|| median(&mut ms)),
+            samples: ms.len(),
+            refused,
+        })
+        .collect())
 }
 
 /// One forward + backward of the uploaded batch, waited for.
@@ -214,34 +239,22 @@ fn pass(engine: &mut dyn Engine) -> Result<()> {
     engine.loss().map(|_| ())
 }
 
-fn measure_one(
+/// The milliseconds of one pass of `variant` on `batch`, after `warmup` untimed ones (which
+/// absorb the switch to the variant: a new shape, buffers and pipelines).
+fn time_one(
     engine: &mut dyn Engine,
     batch: &Batch,
     (clock, variant): (&mut dyn Clock, &Variant),
-    opts: &TuneOptions,
-    best: Option<f64>,
-) -> Result<Measured> {
+    warmup: usize,
+) -> Result<f64> {
     engine.set_variant(variant)?;
     engine.upload_batch(batch)?;
-    for _ in 0..opts.warmup {
+    for _ in 0..warmup {
         pass(engine)?;
     }
-    let mut ms = Vec::with_capacity(opts.repeats);
-    for _ in 0..opts.repeats.max(1) {
-        let t0 = clock.now(variant);
-        pass(engine)?;
-        let t = clock.now(variant).saturating_sub(t0).as_secs_f64() * 1e3;
-        ms.push(t);
-        if best.is_some_and(|b| t > opts.give_up * b) {
-            break;
-        }
-    }
-    Ok(Measured {
-        variant: *variant,
-        median_ms: Some(median(&mut ms)),
-        samples: ms.len(),
-        refused: None,
-    })
+    let t0 = clock.now(variant);
+    pass(engine)?;
+    Ok(clock.now(variant).saturating_sub(t0).as_secs_f64() * 1e3)
 }
 
 /// The median of `v` (the mean of the middle two for an even count); `v` is not empty.
