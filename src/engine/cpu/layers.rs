@@ -600,8 +600,14 @@ pub(super) fn recurrent_grads<F: Float>(
         true,
     );
     if let Some((ih, hh)) = lo.bias_ih.zip(lo.bias_hh) {
+        // One array for both (the tanh cell, the LSTM) onto equal gradients (both zero after
+        // `zero_grads`): bias_hh's sums are bias_ih's, copied instead of summed again.
+        let same = grads.da_hh.is_none() && g[ih..ih + gh] == g[hh..hh + gh];
         reduce::column_sums_accumulate(grads.da_ih.view(), &mut g[ih..ih + gh]);
-        reduce::column_sums_accumulate(da_hh.view(), &mut g[hh..hh + gh]);
+        match same {
+            true => g.copy_within(ih..ih + gh, hh),
+            false => reduce::column_sums_accumulate(da_hh.view(), &mut g[hh..hh + gh]),
+        }
     }
     if let (Some(hr), Some(dh), Some(m)) = (lo.weight_hr, &grads.dh, &run.unprojected) {
         matmul(dh.t(), m.view(), &mut view_mut(g, hr, w, h), true);

@@ -13,6 +13,10 @@ use crate::model::Activation;
 /// large vocabulary stay in cache while every token of the batch reads or writes them.
 const GATHER_BLOCK: usize = 16;
 
+/// Columns of the one-hot input gradient per task on rayon's threads (a small vocabulary's
+/// transposed gradient, [V, 128], stays in L1 while the batch's rows are added).
+const SCATTER_COLUMNS: usize = 128;
+
 /// One-hot input projection (a column gather, no matmul):
 /// `U[r, :] = W_ih[:, tok_r] + (b_ih + b_hh)`; the gated cells leave b_hh to the recurrent
 /// product (`b_hh = None`).
@@ -157,12 +161,26 @@ pub fn rnn_step_backward_with<F: Float>(
 pub fn input_grad_onehot<F: Float>(tokens: &[u32], dz: ArrayView2<F>, mut dw_ih: ArrayViewMut2<F>) {
     let (gh, vocab) = dw_ih.dim();
     if vocab <= tokens.len() {
-        let mut dw_t = ndarray::Array2::<F>::zeros((vocab, gh));
-        for (row, &tok) in dz.outer_iter().zip(tokens) {
-            let mut dst = dw_t.row_mut(tok as usize);
-            dst += &row;
+        // Blocks of columns on rayon's threads, each row added in order.
+        use rayon::prelude::*;
+        let width = SCATTER_COLUMNS;
+        let starts: Vec<usize> = (0..gh).step_by(width).collect();
+        let blocks: Vec<ndarray::Array2<F>> = starts
+            .par_iter()
+            .map(|&j0| {
+                let cols = dz.slice(ndarray::s![.., j0..(j0 + width).min(gh)]);
+                let mut dw_t = ndarray::Array2::<F>::zeros((vocab, cols.ncols()));
+                for (row, &tok) in cols.outer_iter().zip(tokens) {
+                    let mut dst = dw_t.row_mut(tok as usize);
+                    dst += &row;
+                }
+                dw_t
+            })
+            .collect();
+        for (&j0, dw_t) in starts.iter().zip(&blocks) {
+            let mut dst = dw_ih.slice_mut(ndarray::s![j0..j0 + dw_t.ncols(), ..]);
+            dst += &dw_t.t();
         }
-        dw_ih += &dw_t.t();
         return;
     }
     for j0 in (0..gh).step_by(GATHER_BLOCK) {
