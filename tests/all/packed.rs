@@ -24,10 +24,14 @@ fn packed_step_products_match_matmul_for_every_kernel_and_awkward_shape() {
     if kernels.is_empty() {
         eprintln!("packed products: no SIMD kernel on this processor; the fallback is matmul");
     }
-    // (m, k, n): one row; rows off 8 and 6; columns off 48 and 16; depth 1; and a product
-    // large enough to be split between threads.
+    // (m, k, n): one row; rows off 8 and 6 (AVX2 runs blocks of 6 rows and the rest, 1 to 5
+    // rows, in a block of 2, 4 or 6: every tail among these); columns off 48 and 16; depth
+    // 1; and a product large enough to be split between threads.
     let shapes = [
         (1, 1, 1),
+        (5, 8, 17),
+        (11, 4, 18),
+        (16, 20, 35),
         (1, 7, 40),
         (7, 3, 49),
         (6, 9, 97),

@@ -277,8 +277,8 @@ fn split(x: ArrayView2<'_, f32>, p: &Panels, c: ArrayViewMut2<'_, f32>, p0: usiz
     // SAFETY: `Panels` holds a kernel only when the processor runs it (`with_kernel`).
     unsafe {
         match p.kernel {
-            Kernel::Avx512 => x86::run_avx512(x, p, c, p0),
-            Kernel::Avx2 => x86::run_avx2(x, p, c, p0),
+            Kernel::Avx512 => x86::run_avx512::<8>(x, p, c, p0),
+            Kernel::Avx2 => x86::run_avx2_rows(x, p, c, p0),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -293,13 +293,13 @@ mod x86 {
 
     use super::{AVX2_COLS, AVX512_COLS, Panels};
 
-    /// For rows `r0..r0 + R` of x (the last row repeated past m), one panel: the R x 32 block
-    /// of `x op(W)`, added to c.
+    /// `c += x op(W)` over c's panels, by blocks of R rows of x (the last row repeated past m):
+    /// each panel's R x NR block of accumulators in registers.
     macro_rules! blocks {
-        ($name:ident, $feature:literal, $rows:literal, $cols:ident, $vec:ty, $lanes:literal,
+        ($name:ident, $feature:literal, $cols:ident, $vec:ty, $lanes:literal,
          $zero:ident, $load:ident, $set1:ident, $fma:ident, $store:ident) => {
             #[target_feature(enable = $feature)]
-            pub unsafe fn $name(
+            pub unsafe fn $name<const R: usize>(
                 x: ArrayView2<'_, f32>,
                 p: &Panels,
                 mut c: ArrayViewMut2<'_, f32>,
@@ -313,20 +313,20 @@ mod x86 {
                 for q in 0..cols.div_ceil(NR) {
                     let panel = p.data[(p0 + q) * k * NR..(p0 + q + 1) * k * NR].as_ptr();
                     let width = NR.min(cols - q * NR);
-                    for r0 in (0..m).step_by($rows) {
-                        let rows = $rows.min(m - r0);
+                    for r0 in (0..m).step_by(R) {
+                        let rows = R.min(m - r0);
                         // SAFETY (whole block): the row pointers address rows < m of x, read
                         // at depths < k through x's own strides; the panel holds k * NR
                         // values; the loads and stores are unaligned ones.
                         unsafe {
-                            let xr: [*const f32; $rows] = std::array::from_fn(|r| {
+                            let xr: [*const f32; R] = std::array::from_fn(|r| {
                                 x.as_ptr().offset((r0 + r.min(rows - 1)) as isize * xs)
                             });
-                            let mut acc = [[$zero(); V]; $rows];
+                            let mut acc = [[$zero(); V]; R];
                             for kk in 0..k {
                                 let w: [$vec; V] =
                                     std::array::from_fn(|v| $load(panel.add(kk * NR + v * $lanes)));
-                                for r in 0..$rows {
+                                for r in 0..R {
                                     let xv = $set1(*xr[r].offset(kk as isize * xk));
                                     for v in 0..V {
                                         acc[r][v] = $fma(xv, w[v], acc[r][v]);
@@ -353,7 +353,6 @@ mod x86 {
     blocks!(
         run_avx512,
         "avx512f",
-        8,
         AVX512_COLS,
         __m512,
         16,
@@ -366,7 +365,6 @@ mod x86 {
     blocks!(
         run_avx2,
         "avx2,fma",
-        6,
         AVX2_COLS,
         __m256,
         8,
@@ -376,4 +374,35 @@ mod x86 {
         _mm256_fmadd_ps,
         _mm256_storeu_ps
     );
+
+    /// [`run_avx2`] by blocks of 6 rows, and the rows left (1 to 5) by the smallest block of
+    /// 2, 4 or 6 that holds them, so that (with B = 32 split between two threads, 16 rows
+    /// each) no block computes rows that are not there: 6 + 6 + 4, where blocks of 6 alone
+    /// would compute 18.
+    ///
+    /// # Safety
+    /// The processor runs AVX2 and FMA.
+    pub unsafe fn run_avx2_rows(
+        x: ArrayView2<'_, f32>,
+        p: &Panels,
+        mut c: ArrayViewMut2<'_, f32>,
+        p0: usize,
+    ) {
+        let m = x.nrows();
+        let full = m / 6 * 6;
+        let (c_full, c_tail) = c.view_mut().split_at(ndarray::Axis(0), full);
+        let (x_full, x_tail) = x.split_at(ndarray::Axis(0), full);
+        // SAFETY: the caller's processor runs AVX2 and FMA.
+        unsafe {
+            if full > 0 {
+                run_avx2::<6>(x_full, p, c_full, p0);
+            }
+            match m - full {
+                0 => {}
+                1 | 2 => run_avx2::<2>(x_tail, p, c_tail, p0),
+                3 | 4 => run_avx2::<4>(x_tail, p, c_tail, p0),
+                _ => run_avx2::<6>(x_tail, p, c_tail, p0),
+            }
+        }
+    }
 }
