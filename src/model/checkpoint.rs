@@ -230,7 +230,13 @@ pub fn serialize(tensors: &[Tensor], meta: &BTreeMap<String, String>) -> Vec<u8>
 /// under its name is removed first, never written through), so the write stays in `path`'s
 /// directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
+    write_atomic_via(path, &tmp_path(path), bytes)
+}
+
+/// [`write_atomic`] through the temporary file `tmp` (in `path`'s directory): a name of its
+/// own for each writer where several processes may write `path` at once.
+pub fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp.to_path_buf();
     let written = write_new(&tmp, bytes)
         .and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io("rename into", path, e)));
     if written.is_err() {

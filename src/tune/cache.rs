@@ -199,19 +199,15 @@ fn read(path: &Path) -> std::result::Result<Vec<CacheEntry>, String> {
     Ok(file.entries)
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
+/// Writes `bytes` to a temporary file beside `path` named for this process (several runs may
+/// save the cache at once: the last rename wins), then renames it over `path`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the folder of", path, e))?;
     }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.tmp", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io("writing", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io("renaming a new cache onto", path, e)
-    })
+    crate::model::checkpoint::write_atomic_via(path, &PathBuf::from(tmp), bytes)
 }
 
 #[cfg(test)]

@@ -267,10 +267,10 @@ pub(super) fn output_backward<F: Float>(
                 let reuse = (spare.take(), true);
                 spare = Some(output_chunk(cfg, (layout, p), top, batch, rows.clone(), reuse)?.0);
                 profile::enter(clock, StepPhase::OutputBackward);
-                match spare.as_ref().and_then(|k| k.dlogits.as_ref()) {
-                    Some(d) => d.view(),
-                    None => unreachable!("a chunk computed with its gradient has one"),
-                }
+                let recomputed = spare.as_ref().and_then(|k| k.dlogits.as_ref());
+                recomputed
+                    .ok_or_else(|| Error::Misuse("an output chunk lost its gradient".into()))?
+                    .view()
             }
         };
         let top_c = top.slice(s![rows.clone(), ..]);
